@@ -1,0 +1,118 @@
+// Package message is ksaga's wire contract: topic names, header names,
+// message types and the saga event, shared by the engine, the participants,
+// the DLQ tools and anyone who talks to a saga from outside.
+//
+//	rec := &kgo.Record{
+//		Topic: message.Inbox("order"),
+//		Key:   []byte("o-1"),
+//		Value: startJSON,
+//		Headers: []kgo.RecordHeader{
+//			{Key: message.HeaderMessageType, Value: []byte(message.TypeStartSaga)},
+//		},
+//	}
+//
+// Everything here is part of the external contract: renaming a header or a
+// topic breaks running sagas and outside tools.
+package message
+
+import "time"
+
+// Topic names for a saga type T.
+
+// Inbox returns saga.T.inbox: start requests, replies, timeouts.
+func Inbox(sagaType string) string { return "saga." + sagaType + ".inbox" }
+
+// State returns saga.T.state, the compacted changelog of saga state.
+func State(sagaType string) string { return "saga." + sagaType + ".state" }
+
+// Events returns saga.T.events, the sagas' public history.
+func Events(sagaType string) string { return "saga." + sagaType + ".events" }
+
+// DLT returns saga.T.inbox-dlt, the inbox's dead-letter topic.
+func DLT(sagaType string) string { return "saga." + sagaType + ".inbox-dlt" }
+
+// Commands returns <participant>.commands.
+func Commands(participant string) string { return participant + ".commands" }
+
+// Header names. Values are strings.
+const (
+	HeaderSagaID      = "ksaga-saga-id"
+	HeaderSagaType    = "ksaga-saga-type"
+	HeaderMessageType = "ksaga-message-type"
+	HeaderMessageID   = "ksaga-message-id"
+	HeaderStep        = "ksaga-step"
+	HeaderStepAttempt = "ksaga-step-attempt"
+	HeaderOutcome     = "ksaga-outcome"
+	HeaderReason      = "ksaga-reason"
+	HeaderReplyTo     = "ksaga-reply-to"
+	// HeaderInReplyTo carries, on a reply, the message id of the command
+	// it answers; the engine accepts a reply only for the command it waits on.
+	HeaderInReplyTo   = "ksaga-in-reply-to"
+	HeaderTraceParent = "traceparent"
+	HeaderTraceState  = "tracestate"
+)
+
+// Message types of inbox records and commands.
+const (
+	TypeStartSaga  = "StartSaga"
+	TypeReply      = "Reply"
+	TypeTimeout    = "Timeout"
+	TypeCompensate = "Compensate"
+)
+
+// Reply outcomes.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+)
+
+// Saga statuses, as in State.Status and Event.State.
+const (
+	StatusRunning      = "running"
+	StatusCompensating = "compensating"
+	StatusCompleted    = "completed"
+	StatusCompensated  = "compensated"
+	StatusFailed       = "failed"
+)
+
+// Event types on saga.T.events. Every saga ends with exactly one of
+// EventSagaCompleted, EventSagaCompensated and EventSagaFailed.
+const (
+	EventSagaStarted         = "SagaStarted"
+	EventStepSucceeded       = "StepSucceeded"
+	EventStepFailed          = "StepFailed"
+	EventCompensationStarted = "CompensationStarted"
+	EventStepCompensated     = "StepCompensated"
+	EventSagaCompleted       = "SagaCompleted"
+	EventSagaCompensated     = "SagaCompensated"
+	EventSagaFailed          = "SagaFailed"
+)
+
+// Event is the JSON value of a record on saga.T.events.
+type Event struct {
+	SagaID   string    `json:"saga_id"`
+	SagaType string    `json:"saga_type"`
+	Type     string    `json:"type"`
+	State    string    `json:"state"`
+	Step     string    `json:"step,omitempty"`
+	Version  int64     `json:"version"`
+	At       time.Time `json:"at"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// Terminal reports whether an event type ends a saga.
+func Terminal(eventType string) bool {
+	switch eventType {
+	case EventSagaCompleted, EventSagaCompensated, EventSagaFailed:
+		return true
+	}
+	return false
+}
+
+// Reply is what a participant answers to a command.
+type Reply struct {
+	// Outcome is OutcomeSuccess or OutcomeFailure.
+	Outcome string
+	// Reason is a failure code such as OUT_OF_STOCK; empty on success.
+	Reason string
+}

@@ -1,0 +1,159 @@
+// Package order is the reference order saga: reserve the stock, authorize
+// the payment, schedule the shipment, then record the completed order. A
+// failure at any step undoes the steps before it, last first.
+//
+//	def := order.New(store) // store records completed orders
+//
+// Its participants (inventory, payment, shipping) and the Redis order store
+// live in package sim.
+package order
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
+)
+
+// Name is the saga type: its topics are saga.order.inbox, saga.order.state, …
+const Name = "order"
+
+// Participant names; their topics are <name>.commands.
+const (
+	Inventory = "inventory"
+	Payment   = "payment"
+	Shipping  = "shipping"
+)
+
+// Command types sent to the participants.
+const (
+	ReserveInventory = "ReserveInventory"
+	ReleaseInventory = "ReleaseInventory"
+	AuthorizePayment = "AuthorizePayment"
+	CancelPayment    = "CancelPayment"
+	ScheduleShipment = "ScheduleShipment"
+	CancelShipment   = "CancelShipment"
+)
+
+// Failure reasons the reference participants reply with.
+const (
+	ReasonOutOfStock      = "OUT_OF_STOCK"
+	ReasonPaymentDeclined = "PAYMENT_DECLINED"
+	ReasonUndeliverable   = "UNDELIVERABLE"
+)
+
+// MaxAmountCents bounds an order's amount; larger amounts are rejected as
+// invalid input rather than declined.
+const MaxAmountCents = 1_000_000_000_00
+
+// Order is the saga's data: the start request's JSON value.
+type Order struct {
+	OrderID     string  `json:"order_id"`
+	CustomerID  string  `json:"customer_id"`
+	AmountCents int64   `json:"amount_cents"`
+	Currency    string  `json:"currency"`
+	Items       []Item  `json:"items"`
+	ShipTo      Address `json:"ship_to"`
+}
+
+// Item is a line of an order.
+type Item struct {
+	SKU string `json:"sku"`
+	Qty int64  `json:"qty"`
+}
+
+// Address is where an order ships. An empty or "XX" country is
+// undeliverable: the shipping participant fails it.
+type Address struct {
+	Country string `json:"country"`
+	City    string `json:"city"`
+}
+
+// Validate rejects orders that no retry can fix.
+func (o *Order) Validate() error {
+	switch {
+	case o.OrderID == "":
+		return errors.New("order_id is required")
+	case o.CustomerID == "":
+		return errors.New("customer_id is required")
+	case o.AmountCents <= 0 || o.AmountCents > MaxAmountCents:
+		return fmt.Errorf("amount_cents %d is out of range (1..%d)", o.AmountCents, int64(MaxAmountCents))
+	case len(o.Currency) != 3:
+		return fmt.Errorf("currency %q is not an ISO 4217 code", o.Currency)
+	case len(o.Items) == 0:
+		return errors.New("items must not be empty")
+	}
+	for i, it := range o.Items {
+		if it.SKU == "" || it.Qty <= 0 || it.Qty > 1_000_000 {
+			return fmt.Errorf("item %d: needs a sku and a qty in 1..1000000", i)
+		}
+	}
+	return nil
+}
+
+// Store records completed orders: the saga's local last step. An error
+// from Complete is retried under the step's policy, then dead-lettered and
+// compensated.
+type Store interface {
+	// Complete records o as completed. It must be idempotent.
+	Complete(ctx context.Context, o *Order) error
+}
+
+// Step names. They are stored in headers, events and state.
+const (
+	StepReserveInventory = "reserve-inventory"
+	StepAuthorizePayment = "authorize-payment"
+	StepScheduleShipping = "schedule-shipping"
+	StepCompleteOrder    = "complete-order"
+)
+
+// InventoryCommand is the payload of ReserveInventory and ReleaseInventory.
+type InventoryCommand struct {
+	OrderID string `json:"order_id"`
+	Items   []Item `json:"items"`
+}
+
+// PaymentCommand is the payload of AuthorizePayment and CancelPayment.
+type PaymentCommand struct {
+	OrderID     string `json:"order_id"`
+	CustomerID  string `json:"customer_id"`
+	AmountCents int64  `json:"amount_cents"`
+	Currency    string `json:"currency"`
+}
+
+// ShippingCommand is the payload of ScheduleShipment and CancelShipment.
+type ShippingCommand struct {
+	OrderID string  `json:"order_id"`
+	ShipTo  Address `json:"ship_to"`
+	Items   []Item  `json:"items"`
+}
+
+// New returns the order saga, recording completed orders in store.
+func New(store Store) *saga.Definition {
+	return saga.New(Name,
+		saga.Step[Order]{Name: StepReserveInventory, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
+		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment)},
+		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping)},
+		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, Retry: retry.Policy{MaxAttempts: 3}},
+	)
+}
+
+func command[P any](participant, typ string, payload func(*Order) P) func(context.Context, *Order) (saga.Command, error) {
+	return func(_ context.Context, o *Order) (saga.Command, error) {
+		return saga.Command{Participant: participant, Type: typ, Payload: payload(o)}, nil
+	}
+}
+
+func inventory(o *Order) InventoryCommand {
+	return InventoryCommand{OrderID: o.OrderID, Items: o.Items}
+}
+
+func payment(o *Order) PaymentCommand {
+	return PaymentCommand{OrderID: o.OrderID, CustomerID: o.CustomerID, AmountCents: o.AmountCents, Currency: o.Currency}
+}
+
+func shipping(o *Order) ShippingCommand {
+	return ShippingCommand{OrderID: o.OrderID, ShipTo: o.ShipTo, Items: o.Items}
+}
