@@ -1,0 +1,818 @@
+// Package orchestrator runs sagas as a consume-transform-produce loop inside
+// Kafka transactions.
+//
+//	eng, err := orchestrator.New(order.New(store),
+//		orchestrator.Brokers("localhost:9092"),
+//		orchestrator.Redis(rdb),
+//		orchestrator.TransactionalID("sagad-0"),
+//	)
+//	if err != nil { … }
+//	defer eng.Close()
+//	err = eng.Run(ctx)
+//
+// For each polled batch of saga.T.inbox the engine begins a transaction,
+// applies every record to its saga, produces the participant commands, the
+// saga events and the new states (saga.T.state), and commits them together
+// with the inbox offsets. After the commit it writes the states to Redis with
+// a version compare-and-set and advances a per-partition checkpoint of the
+// state topic. Kafka is the source of truth: on partition assignment the
+// engine replays the state topic from the Redis checkpoint, so Redis may lag
+// or be lost without losing a saga.
+//
+// Records whose processing fails are retried (the transaction aborts and
+// they are re-delivered after a backoff), counted durably in Redis; when the
+// attempts run out, or at once for permanent errors, the record goes to
+// saga.T.inbox-dlt and its saga compensates, in one transaction.
+//
+// The engine exports no metrics itself: register hooks (HookAfterCommit, …)
+// to observe it.
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
+)
+
+// Engine runs one saga type. Create it with New, run it with Run, stop it by
+// cancelling Run's context, then Close.
+type Engine struct {
+	cfg   config
+	def   *saga.Definition
+	m     *machine
+	store *store
+	sess  *kgo.GroupTransactSession
+	log   *slog.Logger
+
+	inbox, stateTopic, events, dlt string
+
+	// changes is filled by the group callbacks (kgo's goroutines) and
+	// drained by the loop.
+	mu      sync.Mutex
+	changes []assignment
+
+	// Owned by the loop goroutine.
+	parts  map[int32]*partition
+	sagas  map[string]*entry
+	timers timers
+
+	ready   atomic.Bool
+	running atomic.Bool
+	closed  chan struct{}
+	once    sync.Once
+}
+
+type assignment struct {
+	p        int32
+	assigned bool
+}
+
+// partition is what the engine keeps for an inbox partition it owns.
+type partition struct {
+	// checkpoint is the last checkpoint known to be in Redis (0: none).
+	checkpoint int64
+	// pending holds committed states not yet acknowledged by Redis, in
+	// state-topic order.
+	pending []write
+	// attempts holds the durable failure counts of its inbox records.
+	attempts map[int64]attempt
+	// cleared lists offsets whose counts can be forgotten.
+	cleared []int64
+}
+
+// entry is a saga in memory.
+type entry struct {
+	state     *State
+	data      any
+	partition int32
+	// acked is the version Redis has acknowledged.
+	acked int64
+}
+
+// New returns an Engine for def. It validates the options and connects
+// nothing until Run.
+func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
+	if def == nil {
+		return nil, errors.New("orchestrator: nil saga definition")
+	}
+	cfg, err := newConfig(def.Name(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("orchestrator: %w", err)
+	}
+	e := &Engine{
+		cfg: cfg, def: def, log: cfg.logger.With("saga", def.Name()),
+		m:     newMachine(def, cfg.comp, cfg.now),
+		store: &store{rdb: cfg.rdb, typ: def.Name(), group: cfg.group},
+		inbox: message.Inbox(def.Name()), stateTopic: message.State(def.Name()),
+		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
+		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
+		closed: make(chan struct{}),
+	}
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.brokers...),
+		kgo.ConsumerGroup(cfg.group),
+		kgo.ConsumeTopics(e.inbox),
+		kgo.TransactionalID(cfg.txnID),
+		kgo.TransactionTimeout(cfg.txnTimeout),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.RecordPartitioner(partitioner(e.stateTopic, e.inbox)),
+		kgo.ProducerBatchMaxBytes(16 << 20),
+		kgo.ProducerLinger(0),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], true) }),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
+	}
+	sess, err := kgo.NewGroupTransactSession(append(kopts, cfg.kafkaOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("orchestrator: kafka client: %w", err)
+	}
+	e.sess = sess
+	return e, nil
+}
+
+// partitioner sends state and timeout records to the partition set on the
+// record (the saga's inbox partition) and hashes the key for every other
+// topic, as Kafka's default partitioner does.
+func partitioner(manual ...string) kgo.Partitioner {
+	byKey := kgo.StickyKeyPartitioner(nil)
+	return kgo.BasicConsistentPartitioner(func(topic string) func(*kgo.Record, int) int {
+		for _, t := range manual {
+			if t == topic {
+				return func(r *kgo.Record, _ int) int { return int(r.Partition) }
+			}
+		}
+		tp := byKey.ForTopic(topic)
+		return func(r *kgo.Record, n int) int { return tp.Partition(r, n) }
+	})
+}
+
+func (e *Engine) change(ps []int32, assigned bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range ps {
+		e.changes = append(e.changes, assignment{p, assigned})
+	}
+}
+
+// Ready reports whether the engine has joined its group and restored the
+// partitions it owns.
+func (e *Engine) Ready() bool { return e.ready.Load() }
+
+// Client returns the engine's Kafka client, for health checks and metrics
+// plugins. Do not use it to produce or to manage transactions.
+func (e *Engine) Client() *kgo.Client { return e.sess.Client() }
+
+// Run consumes and processes the inbox until ctx is cancelled, then ends the
+// current transaction (aborting it if it is not committed yet), leaves the
+// group and returns nil. It returns an error when the Kafka transaction
+// state is fatal (the instance was fenced by a newer one with the same
+// transactional id, or the client exhausted its retries): the caller should
+// exit and let the instance restart. Run may be called once.
+func (e *Engine) Run(ctx context.Context) error {
+	if !e.running.CompareAndSwap(false, true) {
+		return errors.New("orchestrator: Run called twice")
+	}
+	defer close(e.closed)
+	if err := e.store.load(ctx); err != nil {
+		e.log.Warn("redis unavailable at start; will retry", "err", err)
+	}
+	failures := 0 // consecutive infrastructure failures, for backoff
+	for ctx.Err() == nil {
+		err := e.step(ctx)
+		switch {
+		case err == nil:
+			failures = 0
+		case ctx.Err() != nil:
+		case errors.Is(err, errInfra):
+			failures++
+			wait := e.cfg.infraBackoff.Backoff(failures + 1)
+			e.log.Warn("dependency unavailable; retrying", "err", err, "wait", wait)
+			sleep(ctx, wait)
+		default:
+			return err
+		}
+	}
+	e.flushRedis(context.WithoutCancel(ctx))
+	return nil
+}
+
+// Close waits for Run to return (cancel its context first), then leaves the
+// group and closes the Kafka client. It does not close the Redis client.
+func (e *Engine) Close() {
+	e.once.Do(func() {
+		if e.running.Load() {
+			<-e.closed
+		}
+		e.sess.Close()
+	})
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// step is one iteration of the loop: apply assignment changes, poll, run one
+// transaction.
+func (e *Engine) step(ctx context.Context) error {
+	if err := e.applyChanges(ctx); err != nil {
+		return err
+	}
+	e.flushRedisIfDue(ctx)
+
+	pollCtx, cancel := context.WithTimeout(ctx, e.pollWait())
+	fetches := e.sess.PollRecords(pollCtx, e.cfg.maxPoll)
+	cancel()
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := fetches.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		e.log.Warn("poll", "err", err)
+	}
+	var recs []*kgo.Record
+	fetches.EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
+	// Assignments seen during the poll are applied before any of their
+	// records is handled.
+	if err := e.applyChanges(ctx); err != nil {
+		return err
+	}
+	due := e.dueTimers(e.cfg.now())
+	if len(recs) == 0 && len(due) == 0 {
+		return nil
+	}
+	return e.transact(ctx, recs, due)
+}
+
+// pollWait bounds a poll so that deadlines fire on time.
+func (e *Engine) pollWait() time.Duration {
+	wait := time.Second
+	if next, ok := e.timers.next(); ok {
+		wait = min(wait, max(time.Until(time.UnixMilli(next)), time.Millisecond))
+	}
+	return wait
+}
+
+// batch is the work of one transaction.
+type batch struct {
+	Batch
+	overlay  map[string]*entry // sagas changed in this batch
+	loaded   map[string]*State // sagas read from Redis for this batch
+	order    []string          // changed saga ids, in first-change order
+	dead     []deadLetter
+	produced []*kgo.Record
+}
+
+type deadLetter struct {
+	p      int32
+	offset int64
+}
+
+func (e *Engine) transact(ctx context.Context, recs []*kgo.Record, due []timer) error {
+	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
+	if err := e.preload(ctx, b, recs); err != nil {
+		e.rewind(ctx)
+		e.rearm(due)
+		return err
+	}
+	if err := e.sess.Begin(); err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	var produceErr atomic.Value
+	produce := func(r *kgo.Record) {
+		b.produced = append(b.produced, r)
+		e.sess.Produce(ctx, r, func(r *kgo.Record, err error) {
+			if err != nil {
+				produceErr.CompareAndSwap(nil, fmt.Errorf("produce to %s: %w", r.Topic, err))
+			}
+		})
+	}
+	for _, t := range due {
+		produce(e.timeoutRecord(t))
+		b.Timeouts++
+	}
+
+	var failed *kgo.Record
+	var failErr error
+	for _, r := range recs {
+		if err := e.handle(ctx, b, r, produce); err != nil {
+			failed, failErr = r, err
+			break
+		}
+	}
+	if failed == nil {
+		for _, id := range b.order {
+			ent := b.overlay[id]
+			raw, err := json.Marshal(ent.state)
+			if err != nil {
+				failed, failErr = nil, fmt.Errorf("encode state of saga %s: %w", id, err)
+				break
+			}
+			produce(&kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: raw})
+		}
+	}
+	if failErr == nil {
+		if err := e.sess.Client().Flush(ctx); err != nil {
+			failErr = fmt.Errorf("%w: flush: %w", errInfra, err)
+		} else if v := produceErr.Load(); v != nil {
+			failErr = fmt.Errorf("%w: %w", errInfra, v.(error))
+		}
+	}
+	if failErr != nil {
+		if _, err := e.sess.End(ctx, kgo.TryAbort); err != nil {
+			return fmt.Errorf("abort transaction: %w", err)
+		}
+		e.afterCompletion(ctx, b, false)
+		e.rearm(due)
+		if failed != nil {
+			return e.retryLater(ctx, failed, failErr)
+		}
+		return failErr
+	}
+	committed, err := e.sess.End(ctx, kgo.TryCommit)
+	if err != nil {
+		return fmt.Errorf("end transaction: %w", err)
+	}
+	if !committed {
+		e.log.Info("transaction aborted (rebalance or fenced); re-consuming from committed offsets")
+		e.afterCompletion(ctx, b, false)
+		e.rearm(due)
+		return nil
+	}
+	e.afterCommit(ctx, b)
+	return nil
+}
+
+// rearm puts back timers whose Timeout messages were not committed.
+func (e *Engine) rearm(due []timer) {
+	for _, t := range due {
+		e.timers.add(t)
+	}
+}
+
+// rewind makes the session re-consume from the committed offsets: the
+// polled records were not handled.
+func (e *Engine) rewind(ctx context.Context) {
+	if err := e.sess.Begin(); err == nil {
+		_, _ = e.sess.End(ctx, kgo.TryAbort)
+	}
+}
+
+// preload reads from Redis, in one round trip, the sagas of the batch that
+// are not in memory, and checks that Redis still has its checkpoints.
+func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	seen := make(map[string]bool)
+	var ids []string
+	expect := make(map[int32]int64)
+	for _, r := range recs {
+		if e.parts[r.Partition] == nil {
+			return fmt.Errorf("%w: partition %d is not restored", errInfra, r.Partition)
+		}
+		id := string(r.Key)
+		if id == "" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		if _, ok := e.sagas[id]; !ok {
+			ids = append(ids, id)
+			if p := e.parts[r.Partition]; p != nil {
+				expect[r.Partition] = p.checkpoint
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	got, err := e.store.get(ctx, ids, expect)
+	if err != nil {
+		return err
+	}
+	if len(got.lost) > 0 {
+		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partitions", got.lost)
+		for _, p := range got.lost {
+			if err := e.restore(ctx, p, true); err != nil {
+				return err
+			}
+		}
+		return e.preload(ctx, b, recs)
+	}
+	b.loaded = got.states
+	return nil
+}
+
+// lookup returns a saga's current state: changed in this batch, in memory,
+// or read from Redis by preload.
+func (e *Engine) lookup(b *batch, id string) (*entry, error) {
+	if ent, ok := b.overlay[id]; ok {
+		return ent, nil
+	}
+	if ent, ok := e.sagas[id]; ok {
+		return ent, nil
+	}
+	st, ok := b.loaded[id]
+	if !ok {
+		return nil, nil
+	}
+	data, err := e.def.Decode(st.Data)
+	if err != nil {
+		return nil, fmt.Errorf("decode stored data of saga %s: %w", id, err)
+	}
+	return &entry{state: st, data: data, acked: st.Version}, nil
+}
+
+// handle applies one inbox record. It returns an error only for a failure
+// that aborts the transaction; everything else (dead-letters, drops) is
+// part of the batch.
+func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) error {
+	part := e.parts[r.Partition]
+	in, err := e.decode(r)
+	if err != nil {
+		e.deadLetter(b, r, err, 1, produce)
+		return nil
+	}
+	ent, err := e.lookup(b, in.sagaID)
+	if err != nil {
+		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err}), 1, produce)
+		return nil
+	}
+	var st *State
+	var data any
+	if ent != nil {
+		st, data = ent.state, ent.data
+	}
+
+	// A record whose attempts ran out is dead-lettered and its saga
+	// compensated, in this transaction.
+	if a, ok := part.attempts[r.Offset]; ok && a.err != nil {
+		return e.exhausted(ctx, b, r, in, ent, a, produce)
+	}
+
+	out, err := e.m.apply(ctx, st, data, in)
+	if err != nil {
+		if !retry.IsPermanent(err) {
+			return err
+		}
+		a := attempt{count: 1, first: e.cfg.now(), last: e.cfg.now(), err: err}
+		if prior, ok := part.attempts[r.Offset]; ok {
+			a.count, a.first = prior.count+1, prior.first
+		}
+		return e.exhausted(ctx, b, r, in, ent, a, produce)
+	}
+	if _, ok := part.attempts[r.Offset]; ok {
+		part.cleared = append(part.cleared, r.Offset)
+	}
+	if out.drop != "" {
+		b.Dropped = append(b.Dropped, out.drop)
+		e.log.Debug("dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
+		return nil
+	}
+	e.applied(b, r, in, out, produce)
+	if out.giveUp != "" {
+		e.deadLetter(b, r, errors.New(out.state.Reason), 1, produce)
+		b.DeadLettered[len(b.DeadLettered)-1] = out.giveUp
+	}
+	return nil
+}
+
+// exhausted dead-letters r and, when its saga is running, compensates it.
+func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *input, ent *entry, a attempt, produce func(*kgo.Record)) error {
+	e.deadLetterAt(b, r, a, produce)
+	if ent == nil || ent.state.Status != message.StatusRunning {
+		return nil
+	}
+	out, err := e.m.abort(ctx, ent.state, ent.data, deadLetterReason(a.err))
+	if err != nil {
+		// Building compensation commands is pure; failing here is a bug in
+		// the saga definition. The record is in the DLQ; the saga waits
+		// for an operator's Compensate message.
+		e.log.Error("cannot start compensation", "saga_id", in.sagaID, "err", err)
+		return nil
+	}
+	e.applied(b, r, in, out, produce)
+	return nil
+}
+
+// applied records an outcome in the batch and produces its commands and
+// events.
+func (e *Engine) applied(b *batch, r *kgo.Record, in *input, out *outcome, produce func(*kgo.Record)) {
+	id := out.state.ID
+	prev, had := b.overlay[id]
+	acked := int64(0)
+	if had {
+		acked = prev.acked
+	} else if ent, ok := e.sagas[id]; ok {
+		acked = ent.acked
+	} else if st, ok := b.loaded[id]; ok {
+		acked = st.Version
+	}
+	if !had {
+		b.order = append(b.order, id)
+	}
+	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, acked: acked}
+	for _, c := range out.commands {
+		produce(e.commandRecord(out.state, c, in))
+	}
+	for _, ev := range out.events {
+		produce(e.eventRecord(ev))
+		b.Events = append(b.Events, ev)
+		switch ev.Type {
+		case message.EventStepSucceeded, message.EventStepFailed, message.EventStepCompensated:
+			if out.state.StepStarted > 0 {
+				b.StepLatencies = append(b.StepLatencies, StepLatency{Step: ev.Step, Duration: ev.At.Sub(time.UnixMilli(out.state.StepStarted))})
+			}
+		}
+	}
+}
+
+func deadLetterReason(err error) string {
+	var ie *InputError
+	if errors.As(err, &ie) {
+		return ie.Reason
+	}
+	if retry.IsPermanent(err) {
+		return ReasonPermanent
+	}
+	return ReasonExhausted
+}
+
+func (e *Engine) deadLetter(b *batch, r *kgo.Record, err error, attempts int, produce func(*kgo.Record)) {
+	now := e.cfg.now()
+	e.deadLetterAt(b, r, attempt{count: attempts, first: now, last: now, err: err}, produce)
+}
+
+func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*kgo.Record)) {
+	reason := deadLetterReason(a.err)
+	produce(dlq.New(r, e.dlt, dlq.Failure{
+		Group: e.cfg.group, Err: a.err, Reason: reason, Attempts: a.count, First: a.first, Last: a.last,
+	}))
+	b.DeadLettered = append(b.DeadLettered, reason)
+	b.dead = append(b.dead, deadLetter{r.Partition, r.Offset})
+	e.log.Warn("dead-lettered", "reason", reason, "err", a.err, "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "attempts", a.count)
+}
+
+// retryLater counts a failed attempt of r durably and waits out its backoff.
+// When the attempts are used up the record is marked, so that its next
+// delivery dead-letters it.
+func (e *Engine) retryLater(ctx context.Context, r *kgo.Record, err error) error {
+	if errors.Is(err, errInfra) {
+		return err
+	}
+	policy := e.cfg.retry
+	var se *StepError
+	if errors.As(err, &se) {
+		policy = se.Retry
+	}
+	now := e.cfg.now()
+	n, first, cerr := e.store.countFailure(ctx, r.Partition, r.Offset, now, policy.Attempts())
+	if cerr != nil {
+		// Without a durable count the attempt does not count: retry
+		// until Redis is back rather than dead-letter too early.
+		return fmt.Errorf("%w: %w (processing failed: %v)", errInfra, cerr, err)
+	}
+	for _, h := range e.cfg.hooks {
+		if h, ok := h.(HookRetry); ok {
+			h.OnRetry(r, n, err)
+		}
+	}
+	if part := e.parts[r.Partition]; part != nil {
+		a := attempt{count: n, first: first, last: now}
+		if policy.Exhausted(n) {
+			a.err = fmt.Errorf("%w (after %d attempts)", err, n)
+		}
+		part.attempts[r.Offset] = a
+	}
+	wait := policy.Backoff(n + 1)
+	if policy.Exhausted(n) {
+		wait = 0
+	}
+	e.log.Warn("processing failed; retrying", "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
+	sleep(ctx, wait)
+	return nil
+}
+
+// decode reads an inbox record's headers. Its errors are permanent.
+func (e *Engine) decode(r *kgo.Record) (*input, error) {
+	in := &input{value: r.Value}
+	var sagaID, attempt string
+	for _, h := range r.Headers {
+		switch h.Key {
+		case message.HeaderMessageType:
+			in.typ = string(h.Value)
+		case message.HeaderMessageID:
+			in.msgID = string(h.Value)
+		case message.HeaderSagaID:
+			sagaID = string(h.Value)
+		case message.HeaderInReplyTo:
+			in.inReplyTo = string(h.Value)
+		case message.HeaderStepAttempt:
+			attempt = string(h.Value)
+		case message.HeaderOutcome:
+			in.outcome = string(h.Value)
+		case message.HeaderReason:
+			in.reason = string(h.Value)
+		case message.HeaderTraceParent:
+			in.trace = h.Value
+		}
+	}
+	in.sagaID = string(r.Key)
+	switch {
+	case len(r.Value) > e.cfg.maxValue:
+		return nil, inputErr(ReasonTooLarge, "value is %d bytes, the limit is %d", len(r.Value), e.cfg.maxValue)
+	case in.sagaID == "":
+		return nil, inputErr(ReasonMissingSagaID, "the record has no key; the key must be the saga id")
+	case sagaID != "" && sagaID != in.sagaID:
+		return nil, inputErr(ReasonMissingSagaID, "header %s %q differs from the key %q", message.HeaderSagaID, sagaID, in.sagaID)
+	case in.typ == "":
+		return nil, inputErr(ReasonUnknownType, "header %s is missing", message.HeaderMessageType)
+	}
+	if attempt != "" {
+		n, err := strconv.Atoi(attempt)
+		if err != nil {
+			return nil, inputErr(ReasonUndecodable, "header %s %q is not a number", message.HeaderStepAttempt, attempt)
+		}
+		in.attempt = n
+	}
+	if in.typ == message.TypeStartSaga && !json.Valid(r.Value) {
+		return nil, inputErr(ReasonUndecodable, "start request value is not JSON")
+	}
+	if in.typ == message.TypeReply && in.inReplyTo == "" {
+		return nil, inputErr(ReasonUndecodable, "reply has no %s header", message.HeaderInReplyTo)
+	}
+	return in, nil
+}
+
+func (e *Engine) commandRecord(st *State, c command, in *input) *kgo.Record {
+	hs := []kgo.RecordHeader{
+		{Key: message.HeaderSagaID, Value: []byte(st.ID)},
+		{Key: message.HeaderSagaType, Value: []byte(st.Type)},
+		{Key: message.HeaderMessageType, Value: []byte(c.msgType)},
+		{Key: message.HeaderMessageID, Value: []byte(c.msgID)},
+		{Key: message.HeaderStep, Value: []byte(c.step)},
+		{Key: message.HeaderStepAttempt, Value: []byte(strconv.Itoa(c.attempt))},
+		{Key: message.HeaderReplyTo, Value: []byte(e.inbox)},
+	}
+	if len(in.trace) > 0 {
+		hs = append(hs, kgo.RecordHeader{Key: message.HeaderTraceParent, Value: in.trace})
+	}
+	return &kgo.Record{Topic: c.topic, Key: []byte(st.ID), Value: c.value, Headers: hs}
+}
+
+func (e *Engine) eventRecord(ev message.Event) *kgo.Record {
+	value, _ := json.Marshal(ev) // an Event always encodes
+	return &kgo.Record{Topic: e.events, Key: []byte(ev.SagaID), Value: value, Headers: []kgo.RecordHeader{
+		{Key: message.HeaderSagaID, Value: []byte(ev.SagaID)},
+		{Key: message.HeaderSagaType, Value: []byte(ev.SagaType)},
+		{Key: message.HeaderMessageType, Value: []byte(ev.Type)},
+	}}
+}
+
+func (e *Engine) timeoutRecord(t timer) *kgo.Record {
+	id := t.sagaID + "/timeout/" + strconv.FormatInt(t.deadline, 10)
+	hs := []kgo.RecordHeader{
+		{Key: message.HeaderSagaID, Value: []byte(t.sagaID)},
+		{Key: message.HeaderSagaType, Value: []byte(e.def.Name())},
+		{Key: message.HeaderMessageType, Value: []byte(message.TypeTimeout)},
+		{Key: message.HeaderMessageID, Value: []byte(id)},
+	}
+	if t.waiting != "" {
+		hs = append(hs,
+			kgo.RecordHeader{Key: message.HeaderInReplyTo, Value: []byte(t.waiting)},
+			kgo.RecordHeader{Key: message.HeaderStepAttempt, Value: []byte(strconv.Itoa(t.attempt))})
+	}
+	return &kgo.Record{Topic: e.inbox, Partition: t.partition, Key: []byte(t.sagaID), Headers: hs}
+}
+
+// afterCommit moves the batch's states into memory, runs the after-commit
+// hooks, brings Redis up to date and runs the after-completion hooks.
+func (e *Engine) afterCommit(ctx context.Context, b *batch) {
+	offsets := make(map[string]int64, len(b.order))
+	for _, r := range b.produced {
+		if r.Topic == e.stateTopic {
+			offsets[string(r.Key)] = r.Offset
+		}
+	}
+	for _, id := range b.order {
+		ent := b.overlay[id]
+		e.sagas[id] = ent
+		part := e.parts[ent.partition]
+		if part == nil { // revoked meanwhile: the new owner replays it
+			delete(e.sagas, id)
+			continue
+		}
+		raw, _ := json.Marshal(ent.state)
+		part.pending = append(part.pending, write{partition: ent.partition, offset: offsets[id], state: ent.state, raw: raw})
+		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
+			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
+		}
+	}
+	for _, d := range b.dead {
+		if part := e.parts[d.p]; part != nil {
+			if _, ok := part.attempts[d.offset]; ok {
+				part.cleared = append(part.cleared, d.offset)
+			}
+		}
+	}
+	for _, h := range e.cfg.hooks {
+		if h, ok := h.(HookAfterCommit); ok {
+			h.AfterCommit(ctx, &b.Batch)
+		}
+	}
+	e.flushRedis(ctx)
+	e.afterCompletion(ctx, b, true)
+}
+
+func (e *Engine) afterCompletion(ctx context.Context, b *batch, committed bool) {
+	for _, h := range e.cfg.hooks {
+		if h, ok := h.(HookAfterCompletion); ok {
+			h.AfterCompletion(ctx, &b.Batch, committed)
+		}
+	}
+}
+
+// flushRedisIfDue retries pending Redis writes left by an earlier failure.
+func (e *Engine) flushRedisIfDue(ctx context.Context) {
+	for _, part := range e.parts {
+		if len(part.pending) > 0 || len(part.cleared) > 0 {
+			e.flushRedis(ctx)
+			return
+		}
+	}
+}
+
+// flushRedis writes every partition's pending states to Redis, then moves
+// the checkpoints past them and forgets the states Redis now holds. On a
+// failure the states stay pending (and in memory) for the next try.
+func (e *Engine) flushRedis(ctx context.Context) {
+	var ws []write
+	for _, part := range e.parts {
+		ws = append(ws, part.pending...)
+	}
+	pending, err := len(ws), error(nil)
+	defer func() {
+		for _, h := range e.cfg.hooks {
+			if h, ok := h.(HookRedisLag); ok {
+				h.OnRedisLag(pending, err)
+			}
+		}
+	}()
+	if err = e.store.put(ctx, ws); err != nil {
+		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", len(ws), "err", err)
+		return
+	}
+	for p, part := range e.parts {
+		if len(part.cleared) > 0 {
+			if err := e.store.clearAttempts(ctx, p, part.cleared); err == nil {
+				for _, o := range part.cleared {
+					delete(part.attempts, o)
+				}
+				part.cleared = part.cleared[:0]
+			}
+		}
+		if len(part.pending) == 0 {
+			continue
+		}
+		next := part.pending[len(part.pending)-1].offset + 1
+		if err = e.store.checkpoint(ctx, p, next, part.checkpoint > 0); err != nil {
+			if errors.Is(err, errLost) {
+				e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
+				if err = e.restore(ctx, p, true); err != nil {
+					e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
+				}
+				continue
+			}
+			e.log.Warn("redis checkpoint write failed", "partition", p, "err", err)
+			continue
+		}
+		part.checkpoint = next
+		for _, w := range part.pending {
+			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version {
+				ent.acked = w.state.Version
+				if ent.state.Terminal() {
+					delete(e.sagas, w.state.ID)
+				}
+			}
+		}
+		part.pending = part.pending[:0]
+	}
+	pending = 0
+	for _, part := range e.parts {
+		pending += len(part.pending)
+	}
+}

@@ -1,0 +1,72 @@
+package orchestrator
+
+import (
+	"context"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/message"
+)
+
+// Hook is a value that implements one or more of the Hook* interfaces. Hooks
+// are called from the engine's loop goroutine, one at a time: they must be
+// fast and must not block.
+type Hook any
+
+// Batch is what one transaction did. Hooks must not modify it.
+type Batch struct {
+	// Records counts the inbox records consumed.
+	Records int
+	// Events are the saga events produced, in order.
+	Events []message.Event
+	// StepLatencies holds, per step that finished (succeeded, failed or
+	// was compensated) in this batch, how long it took.
+	StepLatencies []StepLatency
+	// DeadLettered holds the reason of each record dead-lettered.
+	DeadLettered []string
+	// Dropped holds the reason of each duplicate or stale record dropped.
+	Dropped []string
+	// Timeouts counts Timeout messages produced for expired deadlines.
+	Timeouts int
+}
+
+// StepLatency is the duration of one step or compensation.
+type StepLatency struct {
+	Step     string
+	Duration time.Duration
+}
+
+// HookAfterCommit is called after a transaction commits, before the new
+// states are written to Redis. It is the place for side effects that must
+// happen only once the saga's progress is durable (the counterpart of
+// Spring's TransactionSynchronization.afterCommit).
+type HookAfterCommit interface {
+	AfterCommit(ctx context.Context, b *Batch)
+}
+
+// HookAfterCompletion is called after every transaction, committed or
+// aborted, once the after-commit work is done.
+type HookAfterCompletion interface {
+	AfterCompletion(ctx context.Context, b *Batch, committed bool)
+}
+
+// HookRetry is called when processing a record failed and its transaction
+// is aborted to retry it. attempts counts the failures so far.
+type HookRetry interface {
+	OnRetry(r *kgo.Record, attempts int, err error)
+}
+
+// HookRedisLag is called after each attempt to bring Redis up to date with
+// the number of committed states not yet in Redis.
+type HookRedisLag interface {
+	OnRedisLag(pending int, err error)
+}
+
+func isHook(h Hook) bool {
+	switch h.(type) {
+	case HookAfterCommit, HookAfterCompletion, HookRetry, HookRedisLag:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,412 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ksaga/ksaga/compensation"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
+)
+
+// InputError is a record that no retry can fix: it is dead-lettered with
+// Reason at once. It is permanent (retry.IsPermanent).
+type InputError struct {
+	Reason string
+	Err    error
+}
+
+func (e *InputError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+func inputErr(reason, format string, args ...any) error {
+	return retry.Permanent(&InputError{Reason: reason, Err: fmt.Errorf(format, args...)})
+}
+
+// Dead-letter reasons.
+const (
+	ReasonUndecodable      = "undecodable"
+	ReasonMissingSagaID    = "missing-saga-id"
+	ReasonUnknownType      = "unknown-message-type"
+	ReasonUnknownSaga      = "unknown-saga"
+	ReasonNotWaiting       = "not-waiting-on-step"
+	ReasonConflictingStart = "conflicting-start"
+	ReasonTooLarge         = "value-too-large"
+	ReasonInvalid          = "invalid"
+	ReasonExhausted        = "retries-exhausted"
+	ReasonPermanent        = "permanent-error"
+	ReasonCompensation     = "compensation-exhausted"
+)
+
+// Drop reasons: messages that are recognised and ignored.
+const (
+	DropDuplicateStart = "duplicate-start"
+	DropStaleReply     = "stale-reply"
+	DropStaleTimeout   = "stale-timeout"
+	DropEnded          = "saga-ended"
+)
+
+// input is a decoded inbox record.
+type input struct {
+	typ       string
+	sagaID    string
+	msgID     string
+	inReplyTo string
+	attempt   int
+	outcome   string
+	reason    string
+	value     []byte
+	trace     []byte // traceparent, copied onto commands
+}
+
+// command is a participant command to produce.
+type command struct {
+	topic, msgType, msgID, step string
+	attempt                     int
+	value                       []byte
+}
+
+// outcome is what applying one input produced.
+type outcome struct {
+	state    *State
+	data     any
+	commands []command
+	events   []message.Event
+	// drop, when set, says the input was a duplicate or stale and changed
+	// nothing.
+	drop string
+	// giveUp, when set, dead-letters the input with this reason although
+	// it was applied: the saga ended SagaFailed.
+	giveUp string
+}
+
+// machine applies inbox messages to saga state. It holds no state of its own.
+type machine struct {
+	def   *saga.Definition
+	steps []saga.StepInfo
+	undo  []compensation.Step
+	comp  compensation.Policy
+	now   func() time.Time
+}
+
+func newMachine(def *saga.Definition, comp compensation.Policy, now func() time.Time) *machine {
+	m := &machine{def: def, steps: def.Steps(), comp: comp, now: now}
+	for _, s := range m.steps {
+		m.undo = append(m.undo, compensation.Step{Undoable: s.Undoable})
+	}
+	return m
+}
+
+// apply applies in to st (nil for an unknown saga) and data (st's decoded
+// data). It never modifies st: the new state is in the outcome. A returned
+// error wrapping *InputError is permanent; any other error is a processing
+// failure (a local step failed) that the engine retries.
+func (m *machine) apply(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
+	switch in.typ {
+	case message.TypeStartSaga:
+		return m.start(ctx, st, in)
+	case message.TypeReply:
+		return m.reply(ctx, st, data, in)
+	case message.TypeTimeout:
+		return m.timeout(ctx, st, data, in)
+	case message.TypeCompensate:
+		return m.compensate(ctx, st, data, in)
+	}
+	return nil, inputErr(ReasonUnknownType, "message type %q is not one of StartSaga, Reply, Timeout, Compensate", in.typ)
+}
+
+func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, error) {
+	sum := sha256.Sum256(in.value)
+	hash := hex.EncodeToString(sum[:])
+	if st != nil {
+		if st.StartHash == hash {
+			return &outcome{drop: DropDuplicateStart}, nil
+		}
+		return nil, inputErr(ReasonConflictingStart, "saga %s already started with a different payload", in.sagaID)
+	}
+	data, err := m.def.Decode(in.value)
+	if err != nil {
+		return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
+	}
+	now := m.now()
+	next := &State{
+		ID: in.sagaID, Type: m.def.Name(), Status: message.StatusRunning, Undoing: -1,
+		StartID: in.msgID, StartHash: hash, Data: json.RawMessage(in.value),
+		Created: now, Updated: now,
+	}
+	out := &outcome{state: next, data: data}
+	m.event(out, message.EventSagaStarted, "", "")
+	return out, m.advance(ctx, out, 0)
+}
+
+// advance makes step i current: it runs local steps until it reaches a
+// participant step (and sends its command) or the end of the saga.
+func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
+	st := out.state
+	for ; i < len(m.steps); i++ {
+		step := m.steps[i]
+		st.Step, st.StepStarted = i, m.now().UnixMilli()
+		if !step.Local {
+			cmd, err := m.def.Do(ctx, i, out.data)
+			if err != nil {
+				return fmt.Errorf("build command of step %s: %w", step.Name, err)
+			}
+			return m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
+		}
+		if err := m.def.RunLocal(ctx, i, out.data); err != nil {
+			return &StepError{Step: step.Name, Retry: step.Retry, Err: err}
+		}
+		m.event(out, message.EventStepSucceeded, step.Name, "")
+	}
+	st.Status, st.Waiting, st.Attempt, st.Deadline = message.StatusCompleted, "", 0, 0
+	m.event(out, message.EventSagaCompleted, "", "")
+	return nil
+}
+
+// StepError is a local step's failure. The engine retries the record under
+// Retry, the step's policy.
+type StepError struct {
+	Step  string
+	Retry retry.Policy
+	Err   error
+}
+
+func (e *StepError) Error() string { return "step " + e.Step + ": " + e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+func (m *machine) send(out *outcome, cmd saga.Command, id string, attempt int, deadline time.Duration) error {
+	st := out.state
+	value, err := json.Marshal(cmd.Payload)
+	if err != nil {
+		return fmt.Errorf("encode command %s: %w", cmd.Type, err)
+	}
+	st.Waiting, st.Attempt = id, attempt
+	st.Deadline = m.now().Add(deadline).UnixMilli()
+	out.commands = append(out.commands, command{
+		topic: message.Commands(cmd.Participant), msgType: cmd.Type, msgID: id,
+		step: m.steps[stepOf(st)].Name, attempt: attempt, value: value,
+	})
+	return nil
+}
+
+// stepOf returns the step the saga is working on: the one being undone
+// while compensating.
+func stepOf(st *State) int {
+	if st.Undoing >= 0 {
+		return st.Undoing
+	}
+	return st.Step
+}
+
+func commandID(sagaID, step, kind string) string { return sagaID + "/" + step + "/" + kind }
+
+func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
+	if st == nil {
+		return nil, inputErr(ReasonUnknownSaga, "reply %s for saga %s, which does not exist", in.msgID, in.sagaID)
+	}
+	if st.Terminal() || in.inReplyTo != st.Waiting {
+		if m.sent(st, in.inReplyTo) {
+			return &outcome{drop: DropStaleReply}, nil
+		}
+		return nil, inputErr(ReasonNotWaiting, "reply to %q, but saga %s waits on %q", in.inReplyTo, st.ID, st.Waiting)
+	}
+	if in.outcome != message.OutcomeSuccess && in.outcome != message.OutcomeFailure {
+		return nil, inputErr(ReasonInvalid, "reply outcome %q is neither success nor failure", in.outcome)
+	}
+	out := m.next(st, data)
+	next := out.state
+	i := stepOf(next)
+	name := m.steps[i].Name
+	switch {
+	case next.Status == message.StatusRunning && in.outcome == message.OutcomeSuccess:
+		m.event(out, message.EventStepSucceeded, name, "")
+		return out, m.advance(ctx, out, i+1)
+	case next.Status == message.StatusRunning:
+		m.event(out, message.EventStepFailed, name, in.reason)
+		return out, m.startCompensation(ctx, out, i, compensation.NotApplied, in.reason)
+	case in.outcome == message.OutcomeSuccess:
+		m.event(out, message.EventStepCompensated, name, "")
+		next.Undone = append(next.Undone, i)
+		return out, m.nextUndo(ctx, out)
+	default:
+		// A compensation failed. It is sent again when the backoff below
+		// expires (through the Timeout path), with a fresh message id so the
+		// participant acts again rather than repeating its stored answer.
+		if m.comp.GiveUp(next.UndoSends) {
+			m.fail(out, fmt.Sprintf("compensation of %s failed %d times, last: %s", name, next.UndoSends, in.reason))
+			return out, nil
+		}
+		next.UndoFailures++
+		next.Deadline = m.now().Add(undoBackoff.Backoff(next.UndoSends + 1)).UnixMilli()
+		return out, nil
+	}
+}
+
+// sent reports whether id names a command that the saga has sent before.
+func (m *machine) sent(st *State, id string) bool {
+	rest, ok := strings.CutPrefix(id, st.ID+"/")
+	if !ok {
+		return false
+	}
+	name, kind, ok := strings.Cut(rest, "/")
+	if !ok {
+		return false
+	}
+	i := slices.IndexFunc(m.steps, func(s saga.StepInfo) bool { return s.Name == name })
+	switch {
+	case i < 0:
+		return false
+	case kind == "do":
+		return i <= st.Step
+	case strings.HasPrefix(kind, "undo"):
+		return i == st.Undoing || slices.Contains(st.Undone, i)
+	}
+	return false
+}
+
+func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
+	// A timeout names the send it times out; one read back from Redis's
+	// deadline index names none and counts if the deadline has passed.
+	if st == nil || st.Terminal() {
+		return &outcome{drop: DropStaleTimeout}, nil
+	}
+	current := in.inReplyTo == st.Waiting && in.attempt == st.Attempt
+	if in.inReplyTo == "" {
+		current = st.Deadline > 0 && st.Deadline <= m.now().UnixMilli()
+	}
+	if !current {
+		return &outcome{drop: DropStaleTimeout}, nil
+	}
+	out := m.next(st, data)
+	next := out.state
+	i := stepOf(next)
+	step := m.steps[i]
+	if next.Status == message.StatusRunning {
+		if !step.Retry.Exhausted(next.Attempt) {
+			cmd, err := m.def.Do(ctx, i, out.data)
+			if err != nil {
+				return nil, fmt.Errorf("build command of step %s: %w", step.Name, err)
+			}
+			return out, m.send(out, cmd, next.Waiting, next.Attempt+1, step.Deadline)
+		}
+		reason := fmt.Sprintf("no reply after %d attempts", next.Attempt)
+		m.event(out, message.EventStepFailed, step.Name, reason)
+		return out, m.startCompensation(ctx, out, i, compensation.OutcomeUnknown, reason)
+	}
+	if m.comp.GiveUp(next.UndoSends) {
+		m.fail(out, fmt.Sprintf("compensation of %s got no success after %d attempts", step.Name, next.UndoSends))
+		return out, nil
+	}
+	return out, m.sendUndo(ctx, out, i, next.Attempt+1)
+}
+
+func (m *machine) compensate(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
+	if st == nil {
+		return nil, inputErr(ReasonUnknownSaga, "compensate saga %s, which does not exist", in.sagaID)
+	}
+	if st.Status != message.StatusRunning {
+		return &outcome{drop: DropEnded}, nil
+	}
+	out := m.next(st, data)
+	reason := "compensation requested"
+	if in.reason != "" {
+		reason += ": " + in.reason
+	}
+	m.event(out, message.EventStepFailed, m.steps[st.Step].Name, reason)
+	return out, m.startCompensation(ctx, out, st.Step, compensation.OutcomeUnknown, reason)
+}
+
+// Abort moves a saga to compensation after a processing failure of its
+// current step was dead-lettered. It is the engine's path for exhausted and
+// permanent failures.
+func (m *machine) abort(ctx context.Context, st *State, data any, reason string) (*outcome, error) {
+	out := m.next(st, data)
+	step := m.steps[st.Step]
+	m.event(out, message.EventStepFailed, step.Name, reason)
+	// A failed local step had no effect; a participant step whose reply
+	// could not be handled may have had one.
+	outcome := compensation.OutcomeUnknown
+	if step.Local {
+		outcome = compensation.NotApplied
+	}
+	return out, m.startCompensation(ctx, out, st.Step, outcome, reason)
+}
+
+func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {
+	st := out.state
+	st.Status, st.Step, st.Reason = message.StatusCompensating, failed, reason
+	st.Plan = compensation.Plan(m.undo, failed, o)
+	m.event(out, message.EventCompensationStarted, "", reason)
+	return m.nextUndo(ctx, out)
+}
+
+func (m *machine) nextUndo(ctx context.Context, out *outcome) error {
+	st := out.state
+	if len(st.Plan) == 0 {
+		st.Status, st.Undoing, st.Waiting, st.Attempt, st.Deadline = message.StatusCompensated, -1, "", 0, 0
+		m.event(out, message.EventSagaCompensated, "", st.Reason)
+		return nil
+	}
+	st.Undoing, st.Plan, st.UndoFailures, st.UndoSends = st.Plan[0], st.Plan[1:], 0, 0
+	st.StepStarted = m.now().UnixMilli()
+	return m.sendUndo(ctx, out, st.Undoing, 1)
+}
+
+func (m *machine) sendUndo(ctx context.Context, out *outcome, i, attempt int) error {
+	st := out.state
+	cmd, err := m.def.Undo(ctx, i, out.data)
+	if err != nil {
+		return fmt.Errorf("build compensation of step %s: %w", m.steps[i].Name, err)
+	}
+	st.UndoSends++
+	kind := "undo"
+	if st.UndoFailures > 0 {
+		kind += "-" + strconv.Itoa(st.UndoFailures)
+	}
+	return m.send(out, cmd, commandID(st.ID, m.steps[i].Name, kind), attempt, m.comp.ReplyDeadline())
+}
+
+// fail ends the saga as SagaFailed: a compensation could not be completed
+// and a human must look.
+func (m *machine) fail(out *outcome, reason string) {
+	st := out.state
+	st.Status, st.Reason, st.Waiting, st.Attempt, st.Deadline = message.StatusFailed, reason, "", 0, 0
+	m.event(out, message.EventSagaFailed, m.steps[stepOf(st)].Name, reason)
+	out.giveUp = ReasonCompensation
+}
+
+// next starts an outcome from a copy of st with the version bumped.
+func (m *machine) next(st *State, data any) *outcome {
+	next := st.clone()
+	next.Version++
+	next.Updated = m.now()
+	return &outcome{state: next, data: data}
+}
+
+func (m *machine) event(out *outcome, typ, step, reason string) {
+	st := out.state
+	if st.Version == 0 {
+		st.Version = 1
+	}
+	out.events = append(out.events, message.Event{
+		SagaID: st.ID, SagaType: st.Type, Type: typ, State: st.Status, Step: step,
+		Version: st.Version, At: m.now().UTC(), Reason: reason,
+	})
+}
+
+// undoBackoff spaces the sends of a compensation that its participant failed.
+var undoBackoff = retry.Policy{InitialInterval: time.Second, MaxInterval: time.Minute}
+
+// errInfra marks failures of the engine's own dependencies (Redis): they are
+// retried without counting against the record, since the record is not at
+// fault.
+var errInfra = errors.New("engine dependency unavailable")

@@ -1,0 +1,128 @@
+package orchestrator
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/compensation"
+	"github.com/ksaga/ksaga/retry"
+)
+
+// Opt configures an Engine.
+type Opt interface{ apply(*config) }
+
+type opt func(*config)
+
+func (o opt) apply(c *config) { o(c) }
+
+type config struct {
+	brokers        []string
+	rdb            redis.UniversalClient
+	txnID          string
+	group          string
+	logger         *slog.Logger
+	hooks          []Hook
+	kafkaOpts      []kgo.Opt
+	retry          retry.Policy
+	comp           compensation.Policy
+	maxPoll        int
+	now            func() time.Time
+	maxValue       int
+	txnTimeout     time.Duration
+	infraBackoff   retry.Policy
+	redisRetryWait time.Duration
+}
+
+// Brokers sets the Kafka seed brokers. Required.
+func Brokers(addrs ...string) Opt { return opt(func(c *config) { c.brokers = addrs }) }
+
+// Redis sets the Redis client that holds the saga state view, checkpoints
+// and attempt counters. Required. Close it after the Engine.
+func Redis(rdb redis.UniversalClient) Opt { return opt(func(c *config) { c.rdb = rdb }) }
+
+// TransactionalID sets the Kafka transactional id. It must be stable per
+// instance (the StatefulSet pod name) so that a restarted instance fences
+// its zombie. The default is "ksaga-<saga>-<hostname>".
+func TransactionalID(id string) Opt { return opt(func(c *config) { c.txnID = id }) }
+
+// Group sets the consumer group. The default is "ksaga-<saga>".
+func Group(g string) Opt { return opt(func(c *config) { c.group = g }) }
+
+// Logger sets the logger. The default is slog.Default().
+func Logger(l *slog.Logger) Opt { return opt(func(c *config) { c.logger = l }) }
+
+// Hooks registers hooks: values that implement one or more of the Hook*
+// interfaces. New fails on a value that implements none.
+func Hooks(hs ...Hook) Opt { return opt(func(c *config) { c.hooks = append(c.hooks, hs...) }) }
+
+// KafkaOpts adds options to the engine's Kafka client (after the engine's
+// own, so they win).
+func KafkaOpts(opts ...kgo.Opt) Opt {
+	return opt(func(c *config) { c.kafkaOpts = append(c.kafkaOpts, opts...) })
+}
+
+// Retry sets the policy of inbox records whose processing fails outside a
+// local step (a local step's own policy applies to its failures). The zero
+// value is three attempts, the first included.
+func Retry(p retry.Policy) Opt { return opt(func(c *config) { c.retry = p }) }
+
+// Compensation sets how compensations are retried and when the engine gives
+// up on one.
+func Compensation(p compensation.Policy) Opt { return opt(func(c *config) { c.comp = p }) }
+
+// MaxPollRecords bounds the records handled in one transaction. The default
+// is 1000.
+func MaxPollRecords(n int) Opt { return opt(func(c *config) { c.maxPoll = n }) }
+
+// Clock sets the engine's clock, for tests. The default is time.Now.
+func Clock(now func() time.Time) Opt { return opt(func(c *config) { c.now = now }) }
+
+// MaxValueBytes bounds the value of an inbox record; larger records are
+// dead-lettered unread. The default is 256 KiB.
+func MaxValueBytes(n int) Opt { return opt(func(c *config) { c.maxValue = n }) }
+
+// TransactionTimeout sets the Kafka transaction timeout. The default is 30s.
+func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.txnTimeout = d }) }
+
+// InfraBackoff sets the backoff while a dependency of the engine itself
+// (Redis) is down. The default starts at 200ms and caps at 5s.
+func InfraBackoff(p retry.Policy) Opt { return opt(func(c *config) { c.infraBackoff = p }) }
+
+func newConfig(sagaName string, opts []Opt) (config, error) {
+	c := config{maxPoll: 1000, now: time.Now, maxValue: 256 << 10, txnTimeout: 30 * time.Second, redisRetryWait: time.Second}
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	if c.group == "" {
+		c.group = "ksaga-" + sagaName
+	}
+	if c.txnID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return c, errors.New("no transactional id: set one with TransactionalID (the hostname is unavailable)")
+		}
+		c.txnID = "ksaga-" + sagaName + "-" + host
+	}
+	switch {
+	case len(c.brokers) == 0:
+		return c, errors.New("no Kafka brokers: set them with Brokers")
+	case c.rdb == nil:
+		return c, errors.New("no Redis client: set one with Redis")
+	case c.maxPoll <= 0:
+		return c, errors.New("MaxPollRecords must be positive")
+	}
+	for _, h := range c.hooks {
+		if !isHook(h) {
+			return c, errors.New("a registered hook implements none of the Hook interfaces")
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,299 @@
+package orchestrator
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// applyChanges applies the partition assignments and revocations that the
+// group reported, in order. A newly assigned partition is restored before
+// any of its records is handled.
+func (e *Engine) applyChanges(ctx context.Context) error {
+	e.mu.Lock()
+	changes := e.changes
+	e.changes = nil
+	e.mu.Unlock()
+	for i, c := range changes {
+		if !c.assigned {
+			e.drop(ctx, c.p)
+			continue
+		}
+		e.ready.Store(false)
+		if err := e.restore(ctx, c.p, false); err != nil {
+			// Keep the rest for the next try, ahead of newer changes.
+			e.mu.Lock()
+			e.changes = append(append([]assignment(nil), changes[i:]...), e.changes...)
+			e.mu.Unlock()
+			return fmt.Errorf("%w: restore partition %d: %w", errInfra, c.p, err)
+		}
+	}
+	e.ready.Store(true)
+	return nil
+}
+
+// drop forgets a partition the engine no longer owns, after one last try to
+// bring Redis up to date with it.
+func (e *Engine) drop(ctx context.Context, p int32) {
+	part, ok := e.parts[p]
+	if !ok {
+		return
+	}
+	if len(part.pending) > 0 {
+		e.flushRedis(ctx)
+	}
+	delete(e.parts, p)
+	for id, ent := range e.sagas {
+		if ent.partition == p {
+			delete(e.sagas, id)
+		}
+	}
+	e.log.Info("partition revoked", "partition", p)
+}
+
+// restore replays partition p of the state topic into memory, from the Redis
+// checkpoint (or from the start when full is set, after Redis lost its data)
+// to the end, once no transaction is open on it, and arms the deadlines of
+// its running sagas. Committed states that Redis lacks stay in memory until
+// Redis acknowledges them.
+func (e *Engine) restore(ctx context.Context, p int32, full bool) error {
+	start := time.Now()
+	var from int64
+	if !full {
+		var err error
+		if from, err = e.store.readCheckpoint(ctx, p); err != nil {
+			return err
+		}
+	}
+	attempts, err := e.store.attempts(ctx, p)
+	if err != nil {
+		return err
+	}
+	end, err := e.stableEnd(ctx, p)
+	if err != nil {
+		return err
+	}
+	replayed, err := e.replay(ctx, p, from, end)
+	if err != nil {
+		return err
+	}
+	for id, ent := range e.sagas {
+		if ent.partition == p {
+			delete(e.sagas, id)
+		}
+	}
+	part := &partition{checkpoint: from, attempts: attempts}
+	seen := make(map[string]bool, len(replayed))
+	for _, w := range replayed {
+		seen[w.state.ID] = true
+		data, err := e.def.Decode(w.state.Data)
+		if err != nil {
+			return fmt.Errorf("decode data of saga %s at state offset %d: %w", w.state.ID, w.offset, err)
+		}
+		e.sagas[w.state.ID] = &entry{state: w.state, data: data, partition: p}
+		part.pending = append(part.pending, w)
+		if st := w.state; !st.Terminal() && st.Deadline > 0 {
+			e.timers.add(timer{deadline: st.Deadline, sagaID: st.ID, waiting: st.Waiting, attempt: st.Attempt, partition: p})
+		}
+	}
+	if !full {
+		zs, err := e.store.deadlines(ctx, p)
+		if err != nil {
+			return err
+		}
+		for _, z := range zs {
+			id, _ := z.Member.(string)
+			if !seen[id] {
+				e.timers.add(timer{deadline: int64(z.Score), sagaID: id, partition: p})
+			}
+		}
+	}
+	e.parts[p] = part
+	e.flushRedis(ctx)
+	e.log.Info("partition restored", "partition", p, "from", from, "to", end, "states", len(replayed), "took", time.Since(start))
+	return nil
+}
+
+// replay reads partition p of the state topic from offset from to end with
+// read_committed, and returns the last state of each saga in offset order.
+func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write, error) {
+	if from >= end {
+		return nil, nil
+	}
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(e.cfg.brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{e.stateTopic: {p: kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	latest := make(map[string]int)
+	var out []write
+	last := from - 1
+	idle := time.Now()
+	for last+1 < end {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		fetches := cl.PollFetches(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err := fetches.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("replay state partition %d: %w", p, err)
+		}
+		n := 0
+		fetches.EachRecord(func(r *kgo.Record) {
+			n++
+			last = max(last, r.Offset)
+			if r.Attrs.IsControl() || r.Value == nil {
+				return
+			}
+			st := new(State)
+			if err := json.Unmarshal(r.Value, st); err != nil {
+				e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
+				return
+			}
+			w := write{partition: p, offset: r.Offset, state: st, raw: r.Value}
+			if i, ok := latest[st.ID]; ok {
+				out[i].state = nil // superseded
+			}
+			latest[st.ID] = len(out)
+			out = append(out, w)
+		})
+		if n > 0 {
+			idle = time.Now()
+		} else if time.Since(idle) > 30*time.Second {
+			return nil, fmt.Errorf("replay state partition %d: no progress at offset %d of %d for 30s", p, last+1, end)
+		}
+	}
+	kept := out[:0]
+	for _, w := range out {
+		if w.state != nil {
+			kept = append(kept, w)
+		}
+	}
+	return kept, nil
+}
+
+// stableEnd returns the end offset of partition p of the state topic once no
+// transaction is open on it (last stable offset = high watermark). A
+// transaction still open there was started by an earlier owner; it either
+// commits (its states must be replayed) or aborts within the transaction
+// timeout.
+func (e *Engine) stableEnd(ctx context.Context, p int32) (int64, error) {
+	deadline := time.Now().Add(2*e.cfg.txnTimeout + 10*time.Second)
+	for {
+		lso, err := e.listOffset(ctx, p, 1)
+		if err != nil {
+			return 0, err
+		}
+		hwm, err := e.listOffset(ctx, p, 0)
+		if err != nil {
+			return 0, err
+		}
+		if lso >= hwm {
+			return hwm, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("state partition %d keeps an open transaction (stable offset %d, end %d)", p, lso, hwm)
+		}
+		sleep(ctx, 100*time.Millisecond)
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// listOffset returns the end offset of a state partition at an isolation
+// level: 0 the high watermark, 1 the last stable offset.
+func (e *Engine) listOffset(ctx context.Context, p int32, isolation int8) (int64, error) {
+	req := kmsg.NewPtrListOffsetsRequest()
+	req.IsolationLevel = isolation
+	rt := kmsg.NewListOffsetsRequestTopic()
+	rt.Topic = e.stateTopic
+	rp := kmsg.NewListOffsetsRequestTopicPartition()
+	rp.Partition = p
+	rp.Timestamp = -1
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, e.sess.Client())
+	if err != nil {
+		return 0, fmt.Errorf("list offsets of %s[%d]: %w", e.stateTopic, p, err)
+	}
+	for _, t := range resp.Topics {
+		for _, rp := range t.Partitions {
+			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+				return 0, fmt.Errorf("list offsets of %s[%d]: %w", e.stateTopic, p, err)
+			}
+			return rp.Offset, nil
+		}
+	}
+	return 0, fmt.Errorf("list offsets of %s[%d]: partition missing from the response", e.stateTopic, p)
+}
+
+// timer is a saga deadline. waiting and attempt name the command whose reply
+// is awaited; they are empty for deadlines read back from Redis.
+type timer struct {
+	deadline  int64
+	sagaID    string
+	waiting   string
+	attempt   int
+	partition int32
+}
+
+// timers is a min-heap of deadlines. Entries are not removed when a saga
+// moves on; due skips the stale ones.
+type timers []timer
+
+func (t timers) Len() int           { return len(t) }
+func (t timers) Less(i, j int) bool { return t[i].deadline < t[j].deadline }
+func (t timers) Swap(i, j int)      { t[i], t[j] = t[j], t[i] }
+func (t *timers) Push(x any)        { *t = append(*t, x.(timer)) }
+func (t *timers) Pop() any {
+	old := *t
+	x := old[len(old)-1]
+	*t = old[:len(old)-1]
+	return x
+}
+
+func (t *timers) add(x timer) { heap.Push(t, x) }
+
+func (t *timers) next() (int64, bool) {
+	if len(*t) == 0 {
+		return 0, false
+	}
+	return (*t)[0].deadline, true
+}
+
+// maxTimeoutsPerBatch bounds the Timeout messages of one transaction.
+const maxTimeoutsPerBatch = 1000
+
+// due pops the timers that expired by now and are still current.
+func (e *Engine) dueTimers(now time.Time) []timer {
+	var out []timer
+	ms := now.UnixMilli()
+	for len(e.timers) > 0 && e.timers[0].deadline <= ms && len(out) < maxTimeoutsPerBatch {
+		t := heap.Pop(&e.timers).(timer)
+		if e.parts[t.partition] == nil {
+			continue
+		}
+		if ent, ok := e.sagas[t.sagaID]; ok {
+			st := ent.state
+			if st.Terminal() || st.Deadline != t.deadline || (t.waiting != "" && (st.Waiting != t.waiting || st.Attempt != t.attempt)) {
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}

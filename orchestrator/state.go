@@ -1,0 +1,64 @@
+package orchestrator
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/ksaga/ksaga/message"
+)
+
+// State is one saga's state: the value of its records on saga.T.state and
+// of its Redis hash. Version grows by one with every message that changes it.
+type State struct {
+	ID      string `json:"saga_id"`
+	Type    string `json:"saga_type"`
+	Version int64  `json:"version"`
+	Status  string `json:"status"`
+	// Step is the index of the current step; while compensating, the step
+	// that failed.
+	Step int `json:"step"`
+	// Undoing is the step being compensated, or -1.
+	Undoing int `json:"undoing"`
+	// Plan is the rest of the compensation plan after Undoing.
+	Plan []int `json:"plan,omitempty"`
+	// Undone lists the steps compensated so far.
+	Undone []int `json:"undone,omitempty"`
+	// Waiting is the message id of the command whose reply the saga waits
+	// for; Attempt counts its sends; Deadline (Unix ms) is when the
+	// current send times out.
+	Waiting  string `json:"waiting,omitempty"`
+	Attempt  int    `json:"attempt,omitempty"`
+	Deadline int64  `json:"deadline_ms,omitempty"`
+	// StepStarted (Unix ms) is when the current step or undo began.
+	StepStarted int64 `json:"step_started_ms,omitempty"`
+	// UndoFailures counts failure replies to the current undo, so its
+	// retries get fresh message ids.
+	UndoFailures int `json:"undo_failures,omitempty"`
+	// UndoSends counts the sends of the current undo, across fresh ids.
+	UndoSends int `json:"undo_sends,omitempty"`
+	// StartID and StartHash identify the start request, to tell a
+	// redelivered start from a different one that reuses the saga id.
+	StartID   string          `json:"start_id,omitempty"`
+	StartHash string          `json:"start_hash"`
+	Reason    string          `json:"reason,omitempty"`
+	Data      json.RawMessage `json:"data"`
+	Created   time.Time       `json:"created_at"`
+	Updated   time.Time       `json:"updated_at"`
+}
+
+// Terminal reports whether the saga has ended.
+func (s *State) Terminal() bool {
+	switch s.Status {
+	case message.StatusCompleted, message.StatusCompensated, message.StatusFailed:
+		return true
+	}
+	return false
+}
+
+// clone returns a copy that shares nothing mutable with s.
+func (s *State) clone() *State {
+	c := *s
+	c.Plan = append([]int(nil), s.Plan...)
+	c.Undone = append([]int(nil), s.Undone...)
+	return &c
+}
