@@ -244,6 +244,9 @@ func (e *Engine) step(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
+	if fetches.IsClientClosed() {
+		return errors.New("orchestrator: the Kafka client was closed")
+	}
 	if err := fetches.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		e.log.Warn("poll", "err", err)
 	}
@@ -580,7 +583,7 @@ func (e *Engine) retryLater(ctx context.Context, r *kgo.Record, err error) error
 		policy = se.Retry
 	}
 	now := e.cfg.now()
-	n, first, cerr := e.store.countFailure(ctx, r.Partition, r.Offset, now, policy.Attempts())
+	n, first, cerr := e.store.countFailure(ctx, r.Partition, r.Offset, now, policy.Attempts(), err)
 	if cerr != nil {
 		// Without a durable count the attempt does not count: retry
 		// until Redis is back rather than dead-letter too early.
@@ -772,6 +775,7 @@ func (e *Engine) flushRedis(ctx context.Context) {
 			}
 		}
 	}()
+	var lost []int32
 	if err = e.store.put(ctx, ws); err != nil {
 		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", len(ws), "err", err)
 		return
@@ -791,13 +795,10 @@ func (e *Engine) flushRedis(ctx context.Context) {
 		next := part.pending[len(part.pending)-1].offset + 1
 		if err = e.store.checkpoint(ctx, p, next, part.checkpoint > 0); err != nil {
 			if errors.Is(err, errLost) {
-				e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
-				if err = e.restore(ctx, p, true); err != nil {
-					e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
-				}
-				continue
+				lost = append(lost, p)
+			} else {
+				e.log.Warn("redis checkpoint write failed", "partition", p, "err", err)
 			}
-			e.log.Warn("redis checkpoint write failed", "partition", p, "err", err)
 			continue
 		}
 		part.checkpoint = next
@@ -814,5 +815,12 @@ func (e *Engine) flushRedis(ctx context.Context) {
 	pending = 0
 	for _, part := range e.parts {
 		pending += len(part.pending)
+	}
+	for _, p := range lost {
+		// The rebuild writes the whole partition back (and flushes again).
+		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
+		if err = e.restore(ctx, p, true); err != nil {
+			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
+		}
 	}
 }

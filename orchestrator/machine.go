@@ -266,7 +266,7 @@ func (m *machine) sent(st *State, id string) bool {
 	case i < 0:
 		return false
 	case kind == "do":
-		return i <= st.Step
+		return i <= st.Step && !m.steps[i].Local
 	case strings.HasPrefix(kind, "undo"):
 		return i == st.Undoing || slices.Contains(st.Undone, i)
 	}

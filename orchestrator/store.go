@@ -19,7 +19,7 @@ import (
 //	ksaga:T:state:<id>                 hash {version, state}
 //	ksaga:T:checkpoint:<partition>     state-topic offset up to which Redis is complete
 //	ksaga:T:deadlines:<partition>      zset of non-terminal saga ids by deadline (Unix ms)
-//	ksaga:T:attempts:<group>:<partition> hash inbox offset -> "count|first ms|last ms|limit"
+//	ksaga:T:attempts:<group>:<partition> hash inbox offset -> "count|first ms|last ms|limit|error"
 //
 // Every key is written by one command or script of its own, so the store
 // works on Redis Cluster.
@@ -47,8 +47,9 @@ if not cur or tonumber(cur) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], 
 return 1`)
 
 // countAttempt adds one failed attempt of an inbox record and returns the
-// count and the first failure's time. ARGV[3] is the record's attempt limit,
-// kept so that a restarted engine knows when the record is exhausted.
+// count and the first failure's time. ARGV[3] is the record's attempt limit
+// and ARGV[4] the error, kept so that a restarted engine knows when the
+// record is exhausted and why.
 var countAttempt = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 local n, first = 0, ARGV[2]
@@ -57,7 +58,7 @@ if v then
   n, first = tonumber(a), b
 end
 n = n + 1
-redis.call('HSET', KEYS[1], ARGV[1], n .. '|' .. first .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], n .. '|' .. first .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
 return {n, first}`)
 
 func (s *store) stateKey(id string) string    { return "ksaga:" + s.typ + ":state:" + id }
@@ -225,8 +226,12 @@ type attempt struct {
 
 // countFailure adds a failed attempt of the inbox record at (p, offset),
 // whose attempt limit is limit.
-func (s *store) countFailure(ctx context.Context, p int32, offset int64, now time.Time, limit int) (int, time.Time, error) {
-	res, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit).Slice()
+func (s *store) countFailure(ctx context.Context, p int32, offset int64, now time.Time, limit int, cause error) (int, time.Time, error) {
+	msg := cause.Error()
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	res, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit, msg).Slice()
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("count failed attempt: %w", err)
 	}
@@ -244,8 +249,8 @@ func (s *store) attempts(ctx context.Context, p int32) (map[int64]attempt, error
 	out := make(map[int64]attempt, len(m))
 	for k, v := range m {
 		off, err1 := strconv.ParseInt(k, 10, 64)
-		parts := strings.Split(v, "|")
-		if err1 != nil || len(parts) != 4 {
+		parts := strings.SplitN(v, "|", 5)
+		if err1 != nil || len(parts) != 5 {
 			continue
 		}
 		n, _ := strconv.Atoi(parts[0])
@@ -254,7 +259,7 @@ func (s *store) attempts(ctx context.Context, p int32) (map[int64]attempt, error
 		limit, _ := strconv.Atoi(parts[3])
 		a := attempt{count: n, first: time.UnixMilli(first), last: time.UnixMilli(last)}
 		if n >= limit {
-			a.err = fmt.Errorf("processing failed %d times (the last error was before a restart)", n)
+			a.err = fmt.Errorf("%s (after %d attempts)", parts[4], n)
 		}
 		out[off] = a
 	}

@@ -1,0 +1,390 @@
+package test
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order"
+	"github.com/ksaga/ksaga/saga/order/sim"
+)
+
+func TestBusinessFailures(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 100, "sku-scarce": 1})
+	e.startParticipants()
+	eng := e.startEngine(nil)
+	defer eng.stop(t)
+
+	declined := newOrder("declined")
+	declined.AmountCents = sim.DefaultPaymentLimitCents + 1
+	scarce := newOrder("scarce")
+	scarce.Items = []order.Item{{SKU: "sku-1", Qty: 3}, {SKU: "sku-scarce", Qty: 2}}
+	undeliverable := newOrder("undeliverable")
+	undeliverable.ShipTo.Country = "XX"
+	for _, o := range []order.Order{declined, scarce, undeliverable} {
+		e.start(o)
+	}
+	sagas := []string{"declined", "scarce", "undeliverable"}
+	evs := e.waitTerminal(sagas, 60*time.Second)
+
+	tests := []struct {
+		id       string
+		reason   string
+		payment  string // status of ksaga:sim:payment:<id>, "" for none
+		shipment string
+	}{
+		{"declined", order.ReasonPaymentDeclined, "", ""},
+		{"scarce", order.ReasonOutOfStock, "", ""},
+		{"undeliverable", order.ReasonUndeliverable, "cancelled", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			if got := terminal(evs[tt.id]); got != message.EventSagaCompensated {
+				t.Fatalf("ended %s, want %s; events %+v", got, message.EventSagaCompensated, evs[tt.id])
+			}
+			last := evs[tt.id][len(evs[tt.id])-1]
+			if last.Reason != tt.reason {
+				t.Errorf("reason %q, want %q", last.Reason, tt.reason)
+			}
+			if got := e.hash("ksaga:sim:payment:" + tt.id)["status"]; got != tt.payment {
+				t.Errorf("payment status %q, want %q", got, tt.payment)
+			}
+			if got := e.hash("ksaga:sim:shipment:" + tt.id)["status"]; got != tt.shipment {
+				t.Errorf("shipment status %q, want %q", got, tt.shipment)
+			}
+			if got := e.hash("ksaga:sim:order:" + tt.id); len(got) != 0 {
+				t.Errorf("order record %v, want none", got)
+			}
+		})
+	}
+	// Every reservation was released: all stock is back.
+	if got := e.stock("sku-1"); got != 100 {
+		t.Errorf("stock of sku-1 is %d, want 100 (all released)", got)
+	}
+	if got := e.stock("sku-scarce"); got != 1 {
+		t.Errorf("stock of sku-scarce is %d, want 1 (nothing held)", got)
+	}
+}
+
+// flakyStore is an orders store whose Complete fails while down is set.
+type flakyStore struct {
+	next  *sim.OrderStore
+	down  atomic.Bool
+	calls atomic.Int32
+}
+
+func (s *flakyStore) Complete(ctx context.Context, o *order.Order) error {
+	s.calls.Add(1)
+	if s.down.Load() {
+		return errors.New("orders database unavailable")
+	}
+	return s.next.Complete(ctx, o)
+}
+
+// TestOrdersStoreOutage is write-up 003: the order cannot be recorded after
+// the payment. The record is tried three times (the count survives engine
+// restarts), then dead-lettered while the saga cancels the payment and
+// releases the stock.
+func TestOrdersStoreOutage(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10})
+	e.startParticipants()
+	store := &flakyStore{next: sim.NewOrderStore(e.sim)}
+	store.down.Store(true)
+	def := order.New(store)
+
+	e.start(newOrder("o-003"))
+	for attempt := int32(1); attempt <= 3; attempt++ {
+		eng := e.startEngine(def)
+		waitFor(t, 60*time.Second, func() bool { return e.attemptsCounted() >= int(attempt) })
+		// Restart between attempts: the count must survive it.
+		eng.stop(t)
+		if got := store.calls.Load(); got != attempt {
+			t.Fatalf("after engine %d: %d calls to the store, want %d", attempt, got, attempt)
+		}
+	}
+	eng := e.startEngine(def)
+	defer eng.stop(t)
+	evs := e.waitTerminal([]string{"o-003"}, 60*time.Second)
+	if got := terminal(evs["o-003"]); got != message.EventSagaCompensated {
+		t.Fatalf("saga ended %s, want %s; events %+v", got, message.EventSagaCompensated, evs["o-003"])
+	}
+	if got := store.calls.Load(); got != 3 {
+		t.Errorf("store called %d times, want 3", got)
+	}
+
+	dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond)
+	if len(dead) != 1 {
+		t.Fatalf("%d DLQ records, want 1", len(dead))
+	}
+	info, err := dlq.Parse(dead[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Topic != message.Inbox(order.Name) || info.Attempts != 3 || info.Reason != orchestrator.ReasonExhausted ||
+		info.Group != "ksaga-order" || !strings.Contains(info.ErrorMessage, "orders database unavailable") {
+		t.Errorf("DLQ info %+v, want inbox topic, 3 attempts, reason %s, group ksaga-order, the store's error", info, orchestrator.ReasonExhausted)
+	}
+	if header(dead[0], message.HeaderMessageType) != message.TypeReply || string(dead[0].Key) != "o-003" {
+		t.Errorf("DLQ record is not the original reply: key %q headers %v", dead[0].Key, dead[0].Headers)
+	}
+	for _, h := range []string{dlq.HeaderOriginalPartition, dlq.HeaderOriginalOffset} {
+		if v := header(dead[0], h); len(v) != map[string]int{dlq.HeaderOriginalPartition: 4, dlq.HeaderOriginalOffset: 8}[h] {
+			t.Errorf("header %s has %d bytes", h, len(v))
+		}
+	}
+	if got := int64(binary.BigEndian.Uint64([]byte(header(dead[0], dlq.HeaderOriginalOffset)))); got != info.Offset {
+		t.Errorf("offset header %d, parsed %d", got, info.Offset)
+	}
+	if got := e.hash("ksaga:sim:payment:o-003")["status"]; got != "cancelled" {
+		t.Errorf("payment %q, want cancelled", got)
+	}
+	if got := e.stock("sku-1"); got != 10 {
+		t.Errorf("stock %d, want 10 (released)", got)
+	}
+	if got := e.hash("ksaga:sim:order:o-003"); len(got) != 0 {
+		t.Errorf("order record %v, want none", got)
+	}
+	// The attempt counter is forgotten once the record is dead-lettered.
+	waitFor(t, 10*time.Second, func() bool { return e.attemptsCounted() == 0 })
+}
+
+// attemptsCounted returns the highest durable attempt count in Redis.
+func (e *env) attemptsCounted() int {
+	keys, _ := e.eng.Keys(context.Background(), "ksaga:order:attempts:*").Result()
+	best := 0
+	for _, k := range keys {
+		vals, _ := e.eng.HGetAll(context.Background(), k).Result()
+		for _, v := range vals {
+			n := 0
+			for _, c := range v {
+				if c < '0' || c > '9' {
+					break
+				}
+				n = n*10 + int(c-'0')
+			}
+			best = max(best, n)
+		}
+	}
+	return best
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// blockingHook blocks the first after-commit call until released: the
+// engine has committed to Kafka but not yet written Redis.
+type blockingHook struct {
+	once    sync.Once
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHook) AfterCommit(context.Context, *orchestrator.Batch) {
+	first := false
+	h.once.Do(func() { first = true })
+	if first {
+		close(h.blocked)
+		<-h.release
+	}
+}
+
+// TestCrashBetweenCommitAndRedis is write-up 000: the engine commits to
+// Kafka and dies before writing Redis. The restarted engine continues from
+// the committed state with no duplicate command or event, and the old
+// instance, woken up late, cannot overwrite the newer Redis state.
+func TestCrashBetweenCommitAndRedis(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10})
+	hook := &blockingHook{blocked: make(chan struct{}), release: make(chan struct{})}
+	zombie := e.startEngine(nil, orchestrator.Hooks(hook))
+
+	e.start(newOrder("o-000"))
+	<-hook.blocked // committed: SagaStarted, ReserveInventory, state v1
+	if st, _ := e.redisState("o-000"); st != nil {
+		t.Fatalf("redis has the state before the after-commit write: %+v", st)
+	}
+	// The instance dies: its Kafka client goes away without a word to
+	// Redis.
+	zombie.eng.Client().Close()
+
+	e.startParticipants()
+	eng := e.startEngine(nil) // same transactional id: fences the zombie
+	defer eng.stop(t)
+	evs := e.waitTerminal([]string{"o-000"}, 60*time.Second)
+	if got := terminal(evs["o-000"]); got != message.EventSagaCompleted {
+		t.Fatalf("saga ended %s, want completed; events %+v", got, evs["o-000"])
+	}
+	e.waitRedis([]string{"o-000"}, 10*time.Second)
+	final, _ := e.redisState("o-000")
+
+	// The zombie wakes up and tries to write its old state.
+	close(hook.release)
+	select {
+	case <-zombie.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("zombie did not stop")
+	}
+	zombie.eng.Close()
+	if st, _ := e.redisState("o-000"); st == nil || st.Version != final.Version || !st.Terminal() {
+		t.Errorf("after the zombie woke: redis state %+v, want version %d terminal", st, final.Version)
+	}
+
+	seen := make(map[string]int)
+	for _, ev := range evs["o-000"] {
+		seen[ev.Type+" "+ev.Step]++
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("event %s emitted %d times, want 1", k, n)
+		}
+	}
+	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
+		for id, n := range e.commands(p) {
+			if n != 1 {
+				t.Errorf("command %s sent %d times, want 1", id, n)
+			}
+		}
+	}
+	if got := e.stock("sku-1"); got != 8 {
+		t.Errorf("stock %d, want 8", got)
+	}
+}
+
+// TestRedisFlushed empties the engine's Redis while sagas are in flight:
+// nothing is lost and Redis is rebuilt from the state topic.
+func TestRedisFlushed(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10000})
+	e.startParticipants()
+	eng := e.startEngine(nil)
+	defer eng.stop(t)
+
+	sagas := ids("f", 300)
+	for i, id := range sagas {
+		e.start(newOrder(id))
+		if i%100 == 99 {
+			time.Sleep(100 * time.Millisecond)
+			if err := e.eng.FlushAll(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	evs := e.waitTerminal(sagas, 90*time.Second)
+	for _, id := range sagas {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want completed", id, got)
+		}
+	}
+	// Redis converges to the last state record of every saga.
+	last := make(map[string]orchestrator.State)
+	for _, r := range e.readAll(message.State(order.Name), 300*time.Millisecond) {
+		var st orchestrator.State
+		if err := json.Unmarshal(r.Value, &st); err != nil {
+			t.Fatal(err)
+		}
+		last[st.ID] = st
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		for _, id := range sagas {
+			st, err := e.redisState(id)
+			if err != nil || st == nil || st.Version != last[id].Version {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestPoisonInputs sends records that no retry can fix. Each goes to the DLQ
+// with its reason, and the sagas after them complete.
+func TestPoisonInputs(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 1000})
+	e.startParticipants()
+	eng := e.startEngine(nil)
+	defer eng.stop(t)
+
+	e.start(newOrder("p-done"))
+	e.waitTerminal([]string{"p-done"}, 60*time.Second)
+
+	inbox := message.Inbox(order.Name)
+	hdr := func(kv ...string) []kgo.RecordHeader {
+		var hs []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			hs = append(hs, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return hs
+	}
+	different := newOrder("p-done")
+	different.AmountCents++
+	differentValue, _ := json.Marshal(different)
+	validValue, _ := json.Marshal(newOrder("p-json"))
+	poison := []struct {
+		name   string
+		rec    *kgo.Record
+		reason string
+	}{
+		{"not JSON", &kgo.Record{Key: []byte("p-json"), Value: []byte("{not json"), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonUndecodable},
+		{"invalid UTF-8", &kgo.Record{Key: []byte("p-utf8"), Value: []byte("\xff\xfe"), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonUndecodable},
+		{"unknown message type", &kgo.Record{Key: []byte("p-type"), Value: validValue, Headers: hdr(message.HeaderMessageType, "Frobnicate")}, orchestrator.ReasonUnknownType},
+		{"missing saga id", &kgo.Record{Value: validValue, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonMissingSagaID},
+		{"reply for an unknown saga", &kgo.Record{Key: []byte("p-ghost"), Value: []byte(`{}`), Headers: hdr(message.HeaderMessageType, message.TypeReply, message.HeaderInReplyTo, "p-ghost/reserve-inventory/do", message.HeaderOutcome, "success")}, orchestrator.ReasonUnknownSaga},
+		{"reply for a step not waited on", &kgo.Record{Key: []byte("p-done"), Value: []byte(`{}`), Headers: hdr(message.HeaderMessageType, message.TypeReply, message.HeaderInReplyTo, "p-done/complete-order/do", message.HeaderOutcome, "success")}, orchestrator.ReasonNotWaiting},
+		{"start reusing an id with another payload", &kgo.Record{Key: []byte("p-done"), Value: differentValue, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonConflictingStart},
+		{"negative amount", &kgo.Record{Key: []byte("p-neg"), Value: []byte(`{"order_id":"p-neg","customer_id":"c","amount_cents":-1,"currency":"USD","items":[{"sku":"sku-1","qty":1}],"ship_to":{"country":"DE"}}`), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonInvalid},
+		{"1 MiB value", &kgo.Record{Key: []byte("p-big"), Value: []byte(`"` + strings.Repeat("x", 1<<20) + `"`), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonTooLarge},
+	}
+	for _, p := range poison {
+		p.rec.Topic = inbox
+		e.produce(p.rec)
+	}
+	// The same ids, and others on every partition, still work.
+	after := []string{"p-json", "p-utf8", "p-type", "p-ghost", "p-neg", "p-big", "a-1", "a-2", "a-3", "a-4", "a-5", "a-6"}
+	for _, id := range after {
+		e.start(newOrder(id))
+	}
+	evs := e.waitTerminal(after, 60*time.Second)
+	for _, id := range append(after, "p-done") {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want completed", id, got)
+		}
+	}
+	dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond)
+	byReason := make(map[string]int)
+	for _, r := range dead {
+		byReason[header(r, dlq.HeaderReason)]++
+	}
+	want := make(map[string]int)
+	for _, p := range poison {
+		want[p.reason]++
+	}
+	for reason, n := range want {
+		if byReason[reason] != n {
+			t.Errorf("DLQ has %d records with reason %s, want %d", byReason[reason], reason, n)
+		}
+	}
+	if len(dead) != len(poison) {
+		t.Errorf("DLQ has %d records, want %d: %v", len(dead), len(poison), byReason)
+	}
+}
