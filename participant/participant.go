@@ -1,0 +1,497 @@
+// Package participant is the runtime of a saga participant: it consumes the
+// participant's commands, hands them to a Handler that performs their effects
+// exactly once, and produces one reply per command to the command's
+// ksaga-reply-to topic in the same Kafka transaction that commits the
+// commands' offsets.
+//
+//	p, err := participant.New("inventory", handler,
+//		participant.Brokers("localhost:9092"),
+//		participant.TransactionalID(os.Getenv("POD_NAME")))
+//	if err != nil {
+//		return err
+//	}
+//	defer p.Close()
+//	return p.Run(ctx) // nil once ctx is cancelled
+//
+// Kafka's transaction makes the reply and the consumed offset atomic; it
+// cannot make the handler's own effect (a Redis write, a database row) part of
+// it. That is the Handler's job: it writes a dedupe record keyed by the
+// command's message id atomically with the effect, and answers a redelivered
+// command with the stored reply. A command is redelivered whenever a
+// transaction aborts: a Handler error, a failed commit, a rebalance, a crash.
+//
+// A command record without a ksaga-message-id header, without a
+// ksaga-reply-to header or with an empty key cannot be answered. It is
+// dead-lettered to "<name>.commands-dlt" (see package dlq) in the same
+// transaction and never reaches the Handler, so the partition moves on.
+//
+// The topics "<name>.commands", "<name>.commands-dlt" and the reply topics
+// must exist: a record produced to a missing topic fails its batch, which is
+// then retried until the topic appears.
+//
+// The package exports no metrics of its own; pass kgo hooks (kprom, kotel)
+// with KafkaOpts.
+package participant
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/retry"
+)
+
+// MaxBatch is the most command records one poll hands to one Handle call.
+const MaxBatch = 1000
+
+// ReasonMalformed is the dlq reason of a command that cannot be answered.
+const ReasonMalformed = "malformed-command"
+
+// endTimeout bounds producing a batch's records and ending its transaction.
+// Both run on a context detached from Run's, so that a shutdown finishes the
+// current transaction instead of cancelling an EndTxn whose outcome would
+// then be unknown (kgo's EndTransaction docs advise against cancelling it).
+const endTimeout = 30 * time.Second
+
+// ErrClosed is returned by Run after Close.
+var ErrClosed = errors.New("participant is closed")
+
+// ErrRunning is returned by Run while another Run of the same Participant is
+// still running.
+var ErrRunning = errors.New("participant is already running")
+
+// Command is one command record, decoded from its headers.
+type Command struct {
+	// SagaID is the ksaga-saga-id header, or the record key when the
+	// header is missing.
+	SagaID string
+	// SagaType is the ksaga-saga-type header, e.g. "order".
+	SagaType string
+	// Type is the ksaga-message-type header: the command, e.g.
+	// "ReserveInventory".
+	Type string
+	// MessageID is the ksaga-message-id header, unique per command and
+	// kept across re-sends: the Handler's dedupe key. It is never empty.
+	MessageID string
+	// Step is the ksaga-step header: the saga step that sent the command.
+	Step string
+	// ReplyTo is the ksaga-reply-to header: the topic of the reply. It is
+	// never empty.
+	ReplyTo string
+	// Attempt is the ksaga-step-attempt header, or 0 when it is missing or
+	// not a number.
+	Attempt int
+	// Payload is the record value (JSON).
+	Payload []byte
+	// Record is the original record. The Handler must not modify it.
+	Record *kgo.Record
+}
+
+// Handler performs the effects of a batch of commands exactly once each
+// (dedupe keyed by Command.MessageID, written atomically with the effect) and
+// returns one reply per command, in order. A redelivered command must return
+// the stored reply instead of acting again. An error aborts the whole batch's
+// transaction; the batch is re-delivered after a backoff. Handle must be safe
+// to call again with the same commands.
+//
+// A command the Handler cannot understand (unknown type, undecodable payload)
+// should get a failure reply, not an error: an error is retried forever.
+// Handle is called from one goroutine at a time.
+type Handler interface {
+	Handle(ctx context.Context, cmds []Command) ([]message.Reply, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, cmds []Command) ([]message.Reply, error)
+
+// Handle calls f(ctx, cmds).
+func (f HandlerFunc) Handle(ctx context.Context, cmds []Command) ([]message.Reply, error) {
+	return f(ctx, cmds)
+}
+
+// Opt is an option of New. Its implementations are the functions of this
+// package.
+type Opt interface{ apply(*config) }
+
+type optFunc func(*config)
+
+func (f optFunc) apply(c *config) { f(c) }
+
+type config struct {
+	brokers []string
+	txnID   string
+	group   string
+	logger  *slog.Logger
+	kopts   []kgo.Opt
+	backoff retry.Policy
+}
+
+// Brokers sets the Kafka seed brokers, host:port. It is required.
+func Brokers(addrs ...string) Opt {
+	return optFunc(func(c *config) { c.brokers = append(c.brokers, addrs...) })
+}
+
+// TransactionalID sets the Kafka transactional id. It must be stable per
+// instance (a StatefulSet pod name, say) and unique among running instances:
+// a restarted instance fences its zombie through it. The default is
+// "ksaga-participant-<name>-<hostname>".
+func TransactionalID(id string) Opt { return optFunc(func(c *config) { c.txnID = id }) }
+
+// Group sets the consumer group. The default is "ksaga-participant-<name>".
+// A group without committed offsets starts at the beginning of the topic, so
+// no command sent before the first start is lost.
+func Group(g string) Opt { return optFunc(func(c *config) { c.group = g }) }
+
+// Logger sets the logger. The default is slog.Default().
+func Logger(l *slog.Logger) Opt { return optFunc(func(c *config) { c.logger = l }) }
+
+// KafkaOpts appends options to the kgo client, after the participant's own
+// (tests use it for short session timeouts; production for hooks and TLS).
+// Options that change the consumed topics, the group, the isolation level or
+// the transactional id break the participant's guarantees.
+func KafkaOpts(opts ...kgo.Opt) Opt {
+	return optFunc(func(c *config) { c.kopts = append(c.kopts, opts...) })
+}
+
+// Backoff sets the wait between failed attempts of a batch. Only its
+// intervals, multiplier and jitter apply: a batch is retried until it
+// succeeds, since giving up would drop commands. The default is
+// retry.Policy{}: 200ms doubling up to 5s, with jitter.
+func Backoff(p retry.Policy) Opt { return optFunc(func(c *config) { c.backoff = p }) }
+
+// Participant consumes <name>.commands and replies inside Kafka
+// transactions. Create it with New, start it with Run, stop it by
+// cancelling Run's context or with Close.
+type Participant struct {
+	name    string
+	topic   string
+	dlt     string
+	h       Handler
+	cfg     config
+	log     *slog.Logger
+	sess    *kgo.GroupTransactSession
+	closeMu sync.Once
+
+	mu      sync.Mutex
+	closed  bool
+	running bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// New returns the participant name, whose handler h answers the commands of
+// the topic "<name>.commands". It validates its arguments (a non-empty name,
+// a non-nil h, Brokers set) and creates the Kafka client, which starts
+// joining the consumer group in the background: call Run soon after, and
+// Close in any case.
+func New(name string, h Handler, opts ...Opt) (*Participant, error) {
+	if name == "" {
+		return nil, errors.New("participant name is required")
+	}
+	if h == nil {
+		return nil, fmt.Errorf("participant %s: handler is nil", name)
+	}
+	cfg := config{backoff: retry.Policy{}}
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	if len(cfg.brokers) == 0 {
+		return nil, fmt.Errorf("participant %s: no brokers: use Brokers", name)
+	}
+	if cfg.group == "" {
+		cfg.group = "ksaga-participant-" + name
+	}
+	if cfg.txnID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("participant %s: default transactional id needs the hostname, or use TransactionalID: %w", name, err)
+		}
+		cfg.txnID = "ksaga-participant-" + name + "-" + host
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	p := &Participant{
+		name:  name,
+		topic: message.Commands(name),
+		dlt:   message.Commands(name) + "-dlt",
+		h:     h,
+		cfg:   cfg,
+		log:   cfg.logger.With("participant", name, "group", cfg.group, "transactional_id", cfg.txnID),
+	}
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.brokers...),
+		kgo.TransactionalID(cfg.txnID),
+		kgo.ConsumerGroup(cfg.group),
+		kgo.ConsumeTopics(p.topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	}
+	sess, err := kgo.NewGroupTransactSession(append(kopts, cfg.kopts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("participant %s: kafka client: %w", name, err)
+	}
+	p.sess = sess
+	return p, nil
+}
+
+// Run consumes and answers commands until ctx is cancelled, Close is called
+// or a fatal error occurs. On cancellation it finishes (or aborts) the
+// current transaction and returns nil. A batch that fails (Handler error,
+// failed produce or commit) is aborted, re-consumed from the committed
+// offsets and retried after the Backoff wait, without limit. The fatal
+// errors are those after which this instance cannot commit again: the
+// transactional id was fenced by another instance, or it is not authorized;
+// the caller should exit (and be restarted). Run returns ErrClosed after
+// Close and ErrRunning while another Run is running. Run may be called again
+// after it returned.
+func (p *Participant) Run(ctx context.Context) error {
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		p.mu.Unlock()
+		return ErrClosed
+	case p.running:
+		p.mu.Unlock()
+		return ErrRunning
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	p.running, p.cancel, p.done = true, cancel, done
+	p.mu.Unlock()
+	defer func() {
+		cancel()
+		p.mu.Lock()
+		p.running = false
+		p.mu.Unlock()
+		close(done)
+	}()
+	return p.loop(ctx)
+}
+
+// Close stops Run, waits for it to finish its current transaction and
+// return, and then closes the Kafka client, leaving the consumer group so
+// its partitions move to another instance at once. It is safe to call after
+// Run returned, without Run, and more than once.
+func (p *Participant) Close() {
+	p.mu.Lock()
+	p.closed = true
+	running, cancel, done := p.running, p.cancel, p.done
+	p.mu.Unlock()
+	if running {
+		cancel()
+		<-done
+	}
+	p.closeMu.Do(p.sess.Close)
+}
+
+func (p *Participant) loop(ctx context.Context) error {
+	failures := 0 // consecutive failed batches; reset by a commit
+	for {
+		fetches := p.sess.PollRecords(ctx, MaxBatch)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, part int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				p.log.Warn("fetch error", "topic", t, "partition", part, "err", err)
+			}
+		})
+		recs := fetches.Records()
+		if len(recs) == 0 {
+			continue
+		}
+		committed, err := p.batch(ctx, recs)
+		switch {
+		case committed:
+			failures = 0
+			continue
+		case err == nil:
+			// Aborted by a rebalance: the records belong to someone else
+			// now, or come back from the committed offsets. Not a failure.
+			p.log.Info("transaction aborted by a rebalance", "records", len(recs))
+			continue
+		case fatal(err):
+			return fmt.Errorf("participant %s: %w", p.name, err)
+		case ctx.Err() != nil:
+			// The shutdown interrupted the handler; the batch was aborted
+			// and the next owner of its partitions redoes it.
+			return nil
+		}
+		failures++
+		wait := p.cfg.backoff.Backoff(failures + 1)
+		p.log.Warn("batch failed; aborted, retrying", "records", len(recs), "failures", failures, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// batch runs one transaction over recs. It returns whether the transaction
+// committed; err is nil when it aborted only because of a rebalance.
+func (p *Participant) batch(ctx context.Context, recs []*kgo.Record) (committed bool, err error) {
+	if err := p.sess.Begin(); err != nil {
+		// Begin fails only when the client cannot transact any more.
+		return false, &fatalError{fmt.Errorf("begin transaction: %w", err)}
+	}
+	// See endTimeout for why the end of the transaction ignores ctx.
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	defer cancel()
+	abort := func(cause error) (bool, error) {
+		if _, err := p.sess.End(endCtx, kgo.TryAbort); err != nil {
+			return false, errors.Join(cause, fmt.Errorf("abort transaction: %w", err))
+		}
+		return false, cause
+	}
+
+	out := make([]*kgo.Record, 0, len(recs))
+	cmds := make([]Command, 0, len(recs))
+	now := time.Now()
+	for _, r := range recs {
+		cmd, err := decode(r)
+		if err != nil {
+			p.log.Warn("dead-lettering malformed command", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+			out = append(out, dlq.New(r, p.dlt, dlq.Failure{
+				Group: p.cfg.group, Err: err, Reason: ReasonMalformed, Attempts: 1, First: now, Last: now,
+			}))
+			continue
+		}
+		cmds = append(cmds, cmd)
+	}
+	if len(cmds) > 0 {
+		replies, err := p.h.Handle(ctx, cmds)
+		if err != nil {
+			return abort(fmt.Errorf("handler: %w", err))
+		}
+		if len(replies) != len(cmds) {
+			return abort(fmt.Errorf("handler returned %d replies for %d commands", len(replies), len(cmds)))
+		}
+		for i, c := range cmds {
+			rec, err := replyRecord(c, replies[i])
+			if err != nil {
+				return abort(err)
+			}
+			out = append(out, rec)
+		}
+	}
+	// ProduceSync keeps the records of one partition in order and waits for
+	// all of them, so a failed record aborts the batch instead of being
+	// committed around.
+	if err := p.sess.ProduceSync(endCtx, out...).FirstErr(); err != nil {
+		return abort(fmt.Errorf("produce replies: %w", err))
+	}
+	committed, err = p.sess.End(endCtx, kgo.TryCommit)
+	if err != nil {
+		return false, fmt.Errorf("commit transaction: %w", err)
+	}
+	return committed, nil
+}
+
+// fatalError marks an error after which the Kafka client cannot be used.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+// fatal reports whether err means this instance can no longer commit.
+func fatal(err error) bool {
+	var f *fatalError
+	return errors.As(err, &f) ||
+		errors.Is(err, kerr.ProducerFenced) ||
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed) ||
+		errors.Is(err, kerr.GroupAuthorizationFailed) ||
+		errors.Is(err, kerr.ClusterAuthorizationFailed)
+}
+
+// malformedError says why a command record cannot be answered. Its type name
+// goes to the dead-letter record's exception-fqcn header.
+type malformedError struct{ why string }
+
+func (e *malformedError) Error() string { return "malformed command: " + e.why }
+
+func decode(r *kgo.Record) (Command, error) {
+	c := Command{Payload: r.Value, Record: r}
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case message.HeaderSagaID:
+			c.SagaID = v
+		case message.HeaderSagaType:
+			c.SagaType = v
+		case message.HeaderMessageType:
+			c.Type = v
+		case message.HeaderMessageID:
+			c.MessageID = v
+		case message.HeaderStep:
+			c.Step = v
+		case message.HeaderReplyTo:
+			c.ReplyTo = v
+		case message.HeaderStepAttempt:
+			c.Attempt, _ = strconv.Atoi(v)
+		}
+	}
+	switch {
+	case c.MessageID == "":
+		return Command{}, &malformedError{"no " + message.HeaderMessageID + " header"}
+	case c.ReplyTo == "":
+		return Command{}, &malformedError{"no " + message.HeaderReplyTo + " header"}
+	case len(r.Key) == 0:
+		return Command{}, &malformedError{"empty key: want the saga id"}
+	}
+	if c.SagaID == "" {
+		c.SagaID = string(r.Key)
+	}
+	return c, nil
+}
+
+type replyValue struct {
+	Outcome string `json:"outcome"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+func replyRecord(c Command, r message.Reply) (*kgo.Record, error) {
+	if r.Outcome != message.OutcomeSuccess && r.Outcome != message.OutcomeFailure {
+		return nil, fmt.Errorf("handler replied outcome %q to message %s, want %q or %q",
+			r.Outcome, c.MessageID, message.OutcomeSuccess, message.OutcomeFailure)
+	}
+	value, err := json.Marshal(replyValue(r))
+	if err != nil {
+		return nil, fmt.Errorf("encode reply to message %s: %w", c.MessageID, err)
+	}
+	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	headers := []kgo.RecordHeader{
+		hdr(message.HeaderSagaID, c.SagaID),
+		hdr(message.HeaderSagaType, c.SagaType),
+		hdr(message.HeaderMessageType, message.TypeReply),
+		hdr(message.HeaderMessageID, c.MessageID+"/reply"),
+		hdr(message.HeaderInReplyTo, c.MessageID),
+		hdr(message.HeaderStep, c.Step),
+	}
+	for _, h := range c.Record.Headers {
+		switch h.Key {
+		case message.HeaderStepAttempt, message.HeaderTraceParent, message.HeaderTraceState:
+			headers = append(headers, h)
+		}
+	}
+	headers = append(headers, hdr(message.HeaderOutcome, r.Outcome))
+	if r.Reason != "" {
+		headers = append(headers, hdr(message.HeaderReason, r.Reason))
+	}
+	return &kgo.Record{Topic: c.ReplyTo, Key: c.Record.Key, Value: value, Headers: headers}, nil
+}

@@ -1,0 +1,515 @@
+// Package sim holds the reference participants of the order saga
+// (inventory, payment, shipping) and its order store, with their ledgers in
+// Redis so that a checker can verify conservation laws from outside.
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"})
+//	_ = sim.SeedStock(ctx, rdb, map[string]int64{"sku-1": 10})
+//	for name, h := range sim.Handlers(rdb, sim.DefaultPaymentLimitCents) {
+//		p, err := participant.New(name, h, participant.Brokers("localhost:9092"))
+//		// … go p.Run(ctx); defer p.Close()
+//	}
+//	def := order.New(sim.NewOrderStore(rdb))
+//
+// The Redis keys are an external contract (DESIGN.md, "Participants"):
+//
+//	ksaga:sim:stock:<sku>                    integer units in stock (missing = 0)
+//	ksaga:sim:reservation:<order_id>         hash: status reserved|released, item:<sku> = qty
+//	ksaga:sim:payment:<order_id>             hash: status authorized|cancelled, amount_cents
+//	ksaga:sim:shipment:<order_id>            hash: status scheduled|cancelled, country, city
+//	ksaga:sim:order:<order_id>               hash: status completed, amount_cents, customer_id
+//	ksaga:sim:dedupe:<participant>:<msg id>  the stored reply JSON, expiring after DedupeTTL
+//
+// Every command's effect and its dedupe record are written by one Lua script,
+// so an effect happens exactly once per message id, and Handle sends a whole
+// batch in one pipelined round trip. Each effect also happens at most once
+// per order: a second ReserveInventory for a reserved order succeeds without
+// taking more, and a compensation that arrives before its action (a re-ordered
+// or late command) leaves a tombstone that refuses the action with
+// ReasonCancelled.
+//
+// The scripts touch several keys of one order that share no hash tag (the key
+// names are fixed by the contract), so the participants need a single Redis
+// node, or a Sentinel-managed one, not Redis Cluster.
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/participant"
+	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// DefaultPaymentLimitCents is the largest amount the payment participant
+// authorizes unless told otherwise.
+const DefaultPaymentLimitCents = 100000
+
+// DedupeTTL is how long a participant remembers the reply to a message id.
+const DedupeTTL = 7 * 24 * time.Hour
+
+// Failure reasons of the reference participants, besides order's own.
+const (
+	// ReasonCancelled refuses an action whose compensation already ran
+	// for the same order (a late or re-ordered command).
+	ReasonCancelled = "CANCELLED"
+	// ReasonBadCommand answers a command of an unknown type or with an
+	// undecodable or invalid payload.
+	ReasonBadCommand = "BAD_COMMAND"
+)
+
+// Key prefixes; see the package documentation.
+const (
+	keyStock       = "ksaga:sim:stock:"
+	keyReservation = "ksaga:sim:reservation:"
+	keyPayment     = "ksaga:sim:payment:"
+	keyShipment    = "ksaga:sim:shipment:"
+	keyOrder       = "ksaga:sim:order:"
+	keyDedupe      = "ksaga:sim:dedupe:"
+)
+
+// StockKey returns the Redis key of the stock of sku.
+func StockKey(sku string) string { return keyStock + sku }
+
+// ReservationKey returns the Redis key of the inventory reservation of an order.
+func ReservationKey(orderID string) string { return keyReservation + orderID }
+
+// PaymentKey returns the Redis key of the payment of an order.
+func PaymentKey(orderID string) string { return keyPayment + orderID }
+
+// ShipmentKey returns the Redis key of the shipment of an order.
+func ShipmentKey(orderID string) string { return keyShipment + orderID }
+
+// OrderKey returns the Redis key of a completed order.
+func OrderKey(orderID string) string { return keyOrder + orderID }
+
+// DedupeKey returns the Redis key holding participant's reply to message id
+// msgID.
+func DedupeKey(participant, msgID string) string { return keyDedupe + participant + ":" + msgID }
+
+// Every script takes KEYS[1] = the dedupe key and ARGV[1] = its TTL in
+// seconds. It returns the stored reply when the message was handled before;
+// otherwise it performs the effect, sets the local reply, stores it and
+// returns it. A reply is the JSON {"outcome":…,"reason":…}.
+const (
+	luaHead = `
+local done = redis.call('GET', KEYS[1])
+if done then return done end
+local function failure(reason) return '{"outcome":"failure","reason":"' .. reason .. '"}' end
+local success = '{"outcome":"success"}'
+local reply
+-- integer reads a stock key (missing = 0). A value that is not an integer
+-- raises an error before the script writes anything: Redis does not roll
+-- back the writes of a script that fails halfway.
+local function integer(key)
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  if not string.match(v, '^-?%d+$') then
+    return error({err = 'ERR ' .. key .. ' holds ' .. v .. ', want an integer'})
+  end
+  return tonumber(v)
+end
+`
+	luaTail = `
+redis.call('SET', KEYS[1], reply, 'EX', ARGV[1])
+return reply
+`
+)
+
+// scriptRecord stores the reply ARGV[2] as is: for commands that have no
+// effect (BAD_COMMAND).
+var scriptRecord = redis.NewScript(luaHead + `reply = ARGV[2]` + luaTail)
+
+// scriptReserve reserves all items of an order or none.
+// KEYS[2] = reservation, KEYS[3..] = stock keys; ARGV[2..] = the quantities
+// (aligned with KEYS[3..]), then the skus in the same order.
+var scriptReserve = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+local n = #KEYS - 2
+if status == 'released' then
+  reply = failure('` + ReasonCancelled + `')
+elseif status == 'reserved' then
+  reply = success
+else
+  for i = 1, n do
+    local have = integer(KEYS[2 + i])
+    if have < tonumber(ARGV[1 + i]) then
+      reply = failure('` + order.ReasonOutOfStock + `')
+      break
+    end
+  end
+  if not reply then
+    local fields = {'status', 'reserved'}
+    for i = 1, n do
+      redis.call('DECRBY', KEYS[2 + i], ARGV[1 + i])
+      fields[#fields + 1] = 'item:' .. ARGV[1 + n + i]
+      fields[#fields + 1] = ARGV[1 + i]
+    end
+    redis.call('HSET', KEYS[2], unpack(fields))
+    reply = success
+  end
+end
+` + luaTail)
+
+// scriptRelease puts back what the order reserved, once; with no
+// reservation it leaves a released tombstone. KEYS[2] = reservation;
+// ARGV[2] = the stock key prefix. The stock keys come from the reservation
+// itself, so they are not in KEYS: see the package documentation on Cluster.
+var scriptRelease = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'reserved' then
+  local h = redis.call('HGETALL', KEYS[2])
+  local back = {}
+  for i = 1, #h, 2 do
+    local sku = string.match(h[i], '^item:(.*)$')
+    if sku then
+      integer(ARGV[2] .. sku) -- check them all before the first write
+      back[#back + 1] = {ARGV[2] .. sku, h[i + 1]}
+    end
+  end
+  for _, kv in ipairs(back) do redis.call('INCRBY', kv[1], kv[2]) end
+  redis.call('HSET', KEYS[2], 'status', 'released')
+elseif not status then
+  redis.call('HSET', KEYS[2], 'status', 'released')
+end
+reply = success
+` + luaTail)
+
+// scriptAuthorize authorizes a payment. KEYS[2] = payment; ARGV[2] = amount,
+// ARGV[3] = limit.
+var scriptAuthorize = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'cancelled' then
+  reply = failure('` + ReasonCancelled + `')
+elseif status == 'authorized' then
+  reply = success
+elseif tonumber(ARGV[2]) > tonumber(ARGV[3]) then
+  reply = failure('` + order.ReasonPaymentDeclined + `')
+else
+  redis.call('HSET', KEYS[2], 'status', 'authorized', 'amount_cents', ARGV[2])
+  reply = success
+end
+` + luaTail)
+
+// scriptCancelPayment cancels a payment, or leaves a cancelled tombstone.
+// KEYS[2] = payment.
+var scriptCancelPayment = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'authorized' then
+  redis.call('HSET', KEYS[2], 'status', 'cancelled')
+elseif not status then
+  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'amount_cents', '0')
+end
+reply = success
+` + luaTail)
+
+// scriptSchedule schedules a shipment. KEYS[2] = shipment; ARGV[2] =
+// country, ARGV[3] = city.
+var scriptSchedule = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'cancelled' then
+  reply = failure('` + ReasonCancelled + `')
+elseif status == 'scheduled' then
+  reply = success
+elseif ARGV[2] == '' or ARGV[2] == 'XX' then
+  reply = failure('` + order.ReasonUndeliverable + `')
+else
+  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'country', ARGV[2], 'city', ARGV[3])
+  reply = success
+end
+` + luaTail)
+
+// scriptCancelShipment cancels a shipment, or leaves a cancelled tombstone.
+// KEYS[2] = shipment.
+var scriptCancelShipment = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'scheduled' then
+  redis.call('HSET', KEYS[2], 'status', 'cancelled')
+elseif not status then
+  redis.call('HSET', KEYS[2], 'status', 'cancelled')
+end
+reply = success
+` + luaTail)
+
+var allScripts = []*redis.Script{
+	scriptRecord, scriptReserve, scriptRelease, scriptAuthorize,
+	scriptCancelPayment, scriptSchedule, scriptCancelShipment,
+}
+
+// call is one script invocation; keys and args exclude the dedupe key and
+// its TTL, which every script takes first. A call without a script has no
+// effect and replies BAD_COMMAND without storing it.
+type call struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+}
+
+const badCommandReply = `{"outcome":"failure","reason":"` + ReasonBadCommand + `"}`
+
+// bad is the call that stores a BAD_COMMAND reply.
+func bad() call { return call{script: scriptRecord, args: []any{badCommandReply}} }
+
+// handler runs each command as one script call, a batch in one pipeline.
+type handler struct {
+	name string // the participant name, in the dedupe key
+	rdb  redis.UniversalClient
+	plan func(participant.Command) call
+}
+
+var _ participant.Handler = (*handler)(nil)
+
+// Handle implements participant.Handler. Its error is a Redis error: the
+// batch is retried, and the commands that did run answer from their dedupe
+// records then.
+func (h *handler) Handle(ctx context.Context, cmds []participant.Command) ([]message.Reply, error) {
+	calls := make([]call, len(cmds))
+	for i, c := range cmds {
+		if c.MessageID == "" {
+			// Without a message id there is nothing to dedupe on: refuse
+			// it without an effect (participant.Participant never passes
+			// one).
+			continue
+		}
+		calls[i] = h.plan(c)
+	}
+	results, err := h.exec(ctx, cmds, calls)
+	if isNoScript(err) {
+		// A new or restarted Redis (or SCRIPT FLUSH). Nothing ran for the
+		// commands that got NOSCRIPT, and those that did run answer from
+		// their dedupe records, so the whole pipeline can run again.
+		for _, s := range allScripts {
+			if err := s.Load(ctx, h.rdb).Err(); err != nil {
+				return nil, fmt.Errorf("%s: load script: %w", h.name, err)
+			}
+		}
+		results, err = h.exec(ctx, cmds, calls)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", h.name, err)
+	}
+	replies := make([]message.Reply, len(results))
+	for i, r := range results {
+		var v struct {
+			Outcome string `json:"outcome"`
+			Reason  string `json:"reason"`
+		}
+		if err := json.Unmarshal([]byte(r), &v); err != nil {
+			return nil, fmt.Errorf("%s: stored reply %q of message %s: %w", h.name, r, cmds[i].MessageID, err)
+		}
+		replies[i] = message.Reply{Outcome: v.Outcome, Reason: v.Reason}
+	}
+	return replies, nil
+}
+
+func (h *handler) exec(ctx context.Context, cmds []participant.Command, calls []call) ([]string, error) {
+	ttl := int64(DedupeTTL / time.Second)
+	pipe := h.rdb.Pipeline()
+	out := make([]*redis.Cmd, len(calls))
+	for i, c := range calls {
+		if c.script == nil {
+			continue
+		}
+		keys := append([]string{DedupeKey(h.name, cmds[i].MessageID)}, c.keys...)
+		args := append([]any{ttl}, c.args...)
+		out[i] = c.script.EvalSha(ctx, pipe, keys, args...)
+	}
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			for _, c := range out {
+				if c != nil && isNoScript(c.Err()) {
+					return nil, c.Err()
+				}
+			}
+			return nil, err
+		}
+	}
+	results := make([]string, len(out))
+	for i, c := range out {
+		if c == nil {
+			results[i] = badCommandReply
+			continue
+		}
+		s, err := c.Text()
+		if err != nil {
+			return nil, fmt.Errorf("message %s: %w", cmds[i].MessageID, err)
+		}
+		results[i] = s
+	}
+	return results, nil
+}
+
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
+
+// decode decodes a command payload; ok is false when it is not valid JSON
+// of type T or fails check.
+func decode[T any](payload []byte, check func(*T) bool) (T, bool) {
+	var v T
+	if err := json.Unmarshal(payload, &v); err != nil {
+		return v, false
+	}
+	return v, check(&v)
+}
+
+// NewInventory returns the inventory participant's handler. ReserveInventory
+// takes all the order's items from the stock keys or none (failing with
+// order.ReasonOutOfStock); ReleaseInventory puts back exactly what the
+// order's reservation took. See the package documentation for the keys.
+func NewInventory(rdb redis.UniversalClient) participant.Handler {
+	return &handler{name: order.Inventory, rdb: rdb, plan: planInventory}
+}
+
+func planInventory(c participant.Command) call {
+	cmd, ok := decode(c.Payload, func(v *order.InventoryCommand) bool { return v.OrderID != "" })
+	if !ok {
+		return bad()
+	}
+	switch c.Type {
+	case order.ReserveInventory:
+		// Sum repeated skus, in a fixed order, so the script sees one
+		// quantity per stock key.
+		qty := make(map[string]int64, len(cmd.Items))
+		for _, it := range cmd.Items {
+			if it.SKU == "" || it.Qty <= 0 {
+				return bad()
+			}
+			qty[it.SKU] += it.Qty
+		}
+		if len(qty) == 0 {
+			return bad()
+		}
+		skus := make([]string, 0, len(qty))
+		for s := range qty {
+			skus = append(skus, s)
+		}
+		sort.Strings(skus)
+		keys := []string{ReservationKey(cmd.OrderID)}
+		args := make([]any, 0, 2*len(skus))
+		for _, s := range skus {
+			keys = append(keys, StockKey(s))
+			args = append(args, qty[s])
+		}
+		for _, s := range skus {
+			args = append(args, s)
+		}
+		return call{script: scriptReserve, keys: keys, args: args}
+	case order.ReleaseInventory:
+		return call{script: scriptRelease, keys: []string{ReservationKey(cmd.OrderID)}, args: []any{keyStock}}
+	}
+	return bad()
+}
+
+// NewPayment returns the payment participant's handler. AuthorizePayment
+// fails with order.ReasonPaymentDeclined, writing nothing, when the amount
+// exceeds limitCents; zero or less means DefaultPaymentLimitCents.
+// CancelPayment cancels an authorized payment, keeping its amount.
+func NewPayment(rdb redis.UniversalClient, limitCents int64) participant.Handler {
+	if limitCents <= 0 {
+		limitCents = DefaultPaymentLimitCents
+	}
+	return &handler{name: order.Payment, rdb: rdb, plan: func(c participant.Command) call {
+		cmd, ok := decode(c.Payload, func(v *order.PaymentCommand) bool { return v.OrderID != "" })
+		if !ok {
+			return bad()
+		}
+		key := []string{PaymentKey(cmd.OrderID)}
+		switch c.Type {
+		case order.AuthorizePayment:
+			if cmd.AmountCents <= 0 {
+				return bad()
+			}
+			return call{script: scriptAuthorize, keys: key, args: []any{cmd.AmountCents, limitCents}}
+		case order.CancelPayment:
+			return call{script: scriptCancelPayment, keys: key}
+		}
+		return bad()
+	}}
+}
+
+// NewShipping returns the shipping participant's handler. ScheduleShipment
+// fails with order.ReasonUndeliverable when the country is empty or "XX";
+// CancelShipment cancels a scheduled shipment.
+func NewShipping(rdb redis.UniversalClient) participant.Handler {
+	return &handler{name: order.Shipping, rdb: rdb, plan: func(c participant.Command) call {
+		cmd, ok := decode(c.Payload, func(v *order.ShippingCommand) bool { return v.OrderID != "" })
+		if !ok {
+			return bad()
+		}
+		key := []string{ShipmentKey(cmd.OrderID)}
+		switch c.Type {
+		case order.ScheduleShipment:
+			return call{script: scriptSchedule, keys: key, args: []any{cmd.ShipTo.Country, cmd.ShipTo.City}}
+		case order.CancelShipment:
+			return call{script: scriptCancelShipment, keys: key}
+		}
+		return bad()
+	}}
+}
+
+// Handlers returns the three participants' handlers keyed by participant
+// name (order.Inventory, order.Payment, order.Shipping), for
+// participant.New.
+func Handlers(rdb redis.UniversalClient, limitCents int64) map[string]participant.Handler {
+	return map[string]participant.Handler{
+		order.Inventory: NewInventory(rdb),
+		order.Payment:   NewPayment(rdb, limitCents),
+		order.Shipping:  NewShipping(rdb),
+	}
+}
+
+// SeedStock sets the stock of each sku, overwriting what was there. It is
+// not atomic across skus; seed before orders flow.
+func SeedStock(ctx context.Context, rdb redis.UniversalClient, stock map[string]int64) error {
+	if len(stock) == 0 {
+		return nil
+	}
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for sku, n := range stock {
+			p.Set(ctx, StockKey(sku), strconv.FormatInt(n, 10), 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("seed stock: %w", err)
+	}
+	return nil
+}
+
+// OrderStore records completed orders in Redis: it is the order saga's
+// complete-order step. Give it its own client to simulate an outage of the
+// order database apart from the engine's Redis.
+type OrderStore struct {
+	rdb redis.UniversalClient
+}
+
+var _ order.Store = (*OrderStore)(nil)
+
+// NewOrderStore returns an OrderStore writing to rdb.
+func NewOrderStore(rdb redis.UniversalClient) *OrderStore { return &OrderStore{rdb: rdb} }
+
+// Complete records o as completed in the hash ksaga:sim:order:<order_id>
+// (status, amount_cents, customer_id). It is idempotent. A Redis error is
+// returned as is, to be retried; an order without an id is a permanent
+// error (retry.IsPermanent).
+func (s *OrderStore) Complete(ctx context.Context, o *order.Order) error {
+	if o == nil || o.OrderID == "" {
+		return retry.Permanent(errors.New("complete order: order id is required"))
+	}
+	err := s.rdb.HSet(ctx, OrderKey(o.OrderID),
+		"status", "completed",
+		"amount_cents", o.AmountCents,
+		"customer_id", o.CustomerID,
+	).Err()
+	if err != nil {
+		return fmt.Errorf("complete order %s: %w", o.OrderID, err)
+	}
+	return nil
+}
