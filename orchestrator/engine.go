@@ -354,7 +354,7 @@ func (e *Engine) transact(ctx context.Context, recs []*kgo.Record, due []timer) 
 		return fmt.Errorf("end transaction: %w", err)
 	}
 	if !committed {
-		e.log.Info("transaction aborted (rebalance or fenced); re-consuming from committed offsets")
+		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
 		e.afterCompletion(ctx, b, false)
 		e.rearm(due)
 		return nil
@@ -488,8 +488,7 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 	}
 	e.applied(b, r, in, out, produce)
 	if out.giveUp != "" {
-		e.deadLetter(b, r, errors.New(out.state.Reason), 1, produce)
-		b.DeadLettered[len(b.DeadLettered)-1] = out.giveUp
+		e.deadLetter(b, r, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)
 	}
 	return nil
 }

@@ -11,11 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/dlq"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/saga/order"
 	"github.com/ksaga/ksaga/saga/order/sim"
 )
@@ -106,7 +110,7 @@ func TestOrdersStoreOutage(t *testing.T) {
 	def := order.New(store)
 
 	e.start(newOrder("o-003"))
-	for attempt := int32(1); attempt <= 3; attempt++ {
+	for attempt := int32(1); attempt <= 2; attempt++ {
 		eng := e.startEngine(def)
 		waitFor(t, 60*time.Second, func() bool { return e.attemptsCounted() >= int(attempt) })
 		// Restart between attempts: the count must survive it.
@@ -115,9 +119,48 @@ func TestOrdersStoreOutage(t *testing.T) {
 			t.Fatalf("after engine %d: %d calls to the store, want %d", attempt, got, attempt)
 		}
 	}
+	// The third engine makes the last attempt, then dead-letters the record
+	// and starts the compensation in one transaction. That transaction
+	// fails its first commit: none of it may become visible, and the retry
+	// must produce each record once.
+	var injected atomic.Bool
+	e.cluster.ControlKey(int16(kmsg.TxnOffsetCommit), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		req := kreq.(*kmsg.TxnOffsetCommitRequest)
+		if req.TransactionalID != "engine-0" || !injected.CompareAndSwap(false, true) {
+			return nil, nil, false
+		}
+		resp := req.ResponseKind().(*kmsg.TxnOffsetCommitResponse)
+		resp.SetVersion(req.GetVersion())
+		for _, rt := range req.Topics {
+			st := kmsg.NewTxnOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewTxnOffsetCommitResponseTopicPartition()
+				sp.Partition, sp.ErrorCode = rp.Partition, kerr.UnknownServerError.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
 	eng := e.startEngine(def)
 	defer eng.stop(t)
 	evs := e.waitTerminal([]string{"o-003"}, 60*time.Second)
+	if !injected.Load() {
+		t.Fatal("the commit failure was not injected")
+	}
+	for ev, n := range countEvents(evs["o-003"]) {
+		if n != 1 {
+			t.Errorf("event %s emitted %d times, want 1", ev, n)
+		}
+	}
+	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
+		for id, n := range e.commands(p) {
+			if n != 1 {
+				t.Errorf("command %s sent %d times, want 1", id, n)
+			}
+		}
+	}
 	if got := terminal(evs["o-003"]); got != message.EventSagaCompensated {
 		t.Fatalf("saga ended %s, want %s; events %+v", got, message.EventSagaCompensated, evs["o-003"])
 	}
@@ -179,6 +222,15 @@ func (e *env) attemptsCounted() int {
 		}
 	}
 	return best
+}
+
+// countEvents counts a saga's events by type and step.
+func countEvents(evs []message.Event) map[string]int {
+	seen := make(map[string]int)
+	for _, ev := range evs {
+		seen[ev.Type+" "+ev.Step]++
+	}
+	return seen
 }
 
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
@@ -250,11 +302,7 @@ func TestCrashBetweenCommitAndRedis(t *testing.T) {
 		t.Errorf("after the zombie woke: redis state %+v, want version %d terminal", st, final.Version)
 	}
 
-	seen := make(map[string]int)
-	for _, ev := range evs["o-000"] {
-		seen[ev.Type+" "+ev.Step]++
-	}
-	for k, n := range seen {
+	for k, n := range countEvents(evs["o-000"]) {
 		if n != 1 {
 			t.Errorf("event %s emitted %d times, want 1", k, n)
 		}
@@ -386,5 +434,75 @@ func TestPoisonInputs(t *testing.T) {
 	}
 	if len(dead) != len(poison) {
 		t.Errorf("DLQ has %d records, want %d: %v", len(dead), len(poison), byReason)
+	}
+}
+
+// quickOrder is the order saga with short deadlines, so that timeouts fire
+// within a test.
+func quickOrder(e *env) *saga.Definition {
+	store := sim.NewOrderStore(e.sim)
+	cmd := func(participant, typ string) func(context.Context, *order.Order) (saga.Command, error) {
+		return func(_ context.Context, o *order.Order) (saga.Command, error) {
+			return saga.Command{Participant: participant, Type: typ, Payload: o}, nil
+		}
+	}
+	const d = 300 * time.Millisecond
+	return saga.New(order.Name,
+		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory), Undo: cmd(order.Inventory, order.ReleaseInventory), Deadline: d},
+		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment), Undo: cmd(order.Payment, order.CancelPayment), Deadline: d},
+		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment), Undo: cmd(order.Shipping, order.CancelShipment), Deadline: d},
+		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete},
+	)
+}
+
+// TestDeadlineResend: a participant that is down when its command is sent
+// gets it again (same message id) when the deadline passes, and acts once.
+func TestDeadlineResend(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10})
+	e.startParticipants(order.Inventory, order.Payment)
+	eng := e.startEngine(quickOrder(e), orchestrator.Compensation(compensation.Policy{MaxAttempts: 2, Deadline: 300 * time.Millisecond}))
+	defer eng.stop(t)
+
+	e.start(newOrder("late"))
+	// Wait for the first re-send, then bring shipping up.
+	waitFor(t, 30*time.Second, func() bool { return e.commands(order.Shipping)["late/schedule-shipping/do attempt 2"] == 1 })
+	e.startParticipants(order.Shipping)
+	evs := e.waitTerminal([]string{"late"}, 30*time.Second)
+	if got := terminal(evs["late"]); got != message.EventSagaCompleted {
+		t.Fatalf("saga ended %s, want completed; events %+v", got, evs["late"])
+	}
+	if got := e.hash("ksaga:sim:shipment:late")["status"]; got != "scheduled" {
+		t.Errorf("shipment %q, want scheduled", got)
+	}
+	if got := e.stock("sku-1"); got != 8 {
+		t.Errorf("stock %d, want 8 (reserved once)", got)
+	}
+}
+
+// TestCompensationGivesUp: a participant that never answers exhausts its
+// step, then its compensation: the saga ends SagaFailed and is
+// dead-lettered for a human.
+func TestCompensationGivesUp(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10})
+	e.startParticipants(order.Inventory, order.Payment)
+	eng := e.startEngine(quickOrder(e), orchestrator.Compensation(compensation.Policy{MaxAttempts: 2, Deadline: 300 * time.Millisecond}))
+	defer eng.stop(t)
+
+	e.start(newOrder("lost"))
+	evs := e.waitTerminal([]string{"lost"}, 30*time.Second)
+	if got := terminal(evs["lost"]); got != message.EventSagaFailed {
+		t.Fatalf("saga ended %s, want %s; events %+v", got, message.EventSagaFailed, evs["lost"])
+	}
+	cmds := e.commands(order.Shipping)
+	for _, want := range []string{"lost/schedule-shipping/do attempt 1", "lost/schedule-shipping/do attempt 3", "lost/schedule-shipping/undo attempt 2"} {
+		if cmds[want] != 1 {
+			t.Errorf("shipping commands %v, want one %q", cmds, want)
+		}
+	}
+	dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond)
+	if len(dead) != 1 || header(dead[0], dlq.HeaderReason) != orchestrator.ReasonCompensation {
+		t.Errorf("DLQ %d records (reason %q), want 1 with reason %s", len(dead), header(dead[0], dlq.HeaderReason), orchestrator.ReasonCompensation)
 	}
 }

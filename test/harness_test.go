@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -132,11 +133,14 @@ func (e *env) startEngine(def *saga.Definition, opts ...orchestrator.Opt) *runni
 
 // startParticipants runs the three reference participants until the test
 // ends.
-func (e *env) startParticipants() {
+func (e *env) startParticipants(names ...string) (stop func()) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for name, h := range sim.Handlers(e.sim, sim.DefaultPaymentLimitCents) {
+		if len(names) > 0 && !slices.Contains(names, name) {
+			continue
+		}
 		p, err := participant.New(name, h,
 			participant.Brokers(e.brokers...),
 			participant.TransactionalID("participant-"+name),
@@ -155,7 +159,9 @@ func (e *env) startParticipants() {
 			p.Close()
 		}()
 	}
-	e.t.Cleanup(func() { cancel(); wg.Wait() })
+	stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
+	e.t.Cleanup(stop)
+	return stop
 }
 
 func (e *env) seed(stock map[string]int64) {
