@@ -288,7 +288,13 @@ type deadLetter struct {
 	offset int64
 }
 
-func (e *Engine) transact(ctx context.Context, recs []*kgo.Record, due []timer) error {
+func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer) error {
+	// A transaction, once begun, is finished even when Run's context is
+	// cancelled: abandoning it would leave it open on the broker, and the
+	// next owner of its partitions would wait for the transaction timeout
+	// before it could restore them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	defer cancel()
 	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
 	if err := e.preload(ctx, b, recs); err != nil {
 		e.rewind(ctx)
@@ -345,7 +351,7 @@ func (e *Engine) transact(ctx context.Context, recs []*kgo.Record, due []timer) 
 		e.afterCompletion(ctx, b, false)
 		e.rearm(due)
 		if failed != nil {
-			return e.retryLater(ctx, failed, failErr)
+			return e.retryLater(ctx, runCtx, failed, failErr)
 		}
 		return failErr
 	}
@@ -572,7 +578,7 @@ func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*
 // retryLater counts a failed attempt of r durably and waits out its backoff.
 // When the attempts are used up the record is marked, so that its next
 // delivery dead-letters it.
-func (e *Engine) retryLater(ctx context.Context, r *kgo.Record, err error) error {
+func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err error) error {
 	if errors.Is(err, errInfra) {
 		return err
 	}
@@ -605,7 +611,7 @@ func (e *Engine) retryLater(ctx context.Context, r *kgo.Record, err error) error
 		wait = 0
 	}
 	e.log.Warn("processing failed; retrying", "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
-	sleep(ctx, wait)
+	sleep(runCtx, wait)
 	return nil
 }
 

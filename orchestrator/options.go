@@ -21,21 +21,20 @@ type opt func(*config)
 func (o opt) apply(c *config) { o(c) }
 
 type config struct {
-	brokers        []string
-	rdb            redis.UniversalClient
-	txnID          string
-	group          string
-	logger         *slog.Logger
-	hooks          []Hook
-	kafkaOpts      []kgo.Opt
-	retry          retry.Policy
-	comp           compensation.Policy
-	maxPoll        int
-	now            func() time.Time
-	maxValue       int
-	txnTimeout     time.Duration
-	infraBackoff   retry.Policy
-	redisRetryWait time.Duration
+	brokers      []string
+	rdb          redis.UniversalClient
+	txnID        string
+	group        string
+	logger       *slog.Logger
+	hooks        []Hook
+	kafkaOpts    []kgo.Opt
+	retry        retry.Policy
+	comp         compensation.Policy
+	maxPoll      int
+	now          func() time.Time
+	maxValue     int
+	txnTimeout   time.Duration
+	infraBackoff retry.Policy
 }
 
 // Brokers sets the Kafka seed brokers. Required.
@@ -86,7 +85,10 @@ func Clock(now func() time.Time) Opt { return opt(func(c *config) { c.now = now 
 // dead-lettered unread. The default is 256 KiB.
 func MaxValueBytes(n int) Opt { return opt(func(c *config) { c.maxValue = n }) }
 
-// TransactionTimeout sets the Kafka transaction timeout. The default is 30s.
+// TransactionTimeout sets the Kafka transaction timeout, which bounds one
+// batch's work. When an instance dies with a transaction open, the next owner
+// of its partitions waits up to this long before it can restore them. The
+// default is 10s.
 func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.txnTimeout = d }) }
 
 // InfraBackoff sets the backoff while a dependency of the engine itself
@@ -94,7 +96,7 @@ func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.tx
 func InfraBackoff(p retry.Policy) Opt { return opt(func(c *config) { c.infraBackoff = p }) }
 
 func newConfig(sagaName string, opts []Opt) (config, error) {
-	c := config{maxPoll: 1000, now: time.Now, maxValue: 256 << 10, txnTimeout: 30 * time.Second, redisRetryWait: time.Second}
+	c := config{maxPoll: 1000, now: time.Now, maxValue: 256 << 10, txnTimeout: 10 * time.Second}
 	for _, o := range opts {
 		o.apply(&c)
 	}
