@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,8 @@ type Engine struct {
 	parts  map[int32]*partition
 	sagas  map[string]*entry
 	timers timers
+
+	redisChecked time.Time
 
 	ready   atomic.Bool
 	running atomic.Bool
@@ -236,7 +239,7 @@ func (e *Engine) step(ctx context.Context) error {
 	if err := e.applyChanges(ctx); err != nil {
 		return err
 	}
-	e.flushRedisIfDue(ctx)
+	e.maintainRedis(ctx)
 
 	pollCtx, cancel := context.WithTimeout(ctx, e.pollWait())
 	fetches := e.sess.PollRecords(pollCtx, e.cfg.maxPoll)
@@ -754,12 +757,38 @@ func (e *Engine) afterCompletion(ctx context.Context, b *batch, committed bool) 
 	}
 }
 
-// flushRedisIfDue retries pending Redis writes left by an earlier failure.
-func (e *Engine) flushRedisIfDue(ctx context.Context) {
+// redisCheckInterval is how often an idle engine checks that Redis still
+// holds its checkpoints.
+const redisCheckInterval = time.Second
+
+// maintainRedis retries pending Redis writes left by an earlier failure and,
+// once a second, checks that Redis did not lose its data while the engine
+// had nothing to write (a FLUSHALL, a failover to an empty replica): a lost
+// partition is rebuilt from the state topic.
+func (e *Engine) maintainRedis(ctx context.Context) {
 	for _, part := range e.parts {
 		if len(part.pending) > 0 || len(part.cleared) > 0 {
 			e.flushRedis(ctx)
 			return
+		}
+	}
+	if time.Since(e.redisChecked) < redisCheckInterval {
+		return
+	}
+	e.redisChecked = time.Now()
+	expect := make(map[int32]int64, len(e.parts))
+	for p, part := range e.parts {
+		expect[p] = part.checkpoint
+	}
+	got, err := e.store.get(ctx, nil, expect)
+	if err != nil {
+		e.log.Warn("redis check failed", "err", err)
+		return
+	}
+	for _, p := range got.lost {
+		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
+		if err := e.restore(ctx, p, true); err != nil {
+			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
 		}
 	}
 }
@@ -780,33 +809,41 @@ func (e *Engine) flushRedis(ctx context.Context) {
 			}
 		}
 	}()
-	var lost []int32
 	if err = e.store.put(ctx, ws); err != nil {
 		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", len(ws), "err", err)
 		return
 	}
+	// The states are in Redis: move each checkpoint past them. This is a
+	// second round trip on purpose: on Redis Cluster a pipeline spans
+	// nodes, and a checkpoint must never land before the states it covers.
+	var marks []mark
+	cleared := make(map[int32][]int64)
 	for p, part := range e.parts {
+		if len(part.pending) > 0 {
+			marks = append(marks, mark{p: p, offset: part.pending[len(part.pending)-1].offset + 1, exists: part.checkpoint > 0})
+		}
 		if len(part.cleared) > 0 {
-			if err := e.store.clearAttempts(ctx, p, part.cleared); err == nil {
-				for _, o := range part.cleared {
-					delete(part.attempts, o)
-				}
-				part.cleared = part.cleared[:0]
-			}
+			cleared[p] = part.cleared
 		}
-		if len(part.pending) == 0 {
+	}
+	var lost []int32
+	if lost, err = e.store.advance(ctx, marks, cleared); err != nil {
+		e.log.Warn("redis checkpoint write failed; will retry", "err", err)
+		return
+	}
+	for p, offsets := range cleared {
+		part := e.parts[p]
+		for _, o := range offsets {
+			delete(part.attempts, o)
+		}
+		part.cleared = part.cleared[:0]
+	}
+	for _, m := range marks {
+		if slices.Contains(lost, m.p) {
 			continue
 		}
-		next := part.pending[len(part.pending)-1].offset + 1
-		if err = e.store.checkpoint(ctx, p, next, part.checkpoint > 0); err != nil {
-			if errors.Is(err, errLost) {
-				lost = append(lost, p)
-			} else {
-				e.log.Warn("redis checkpoint write failed", "partition", p, "err", err)
-			}
-			continue
-		}
-		part.checkpoint = next
+		part := e.parts[m.p]
+		part.checkpoint = m.offset
 		for _, w := range part.pending {
 			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version {
 				ent.acked = w.state.Version

@@ -287,11 +287,18 @@ func (e *Engine) dueTimers(now time.Time) []timer {
 		if e.parts[t.partition] == nil {
 			continue
 		}
-		if ent, ok := e.sagas[t.sagaID]; ok {
+		ent, ok := e.sagas[t.sagaID]
+		switch {
+		case ok:
 			st := ent.state
 			if st.Terminal() || st.Deadline != t.deadline || (t.waiting != "" && (st.Waiting != t.waiting || st.Attempt != t.attempt)) {
 				continue
 			}
+		case t.waiting != "":
+			// Armed from a state in memory that has left it: the saga
+			// ended (or its partition was restored, which re-armed its
+			// deadline from Redis).
+			continue
 		}
 		out = append(out, t)
 	}

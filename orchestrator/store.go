@@ -142,8 +142,7 @@ type write struct {
 }
 
 // put writes states with the version compare-and-set and keeps the deadline
-// indexes, in one round trip. It returns the highest offset written per
-// partition.
+// indexes, in one round trip.
 func (s *store) put(ctx context.Context, ws []write) error {
 	if len(ws) == 0 {
 		return nil
@@ -157,7 +156,7 @@ func (s *store) put(ctx context.Context, ws []write) error {
 			pipe.ZAdd(ctx, s.deadlinesKey(w.partition), redis.Z{Score: float64(w.state.Deadline), Member: w.state.ID})
 		}
 	}
-	cmds, err := pipe.Exec(ctx)
+	_, err := pipe.Exec(ctx)
 	if err != nil && isNoScript(err) {
 		if err := s.load(ctx); err != nil {
 			return err
@@ -167,7 +166,6 @@ func (s *store) put(ctx context.Context, ws []write) error {
 	if err != nil {
 		return fmt.Errorf("write saga states: %w", err)
 	}
-	_ = cmds
 	return nil
 }
 
@@ -175,24 +173,52 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// errLost is returned by checkpoint when the checkpoint key vanished.
-var errLost = errors.New("redis lost the checkpoint")
+// mark moves a partition's checkpoint. exists says the checkpoint must
+// already be in Redis (the engine wrote or read it before).
+type mark struct {
+	p      int32
+	offset int64
+	exists bool
+}
 
-// checkpoint moves partition p's checkpoint to offset. exists says the key
-// must already exist.
-func (s *store) checkpoint(ctx context.Context, p int32, offset int64, exists bool) error {
-	flag := "0"
-	if exists {
-		flag = "1"
+// advance moves checkpoints and forgets attempt counts, in one round trip.
+// It returns the partitions whose checkpoint vanished (Redis lost its data);
+// the others moved. An error means none is known to have moved.
+func (s *store) advance(ctx context.Context, marks []mark, cleared map[int32][]int64) (lost []int32, err error) {
+	if len(marks) == 0 && len(cleared) == 0 {
+		return nil, nil
 	}
-	n, err := setCheckpoint.Run(ctx, s.rdb, []string{s.checkpointKey(p)}, offset, flag).Int()
-	if err != nil {
-		return fmt.Errorf("write checkpoint of partition %d: %w", p, err)
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(marks))
+	for i, m := range marks {
+		flag := "0"
+		if m.exists {
+			flag = "1"
+		}
+		cmds[i] = setCheckpoint.EvalSha(ctx, pipe, []string{s.checkpointKey(m.p)}, m.offset, flag)
 	}
-	if n < 0 {
-		return errLost
+	for p, offsets := range cleared {
+		fields := make([]string, len(offsets))
+		for i, o := range offsets {
+			fields[i] = strconv.FormatInt(o, 10)
+		}
+		pipe.HDel(ctx, s.attemptsKey(p), fields...)
 	}
-	return nil
+	if _, err := pipe.Exec(ctx); err != nil {
+		if isNoScript(err) {
+			if err := s.load(ctx); err != nil {
+				return nil, err
+			}
+			return s.advance(ctx, marks, cleared)
+		}
+		return nil, fmt.Errorf("write checkpoints: %w", err)
+	}
+	for i, c := range cmds {
+		if n, _ := c.Int(); n < 0 {
+			lost = append(lost, marks[i].p)
+		}
+	}
+	return lost, nil
 }
 
 // readCheckpoint returns partition p's checkpoint, 0 when there is none.
@@ -264,13 +290,4 @@ func (s *store) attempts(ctx context.Context, p int32) (map[int64]attempt, error
 		out[off] = a
 	}
 	return out, nil
-}
-
-// clearAttempts forgets the counts of records that are done with.
-func (s *store) clearAttempts(ctx context.Context, p int32, offsets []int64) error {
-	fields := make([]string, len(offsets))
-	for i, o := range offsets {
-		fields[i] = strconv.FormatInt(o, 10)
-	}
-	return s.rdb.HDel(ctx, s.attemptsKey(p), fields...).Err()
 }

@@ -1,0 +1,23 @@
+# ksaga — the two commands a newcomer needs:
+#   make demo   run the embedded demo (no Kafka or Redis to install)
+#   make test   install what the tests need (redis-server) and run them
+
+GO ?= go
+
+.PHONY: demo test vet unit
+
+demo:
+	$(GO) run ./cmd/sagad
+
+test: vet
+	./scripts/test-deps.sh
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# unit runs the fast tests only (no end-to-end).
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test$$)
