@@ -72,6 +72,9 @@ type Engine struct {
 
 	redisChecked time.Time
 
+	// joined is set once the group assigned this instance its partitions
+	// (possibly none); ready once, in addition, they are restored.
+	joined  atomic.Bool
 	ready   atomic.Bool
 	running atomic.Bool
 	closed  chan struct{}
@@ -135,7 +138,10 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		kgo.RecordPartitioner(partitioner(e.stateTopic, e.inbox)),
 		kgo.ProducerBatchMaxBytes(16 << 20),
 		kgo.ProducerLinger(0),
-		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], true) }),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			e.change(m[e.inbox], true)
+			e.joined.Store(true)
+		}),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
 	}
@@ -172,7 +178,8 @@ func (e *Engine) change(ps []int32, assigned bool) {
 }
 
 // Ready reports whether the engine has joined its group and restored the
-// partitions it owns.
+// partitions it owns. It is false again while a newly assigned partition is
+// being restored.
 func (e *Engine) Ready() bool { return e.ready.Load() }
 
 // Client returns the engine's Kafka client, for health checks and metrics
@@ -236,16 +243,22 @@ func sleep(ctx context.Context, d time.Duration) {
 // step is one iteration of the loop: apply assignment changes, poll, run one
 // transaction.
 func (e *Engine) step(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
 	if err := e.applyChanges(ctx); err != nil {
 		return err
 	}
 	e.maintainRedis(ctx)
 
+	if ctx.Err() != nil {
+		return nil
+	}
 	pollCtx, cancel := context.WithTimeout(ctx, e.pollWait())
 	fetches := e.sess.PollRecords(pollCtx, e.cfg.maxPoll)
 	cancel()
 	if ctx.Err() != nil {
-		return nil
+		return nil // the polled records were not handled; nothing commits them
 	}
 	if fetches.IsClientClosed() {
 		return errors.New("orchestrator: the Kafka client was closed")

@@ -35,7 +35,7 @@ func (e *Engine) applyChanges(ctx context.Context) error {
 			return fmt.Errorf("%w: restore partition %d: %w", errInfra, c.p, err)
 		}
 	}
-	e.ready.Store(true)
+	e.ready.Store(e.joined.Load())
 	return nil
 }
 

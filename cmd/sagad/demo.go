@@ -1,0 +1,467 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/metrics"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order"
+	"github.com/ksaga/ksaga/saga/order/sim"
+)
+
+// The demo's stock: plenty of the common skus, little of scarceSKU, so that
+// most orders for it run out.
+const (
+	scarceSKU   = "sku-scarce"
+	plentyStock = 1_000_000_000
+)
+
+var commonSKUs = []string{"sku-1", "sku-2", "sku-3", "sku-4", "sku-5", "sku-6"}
+
+// Kinds of demo orders, by how they are meant to end.
+const (
+	kindComplete      = "complete"
+	kindDeclined      = "declined"      // amount above the payment limit
+	kindScarce        = "scarce"        // buys scarceSKU; most run out of stock
+	kindUndeliverable = "undeliverable" // ships to country XX
+)
+
+var destinations = []order.Address{
+	{Country: "DE", City: "Berlin"}, {Country: "FR", City: "Lyon"}, {Country: "US", City: "Austin"},
+	{Country: "JP", City: "Osaka"}, {Country: "BR", City: "Recife"}, {Country: "NL", City: "Utrecht"},
+}
+
+// demoPlan is the load of one demo run.
+type demoPlan struct {
+	runID       string
+	orders      []order.Order
+	kinds       []string
+	scarceStock int64
+}
+
+// newDemoPlan plans n orders: ~70% that complete, ~10% declined, ~10% for
+// the scarce sku, ~10% undeliverable. Order ids are unique per run
+// (o-<run id>-<n>), so runs on one --data-dir do not collide.
+func newDemoPlan(n int, paymentLimit int64) *demoPlan {
+	var id [4]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	p := &demoPlan{runID: hex.EncodeToString(id[:])}
+	rnd := mrand.New(mrand.NewPCG(uint64(n), uint64(paymentLimit)))
+	scarce := 0
+	for i := range n {
+		kind := kindComplete
+		switch i % 10 {
+		case 3:
+			kind = kindDeclined
+		case 6:
+			kind = kindScarce
+		case 9:
+			kind = kindUndeliverable
+		}
+		o := order.Order{
+			OrderID:     fmt.Sprintf("o-%s-%d", p.runID, i+1),
+			CustomerID:  fmt.Sprintf("c-%d", 1+rnd.IntN(500)),
+			AmountCents: 100 + rnd.Int64N(min(paymentLimit, 50_000)),
+			Currency:    []string{"EUR", "USD", "GBP"}[rnd.IntN(3)],
+			Items:       []order.Item{{SKU: commonSKUs[rnd.IntN(len(commonSKUs))], Qty: 1 + rnd.Int64N(3)}},
+			ShipTo:      destinations[rnd.IntN(len(destinations))],
+		}
+		switch kind {
+		case kindDeclined:
+			o.AmountCents = min(paymentLimit+1+rnd.Int64N(100_000), order.MaxAmountCents)
+		case kindScarce:
+			// Reserving is all or nothing: the common item is not taken
+			// when the scarce one is short.
+			o.Items = append(o.Items, order.Item{SKU: scarceSKU, Qty: 1})
+			scarce++
+		case kindUndeliverable:
+			o.ShipTo = order.Address{Country: "XX", City: "Nowhere"}
+		}
+		p.orders = append(p.orders, o)
+		p.kinds = append(p.kinds, kind)
+	}
+	p.scarceStock = int64(max(1, scarce/5))
+	return p
+}
+
+// prefix is what the saga ids of this run start with.
+func (p *demoPlan) prefix() string { return "o-" + p.runID + "-" }
+
+// stock returns the stock to seed before the run.
+func (p *demoPlan) stock() map[string]int64 {
+	s := map[string]int64{scarceSKU: p.scarceStock}
+	for _, sku := range commonSKUs {
+		s[sku] = plentyStock
+	}
+	return s
+}
+
+// records returns the start requests, then one poison record: a start
+// request whose value is not JSON, which the engine dead-letters.
+func (p *demoPlan) records() []*kgo.Record {
+	start := func(key string, value []byte, msgID string) *kgo.Record {
+		return &kgo.Record{
+			Topic: message.Inbox(order.Name), Key: []byte(key), Value: value,
+			Headers: []kgo.RecordHeader{
+				{Key: message.HeaderMessageType, Value: []byte(message.TypeStartSaga)},
+				{Key: message.HeaderMessageID, Value: []byte(msgID)},
+			},
+		}
+	}
+	rs := make([]*kgo.Record, 0, len(p.orders)+1)
+	for _, o := range p.orders {
+		v, _ := json.Marshal(o) // an Order always encodes
+		rs = append(rs, start(o.OrderID, v, "start-"+o.OrderID))
+	}
+	poison := p.prefix() + "poison"
+	return append(rs, start(poison, []byte("{this is not JSON"), "start-"+poison))
+}
+
+// tracker follows the sagas of one demo run through the engine's
+// after-commit hook, so that the summary counts this run's orders only
+// (sagas left over from an earlier run on the same --data-dir also finish
+// here).
+type tracker struct {
+	p      *demoPlan
+	prefix string
+	want   int
+
+	mu           sync.Mutex
+	completed    map[string]bool
+	compensated  map[string]string // saga id → reason
+	failed       map[string]string
+	deadLettered int
+	// foreign counts events of sagas from earlier runs, which resume when
+	// a run is interrupted and the next one uses the same --data-dir.
+	foreign int
+	doneAt  time.Time
+	done    chan struct{}
+}
+
+var _ orchestrator.HookAfterCommit = (*tracker)(nil)
+
+func newTracker(p *demoPlan) *tracker {
+	return &tracker{
+		p: p, prefix: p.prefix(), want: len(p.orders),
+		completed: make(map[string]bool), compensated: make(map[string]string), failed: make(map[string]string),
+		done: make(chan struct{}),
+	}
+}
+
+// AfterCommit counts the terminal events of this run's sagas and the
+// dead-lettered records. It closes t.done once every order has finished and
+// the poison record is dead-lettered.
+func (t *tracker) AfterCommit(_ context.Context, b *orchestrator.Batch) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, ev := range b.Events {
+		if !strings.HasPrefix(ev.SagaID, t.prefix) {
+			t.foreign++
+			continue
+		}
+		switch ev.Type {
+		case message.EventSagaCompleted:
+			t.completed[ev.SagaID] = true
+		case message.EventSagaCompensated:
+			t.compensated[ev.SagaID] = ev.Reason
+		case message.EventSagaFailed:
+			t.failed[ev.SagaID] = ev.Reason
+		}
+	}
+	t.deadLettered += len(b.DeadLettered)
+	if t.doneAt.IsZero() && t.finishedLocked() >= t.want && t.deadLettered > 0 {
+		t.doneAt = time.Now()
+		close(t.done)
+	}
+}
+
+func (t *tracker) finishedLocked() int { return len(t.completed) + len(t.compensated) + len(t.failed) }
+
+// demoResult is what the summary reports.
+type demoResult struct {
+	runID        string
+	sent         int
+	completed    int
+	compensated  int
+	reasons      map[string]int
+	failed       int
+	deadLettered int
+	elapsed      time.Duration
+	ledger       ledgerCheck
+}
+
+func (t *tracker) result(sent int, elapsed time.Duration) demoResult {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := demoResult{
+		sent: sent, completed: len(t.completed), compensated: len(t.compensated), failed: len(t.failed),
+		deadLettered: t.deadLettered, elapsed: elapsed, reasons: make(map[string]int),
+	}
+	for _, reason := range t.compensated {
+		r.reasons[reason]++
+	}
+	return r
+}
+
+// Demo bounds.
+const (
+	readyTimeout = time.Minute
+	produceChunk = 500
+)
+
+// demoTimeout bounds the wait for a demo of n orders.
+func demoTimeout(n int) time.Duration { return 2*time.Minute + time.Duration(n/100)*time.Second }
+
+// demo waits for the engine, sends the plan's orders and the poison record,
+// prints a progress line every second until every order has finished, then
+// a summary. It returns exitError when the services fail, the demo stalls
+// or the ledgers disagree with the outcomes.
+func (a *app) demo(ctx context.Context, svc *services, brokers []string, rdb redis.UniversalClient, m *metrics.Metrics, tr *tracker) int {
+	plan := tr.p
+	if len(plan.orders) == 0 {
+		fmt.Fprintln(a.stdout, "no demo orders (--demo-orders 0)")
+		return exitOK
+	}
+	fmt.Fprintf(a.stdout, "ksaga demo (run %s): embedded Kafka at %s, data in %s\n", plan.runID, brokers[0], a.cfg.dataDir)
+
+	// Wait for the engine to join its group and restore its partitions,
+	// so that the throughput measures the sagas, not the start-up.
+	waitStart := time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	for !svc.eng.Ready() {
+		select {
+		case <-ctx.Done():
+			return exitOK
+		case err := <-svc.failed:
+			return a.failf("%v", err)
+		case <-tick.C:
+		}
+		if time.Since(waitStart) > readyTimeout {
+			tick.Stop()
+			return a.failf("demo: the engine was not ready after %s (joining its consumer group on the embedded Kafka); rerun with --log-level debug", readyTimeout)
+		}
+	}
+	tick.Stop()
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerBatchMaxBytes(4<<20))
+	if err != nil {
+		return a.failf("demo producer: %v", err)
+	}
+	defer cl.Close()
+	recs := plan.records()
+	fmt.Fprintf(a.stdout, "sending %d orders (~70%% complete, ~10%% payment declined, ~10%% short of %s, ~10%% undeliverable) and 1 poison record\n",
+		len(plan.orders), scarceSKU)
+	start := time.Now()
+	for chunk := range slices.Chunk(recs, produceChunk) {
+		if err := cl.ProduceSync(ctx, chunk...).FirstErr(); err != nil {
+			if ctx.Err() != nil {
+				return exitOK
+			}
+			return a.failf("demo: send orders: %v", err)
+		}
+	}
+
+	limit := demoTimeout(len(plan.orders))
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	progress := time.NewTicker(time.Second)
+	defer progress.Stop()
+	last, lastAt := m.Snapshot(), start
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(a.stdout, "interrupted; the sagas in flight resume on the next run with the same --data-dir")
+			r := tr.result(len(plan.orders), time.Since(start))
+			r.runID = plan.runID
+			r.print(a.stdout)
+			return exitOK
+		case err := <-svc.failed:
+			return a.failf("%v", err)
+		case <-deadline.C:
+			r := tr.result(len(plan.orders), time.Since(start))
+			return a.failf("demo stalled: %d of %d sagas finished, %d records dead-lettered after %s; rerun with --log-level debug to see why",
+				r.completed+r.compensated+r.failed, len(plan.orders), r.deadLettered, limit)
+		case now := <-progress.C:
+			s := m.Snapshot()
+			rate := float64(s.Finished()-last.Finished()) / now.Sub(lastAt).Seconds()
+			printProgress(a.stdout, now.Sub(start), s, rate)
+			last, lastAt = s, now
+		case <-tr.done:
+			r := tr.result(len(plan.orders), tr.doneAt.Sub(start))
+			r.runID = plan.runID
+			printProgress(a.stdout, time.Since(start), m.Snapshot(), -1)
+			checkCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			r.ledger = checkLedgers(checkCtx, rdb, plan, tr)
+			cancel()
+			r.print(a.stdout)
+			if !r.ledger.ok() {
+				return a.failf("demo: the ledgers disagree with the saga outcomes: %s", strings.Join(r.ledger.problems, "; "))
+			}
+			return exitOK
+		}
+	}
+}
+
+func printProgress(w io.Writer, elapsed time.Duration, s metrics.Snapshot, rate float64) {
+	line := fmt.Sprintf("[%5.1fs] started %6d | completed %6d | compensated %6d | failed %3d | dead-lettered %3d",
+		elapsed.Seconds(), s.Started, s.Completed, s.Compensated, s.Failed, s.DeadLettered)
+	if rate >= 0 {
+		line += fmt.Sprintf(" | %6.0f sagas/s", rate)
+	}
+	fmt.Fprintln(w, line)
+}
+
+// reasonLabels names the reference participants' failure reasons.
+var reasonLabels = map[string]string{
+	order.ReasonPaymentDeclined: "payment declined",
+	order.ReasonOutOfStock:      "out of stock",
+	order.ReasonUndeliverable:   "undeliverable",
+}
+
+func (r demoResult) print(w io.Writer) {
+	row := func(name string, value any) { fmt.Fprintf(w, "  %-24s %10v\n", name, value) }
+	fmt.Fprintf(w, "\nksaga demo summary (run %s)\n", r.runID)
+	row("orders sent", r.sent)
+	row("completed", r.completed)
+	row("compensated", r.compensated)
+	type kv struct {
+		reason string
+		n      int
+	}
+	var rs []kv
+	for reason, n := range r.reasons {
+		rs = append(rs, kv{reason, n})
+	}
+	slices.SortFunc(rs, func(a, b kv) int { return cmp.Or(b.n-a.n, strings.Compare(a.reason, b.reason)) })
+	for _, x := range rs {
+		label := reasonLabels[x.reason]
+		if label == "" {
+			label = x.reason
+		}
+		row("  "+label, x.n)
+	}
+	row("failed", r.failed)
+	row("dead-lettered", r.deadLettered)
+	row("elapsed", r.elapsed.Round(time.Millisecond))
+	if secs := r.elapsed.Seconds(); secs > 0 {
+		row("sagas/s", strconv.FormatFloat(float64(r.completed+r.compensated+r.failed)/secs, 'f', 0, 64))
+	}
+	if r.ledger.checked > 0 {
+		status := "ok"
+		if !r.ledger.ok() {
+			status = fmt.Sprintf("%d problems", len(r.ledger.problems))
+		}
+		row("ledger check", status)
+		stock := fmt.Sprintf("stock of %d skus conserved", r.ledger.skus)
+		if r.ledger.stockSkipped {
+			stock = "stock not checked: sagas of an earlier, interrupted run took some"
+		}
+		fmt.Fprintf(w, "    (%d orders against their reservation, payment, shipment and order records; %s)\n", r.ledger.checked, stock)
+	}
+}
+
+// ledgerCheck is the result of checkLedgers.
+type ledgerCheck struct {
+	checked      int
+	skus         int
+	stockSkipped bool
+	problems     []string
+}
+
+func (l ledgerCheck) ok() bool { return len(l.problems) == 0 }
+
+// maxProblems bounds the problems a ledger check reports.
+const maxProblems = 5
+
+// checkLedgers verifies the participants' Redis ledgers against the saga
+// outcomes: a completed order has its stock reserved, its payment
+// authorized, its shipment scheduled and its order recorded; a compensated
+// one has none of these; and each sku's stock is the seeded stock minus the
+// completed orders' quantities (every effect happened once, every undo put
+// it back once).
+func checkLedgers(ctx context.Context, rdb redis.UniversalClient, p *demoPlan, t *tracker) ledgerCheck {
+	t.mu.Lock()
+	completed := maps.Clone(t.completed)
+	foreign := t.foreign
+	t.mu.Unlock()
+	var lc ledgerCheck
+	problem := func(format string, args ...any) {
+		if len(lc.problems) < maxProblems {
+			lc.problems = append(lc.problems, fmt.Sprintf(format, args...))
+		}
+	}
+	type statuses struct{ reservation, payment, shipment, order *redis.StringCmd }
+	got := make([]statuses, len(p.orders))
+	stock := make(map[string]*redis.StringCmd)
+	_, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, o := range p.orders {
+			got[i] = statuses{
+				pipe.HGet(ctx, sim.ReservationKey(o.OrderID), "status"),
+				pipe.HGet(ctx, sim.PaymentKey(o.OrderID), "status"),
+				pipe.HGet(ctx, sim.ShipmentKey(o.OrderID), "status"),
+				pipe.HGet(ctx, sim.OrderKey(o.OrderID), "status"),
+			}
+		}
+		for sku := range p.stock() {
+			stock[sku] = pipe.Get(ctx, sim.StockKey(sku))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		problem("read the ledgers: %v", err)
+		return lc
+	}
+	want := p.stock()
+	for i, o := range p.orders {
+		lc.checked++
+		s := got[i]
+		have := [4]string{s.reservation.Val(), s.payment.Val(), s.shipment.Val(), s.order.Val()}
+		if completed[o.OrderID] {
+			if have != [4]string{"reserved", "authorized", "scheduled", "completed"} {
+				problem("completed order %s: reservation %q, payment %q, shipment %q, order %q", o.OrderID, have[0], have[1], have[2], have[3])
+			}
+			for _, it := range o.Items {
+				want[it.SKU] -= it.Qty
+			}
+			continue
+		}
+		if have[0] == "reserved" || have[1] == "authorized" || have[2] == "scheduled" || have[3] != "" {
+			problem("compensated order %s: reservation %q, payment %q, shipment %q, order %q", o.OrderID, have[0], have[1], have[2], have[3])
+		}
+	}
+	if foreign > 0 {
+		// Sagas of an earlier run took stock from this run's seed too.
+		lc.stockSkipped = true
+		return lc
+	}
+	for sku, cmd := range stock {
+		lc.skus++
+		n, err := cmd.Int64()
+		if err != nil {
+			problem("stock of %s: %v", sku, err)
+			continue
+		}
+		if n != want[sku] {
+			problem("stock of %s is %d, want %d", sku, n, want[sku])
+		}
+	}
+	return lc
+}

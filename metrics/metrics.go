@@ -1,0 +1,236 @@
+// Package metrics exports the engine's Prometheus metrics through its hooks.
+//
+//	reg := prometheus.NewRegistry()
+//	m, err := metrics.New(reg, order.Name)
+//	if err != nil {
+//		return err
+//	}
+//	eng, err := orchestrator.New(def, …, orchestrator.Hooks(m))
+//
+// Every metric carries the constant label saga=<saga type>:
+//
+//	ksaga_sagas_started_total                    sagas started (SagaStarted events committed)
+//	ksaga_sagas_finished_total{outcome}          sagas ended: completed, compensated or failed
+//	ksaga_transactions_total{result}             engine transactions: committed or aborted
+//	ksaga_inbox_records_total                    inbox records consumed in committed transactions
+//	ksaga_retries_total                          failed processing attempts that will be retried
+//	ksaga_dlq_records_total{reason}              inbox records dead-lettered, by reason
+//	ksaga_dropped_messages_total{reason}         duplicate or stale inbox records dropped, by reason
+//	ksaga_step_duration_seconds{step}            how long steps and compensations took
+//	ksaga_timeouts_total                         Timeout messages produced for expired deadlines
+//	ksaga_redis_pending_states                   committed states not yet written to Redis
+//	ksaga_redis_errors_total                     failed attempts to bring Redis up to date
+//
+// The package depends on the engine, never the other way round: the engine
+// knows only its hook interfaces.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+)
+
+// Label values of ksaga_sagas_finished_total and ksaga_transactions_total.
+const (
+	OutcomeCompleted   = "completed"
+	OutcomeCompensated = "compensated"
+	OutcomeFailed      = "failed"
+
+	ResultCommitted = "committed"
+	ResultAborted   = "aborted"
+)
+
+// StepBuckets are the bounds, in seconds, of ksaga_step_duration_seconds:
+// from a participant answering within a millisecond to a step that waits
+// out a minute of deadlines.
+var StepBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+var (
+	_ orchestrator.HookAfterCommit     = (*Metrics)(nil)
+	_ orchestrator.HookAfterCompletion = (*Metrics)(nil)
+	_ orchestrator.HookRetry           = (*Metrics)(nil)
+	_ orchestrator.HookRedisLag        = (*Metrics)(nil)
+)
+
+// Metrics is a set of engine hooks that count what the engine does. Register
+// it with orchestrator.Hooks. Its methods are safe for concurrent use.
+type Metrics struct {
+	started      prometheus.Counter
+	finished     *prometheus.CounterVec
+	transactions *prometheus.CounterVec
+	inbox        prometheus.Counter
+	retries      prometheus.Counter
+	dlq          *prometheus.CounterVec
+	dropped      *prometheus.CounterVec
+	steps        *prometheus.HistogramVec
+	timeouts     prometheus.Counter
+	redisErrors  prometheus.Counter
+
+	// pending is the last Redis lag the engine reported; the gauge reads
+	// it rather than mirroring it.
+	pending atomic.Int64
+
+	// mu guards snap. The engine calls the hooks from one goroutine;
+	// Snapshot is called from others (a progress printer).
+	mu   sync.Mutex
+	snap Snapshot
+}
+
+// Snapshot is a copy of the counts, for progress lines and summaries that
+// should not parse the Prometheus exposition.
+type Snapshot struct {
+	Started      int64
+	Completed    int64
+	Compensated  int64
+	Failed       int64
+	DeadLettered int64
+	InboxRecords int64
+	Committed    int64
+	Aborted      int64
+}
+
+// Finished returns the number of sagas that ended, whatever the outcome.
+func (s Snapshot) Finished() int64 { return s.Completed + s.Compensated + s.Failed }
+
+// New returns the metrics of the saga type sagaType, registered with reg. It
+// fails when reg is nil or already holds these metrics (for the same saga
+// type). Register one Metrics per engine.
+func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
+	if reg == nil {
+		return nil, errors.New("metrics: nil Registerer")
+	}
+	if sagaType == "" {
+		return nil, errors.New("metrics: empty saga type")
+	}
+	labels := prometheus.Labels{"saga": sagaType}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ksaga", Name: name, Help: help, ConstLabels: labels})
+	}
+	counterVec := func(name, help, label string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ksaga", Name: name, Help: help, ConstLabels: labels}, []string{label})
+	}
+	m := &Metrics{
+		started:      counter("sagas_started_total", "Sagas started (SagaStarted events committed)."),
+		finished:     counterVec("sagas_finished_total", "Sagas ended, by outcome: completed, compensated (failed and fully undone) or failed (a compensation could not be completed; needs a human).", "outcome"),
+		transactions: counterVec("transactions_total", "Engine transactions, by result: committed or aborted.", "result"),
+		inbox:        counter("inbox_records_total", "Inbox records consumed in committed transactions."),
+		retries:      counter("retries_total", "Failed processing attempts of inbox records, whose transaction was aborted to retry them."),
+		dlq:          counterVec("dlq_records_total", "Inbox records dead-lettered, by reason.", "reason"),
+		dropped:      counterVec("dropped_messages_total", "Duplicate or stale inbox records dropped, by reason.", "reason"),
+		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "ksaga", Name: "step_duration_seconds", ConstLabels: labels, Buckets: StepBuckets,
+			Help: "How long a step or compensation took, from its start to its success, failure or compensation.",
+		}, []string{"step"}),
+		timeouts:    counter("timeouts_total", "Timeout messages produced for expired step deadlines."),
+		redisErrors: counter("redis_errors_total", "Failed attempts to write committed states to Redis."),
+	}
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "ksaga", Name: "redis_pending_states", ConstLabels: labels,
+		Help: "Committed saga states not yet written to Redis (held in memory until Redis acknowledges them).",
+	}, func() float64 { return float64(m.pending.Load()) })
+
+	// Known label values start at zero, so that rate() and alerts see the
+	// series before the first event.
+	for _, o := range []string{OutcomeCompleted, OutcomeCompensated, OutcomeFailed} {
+		m.finished.WithLabelValues(o)
+	}
+	for _, r := range []string{ResultCommitted, ResultAborted} {
+		m.transactions.WithLabelValues(r)
+	}
+
+	for _, c := range []prometheus.Collector{
+		m.started, m.finished, m.transactions, m.inbox, m.retries, m.dlq,
+		m.dropped, m.steps, m.timeouts, m.redisErrors, pending,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: register saga %s: %w", sagaType, err)
+		}
+	}
+	return m, nil
+}
+
+// AfterCommit counts what a committed transaction did: sagas started and
+// finished, step durations, dead-letters, drops, timeouts and records.
+func (m *Metrics) AfterCommit(_ context.Context, b *orchestrator.Batch) {
+	var started, completed, compensated, failed int64
+	for _, ev := range b.Events {
+		switch ev.Type {
+		case message.EventSagaStarted:
+			started++
+		case message.EventSagaCompleted:
+			completed++
+		case message.EventSagaCompensated:
+			compensated++
+		case message.EventSagaFailed:
+			failed++
+		}
+	}
+	m.started.Add(float64(started))
+	m.finished.WithLabelValues(OutcomeCompleted).Add(float64(completed))
+	m.finished.WithLabelValues(OutcomeCompensated).Add(float64(compensated))
+	m.finished.WithLabelValues(OutcomeFailed).Add(float64(failed))
+	m.inbox.Add(float64(b.Records))
+	m.timeouts.Add(float64(b.Timeouts))
+	for _, s := range b.StepLatencies {
+		m.steps.WithLabelValues(s.Step).Observe(s.Duration.Seconds())
+	}
+	for _, r := range b.DeadLettered {
+		m.dlq.WithLabelValues(r).Inc()
+	}
+	for _, r := range b.Dropped {
+		m.dropped.WithLabelValues(r).Inc()
+	}
+
+	m.mu.Lock()
+	m.snap.Started += started
+	m.snap.Completed += completed
+	m.snap.Compensated += compensated
+	m.snap.Failed += failed
+	m.snap.DeadLettered += int64(len(b.DeadLettered))
+	m.snap.InboxRecords += int64(b.Records)
+	m.mu.Unlock()
+}
+
+// AfterCompletion counts a transaction as committed or aborted.
+func (m *Metrics) AfterCompletion(_ context.Context, _ *orchestrator.Batch, committed bool) {
+	result := ResultAborted
+	if committed {
+		result = ResultCommitted
+	}
+	m.transactions.WithLabelValues(result).Inc()
+	m.mu.Lock()
+	if committed {
+		m.snap.Committed++
+	} else {
+		m.snap.Aborted++
+	}
+	m.mu.Unlock()
+}
+
+// OnRetry counts a failed processing attempt.
+func (m *Metrics) OnRetry(*kgo.Record, int, error) { m.retries.Inc() }
+
+// OnRedisLag records the number of states waiting for Redis and counts a
+// failed attempt to write them.
+func (m *Metrics) OnRedisLag(pending int, err error) {
+	m.pending.Store(int64(pending))
+	if err != nil {
+		m.redisErrors.Inc()
+	}
+}
+
+// Snapshot returns the counts so far.
+func (m *Metrics) Snapshot() Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap
+}
