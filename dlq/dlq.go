@@ -16,10 +16,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/ksaga/ksaga/message"
 )
 
 // Header names added to a dead-letter record.
@@ -34,9 +33,10 @@ const (
 	HeaderAttempts              = "ksaga-attempts"
 	HeaderFirstFailure          = "ksaga-first-failure" // RFC 3339, UTC
 	HeaderLastFailure           = "ksaga-last-failure"  // RFC 3339, UTC
-	// HeaderReason is message.HeaderReason: a short machine-readable code
-	// such as "undecodable" or "retries-exhausted".
-	HeaderReason = message.HeaderReason
+	// HeaderReason is a short machine-readable code of why the record was
+	// dead-lettered, such as "undecodable" or "retries-exhausted". It is not
+	// message.HeaderReason, which a failure reply carries itself.
+	HeaderReason = "ksaga-dlt-reason"
 )
 
 // MaxExceptionMessage bounds the exception message header, so an error that
@@ -71,7 +71,11 @@ func New(src *kgo.Record, dlt string, f Failure) *kgo.Record {
 		msg, fqcn = f.Err.Error(), errorType(f.Err)
 	}
 	if len(msg) > MaxExceptionMessage {
-		msg = msg[:MaxExceptionMessage]
+		cut := MaxExceptionMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut-- // do not split a character
+		}
+		msg = msg[:cut]
 	}
 	headers = append(headers,
 		kgo.RecordHeader{Key: HeaderOriginalTopic, Value: []byte(src.Topic)},
@@ -140,22 +144,23 @@ var ErrNotDLQ = errors.New("not a dead-letter record")
 // when a required header is missing or malformed.
 func Parse(r *kgo.Record) (Info, error) {
 	var info Info
+	const topic, partition, offset = 1, 2, 4
 	seen := 0
 	orig := &kgo.Record{Key: r.Key, Value: r.Value}
 	for _, h := range r.Headers {
 		switch h.Key {
 		case HeaderOriginalTopic:
-			info.Topic, seen = string(h.Value), seen+1
+			info.Topic, seen = string(h.Value), seen|topic
 		case HeaderOriginalPartition:
 			if len(h.Value) != 4 {
 				return Info{}, fmt.Errorf("%w: %s is %d bytes, want 4", ErrNotDLQ, h.Key, len(h.Value))
 			}
-			info.Partition, seen = int32(binary.BigEndian.Uint32(h.Value)), seen+1
+			info.Partition, seen = int32(binary.BigEndian.Uint32(h.Value)), seen|partition
 		case HeaderOriginalOffset:
 			if len(h.Value) != 8 {
 				return Info{}, fmt.Errorf("%w: %s is %d bytes, want 8", ErrNotDLQ, h.Key, len(h.Value))
 			}
-			info.Offset, seen = int64(binary.BigEndian.Uint64(h.Value)), seen+1
+			info.Offset, seen = int64(binary.BigEndian.Uint64(h.Value)), seen|offset
 		case HeaderOriginalTimestamp:
 			if len(h.Value) == 8 {
 				info.Timestamp = time.UnixMilli(int64(binary.BigEndian.Uint64(h.Value)))
@@ -178,7 +183,7 @@ func Parse(r *kgo.Record) (Info, error) {
 			orig.Headers = append(orig.Headers, h)
 		}
 	}
-	if seen != 3 {
+	if seen != topic|partition|offset {
 		return Info{}, fmt.Errorf("%w: original topic, partition and offset headers are required", ErrNotDLQ)
 	}
 	orig.Topic = info.Topic

@@ -47,7 +47,10 @@ const (
 	HeaderReplyTo     = "ksaga-reply-to"
 	// HeaderInReplyTo carries, on a reply, the message id of the command
 	// it answers; the engine accepts a reply only for the command it waits on.
-	HeaderInReplyTo   = "ksaga-in-reply-to"
+	HeaderInReplyTo = "ksaga-in-reply-to"
+	// HeaderRedriveOf marks a record that sagactl redrove from a
+	// dead-letter topic: "<dlt partition>:<dlt offset>".
+	HeaderRedriveOf   = "ksaga-redrive-of"
 	HeaderTraceParent = "traceparent"
 	HeaderTraceState  = "tracestate"
 )
