@@ -40,6 +40,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/dlq"
@@ -145,6 +146,9 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { e.change(m[e.inbox], false) }),
 	}
+	if cfg.static {
+		kopts = append(kopts, kgo.InstanceID(cfg.txnID))
+	}
 	sess, err := kgo.NewGroupTransactSession(append(kopts, cfg.kafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: kafka client: %w", err)
@@ -200,6 +204,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err := e.store.load(ctx); err != nil {
 		e.log.Warn("redis unavailable at start; will retry", "err", err)
 	}
+	if err := e.initProducer(ctx); err != nil {
+		return err
+	}
 	failures := 0 // consecutive infrastructure failures, for backoff
 	for ctx.Err() == nil {
 		err := e.step(ctx)
@@ -218,6 +225,27 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.flushRedis(context.WithoutCancel(ctx))
 	return nil
+}
+
+// initProducer registers the transactional id before the first partition is
+// restored. That fences a dead predecessor with the same id and aborts the
+// transaction it left open, so the restore need not wait for that
+// transaction to time out.
+func (e *Engine) initProducer(ctx context.Context) error {
+	for failures := 1; ; failures++ {
+		_, _, err := e.sess.Client().ProducerID(ctx)
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, kerr.TransactionalIDAuthorizationFailed), errors.Is(err, kerr.ClusterAuthorizationFailed):
+			return fmt.Errorf("orchestrator: init transactional id %s: %w", e.cfg.txnID, err)
+		}
+		wait := e.cfg.infraBackoff.Backoff(failures + 1)
+		e.log.Warn("cannot register the transactional id; retrying", "err", err, "wait", wait)
+		sleep(ctx, wait)
+	}
 }
 
 // Close waits for Run to return (cancel its context first), then leaves the

@@ -35,6 +35,7 @@ type config struct {
 	maxValue     int
 	txnTimeout   time.Duration
 	infraBackoff retry.Policy
+	static       bool
 }
 
 // Brokers sets the Kafka seed brokers. Required.
@@ -94,6 +95,15 @@ func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.tx
 // InfraBackoff sets the backoff while a dependency of the engine itself
 // (Redis) is down. The default starts at 200ms and caps at 5s.
 func InfraBackoff(p retry.Policy) Opt { return opt(func(c *config) { c.infraBackoff = p }) }
+
+// StaticMembership joins the consumer group as a static member whose
+// instance id is the transactional id (KIP-345). A restarted instance gets
+// its partitions back at once, without a rebalance and without waiting for
+// its old session to time out; but an instance that stops for good keeps its
+// partitions until the session timeout, as static members do not leave the
+// group. Use it with stable ids (a StatefulSet) and a session timeout longer
+// than a restart.
+func StaticMembership() Opt { return opt(func(c *config) { c.static = true }) }
 
 func newConfig(sagaName string, opts []Opt) (config, error) {
 	c := config{maxPoll: 1000, now: time.Now, maxValue: 256 << 10, txnTimeout: 10 * time.Second}

@@ -46,6 +46,7 @@ type config struct {
 	dataDir      string
 	demoOrders   int
 	serve        bool
+	static       bool
 }
 
 // embedded reports whether sagad runs its own Kafka and Redis.
@@ -57,7 +58,7 @@ type flagValues struct {
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir string
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
-	serve                                                   bool
+	serve, static                                           bool
 }
 
 // embeddedOnly tags flags of the embedded demo.
@@ -82,6 +83,7 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
 	fs.IntVar(&v.demoOrders, "demo-orders", 2000, "`orders` the demo sends"+embeddedOnly)
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
+	fs.BoolVar(&v.static, "static-membership", false, "join the group as a static member named by --transactional-id, so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
 	return fs
 }
 
@@ -168,6 +170,7 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		dataDir:          v.dataDir,
 		demoOrders:       v.demoOrders,
 		serve:            v.serve,
+		static:           v.static,
 	}
 	for _, f := range []struct {
 		flag string

@@ -217,6 +217,9 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 		orchestrator.Hooks(d.hooks...),
 		orchestrator.KafkaOpts(append(cloneOpts(d.kafkaOpts), kafkaMetrics(d.reg, "engine"))...),
 	}
+	if cfg.static {
+		engOpts = append(engOpts, orchestrator.StaticMembership())
+	}
 	eng, err := orchestrator.New(order.New(sim.NewOrderStore(d.ordersRdb)), append(engOpts, d.engineOpts...)...)
 	if err != nil {
 		return nil, err
