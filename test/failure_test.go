@@ -149,18 +149,7 @@ func TestOrdersStoreOutage(t *testing.T) {
 	if !injected.Load() {
 		t.Fatal("the commit failure was not injected")
 	}
-	for ev, n := range countEvents(evs["o-003"]) {
-		if n != 1 {
-			t.Errorf("event %s emitted %d times, want 1", ev, n)
-		}
-	}
-	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
-		for id, n := range e.commands(p) {
-			if n != 1 {
-				t.Errorf("command %s sent %d times, want 1", id, n)
-			}
-		}
-	}
+	e.assertOnce(evs, "o-003")
 	if got := terminal(evs["o-003"]); got != message.EventSagaCompensated {
 		t.Fatalf("saga ended %s, want %s; events %+v", got, message.EventSagaCompensated, evs["o-003"])
 	}
@@ -224,13 +213,28 @@ func (e *env) attemptsCounted() int {
 	return best
 }
 
-// countEvents counts a saga's events by type and step.
-func countEvents(evs []message.Event) map[string]int {
-	seen := make(map[string]int)
-	for _, ev := range evs {
-		seen[ev.Type+" "+ev.Step]++
+// assertOnce fails the test when a saga emitted an event (type and step)
+// twice, or when any command (message id and attempt) was sent twice.
+func (e *env) assertOnce(evs map[string][]message.Event, sagaIDs ...string) {
+	e.t.Helper()
+	for _, id := range sagaIDs {
+		seen := make(map[string]int)
+		for _, ev := range evs[id] {
+			seen[ev.Type+" "+ev.Step]++
+		}
+		for k, n := range seen {
+			if n != 1 {
+				e.t.Errorf("saga %s: event %s emitted %d times, want 1", id, k, n)
+			}
+		}
 	}
-	return seen
+	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
+		for id, n := range e.commands(p) {
+			if n != 1 {
+				e.t.Errorf("command %s sent %d times, want 1", id, n)
+			}
+		}
+	}
 }
 
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
@@ -302,18 +306,7 @@ func TestCrashBetweenCommitAndRedis(t *testing.T) {
 		t.Errorf("after the zombie woke: redis state %+v, want version %d terminal", st, final.Version)
 	}
 
-	for k, n := range countEvents(evs["o-000"]) {
-		if n != 1 {
-			t.Errorf("event %s emitted %d times, want 1", k, n)
-		}
-	}
-	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
-		for id, n := range e.commands(p) {
-			if n != 1 {
-				t.Errorf("command %s sent %d times, want 1", id, n)
-			}
-		}
-	}
+	e.assertOnce(evs, "o-000")
 	if got := e.stock("sku-1"); got != 8 {
 		t.Errorf("stock %d, want 8", got)
 	}
