@@ -105,8 +105,6 @@ type entry struct {
 	state     *State
 	data      any
 	partition int32
-	// acked is the version Redis has acknowledged.
-	acked int64
 }
 
 // New returns an Engine for def. It validates the options and connects
@@ -487,7 +485,7 @@ func (e *Engine) lookup(b *batch, id string) (*entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode stored data of saga %s: %w", id, err)
 	}
-	return &entry{state: st, data: data, acked: st.Version}, nil
+	return &entry{state: st, data: data}, nil
 }
 
 // handle applies one inbox record. It returns an error only for a failure
@@ -565,19 +563,10 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 // events.
 func (e *Engine) applied(b *batch, r *kgo.Record, in *input, out *outcome, produce func(*kgo.Record)) {
 	id := out.state.ID
-	prev, had := b.overlay[id]
-	acked := int64(0)
-	if had {
-		acked = prev.acked
-	} else if ent, ok := e.sagas[id]; ok {
-		acked = ent.acked
-	} else if st, ok := b.loaded[id]; ok {
-		acked = st.Version
-	}
-	if !had {
+	if _, had := b.overlay[id]; !had {
 		b.order = append(b.order, id)
 	}
-	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, acked: acked}
+	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition}
 	for _, c := range out.commands {
 		produce(e.commandRecord(out.state, c, in))
 	}
@@ -754,10 +743,10 @@ func (e *Engine) timeoutRecord(t timer) *kgo.Record {
 // afterCommit moves the batch's states into memory, runs the after-commit
 // hooks, brings Redis up to date and runs the after-completion hooks.
 func (e *Engine) afterCommit(ctx context.Context, b *batch) {
-	offsets := make(map[string]int64, len(b.order))
+	stateRecs := make(map[string]*kgo.Record, len(b.order))
 	for _, r := range b.produced {
 		if r.Topic == e.stateTopic {
-			offsets[string(r.Key)] = r.Offset
+			stateRecs[string(r.Key)] = r
 		}
 	}
 	for _, id := range b.order {
@@ -768,8 +757,8 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 			delete(e.sagas, id)
 			continue
 		}
-		raw, _ := json.Marshal(ent.state)
-		part.pending = append(part.pending, write{partition: ent.partition, offset: offsets[id], state: ent.state, raw: raw})
+		rec := stateRecs[id]
+		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: rec.Value})
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
 		}
@@ -886,11 +875,9 @@ func (e *Engine) flushRedis(ctx context.Context) {
 		part := e.parts[m.p]
 		part.checkpoint = m.offset
 		for _, w := range part.pending {
-			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version {
-				ent.acked = w.state.Version
-				if ent.state.Terminal() {
-					delete(e.sagas, w.state.ID)
-				}
+			// An ended saga leaves memory once Redis holds its last state.
+			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version && ent.state.Terminal() {
+				delete(e.sagas, w.state.ID)
 			}
 		}
 		part.pending = part.pending[:0]
