@@ -135,7 +135,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.RecordPartitioner(partitioner(e.stateTopic, e.inbox)),
-		kgo.ProducerBatchMaxBytes(16 << 20),
+		kgo.ProducerBatchMaxBytes(4 << 20),
 		kgo.ProducerLinger(0),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			e.change(m[e.inbox], true)
@@ -598,11 +598,36 @@ func (e *Engine) deadLetter(b *batch, r *kgo.Record, err error, attempts int, pr
 	e.deadLetterAt(b, r, attempt{count: attempts, first: now, last: now, err: err}, produce)
 }
 
+// maxDeadLetterValue bounds the value copied into a dead-letter record. A
+// larger value (one dead-lettered for its size) is cut, and the record says
+// so: a broker whose topics take 1 MB records (Kafka's default) would refuse
+// the whole copy, and the partition would stall on it. The original stays on
+// the inbox at the offset the record names.
+const maxDeadLetterValue = 512 << 10
+
+// maxDeadLetterHeader bounds each header value of a dead-letter record, for
+// the same reason.
+const maxDeadLetterHeader = 16 << 10
+
+// HeaderValueTruncated is set on a dead-letter record whose value was cut; it
+// holds the original value's length in bytes.
+const HeaderValueTruncated = "ksaga-dlt-value-truncated"
+
 func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*kgo.Record)) {
 	reason := deadLetterReason(a.err)
-	produce(dlq.New(r, e.dlt, dlq.Failure{
+	rec := dlq.New(r, e.dlt, dlq.Failure{
 		Group: e.cfg.group, Err: a.err, Reason: reason, Attempts: a.count, First: a.first, Last: a.last,
-	}))
+	})
+	if len(rec.Value) > maxDeadLetterValue {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderValueTruncated, Value: []byte(strconv.Itoa(len(rec.Value)))})
+		rec.Value = rec.Value[:maxDeadLetterValue]
+	}
+	for i, h := range rec.Headers {
+		if len(h.Value) > maxDeadLetterHeader {
+			rec.Headers[i].Value = h.Value[:maxDeadLetterHeader]
+		}
+	}
+	produce(rec)
 	b.DeadLettered = append(b.DeadLettered, reason)
 	b.dead = append(b.dead, deadLetter{r.Partition, r.Offset})
 	e.log.Warn("dead-lettered", "reason", reason, "err", a.err, "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "attempts", a.count)
@@ -648,6 +673,9 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 	return nil
 }
 
+// maxHeaderBytes bounds the headers of an inbox record.
+const maxHeaderBytes = 64 << 10
+
 // decode reads an inbox record's headers. Its errors are permanent.
 func (e *Engine) decode(r *kgo.Record) (*input, error) {
 	in := &input{value: r.Value}
@@ -673,7 +701,13 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 		}
 	}
 	in.sagaID = string(r.Key)
+	headerBytes := 0
+	for _, h := range r.Headers {
+		headerBytes += len(h.Key) + len(h.Value)
+	}
 	switch {
+	case headerBytes > maxHeaderBytes:
+		return nil, inputErr(ReasonTooLarge, "headers are %d bytes, the limit is %d", headerBytes, maxHeaderBytes)
 	case len(r.Value) > e.cfg.maxValue:
 		return nil, inputErr(ReasonTooLarge, "value is %d bytes, the limit is %d", len(r.Value), e.cfg.maxValue)
 	case in.sagaID == "":

@@ -394,6 +394,7 @@ func TestPoisonInputs(t *testing.T) {
 		{"reply for a step not waited on", &kgo.Record{Key: []byte("p-done"), Value: []byte(`{}`), Headers: hdr(message.HeaderMessageType, message.TypeReply, message.HeaderInReplyTo, "p-done/complete-order/do", message.HeaderOutcome, "success")}, orchestrator.ReasonNotWaiting},
 		{"start reusing an id with another payload", &kgo.Record{Key: []byte("p-done"), Value: differentValue, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonConflictingStart},
 		{"negative amount", &kgo.Record{Key: []byte("p-neg"), Value: []byte(`{"order_id":"p-neg","customer_id":"c","amount_cents":-1,"currency":"USD","items":[{"sku":"sku-1","qty":1}],"ship_to":{"country":"DE"}}`), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonInvalid},
+		{"oversized header", &kgo.Record{Key: []byte("p-hdr"), Value: validValue, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga, "x-junk", strings.Repeat("j", 100<<10))}, orchestrator.ReasonTooLarge},
 		{"1 MiB value", &kgo.Record{Key: []byte("p-big"), Value: []byte(`"` + strings.Repeat("x", 1<<20) + `"`), Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonTooLarge},
 	}
 	for _, p := range poison {
@@ -401,7 +402,7 @@ func TestPoisonInputs(t *testing.T) {
 		e.produce(p.rec)
 	}
 	// The same ids, and others on every partition, still work.
-	after := []string{"p-json", "p-utf8", "p-type", "p-ghost", "p-neg", "p-big", "a-1", "a-2", "a-3", "a-4", "a-5", "a-6"}
+	after := []string{"p-json", "p-utf8", "p-type", "p-ghost", "p-neg", "p-big", "p-hdr", "a-1", "a-2", "a-3", "a-4", "a-5", "a-6"}
 	for _, id := range after {
 		e.start(newOrder(id))
 	}
@@ -423,6 +424,13 @@ func TestPoisonInputs(t *testing.T) {
 	for reason, n := range want {
 		if byReason[reason] != n {
 			t.Errorf("DLQ has %d records with reason %s, want %d", byReason[reason], reason, n)
+		}
+	}
+	for _, r := range dead {
+		if header(r, dlq.HeaderReason) == orchestrator.ReasonTooLarge && string(r.Key) == "p-big" {
+			if got := header(r, orchestrator.HeaderValueTruncated); got != "1048578" || len(r.Value) != 512<<10 {
+				t.Errorf("oversized DLQ record: %d value bytes, truncated header %q; want 524288 and 1048578", len(r.Value), got)
+			}
 		}
 	}
 	if len(dead) != len(poison) {
