@@ -47,6 +47,8 @@ type config struct {
 	demoOrders   int
 	serve        bool
 	static       bool
+	// noEngine runs only the participants.
+	noEngine bool
 }
 
 // embedded reports whether sagad runs its own Kafka and Redis.
@@ -58,7 +60,7 @@ type flagValues struct {
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir string
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
-	serve, static                                           bool
+	serve, static, engine                                   bool
 }
 
 // embeddedOnly tags flags of the embedded demo.
@@ -83,6 +85,7 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
 	fs.IntVar(&v.demoOrders, "demo-orders", 2000, "`orders` the demo sends"+embeddedOnly)
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
+	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
 	fs.BoolVar(&v.static, "static-membership", false, "join the group as a static member named by --transactional-id, so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
 	return fs
 }
@@ -171,6 +174,7 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		demoOrders:       v.demoOrders,
 		serve:            v.serve,
 		static:           v.static,
+		noEngine:         !v.engine,
 	}
 	for _, f := range []struct {
 		flag string
@@ -212,6 +216,12 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		return c, fmt.Errorf("%s: the embedded demo runs all participants; choose participants only with --kafka-brokers and --redis-addr", name("participants"))
 	}
 	c.participants = ps
+	switch {
+	case c.noEngine && c.embedded():
+		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
+	case c.noEngine && len(ps) == 0:
+		return c, fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
+	}
 	if orders, flag := c.ordersRedisAddrs, "orders-redis-addr"; len(ps) > 0 {
 		if len(orders) == 0 {
 			orders, flag = c.redisAddrs, "redis-addr"

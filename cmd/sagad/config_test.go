@@ -136,6 +136,16 @@ func TestParseConfigErrors(t *testing.T) {
 			want: `--participants: "all" cannot be combined with other names (want inventory, payment, shipping, all or none)`,
 		},
 		{
+			name: "no engine and no participants",
+			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--engine=false"},
+			want: `--engine leaves nothing to run: name the participants to run with --participants`,
+		},
+		{
+			name: "no engine in the embedded demo",
+			args: []string{"--engine=false"},
+			want: `--engine applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)`,
+		},
+		{
 			name: "embedded demo without participants",
 			args: []string{"--participants", "none"},
 			want: `--participants: the embedded demo runs all participants; choose participants only with --kafka-brokers and --redis-addr`,

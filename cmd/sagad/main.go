@@ -220,11 +220,14 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 	if cfg.static {
 		engOpts = append(engOpts, orchestrator.StaticMembership())
 	}
-	eng, err := orchestrator.New(order.New(sim.NewOrderStore(d.ordersRdb)), append(engOpts, d.engineOpts...)...)
-	if err != nil {
-		return nil, err
+	s := &services{failed: make(chan error, 1+len(cfg.participants))}
+	if !cfg.noEngine {
+		eng, err := orchestrator.New(order.New(sim.NewOrderStore(d.ordersRdb)), append(engOpts, d.engineOpts...)...)
+		if err != nil {
+			return nil, err
+		}
+		s.eng = eng
 	}
-	s := &services{eng: eng, failed: make(chan error, 1+len(cfg.participants))}
 	handlers := sim.Handlers(d.ordersRdb, cfg.paymentLimit)
 	for _, name := range cfg.participants {
 		p, err := participant.New(name, handlers[name],
@@ -263,7 +266,9 @@ func (s *services) start(ctx context.Context) {
 			s.failed <- fmt.Errorf("%s: %w", what, err)
 		}()
 	}
-	runOne("engine", s.eng.Run)
+	if s.eng != nil {
+		runOne("engine", s.eng.Run)
+	}
 	for _, np := range s.parts {
 		runOne("participant "+np.name, np.p.Run)
 	}
@@ -286,7 +291,9 @@ func (s *services) close() {
 	for _, np := range s.parts {
 		np.p.Close()
 	}
-	s.eng.Close()
+	if s.eng != nil {
+		s.eng.Close()
+	}
 }
 
 // participantNames lists names for a log line.

@@ -19,10 +19,11 @@ import (
 type readyCheck func(ctx context.Context) error
 
 // engineReady is ready when the engine has joined its group and restored
-// its partitions, and the engine's Redis answers PING.
+// its partitions (eng is nil when sagad runs only participants), and the
+// engine's Redis answers PING.
 func engineReady(eng *orchestrator.Engine, rdb redis.UniversalClient) readyCheck {
 	return func(ctx context.Context) error {
-		if !eng.Ready() {
+		if eng != nil && !eng.Ready() {
 			return errors.New("engine not ready: joining the consumer group or restoring its partitions")
 		}
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
