@@ -27,15 +27,17 @@ type config struct {
 	// empty (the embedded demo).
 	kafkaBrokers []string
 	redisAddrs   []string
-	// ordersRedisAddrs is the Redis of the participants' ledgers and the
-	// orders store; empty means redisAddrs.
-	ordersRedisAddrs  []string
-	participants      []string
-	txnID             string
-	group             string
-	partitions        int
-	replicationFactor int
-	metricsAddr       string
+	// ordersRedisAddrs is the Redis of the orders store (the saga's local
+	// last step) and participantsRedisAddrs that of the participants'
+	// ledgers; empty means redisAddrs.
+	ordersRedisAddrs       []string
+	participantsRedisAddrs []string
+	participants           []string
+	txnID                  string
+	group                  string
+	partitions             int
+	replicationFactor      int
+	metricsAddr            string
 	// logFormat is "json", "text", or "" to pick by whether stderr is a
 	// terminal.
 	logFormat    string
@@ -57,6 +59,7 @@ func (c config) embedded() bool { return len(c.kafkaBrokers) == 0 }
 // flagValues holds the flags as given, before validation.
 type flagValues struct {
 	kafkaBrokers, redisAddr, ordersRedisAddr, participants  string
+	participantsRedisAddr                                   string
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir string
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
@@ -71,7 +74,8 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&v.kafkaBrokers, "kafka-brokers", "", "Kafka seed `brokers`, comma-separated host:port. Set it and --redis-addr to use real services; set neither to run the embedded demo")
 	fs.StringVar(&v.redisAddr, "redis-addr", "", "Redis `addresses` of the engine's state view, comma-separated (several: Redis Cluster)")
-	fs.StringVar(&v.ordersRedisAddr, "orders-redis-addr", "", "Redis `addresses` of the participants' ledgers and the orders store (real services only; default: --redis-addr)")
+	fs.StringVar(&v.ordersRedisAddr, "orders-redis-addr", "", "Redis `addresses` of the orders store, the saga's last step (real services only; default: --redis-addr); point it elsewhere to simulate an orders-database outage")
+	fs.StringVar(&v.participantsRedisAddr, "participants-redis-addr", "", "Redis `address` of the participants' ledgers, one node (real services only; default: --redis-addr)")
 	fs.StringVar(&v.participants, "participants", "", "reference participants to run in this process: a comma `list` of inventory, payment, shipping, or all, or none (default none with real services, all in embedded mode)")
 	fs.StringVar(&v.txnID, "transactional-id", "", "Kafka transactional `id` of the engine, stable per instance (a StatefulSet pod name); participants use <id>-<name> (default: the hostname)")
 	fs.StringVar(&v.group, "group", "ksaga-order", "Kafka consumer `group` of the engine")
@@ -161,25 +165,26 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		return "--" + flag
 	}
 	c := config{
-		kafkaBrokers:     splitList(v.kafkaBrokers),
-		redisAddrs:       splitList(v.redisAddr),
-		ordersRedisAddrs: splitList(v.ordersRedisAddr),
-		txnID:            strings.TrimSpace(v.txnID),
-		group:            strings.TrimSpace(v.group),
-		partitions:       v.partitions,
-		metricsAddr:      v.metricsAddr,
-		paymentLimit:     v.paymentLimit,
-		maxPoll:          v.maxPoll,
-		dataDir:          v.dataDir,
-		demoOrders:       v.demoOrders,
-		serve:            v.serve,
-		static:           v.static,
-		noEngine:         !v.engine,
+		kafkaBrokers:           splitList(v.kafkaBrokers),
+		redisAddrs:             splitList(v.redisAddr),
+		ordersRedisAddrs:       splitList(v.ordersRedisAddr),
+		participantsRedisAddrs: splitList(v.participantsRedisAddr),
+		txnID:                  strings.TrimSpace(v.txnID),
+		group:                  strings.TrimSpace(v.group),
+		partitions:             v.partitions,
+		metricsAddr:            v.metricsAddr,
+		paymentLimit:           v.paymentLimit,
+		maxPoll:                v.maxPoll,
+		dataDir:                v.dataDir,
+		demoOrders:             v.demoOrders,
+		serve:                  v.serve,
+		static:                 v.static,
+		noEngine:               !v.engine,
 	}
 	for _, f := range []struct {
 		flag string
 		list []string
-	}{{"kafka-brokers", c.kafkaBrokers}, {"redis-addr", c.redisAddrs}, {"orders-redis-addr", c.ordersRedisAddrs}} {
+	}{{"kafka-brokers", c.kafkaBrokers}, {"redis-addr", c.redisAddrs}, {"orders-redis-addr", c.ordersRedisAddrs}, {"participants-redis-addr", c.participantsRedisAddrs}} {
 		if _, ok := set[f.flag]; ok && len(f.list) == 0 {
 			return c, fmt.Errorf("%s is empty: want host:port[,host:port…]", name(f.flag))
 		}
@@ -191,7 +196,7 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		return c, fmt.Errorf("%s is set but --kafka-brokers is not: set both to use real Kafka and Redis, or neither for the embedded demo", name("redis-addr"))
 	}
 	if c.embedded() {
-		for _, f := range []string{"orders-redis-addr", "replication-factor"} {
+		for _, f := range []string{"orders-redis-addr", "participants-redis-addr", "replication-factor"} {
 			if _, ok := set[f]; ok {
 				return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo has its own single-broker Kafka and Redis)", name(f))
 			}
@@ -222,12 +227,12 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 	case c.noEngine && len(ps) == 0:
 		return c, fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
 	}
-	if orders, flag := c.ordersRedisAddrs, "orders-redis-addr"; len(ps) > 0 {
-		if len(orders) == 0 {
-			orders, flag = c.redisAddrs, "redis-addr"
+	if ledgers, flag := c.participantsRedisAddrs, "participants-redis-addr"; len(ps) > 0 {
+		if len(ledgers) == 0 {
+			ledgers, flag = c.redisAddrs, "redis-addr"
 		}
-		if len(orders) > 1 {
-			return c, fmt.Errorf("%s: the reference participants need a single Redis node (their scripts touch several keys of one order), but %s lists %d addresses; give --orders-redis-addr one address", name("participants"), name(flag), len(orders))
+		if len(ledgers) > 1 {
+			return c, fmt.Errorf("%s: the reference participants need a single Redis node (their scripts touch several keys of one order), but %s lists %d addresses; give --participants-redis-addr one address", name("participants"), name(flag), len(ledgers))
 		}
 	}
 

@@ -69,11 +69,12 @@ func TestParseConfig(t *testing.T) {
 		},
 		{
 			name: "engine on Redis Cluster, participants on one node",
-			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r1:6379,r2:6379", "--orders-redis-addr", "o:6379", "--participants", "all"},
+			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r1:6379,r2:6379", "--orders-redis-addr", "o:6379", "--participants-redis-addr", "p:6379", "--participants", "all"},
 			want: with(real, func(c *config) {
 				c.kafkaBrokers = []string{"k:9092"}
 				c.redisAddrs = []string{"r1:6379", "r2:6379"}
 				c.ordersRedisAddrs = []string{"o:6379"}
+				c.participantsRedisAddrs = []string{"p:6379"}
 				c.participants = allParticipants
 			}),
 		},
@@ -153,7 +154,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{
 			name: "participants on Redis Cluster",
 			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r1:6379,r2:6379", "--participants", "payment"},
-			want: `--participants: the reference participants need a single Redis node (their scripts touch several keys of one order), but --redis-addr lists 2 addresses; give --orders-redis-addr one address`,
+			want: `--participants: the reference participants need a single Redis node (their scripts touch several keys of one order), but --redis-addr lists 2 addresses; give --participants-redis-addr one address`,
 		},
 		{
 			name: "no partitions",

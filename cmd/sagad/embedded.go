@@ -72,7 +72,7 @@ func (a *app) runEmbedded(ctx context.Context) int {
 	}
 	tr := newTracker(plan)
 	svc, err := newServices(c, a.compLog, serviceDeps{
-		brokers: brokers, rdb: rdb, ordersRdb: rdb, reg: reg, hooks: []orchestrator.Hook{m, tr},
+		brokers: brokers, rdb: rdb, ordersRdb: rdb, simRdb: rdb, reg: reg, hooks: []orchestrator.Hook{m, tr},
 	})
 	if err != nil {
 		return a.failf("%v", err)

@@ -197,7 +197,8 @@ type namedParticipant struct {
 type serviceDeps struct {
 	brokers    []string
 	rdb        redis.UniversalClient // the engine's
-	ordersRdb  redis.UniversalClient // the participants' ledgers and the orders store
+	ordersRdb  redis.UniversalClient // the orders store
+	simRdb     redis.UniversalClient // the participants' ledgers
 	reg        prometheus.Registerer
 	hooks      []orchestrator.Hook
 	kafkaOpts  []kgo.Opt // for every client (tests, the embedded demo)
@@ -228,7 +229,7 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 		}
 		s.eng = eng
 	}
-	handlers := sim.Handlers(d.ordersRdb, cfg.paymentLimit)
+	handlers := sim.Handlers(d.simRdb, cfg.paymentLimit)
 	for _, name := range cfg.participants {
 		p, err := participant.New(name, handlers[name],
 			participant.Brokers(d.brokers...),
@@ -313,10 +314,14 @@ func (a *app) runReal(ctx context.Context) int {
 	c := a.cfg
 	rdb := newRedis(c.redisAddrs)
 	defer rdb.Close()
-	ordersRdb, ordersFlag := rdb, "--redis-addr"
+	ordersRdb, simRdb := rdb, rdb
 	if len(c.ordersRedisAddrs) > 0 {
-		ordersRdb, ordersFlag = newRedis(c.ordersRedisAddrs), "--orders-redis-addr"
+		ordersRdb = newRedis(c.ordersRedisAddrs)
 		defer ordersRdb.Close()
+	}
+	if len(c.participantsRedisAddrs) > 0 {
+		simRdb = newRedis(c.participantsRedisAddrs)
+		defer simRdb.Close()
 	}
 
 	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.kafkaBrokers...))
@@ -336,12 +341,19 @@ func (a *app) runReal(ctx context.Context) int {
 		}
 		return a.failf("cannot reach Redis at %s: %v; check --redis-addr", strings.Join(c.redisAddrs, ","), err)
 	}
-	if ordersRdb != rdb {
-		if err := pingRedis(ctx, ordersRdb); err != nil {
+	if simRdb != rdb && len(c.participants) > 0 {
+		if err := pingRedis(ctx, simRdb); err != nil {
 			if ctx.Err() != nil {
 				return exitOK
 			}
-			return a.failf("cannot reach Redis at %s: %v; check %s", strings.Join(c.ordersRedisAddrs, ","), err, ordersFlag)
+			return a.failf("cannot reach Redis at %s: %v; check --participants-redis-addr", strings.Join(c.participantsRedisAddrs, ","), err)
+		}
+	}
+	if ordersRdb != rdb && !c.noEngine {
+		// The orders store is a dependency of one step, not of the engine:
+		// while it is down that step fails and is retried.
+		if err := pingRedis(ctx, ordersRdb); err != nil {
+			a.log.Warn("the orders store's Redis does not answer; the complete-order step will retry", "addr", strings.Join(c.ordersRedisAddrs, ","), "err", err)
 		}
 	}
 	if err := createTopics(ctx, adm, c.partitions, c.replicationFactor, a.log); err != nil {
@@ -357,7 +369,7 @@ func (a *app) runReal(ctx context.Context) int {
 		return a.failf("%v", err)
 	}
 	svc, err := newServices(c, a.compLog, serviceDeps{
-		brokers: c.kafkaBrokers, rdb: rdb, ordersRdb: ordersRdb, reg: reg, hooks: []orchestrator.Hook{m},
+		brokers: c.kafkaBrokers, rdb: rdb, ordersRdb: ordersRdb, simRdb: simRdb, reg: reg, hooks: []orchestrator.Hook{m},
 	})
 	if err != nil {
 		return a.failf("%v", err)
