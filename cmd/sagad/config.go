@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ksaga/ksaga/saga/order"
 	"github.com/ksaga/ksaga/saga/order/sim"
@@ -51,6 +52,8 @@ type config struct {
 	static       bool
 	// noEngine runs only the participants.
 	noEngine bool
+	// sessionTimeout is the group session timeout of every Kafka client.
+	sessionTimeout time.Duration
 }
 
 // embedded reports whether sagad runs its own Kafka and Redis.
@@ -64,6 +67,7 @@ type flagValues struct {
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
 	serve, static, engine                                   bool
+	sessionTimeout                                          time.Duration
 }
 
 // embeddedOnly tags flags of the embedded demo.
@@ -89,6 +93,7 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
 	fs.IntVar(&v.demoOrders, "demo-orders", 2000, "`orders` the demo sends"+embeddedOnly)
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
+	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout`: how long a silent instance keeps its partitions")
 	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
 	fs.BoolVar(&v.static, "static-membership", false, "join the group as a static member named by --transactional-id, so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
 	return fs
@@ -180,6 +185,7 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		serve:                  v.serve,
 		static:                 v.static,
 		noEngine:               !v.engine,
+		sessionTimeout:         v.sessionTimeout,
 	}
 	for _, f := range []struct {
 		flag string
@@ -222,6 +228,8 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 	}
 	c.participants = ps
 	switch {
+	case c.sessionTimeout < time.Second:
+		return c, fmt.Errorf("%s %v is too short: want at least 1s (brokers usually require 6s or more)", name("session-timeout"), c.sessionTimeout)
 	case c.noEngine && c.embedded():
 		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
 	case c.noEngine && len(ps) == 0:

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -20,11 +21,12 @@ func TestParseConfig(t *testing.T) {
 		participants: allParticipants, txnID: host, group: "ksaga-order", partitions: 6,
 		replicationFactor: 1, metricsAddr: ":9090", logLevel: slog.LevelInfo, paymentLimit: 100000,
 		maxPoll: 1000, dataDir: filepath.Join(os.TempDir(), "ksaga-demo"), demoOrders: 2000,
+		sessionTimeout: 45 * time.Second,
 	}
 	real := config{
 		kafkaBrokers: []string{"k1:9092", "k2:9092"}, redisAddrs: []string{"r:6379"},
 		txnID: host, group: "ksaga-order", partitions: 6, replicationFactor: 3, metricsAddr: ":9090",
-		logLevel: slog.LevelInfo, paymentLimit: 100000, maxPoll: 1000,
+		logLevel: slog.LevelInfo, paymentLimit: 100000, maxPoll: 1000, sessionTimeout: 45 * time.Second,
 	}
 	realArgs := []string{"--kafka-brokers", "k1:9092, k2:9092", "--redis-addr", "r:6379"}
 	with := func(c config, f func(*config)) config { f(&c); return c }

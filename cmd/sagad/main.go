@@ -370,6 +370,7 @@ func (a *app) runReal(ctx context.Context) int {
 	}
 	svc, err := newServices(c, a.compLog, serviceDeps{
 		brokers: c.kafkaBrokers, rdb: rdb, ordersRdb: ordersRdb, simRdb: simRdb, reg: reg, hooks: []orchestrator.Hook{m},
+		kafkaOpts: []kgo.Opt{kgo.SessionTimeout(c.sessionTimeout)},
 	})
 	if err != nil {
 		return a.failf("%v", err)
