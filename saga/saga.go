@@ -44,7 +44,9 @@ type Command struct {
 }
 
 // Step is one step of a saga over data of type T. Exactly one of Do and Local
-// is set.
+// is set. The engine calls Do, Undo and Local for different sagas
+// concurrently, never for the same saga at once: they must be safe for
+// concurrent use, and each call may use its data freely.
 type Step[T any] struct {
 	// Name identifies the step in headers, events and state. It must be
 	// unique within the saga and match [a-z0-9][a-z0-9-]*.
