@@ -39,6 +39,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -590,6 +591,14 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		if prior, ok := part.attempts[r.Offset]; ok {
 			a.count, a.first = prior.count+1, prior.first
 		}
+		var ie *InputError
+		if errors.As(err, &ie) {
+			// Bad input (a reply for a step the saga does not wait on, a
+			// conflicting start, an unknown type) is dead-lettered; the
+			// saga it names goes on as it was.
+			e.deadLetterAt(b, r, a, produce)
+			return nil
+		}
 		return e.exhausted(ctx, b, r, in, ent, a, produce)
 	}
 	if _, ok := part.attempts[r.Offset]; ok {
@@ -792,6 +801,11 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 	}
 	if in.typ == message.TypeStartSaga && !json.Valid(r.Value) {
 		return nil, inputErr(ReasonUndecodable, "start request value is not JSON")
+	}
+	if in.typ == message.TypeStartSaga && !utf8.Valid(r.Value) {
+		// encoding/json would replace the bad bytes and start the saga
+		// with data its sender never sent.
+		return nil, inputErr(ReasonUndecodable, "start request value is not valid UTF-8")
 	}
 	if in.typ == message.TypeReply && in.inReplyTo == "" {
 		return nil, inputErr(ReasonUndecodable, "reply has no %s header", message.HeaderInReplyTo)

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -506,4 +507,63 @@ func TestCompensationGivesUp(t *testing.T) {
 	if len(dead) != 1 || header(dead[0], dlq.HeaderReason) != orchestrator.ReasonCompensation {
 		t.Errorf("DLQ %d records (reason %q), want 1 with reason %s", len(dead), header(dead[0], dlq.HeaderReason), orchestrator.ReasonCompensation)
 	}
+}
+
+// Bad input keyed by a running saga is dead-lettered and leaves the saga as
+// it was: it completes as if the input had never come.
+func TestPoisonKeyedByRunningSaga(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 1000})
+	eng := e.startEngine(nil)
+	defer eng.stop(t)
+
+	// No participant runs yet: the saga waits on reserve-inventory.
+	o := newOrder("live")
+	e.start(o)
+	waitFor(t, 30*time.Second, func() bool { return len(e.events()["live"]) > 0 })
+
+	hdr := func(kv ...string) []kgo.RecordHeader {
+		var hs []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			hs = append(hs, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return hs
+	}
+	different := o
+	different.AmountCents++
+	differentValue, _ := json.Marshal(different)
+	badUTF8 := o
+	badUTF8.CustomerID = "c-\xff"
+	badUTF8Value, _ := json.Marshal(badUTF8)
+	badUTF8Value = bytes.ReplaceAll(badUTF8Value, []byte(`\ufffd`), []byte("\xff"))
+	poison := []struct {
+		rec    *kgo.Record
+		reason string
+	}{
+		{&kgo.Record{Value: []byte(`{}`), Headers: hdr(message.HeaderMessageType, "Frobnicate")}, orchestrator.ReasonUnknownType},
+		{&kgo.Record{Value: []byte(`{}`), Headers: hdr(message.HeaderMessageType, message.TypeReply, message.HeaderInReplyTo, "live/complete-order/do", message.HeaderOutcome, "failure")}, orchestrator.ReasonNotWaiting},
+		{&kgo.Record{Value: differentValue, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonConflictingStart},
+		{&kgo.Record{Value: badUTF8Value, Headers: hdr(message.HeaderMessageType, message.TypeStartSaga)}, orchestrator.ReasonUndecodable},
+	}
+	for _, p := range poison {
+		p.rec.Topic, p.rec.Key = message.Inbox(order.Name), []byte("live")
+		e.produce(p.rec)
+	}
+	var dead []*kgo.Record
+	waitFor(t, 30*time.Second, func() bool {
+		dead = e.readAll(message.DLT(order.Name), 300*time.Millisecond)
+		return len(dead) >= len(poison)
+	})
+	for i, p := range poison {
+		if got := header(dead[i], dlq.HeaderReason); got != p.reason {
+			t.Errorf("dead letter %d: reason %q, want %q", i, got, p.reason)
+		}
+	}
+
+	e.startParticipants()
+	evs := e.waitTerminal([]string{"live"}, 60*time.Second)
+	if got := terminal(evs["live"]); got != message.EventSagaCompleted {
+		t.Fatalf("saga ended %s after bad input keyed by it, want %s", got, message.EventSagaCompleted)
+	}
+	e.assertOnce(evs, "live")
 }

@@ -1,0 +1,564 @@
+// Package check verifies a finished run of the order saga from outside: it
+// reads every topic back with read_committed, reads the engine's Redis view
+// and the reference participants' ledgers, and reports each way the run
+// broke exactly-once or lost data.
+//
+// The invariants, each reported under its name:
+//
+//	terminal           every saga has exactly one terminal event, of the kind its order expects
+//	no-duplicate       no event and no command (same message id and attempt) was committed twice
+//	state              the last state record of every saga is terminal and agrees with its event
+//	redis              the engine's Redis holds exactly the last state record of every saga
+//	stock              initial - final = Σ quantities of completed orders, per SKU; reservations agree
+//	payments           authorized - cancelled = Σ amounts of completed orders; one payment per order
+//	shipments          a shipment exactly for each completed order
+//	dlq                each poison record dead-lettered once with its reason; nothing else but
+//	                   the orders that ran out of retries; no participant dead letters
+//	no-stray-saga      no saga, command or ledger entry for an id that is not an order
+//
+// The checker is used by cmd/sagachaos; Analyze works on Data read by Read,
+// so that the rules can be tested without a cluster.
+package check
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// Expectation kinds: what an order or a record of the load must come to.
+const (
+	// KindComplete, KindDupStart (its start sent twice, or also a
+	// conflicting start) and KindDupReply (a stale reply sent after it
+	// ended) must end SagaCompleted.
+	KindComplete = "complete"
+	KindDupStart = "dup-start"
+	KindDupReply = "dup-reply"
+	// KindDeclined, KindOutOfStock and KindUndeliverable must end
+	// SagaCompensated after the participant's failure.
+	KindDeclined      = "declined"
+	KindOutOfStock    = "out-of-stock"
+	KindUndeliverable = "undeliverable"
+	// KindOutage is a complete order whose complete-order step ran out of
+	// retries while the orders store was down: dead-lettered
+	// (retries-exhausted) and SagaCompensated.
+	KindOutage = "outage"
+	// KindPoison is a bad record: it must be dead-lettered exactly once,
+	// with the reason in Poison, found by its Marker header.
+	KindPoison = "poison"
+)
+
+// HeaderMarker is the header that tags each poison record, so that its
+// dead-letter copy can be found.
+const HeaderMarker = "chaos-marker"
+
+// Expectation is what one order or one poison record must come to.
+type Expectation struct {
+	// ID is the saga id (the order id); for a poison record, its key.
+	ID   string
+	Kind string
+	// Order is the order of a saga (not poison).
+	Order *order.Order
+	// Poison is the dead-letter reason a poison record must get.
+	Poison string
+	// Marker is the value of the poison record's HeaderMarker.
+	Marker string
+}
+
+// outcome returns the terminal event an expectation kind must end with.
+func outcome(kind string) (string, bool) {
+	switch kind {
+	case KindComplete, KindDupStart, KindDupReply:
+		return message.EventSagaCompleted, true
+	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage:
+		return message.EventSagaCompensated, true
+	}
+	return "", false
+}
+
+// Invariant names, in report order.
+const (
+	InvTerminal    = "terminal"
+	InvDuplicate   = "no-duplicate"
+	InvState       = "state"
+	InvRedis       = "redis"
+	InvStock       = "stock"
+	InvPayments    = "payments"
+	InvShipments   = "shipments"
+	InvDLQ         = "dlq"
+	InvStray       = "no-stray-saga"
+	invariantCount = 9
+)
+
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvStock, InvPayments, InvShipments, InvDLQ, InvStray}
+
+// Anomaly is one broken invariant.
+type Anomaly struct {
+	Invariant string
+	// ID is the saga, SKU, marker or record the anomaly is about.
+	ID     string
+	Detail string
+}
+
+func (a Anomaly) String() string { return fmt.Sprintf("%s: %s: %s", a.Invariant, a.ID, a.Detail) }
+
+// Report is what Analyze found.
+type Report struct {
+	// Checked counts the items each invariant was checked on.
+	Checked map[string]int
+	// Outcomes counts the sagas by terminal event.
+	Outcomes  map[string]int
+	Anomalies []Anomaly
+	// Read describes what was read (records per topic, keys).
+	Read string
+}
+
+// OK reports whether no invariant is broken.
+func (r *Report) OK() bool { return len(r.Anomalies) == 0 }
+
+// maxListed bounds the anomalies String lists.
+const maxListed = 50
+
+// String is the report as a table of invariants, then the first anomalies.
+func (r *Report) String() string {
+	var b strings.Builder
+	if r.Read != "" {
+		fmt.Fprintf(&b, "read: %s\n", r.Read)
+	}
+	outs := slices.Sorted(maps.Keys(r.Outcomes))
+	var parts []string
+	for _, o := range outs {
+		parts = append(parts, fmt.Sprintf("%s %d", o, r.Outcomes[o]))
+	}
+	fmt.Fprintf(&b, "outcomes: %s\n", strings.Join(parts, ", "))
+	per := make(map[string]int)
+	for _, a := range r.Anomalies {
+		per[a.Invariant]++
+	}
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "invariant\tchecked\tanomalies\n")
+	for _, inv := range invariants {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", inv, r.Checked[inv], per[inv])
+	}
+	tw.Flush()
+	if len(r.Anomalies) == 0 {
+		b.WriteString("no anomalies\n")
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%d anomalies", len(r.Anomalies))
+	if len(r.Anomalies) > maxListed {
+		fmt.Fprintf(&b, " (the first %d)", maxListed)
+	}
+	b.WriteString(":\n")
+	for _, a := range r.Anomalies[:min(maxListed, len(r.Anomalies))] {
+		fmt.Fprintf(&b, "  %s\n", a)
+	}
+	return b.String()
+}
+
+// Data is everything a run left behind, as Read gathers it.
+type Data struct {
+	// Events are the committed events of each saga, in log order.
+	Events map[string][]message.Event
+	// States is the last committed state record of each saga.
+	States map[string][]byte
+	// Redis is the engine's Redis view of each saga.
+	Redis map[string]RedisState
+	// DeadLetters are the records of the saga's inbox dead-letter topic.
+	DeadLetters []DeadLetter
+	// ParticipantDeadLetters are the records of the participants'
+	// "<name>.commands-dlt" topics.
+	ParticipantDeadLetters []DeadLetter
+	// Commands counts the committed commands by message id and attempt.
+	Commands map[CommandKey]int
+	// Ledgers are the reference participants' Redis ledgers.
+	Stock        map[string]int64
+	Reservations map[string]map[string]string
+	Payments     map[string]map[string]string
+	Shipments    map[string]map[string]string
+}
+
+// RedisState is a saga's hash in the engine's Redis.
+type RedisState struct {
+	Version string
+	State   []byte
+}
+
+// DeadLetter is one record of a dead-letter topic.
+type DeadLetter struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       string
+	Reason    string
+	Exception string
+	Marker    string
+}
+
+func (d DeadLetter) where() string { return fmt.Sprintf("%s/%d@%d", d.Topic, d.Partition, d.Offset) }
+
+// CommandKey identifies one send of a command.
+type CommandKey struct {
+	Topic, SagaID, MessageID, Attempt string
+}
+
+// Analyze checks d against the expectations and the initial stock.
+func Analyze(expect []Expectation, initialStock map[string]int64, d *Data) *Report {
+	a := &analysis{
+		rep:    &Report{Checked: make(map[string]int), Outcomes: make(map[string]int)},
+		d:      d,
+		sagas:  make(map[string]*Expectation),
+		ended:  make(map[string]string),
+		poison: make(map[string]*Expectation),
+	}
+	for i := range expect {
+		e := &expect[i]
+		if e.Kind == KindPoison {
+			a.poison[e.Marker] = e
+			continue
+		}
+		a.sagas[e.ID] = e
+	}
+	a.terminal()
+	a.duplicates()
+	a.states()
+	a.redis()
+	a.stock(initialStock)
+	a.payments()
+	a.shipments()
+	a.deadLetters()
+	a.strays()
+	return a.rep
+}
+
+type analysis struct {
+	rep   *Report
+	d     *Data
+	sagas map[string]*Expectation
+	// ended is the terminal event of each saga that has exactly one.
+	ended  map[string]string
+	poison map[string]*Expectation // by marker
+}
+
+func (a *analysis) fail(inv, id, format string, args ...any) {
+	a.rep.Anomalies = append(a.rep.Anomalies, Anomaly{Invariant: inv, ID: id, Detail: fmt.Sprintf(format, args...)})
+}
+
+// ids returns the saga ids in order, so that the report is stable.
+func (a *analysis) ids() []string { return slices.Sorted(maps.Keys(a.sagas)) }
+
+func (a *analysis) completed(id string) bool { return a.ended[id] == message.EventSagaCompleted }
+
+func (a *analysis) terminal() {
+	for _, id := range a.ids() {
+		a.rep.Checked[InvTerminal]++
+		var ends []string
+		for _, ev := range a.d.Events[id] {
+			if message.Terminal(ev.Type) {
+				ends = append(ends, ev.Type)
+			}
+		}
+		switch len(ends) {
+		case 0:
+			a.fail(InvTerminal, id, "no terminal event (%s order, %d events)", a.sagas[id].Kind, len(a.d.Events[id]))
+			continue
+		case 1:
+		default:
+			a.fail(InvTerminal, id, "%d terminal events: %v", len(ends), ends)
+		}
+		a.ended[id] = ends[0]
+		a.rep.Outcomes[ends[0]]++
+		want, ok := outcome(a.sagas[id].Kind)
+		if !ok {
+			a.fail(InvTerminal, id, "unknown expectation kind %q", a.sagas[id].Kind)
+		} else if ends[0] != want {
+			a.fail(InvTerminal, id, "%s order ended %s, want %s", a.sagas[id].Kind, ends[0], want)
+		}
+	}
+}
+
+func (a *analysis) duplicates() {
+	type evKey struct {
+		typ, step string
+		version   int64
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.Events)) {
+		seen := make(map[evKey]bool)
+		for _, ev := range a.d.Events[id] {
+			a.rep.Checked[InvDuplicate]++
+			k := evKey{ev.Type, ev.Step, ev.Version}
+			if seen[k] {
+				a.fail(InvDuplicate, id, "event %s (step %q, version %d) committed twice", ev.Type, ev.Step, ev.Version)
+			}
+			seen[k] = true
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(a.d.Commands), func(x, y CommandKey) int {
+		return strings.Compare(x.Topic+x.MessageID+x.Attempt, y.Topic+y.MessageID+y.Attempt)
+	})
+	for _, k := range keys {
+		a.rep.Checked[InvDuplicate]++
+		if n := a.d.Commands[k]; n > 1 {
+			a.fail(InvDuplicate, k.SagaID, "command %s attempt %s on %s committed %d times", k.MessageID, k.Attempt, k.Topic, n)
+		}
+	}
+}
+
+// decodeState decodes a state record's value.
+func decodeState(b []byte) (*orchestrator.State, error) {
+	var st orchestrator.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// statusOf maps a terminal event to the saga status it leaves.
+var statusOf = map[string]string{
+	message.EventSagaCompleted:   message.StatusCompleted,
+	message.EventSagaCompensated: message.StatusCompensated,
+	message.EventSagaFailed:      message.StatusFailed,
+}
+
+func (a *analysis) states() {
+	for _, id := range a.ids() {
+		a.rep.Checked[InvState]++
+		b, ok := a.d.States[id]
+		if !ok {
+			a.fail(InvState, id, "no state record")
+			continue
+		}
+		st, err := decodeState(b)
+		if err != nil {
+			a.fail(InvState, id, "last state record does not decode: %v", err)
+			continue
+		}
+		if !st.Terminal() {
+			a.fail(InvState, id, "still %s at step %d after the drain (version %d)", st.Status, st.Step, st.Version)
+			continue
+		}
+		if ev, ok := a.ended[id]; ok && statusOf[ev] != st.Status {
+			a.fail(InvState, id, "last state is %s but the terminal event is %s", st.Status, ev)
+		}
+	}
+}
+
+func (a *analysis) redis() {
+	for _, id := range slices.Sorted(maps.Keys(a.d.States)) {
+		a.rep.Checked[InvRedis]++
+		want := a.d.States[id]
+		got, ok := a.d.Redis[id]
+		if !ok {
+			a.fail(InvRedis, id, "no state in Redis; the last state record is %s", summarize(want))
+			continue
+		}
+		if string(got.State) != string(want) {
+			a.fail(InvRedis, id, "Redis holds version %s %s; the last state record is %s", got.Version, summarize(got.State), summarize(want))
+			continue
+		}
+		if st, err := decodeState(want); err == nil && got.Version != fmt.Sprint(st.Version) {
+			a.fail(InvRedis, id, "Redis version field %s, the state's version is %d", got.Version, st.Version)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.Redis)) {
+		if _, ok := a.d.States[id]; !ok {
+			a.rep.Checked[InvRedis]++
+			a.fail(InvRedis, id, "Redis holds a state (version %s) that no state record has", a.d.Redis[id].Version)
+		}
+	}
+}
+
+// summarize names a state by its version and status.
+func summarize(b []byte) string {
+	st, err := decodeState(b)
+	if err != nil {
+		return fmt.Sprintf("(undecodable: %v)", err)
+	}
+	return fmt.Sprintf("(version %d, %s)", st.Version, st.Status)
+}
+
+// stock checks conservation per SKU and that every completed order holds
+// its reservation and no other order holds one.
+func (a *analysis) stock(initial map[string]int64) {
+	taken := make(map[string]int64)
+	for _, id := range a.ids() {
+		o := a.sagas[id].Order
+		res := a.d.Reservations[id]
+		a.rep.Checked[InvStock]++
+		if !a.completed(id) {
+			if res != nil && res["status"] != "released" {
+				a.fail(InvStock, id, "order did not complete (%s) but its reservation is %q", a.endOf(id), res["status"])
+			}
+			continue
+		}
+		want := make(map[string]int64)
+		for _, it := range o.Items {
+			taken[it.SKU] += it.Qty
+			want[it.SKU] += it.Qty
+		}
+		if res == nil || res["status"] != "reserved" {
+			a.fail(InvStock, id, "order completed but its reservation is %v", res)
+			continue
+		}
+		for sku, q := range want {
+			if got := res["item:"+sku]; got != fmt.Sprint(q) {
+				a.fail(InvStock, id, "reservation holds %q of %s, the order %d", got, sku, q)
+			}
+		}
+	}
+	skus := make(map[string]bool)
+	for s := range initial {
+		skus[s] = true
+	}
+	for s := range a.d.Stock {
+		skus[s] = true
+	}
+	for _, sku := range slices.Sorted(maps.Keys(skus)) {
+		a.rep.Checked[InvStock]++
+		if gone := initial[sku] - a.d.Stock[sku]; gone != taken[sku] {
+			a.fail(InvStock, sku, "initial %d - final %d = %d, but completed orders took %d", initial[sku], a.d.Stock[sku], gone, taken[sku])
+		}
+	}
+}
+
+func (a *analysis) endOf(id string) string {
+	if e, ok := a.ended[id]; ok {
+		return e
+	}
+	return "no terminal event"
+}
+
+func (a *analysis) payments() {
+	var authorized, completed int64
+	for _, id := range a.ids() {
+		a.rep.Checked[InvPayments]++
+		p := a.d.Payments[id]
+		amount := a.sagas[id].Order.AmountCents
+		if a.completed(id) {
+			completed += amount
+			if p == nil || p["status"] != "authorized" || p["amount_cents"] != fmt.Sprint(amount) {
+				a.fail(InvPayments, id, "order of %d cents completed but its payment is %v", amount, p)
+			}
+		} else if p != nil && p["status"] != "cancelled" {
+			a.fail(InvPayments, id, "order did not complete (%s) but its payment is %v", a.endOf(id), p)
+		}
+		if p != nil && p["status"] == "authorized" {
+			authorized += parseInt(p["amount_cents"])
+		}
+	}
+	a.rep.Checked[InvPayments]++
+	if authorized != completed {
+		a.fail(InvPayments, "total", "payments still authorized add up to %d cents, completed orders to %d", authorized, completed)
+	}
+}
+
+func parseInt(s string) int64 {
+	var n int64
+	fmt.Sscan(s, &n)
+	return n
+}
+
+func (a *analysis) shipments() {
+	for _, id := range a.ids() {
+		a.rep.Checked[InvShipments]++
+		s := a.d.Shipments[id]
+		switch {
+		case a.completed(id) && (s == nil || s["status"] != "scheduled"):
+			a.fail(InvShipments, id, "order completed but its shipment is %v", s)
+		case !a.completed(id) && s != nil && s["status"] == "scheduled":
+			a.fail(InvShipments, id, "order did not complete (%s) but a shipment is scheduled", a.endOf(id))
+		}
+	}
+}
+
+func (a *analysis) deadLetters() {
+	byMarker := make(map[string][]DeadLetter)
+	exhausted := make(map[string]int)
+	for _, d := range a.d.DeadLetters {
+		a.rep.Checked[InvDLQ]++
+		if d.Marker != "" {
+			if _, ok := a.poison[d.Marker]; !ok {
+				a.fail(InvDLQ, d.Marker, "dead letter %s carries a marker no poison record was sent with", d.where())
+			}
+			byMarker[d.Marker] = append(byMarker[d.Marker], d)
+			continue
+		}
+		if e := a.sagas[d.Key]; e != nil && e.Kind == KindOutage && d.Reason == orchestrator.ReasonExhausted {
+			exhausted[d.Key]++
+			continue
+		}
+		a.fail(InvDLQ, d.Key, "unexpected dead letter %s: reason %s: %s", d.where(), d.Reason, d.Exception)
+	}
+	for _, m := range slices.Sorted(maps.Keys(a.poison)) {
+		a.rep.Checked[InvDLQ]++
+		e, got := a.poison[m], byMarker[m]
+		switch {
+		case len(got) == 0:
+			a.fail(InvDLQ, m, "poison record (key %q) is not in the dead-letter topic; want reason %s", e.ID, e.Poison)
+		case len(got) > 1:
+			a.fail(InvDLQ, m, "poison record dead-lettered %d times", len(got))
+		case got[0].Reason != e.Poison:
+			a.fail(InvDLQ, m, "dead-lettered with reason %q (%s), want %q", got[0].Reason, got[0].Exception, e.Poison)
+		}
+	}
+	for _, id := range a.ids() {
+		if a.sagas[id].Kind != KindOutage {
+			continue
+		}
+		a.rep.Checked[InvDLQ]++
+		if n := exhausted[id]; n != 1 {
+			a.fail(InvDLQ, id, "outage order has %d retries-exhausted dead letters, want 1", n)
+		}
+	}
+	for _, d := range a.d.ParticipantDeadLetters {
+		a.rep.Checked[InvDLQ]++
+		a.fail(InvDLQ, d.Key, "participant dead letter %s: reason %s: %s", d.where(), d.Reason, d.Exception)
+	}
+}
+
+// strays reports sagas, commands and ledger entries of ids that are not
+// orders of the load: a poison record must not start a saga or cause an
+// effect.
+func (a *analysis) strays() {
+	seen := make(map[string]bool)
+	stray := func(id, what string) {
+		a.rep.Checked[InvStray]++
+		if _, ok := a.sagas[id]; ok || seen[id+what] {
+			return
+		}
+		seen[id+what] = true
+		a.fail(InvStray, id, "%s for an id that is not an order of the load", what)
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.Events)) {
+		stray(id, "events")
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.States)) {
+		stray(id, "a state record")
+	}
+	for k := range a.d.Commands {
+		stray(k.SagaID, "a command")
+	}
+	for _, l := range []struct {
+		name string
+		m    map[string]map[string]string
+	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}} {
+		for _, id := range slices.Sorted(maps.Keys(l.m)) {
+			stray(id, l.name)
+		}
+	}
+}
+
+// Durations of Read.
+const (
+	// DefaultIdle is how long the topics must be quiet before Read reads
+	// them to the end.
+	DefaultIdle = 2 * time.Second
+)

@@ -1,0 +1,212 @@
+package check
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// run is a consistent run: a completed order, a declined one, an
+// undeliverable one, an outage and a poison record.
+func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
+	t.Helper()
+	ord := func(id string, amount int64, qty int64) *order.Order {
+		return &order.Order{OrderID: id, AmountCents: amount, Items: []order.Item{{SKU: "sku-1", Qty: qty}}}
+	}
+	exp := []Expectation{
+		{ID: "o-1", Kind: KindComplete, Order: ord("o-1", 500, 2)},
+		{ID: "o-2", Kind: KindDeclined, Order: ord("o-2", 900000, 1)},
+		{ID: "o-3", Kind: KindUndeliverable, Order: ord("o-3", 700, 1)},
+		{ID: "o-4", Kind: KindOutage, Order: ord("o-4", 300, 3)},
+		{ID: "p-1", Kind: KindPoison, Poison: orchestrator.ReasonUndecodable, Marker: "m-1"},
+	}
+	d := &Data{
+		Events: make(map[string][]message.Event), States: make(map[string][]byte),
+		Redis: make(map[string]RedisState), Commands: make(map[CommandKey]int),
+		Stock:        map[string]int64{"sku-1": 98},
+		Reservations: make(map[string]map[string]string),
+		Payments:     make(map[string]map[string]string),
+		Shipments:    make(map[string]map[string]string),
+	}
+	end := func(id, event, status string) {
+		d.Events[id] = []message.Event{
+			{SagaID: id, Type: message.EventSagaStarted, Version: 1},
+			{SagaID: id, Type: event, Version: 5},
+		}
+		st, err := json.Marshal(orchestrator.State{ID: id, Version: 5, Status: status})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.States[id] = st
+		d.Redis[id] = RedisState{Version: "5", State: st}
+		d.Commands[CommandKey{"inventory.commands", id, id + "/reserve-inventory/do", "1"}] = 1
+	}
+	end("o-1", message.EventSagaCompleted, message.StatusCompleted)
+	d.Reservations["o-1"] = map[string]string{"status": "reserved", "item:sku-1": "2"}
+	d.Payments["o-1"] = map[string]string{"status": "authorized", "amount_cents": "500"}
+	d.Shipments["o-1"] = map[string]string{"status": "scheduled"}
+	end("o-2", message.EventSagaCompensated, message.StatusCompensated)
+	d.Reservations["o-2"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	end("o-3", message.EventSagaCompensated, message.StatusCompensated)
+	d.Reservations["o-3"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	d.Payments["o-3"] = map[string]string{"status": "cancelled", "amount_cents": "700"}
+	end("o-4", message.EventSagaCompensated, message.StatusCompensated)
+	d.Reservations["o-4"] = map[string]string{"status": "released", "item:sku-1": "3"}
+	d.Payments["o-4"] = map[string]string{"status": "cancelled", "amount_cents": "300"}
+	d.Shipments["o-4"] = map[string]string{"status": "cancelled"}
+	d.DeadLetters = []DeadLetter{
+		{Key: "p-1", Reason: orchestrator.ReasonUndecodable, Marker: "m-1"},
+		{Key: "o-4", Reason: orchestrator.ReasonExhausted, Exception: "complete order: connection refused"},
+	}
+	return exp, map[string]int64{"sku-1": 100}, d
+}
+
+func TestConsistentRunPasses(t *testing.T) {
+	exp, stock, d := run(t)
+	rep := Analyze(exp, stock, d)
+	if !rep.OK() {
+		t.Fatalf("a consistent run has anomalies:\n%s", rep)
+	}
+	for _, inv := range invariants {
+		if rep.Checked[inv] == 0 {
+			t.Errorf("invariant %s checked nothing", inv)
+		}
+	}
+	if got := rep.Outcomes[message.EventSagaCompleted]; got != 1 {
+		t.Errorf("report counts %d completed sagas, want 1", got)
+	}
+}
+
+// Each way a run can break exactly-once or lose data is reported under its
+// invariant, naming the saga.
+func TestAnomalies(t *testing.T) {
+	state := func(id string, version int64, status string) []byte {
+		b, _ := json.Marshal(orchestrator.State{ID: id, Version: version, Status: status})
+		return b
+	}
+	cases := []struct {
+		name   string
+		break_ func(exp []Expectation, d *Data) []Expectation
+		inv    string
+		id     string
+	}{
+		{"no terminal event", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-2"] = d.Events["o-2"][:1]
+			return e
+		}, InvTerminal, "o-2"},
+		{"two terminal events", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-1"] = append(d.Events["o-1"], message.Event{SagaID: "o-1", Type: message.EventSagaCompleted, Version: 6})
+			return e
+		}, InvTerminal, "o-1"},
+		{"wrong outcome", func(e []Expectation, d *Data) []Expectation {
+			e[0].Kind = KindDeclined
+			return e
+		}, InvTerminal, "o-1"},
+		{"event committed twice", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-3"] = append(d.Events["o-3"], d.Events["o-3"][0])
+			return e
+		}, InvDuplicate, "o-3"},
+		{"command committed twice", func(e []Expectation, d *Data) []Expectation {
+			d.Commands[CommandKey{"inventory.commands", "o-1", "o-1/reserve-inventory/do", "1"}] = 2
+			return e
+		}, InvDuplicate, "o-1"},
+		{"saga still running", func(e []Expectation, d *Data) []Expectation {
+			d.States["o-3"] = state("o-3", 6, message.StatusCompensating)
+			d.Redis["o-3"] = RedisState{"6", d.States["o-3"]}
+			return e
+		}, InvState, "o-3"},
+		{"no state record", func(e []Expectation, d *Data) []Expectation {
+			delete(d.States, "o-2")
+			delete(d.Redis, "o-2")
+			return e
+		}, InvState, "o-2"},
+		{"redis holds an older state", func(e []Expectation, d *Data) []Expectation {
+			d.Redis["o-1"] = RedisState{"4", state("o-1", 4, message.StatusRunning)}
+			return e
+		}, InvRedis, "o-1"},
+		{"redis lost a state", func(e []Expectation, d *Data) []Expectation {
+			delete(d.Redis, "o-4")
+			return e
+		}, InvRedis, "o-4"},
+		{"stock taken twice", func(e []Expectation, d *Data) []Expectation {
+			d.Stock["sku-1"] = 96
+			return e
+		}, InvStock, "sku-1"},
+		{"stock not released", func(e []Expectation, d *Data) []Expectation {
+			d.Reservations["o-2"]["status"] = "reserved"
+			return e
+		}, InvStock, "o-2"},
+		{"payment not cancelled", func(e []Expectation, d *Data) []Expectation {
+			d.Payments["o-3"]["status"] = "authorized"
+			return e
+		}, InvPayments, "o-3"},
+		{"payment of the wrong amount", func(e []Expectation, d *Data) []Expectation {
+			d.Payments["o-1"]["amount_cents"] = "1000"
+			return e
+		}, InvPayments, "o-1"},
+		{"shipment of a compensated order", func(e []Expectation, d *Data) []Expectation {
+			d.Shipments["o-2"] = map[string]string{"status": "scheduled"}
+			return e
+		}, InvShipments, "o-2"},
+		{"no shipment for a completed order", func(e []Expectation, d *Data) []Expectation {
+			delete(d.Shipments, "o-1")
+			return e
+		}, InvShipments, "o-1"},
+		{"poison record not dead-lettered", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters = d.DeadLetters[1:]
+			return e
+		}, InvDLQ, "m-1"},
+		{"poison record dead-lettered twice", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters = append(d.DeadLetters, d.DeadLetters[0])
+			return e
+		}, InvDLQ, "m-1"},
+		{"poison record with the wrong reason", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters[0].Reason = orchestrator.ReasonUnknownType
+			return e
+		}, InvDLQ, "m-1"},
+		{"valid record dead-lettered", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters = append(d.DeadLetters, DeadLetter{Key: "o-1", Reason: orchestrator.ReasonExhausted})
+			return e
+		}, InvDLQ, "o-1"},
+		{"outage order not dead-lettered", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters = d.DeadLetters[:1]
+			return e
+		}, InvDLQ, "o-4"},
+		{"participant dead letter", func(e []Expectation, d *Data) []Expectation {
+			d.ParticipantDeadLetters = []DeadLetter{{Key: "o-1", Reason: "undecodable"}}
+			return e
+		}, InvDLQ, "o-1"},
+		{"poison started a saga", func(e []Expectation, d *Data) []Expectation {
+			d.Events["p-1"] = []message.Event{{SagaID: "p-1", Type: message.EventSagaStarted, Version: 1}}
+			return e
+		}, InvStray, "p-1"},
+		{"poison caused a payment", func(e []Expectation, d *Data) []Expectation {
+			d.Payments["p-1"] = map[string]string{"status": "authorized", "amount_cents": "1"}
+			return e
+		}, InvStray, "p-1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			exp, stock, d := run(t)
+			exp = c.break_(exp, d)
+			rep := Analyze(exp, stock, d)
+			found := false
+			for _, a := range rep.Anomalies {
+				if a.Invariant == c.inv && a.ID == c.id {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("want a %s anomaly about %s; report:\n%s", c.inv, c.id, rep)
+			}
+			if !strings.Contains(rep.String(), fmt.Sprintf("%s: %s:", c.inv, c.id)) {
+				t.Errorf("the report does not list the anomaly:\n%s", rep)
+			}
+		})
+	}
+}

@@ -1,0 +1,318 @@
+package check
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order/sim"
+)
+
+// Config is where a run left its data and what it must come to.
+type Config struct {
+	Brokers []string
+	// EngineRedis is the engine's Redis; SimRedis holds the participants'
+	// ledgers.
+	EngineRedis, SimRedis string
+	// SagaType names the topics and the engine's keys ("order").
+	SagaType     string
+	InitialStock map[string]int64
+	Expect       []Expectation
+	// Idle is how long the topics must be quiet before they are read to
+	// the end (default DefaultIdle).
+	Idle time.Duration
+	// ReadTimeout bounds reading the topics (default 5 minutes).
+	ReadTimeout time.Duration
+}
+
+// Run reads everything back and analyzes it.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	d, read, err := Read(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rep := Analyze(cfg.Expect, cfg.InitialStock, d)
+	rep.Read = read
+	return rep, nil
+}
+
+// Read gathers the Data of a run: every committed record of the saga's
+// state, events and dead-letter topics and of the participants' command and
+// dead-letter topics, the engine's saga states in Redis and the
+// participants' ledgers. It returns a line saying what it read.
+func Read(ctx context.Context, cfg Config) (*Data, string, error) {
+	if cfg.Idle <= 0 {
+		cfg.Idle = DefaultIdle
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 5 * time.Minute
+	}
+	d := &Data{
+		Events: make(map[string][]message.Event), States: make(map[string][]byte),
+		Redis: make(map[string]RedisState), Commands: make(map[CommandKey]int),
+		Stock: make(map[string]int64), Reservations: make(map[string]map[string]string),
+		Payments: make(map[string]map[string]string), Shipments: make(map[string]map[string]string),
+	}
+	counts, err := readTopics(ctx, cfg, d)
+	if err != nil {
+		return nil, "", err
+	}
+	eng := redis.NewClient(&redis.Options{Addr: cfg.EngineRedis})
+	defer eng.Close()
+	prefix := orchestrator.StateKey(cfg.SagaType, "")
+	n, err := scanHashes(ctx, eng, prefix+"*", func(key string, h map[string]string) {
+		d.Redis[strings.TrimPrefix(key, prefix)] = RedisState{Version: h["version"], State: []byte(h["state"])}
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
+	}
+	counts = append(counts, fmt.Sprintf("%d engine states", n))
+
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.SimRedis})
+	defer rdb.Close()
+	for _, l := range []struct {
+		prefix string
+		m      map[string]map[string]string
+	}{
+		{sim.ReservationKey(""), d.Reservations},
+		{sim.PaymentKey(""), d.Payments},
+		{sim.ShipmentKey(""), d.Shipments},
+	} {
+		n, err := scanHashes(ctx, rdb, l.prefix+"*", func(key string, h map[string]string) {
+			l.m[strings.TrimPrefix(key, l.prefix)] = h
+		})
+		if err != nil {
+			return nil, "", fmt.Errorf("participants' redis %s: %w", cfg.SimRedis, err)
+		}
+		counts = append(counts, fmt.Sprintf("%d %s", n, strings.TrimSuffix(strings.TrimPrefix(l.prefix, "ksaga:sim:"), ":")))
+	}
+	stockPrefix := sim.StockKey("")
+	keys, err := scanKeys(ctx, rdb, stockPrefix+"*")
+	if err != nil {
+		return nil, "", fmt.Errorf("participants' redis %s: %w", cfg.SimRedis, err)
+	}
+	for _, k := range keys {
+		v, err := rdb.Get(ctx, k).Int64()
+		if err != nil {
+			return nil, "", fmt.Errorf("participants' redis %s: stock %s: %w", cfg.SimRedis, k, err)
+		}
+		d.Stock[strings.TrimPrefix(k, stockPrefix)] = v
+	}
+	return d, strings.Join(counts, ", "), nil
+}
+
+// readTopics reads the topics of a run with read_committed, once they have
+// been quiet for cfg.Idle, up to their end.
+func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		return nil, err
+	}
+	defer adm.Close()
+	listed, err := adm.ListTopics(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list topics: %w", err)
+	}
+	state, events, dlt := message.State(cfg.SagaType), message.Events(cfg.SagaType), message.DLT(cfg.SagaType)
+	var topics []string
+	for _, t := range listed.Names() {
+		switch {
+		case t == state || t == events || t == dlt,
+			strings.HasSuffix(t, ".commands"), strings.HasSuffix(t, ".commands-dlt"):
+			topics = append(topics, t)
+		}
+	}
+	ends, err := quietEnds(ctx, adm, topics, cfg.Idle)
+	if err != nil {
+		return nil, err
+	}
+
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Control records carry the offsets at which transactions end, so
+		// that the reader knows it has reached the end of a partition.
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(200*time.Millisecond),
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, cfg.ReadTimeout)
+	defer cancel()
+
+	type tp struct {
+		topic string
+		p     int32
+	}
+	left := make(map[tp]int64) // partitions not read to the end, and their end
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			left[tp{o.Topic, o.Partition}] = o.Offset
+		}
+	})
+	perTopic := make(map[string]int)
+	var undecodable []string
+	for len(left) > 0 {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			var at []string
+			for k, end := range left {
+				at = append(at, fmt.Sprintf("%s/%d (end %d)", k.topic, k.p, end))
+			}
+			return nil, fmt.Errorf("topics not read to the end within %v: %s; an open transaction that never ends is itself a stuck partition", cfg.ReadTimeout, strings.Join(at, ", "))
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				undecodable = append(undecodable, fmt.Sprintf("fetch %s/%d: %v", t, p, err))
+			}
+		})
+		fs.EachRecord(func(r *kgo.Record) {
+			k := tp{r.Topic, r.Partition}
+			if end, ok := left[k]; ok && r.Offset+1 >= end {
+				delete(left, k)
+			}
+			if r.Attrs.IsControl() {
+				return
+			}
+			perTopic[r.Topic]++
+			switch {
+			case r.Topic == state:
+				if r.Value == nil {
+					delete(d.States, string(r.Key))
+				} else {
+					d.States[string(r.Key)] = r.Value
+				}
+			case r.Topic == events:
+				var ev message.Event
+				if err := json.Unmarshal(r.Value, &ev); err != nil {
+					undecodable = append(undecodable, fmt.Sprintf("event %s/%d@%d: %v", r.Topic, r.Partition, r.Offset, err))
+					return
+				}
+				d.Events[ev.SagaID] = append(d.Events[ev.SagaID], ev)
+			case r.Topic == dlt:
+				d.DeadLetters = append(d.DeadLetters, deadLetter(r))
+			case strings.HasSuffix(r.Topic, ".commands-dlt"):
+				d.ParticipantDeadLetters = append(d.ParticipantDeadLetters, deadLetter(r))
+			default:
+				d.Commands[CommandKey{
+					Topic: r.Topic, SagaID: header(r, message.HeaderSagaID),
+					MessageID: header(r, message.HeaderMessageID), Attempt: header(r, message.HeaderStepAttempt),
+				}]++
+			}
+		})
+	}
+	if len(undecodable) > 0 {
+		return nil, fmt.Errorf("%d records could not be read: %s", len(undecodable), strings.Join(undecodable[:min(5, len(undecodable))], "; "))
+	}
+	var counts []string
+	for _, t := range topics {
+		counts = append(counts, fmt.Sprintf("%d %s", perTopic[t], t))
+	}
+	return counts, nil
+}
+
+// quietEnds waits until the end offsets of topics have not moved for idle,
+// and returns them.
+func quietEnds(ctx context.Context, adm *kadm.Client, topics []string, idle time.Duration) (kadm.ListedOffsets, error) {
+	var last kadm.ListedOffsets
+	since := time.Now()
+	for {
+		ends, err := adm.ListEndOffsets(ctx, topics...)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list end offsets: %w", err)
+		}
+		if last == nil || !sameOffsets(last, ends) {
+			last, since = ends, time.Now()
+		} else if time.Since(since) >= idle {
+			return ends, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(idle / 4):
+		}
+	}
+}
+
+func sameOffsets(a, b kadm.ListedOffsets) bool {
+	same := true
+	b.Each(func(o kadm.ListedOffset) {
+		if x, ok := a.Lookup(o.Topic, o.Partition); !ok || x.Offset != o.Offset {
+			same = false
+		}
+	})
+	return same && len(a) == len(b)
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+func deadLetter(r *kgo.Record) DeadLetter {
+	return DeadLetter{
+		Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: string(r.Key),
+		Reason: header(r, dlq.HeaderReason), Exception: header(r, dlq.HeaderExceptionMessage),
+		Marker: header(r, HeaderMarker),
+	}
+}
+
+// scanHashes calls f with every hash whose key matches pattern, and returns
+// how many there were.
+func scanHashes(ctx context.Context, rdb *redis.Client, pattern string, f func(key string, h map[string]string)) (int, error) {
+	keys, err := scanKeys(ctx, rdb, pattern)
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; i < len(keys); i += 1000 {
+		batch := keys[i:min(i+1000, len(keys))]
+		cmds := make([]*redis.MapStringStringCmd, len(batch))
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, k := range batch {
+				cmds[j] = p.HGetAll(ctx, k)
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		for j, c := range cmds {
+			f(batch[j], c.Val())
+		}
+	}
+	return len(keys), nil
+}
+
+func scanKeys(ctx context.Context, rdb *redis.Client, pattern string) ([]string, error) {
+	var keys []string
+	seen := make(map[string]bool) // SCAN may return a key twice
+	it := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for it.Next(ctx) {
+		if k := it.Val(); !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys, it.Err()
+}
