@@ -4,7 +4,7 @@
 
 GO ?= go
 
-.PHONY: demo test vet unit
+.PHONY: demo test vet unit chaos chaos-short
 
 demo:
 	$(GO) run ./cmd/sagad
@@ -21,3 +21,16 @@ vet:
 # unit runs the fast tests only (no end-to-end).
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test$$)
+
+# chaos runs the long chaos suite (cmd/sagachaos): kfaked, three
+# redis-servers, two engines and the participants as processes, 100,000
+# sagas and 20 faults of each kind (about half an hour), then chaos/check.
+chaos:
+	./scripts/test-deps.sh
+	$(GO) run ./cmd/sagachaos $(CHAOS_FLAGS)
+
+# chaos-short is the CI version (TestChaos runs it in make test): 2,000
+# sagas, one or two faults of each kind, in about two minutes.
+chaos-short:
+	./scripts/test-deps.sh
+	$(GO) run ./cmd/sagachaos --short --with-sigstop $(CHAOS_FLAGS)

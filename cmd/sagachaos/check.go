@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+
+	"github.com/ksaga/ksaga/chaos/check"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// checkResult is what the checker reported.
+type checkResult struct {
+	ok        bool
+	anomalies int
+	text      string
+}
+
+// check runs chaos/check on the run's topics and Redis servers.
+func (h *harness) check(ctx context.Context, exps []*expectation) (checkResult, error) {
+	ex := make([]check.Expectation, 0, len(exps))
+	for _, e := range exps {
+		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Poison: e.Poison, Marker: e.Marker})
+	}
+	rep, err := check.Run(ctx, check.Config{
+		Brokers:      []string{h.kafkaAddr},
+		EngineRedis:  h.redisAddr[redisEngine],
+		SimRedis:     h.redisAddr[redisSim],
+		SagaType:     order.Name,
+		InitialStock: initialStock,
+		Expect:       ex,
+		Idle:         checkIdle,
+	})
+	if err != nil {
+		return checkResult{}, err
+	}
+	return checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String()}, nil
+}

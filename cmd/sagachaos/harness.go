@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/saga/order/sim"
+)
+
+// harness is one chaos run: its processes, its clients and its log.
+type harness struct {
+	cfg   config
+	start time.Time
+	work  string
+	bin   string
+
+	outMu    sync.Mutex
+	out      io.Writer
+	faultLog *os.File
+
+	kafkaAddr, controlAddr string
+	kfaked                 *proc
+	// redis are the engine's (R1), the participants' ledgers (R2) and the
+	// orders store (R3).
+	redis      [3]*proc
+	redisAddr  [3]string
+	engines    [2]*proc
+	engineHTTP [2]string
+	parts      *proc
+	partsHTTP  string
+	procs      []*proc
+
+	client *kgo.Client // the load's producer
+	engRdb *redis.Client
+	simRdb *redis.Client
+	track  *tracker
+	// injected counts the requests kfaked faulted, by request name
+	// (guarded by outMu).
+	injected map[string]int
+}
+
+// Indexes of harness.redis.
+const (
+	redisEngine = iota
+	redisSim
+	redisOrders
+)
+
+var redisNames = [3]string{"redis-engine", "redis-participants", "redis-orders"}
+
+// The transactional ids and group of the processes.
+const (
+	partitions = 6
+	// sessionTimeout is the engines' and participants' group session
+	// timeout; the engine's transaction timeout is 10s. A SIGSTOP must
+	// outlast both so that the stopped instance is fenced.
+	sessionTimeout = 6 * time.Second
+	sigstopFor     = 16 * time.Second
+)
+
+// initialStock is what the participants' ledger holds at start: plenty of
+// the skus that orders buy, and less sku-scarce than any out-of-stock order
+// asks for, so that those orders fail and never take any.
+var initialStock = map[string]int64{
+	"sku-1": 1_000_000_000, "sku-2": 1_000_000_000, "sku-3": 1_000_000_000,
+	"sku-4": 1_000_000_000, "sku-5": 1_000_000_000,
+	skuScarce: scarceStock,
+}
+
+const (
+	skuScarce   = "sku-scarce"
+	scarceStock = 5
+)
+
+// logf prints a line with the run's elapsed time.
+func (h *harness) logf(format string, args ...any) {
+	h.outMu.Lock()
+	defer h.outMu.Unlock()
+	fmt.Fprintf(h.out, "[%8.3fs] %s\n", time.Since(h.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// faultf logs a fault with its wall-clock time to stdout and faults.log.
+func (h *harness) faultf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	h.logf("FAULT %s", msg)
+	h.outMu.Lock()
+	defer h.outMu.Unlock()
+	if h.faultLog != nil {
+		fmt.Fprintf(h.faultLog, "%s +%.3fs %s\n", time.Now().Format(time.RFC3339Nano), time.Since(h.start).Seconds(), msg)
+	}
+}
+
+// printf prints without a timestamp (reports, tables).
+func (h *harness) printf(format string, args ...any) {
+	h.outMu.Lock()
+	defer h.outMu.Unlock()
+	fmt.Fprintf(h.out, format, args...)
+}
+
+// moduleRoot returns the directory of the go.mod of the current module.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the ksaga module: run sagachaos from the repository (or give --bin-dir)")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// build compiles sagad and kfaked into dir.
+func (h *harness) build(ctx context.Context, dir string) error {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{"sagad", "kfaked"} {
+		t := time.Now()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), "./cmd/"+name)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build ./cmd/%s: %w\n%s", name, err, out)
+		}
+		h.logf("built %s in %.1fs", name, time.Since(t).Seconds())
+	}
+	return nil
+}
+
+// freeAddr returns a loopback address with a port that is free now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func (h *harness) newProc(name, path string, supervise bool, args ...string) *proc {
+	p := &proc{name: name, path: path, args: args, logPath: filepath.Join(h.work, name+".log"), supervise: supervise, h: h}
+	h.procs = append(h.procs, p)
+	return p
+}
+
+// setUp starts every process and waits until the sagads are ready.
+func (h *harness) setUp(ctx context.Context) error {
+	redisBin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return fmt.Errorf("redis-server not found (apt-get install redis-server, or ./scripts/test-deps.sh): %w", err)
+	}
+	addrs := make([]string, 0, 9)
+	for range 9 {
+		a, err := freeAddr()
+		if err != nil {
+			return fmt.Errorf("find a free port: %w", err)
+		}
+		addrs = append(addrs, a)
+	}
+	h.kafkaAddr, h.controlAddr = addrs[0], addrs[1]
+	for i := range h.redis {
+		h.redisAddr[i] = addrs[2+i]
+		_, port, _ := net.SplitHostPort(h.redisAddr[i])
+		dir := filepath.Join(h.work, redisNames[i])
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		h.redis[i] = h.newProc(redisNames[i], redisBin, true,
+			"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", dir, "--loglevel", "warning")
+		if err := h.startRedis(ctx, i); err != nil {
+			return err
+		}
+	}
+	h.logf("redis: engine %s, participants %s, orders store %s", h.redisAddr[0], h.redisAddr[1], h.redisAddr[2])
+
+	dataDir := filepath.Join(h.work, "kafka-data")
+	h.kfaked = h.newProc("kfaked", filepath.Join(h.bin, "kfaked"), true,
+		"--listen", h.kafkaAddr, "--data-dir", dataDir, "--control", h.controlAddr)
+	if err := h.startKafka(ctx); err != nil {
+		return err
+	}
+	h.logf("kfaked: kafka %s, control http://%s, data %s", h.kafkaAddr, h.controlAddr, dataDir)
+
+	h.engRdb = redis.NewClient(&redis.Options{Addr: h.redisAddr[redisEngine], MaxRetries: -1})
+	h.simRdb = redis.NewClient(&redis.Options{Addr: h.redisAddr[redisSim]})
+	if err := sim.SeedStock(ctx, h.simRdb, initialStock); err != nil {
+		return err
+	}
+	h.logf("seeded stock: %v", initialStock)
+
+	common := []string{
+		"--kafka-brokers", h.kafkaAddr, "--session-timeout", sessionTimeout.String(),
+		"--partitions", fmt.Sprint(partitions), "--replication-factor", "1", "--log-format", "json",
+	}
+	sagad := filepath.Join(h.bin, "sagad")
+	for i := range h.engines {
+		h.engineHTTP[i] = addrs[5+i]
+		name := fmt.Sprintf("engine-%d", i+1)
+		h.engines[i] = h.newProc(name, sagad, true, append(slicesClone(common),
+			"--participants", "none", "--transactional-id", "chaos-"+name,
+			"--metrics-addr", h.engineHTTP[i],
+			"--redis-addr", h.redisAddr[redisEngine], "--orders-redis-addr", h.redisAddr[redisOrders])...)
+	}
+	h.engines[0].sagad, h.engines[1].sagad = true, true
+	h.partsHTTP = addrs[7]
+	h.parts = h.newProc("participants", sagad, true, append(slicesClone(common),
+		"--engine=false", "--participants", "all", "--transactional-id", "chaos-participants",
+		"--metrics-addr", h.partsHTTP,
+		"--redis-addr", h.redisAddr[redisSim], "--participants-redis-addr", h.redisAddr[redisSim])...)
+	h.parts.sagad = true
+
+	// The first engine creates the topics alone; then the rest join.
+	if err := h.engines[0].start(); err != nil {
+		return err
+	}
+	if err := h.waitReady(ctx, h.engines[0], h.engineHTTP[0], 90*time.Second); err != nil {
+		return err
+	}
+	for _, p := range []*proc{h.engines[1], h.parts} {
+		if err := p.start(); err != nil {
+			return err
+		}
+	}
+	if err := h.waitReady(ctx, h.parts, h.partsHTTP, 90*time.Second); err != nil {
+		return err
+	}
+	// Both engines must be ready at once: the second one's join moves
+	// partitions away from the first, which restores them again.
+	if err := poll(ctx, 90*time.Second, 100*time.Millisecond, func() error {
+		for i, e := range h.engines {
+			if !ready(h.engineHTTP[i]) {
+				return fmt.Errorf("%s is not ready (see %s)", e.name, e.logPath)
+			}
+		}
+		return nil
+	}, "the engines did not become ready"); err != nil {
+		return err
+	}
+	h.logf("sagad ready: engine-1 (pid %d) http://%s, engine-2 (pid %d) http://%s, participants (pid %d) http://%s",
+		h.engines[0].pid(), h.engineHTTP[0], h.engines[1].pid(), h.engineHTTP[1], h.parts.pid(), h.partsHTTP)
+	return nil
+}
+
+func slicesClone(s []string) []string { return append([]string(nil), s...) }
+
+// startRedis starts redis i and waits until it answers PING.
+func (h *harness) startRedis(ctx context.Context, i int) error {
+	if err := h.redis[i].restart(); err != nil {
+		return err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: h.redisAddr[i], MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	return poll(ctx, 10*time.Second, 20*time.Millisecond, func() error {
+		return rdb.Ping(ctx).Err()
+	}, fmt.Sprintf("%s on %s did not answer PING; see %s", redisNames[i], h.redisAddr[i], h.redis[i].logPath))
+}
+
+// startKafka starts kfaked and waits until it answers a metadata request
+// and its control endpoint answers.
+func (h *harness) startKafka(ctx context.Context) error {
+	if err := h.kfaked.restart(); err != nil {
+		return err
+	}
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(h.kafkaAddr), kgo.RetryTimeout(time.Second))
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	return poll(ctx, 30*time.Second, 50*time.Millisecond, func() error {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := adm.BrokerMetadata(cctx); err != nil {
+			return err
+		}
+		resp, err := http.Get("http://" + h.controlAddr + "/faults")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}, "kfaked did not come up; see "+h.kfaked.logPath)
+}
+
+// waitReady polls a sagad's /readyz.
+func (h *harness) waitReady(ctx context.Context, p *proc, addr string, timeout time.Duration) error {
+	return poll(ctx, timeout, 100*time.Millisecond, func() error {
+		if !ready(addr) {
+			return errors.New("not ready")
+		}
+		return nil
+	}, fmt.Sprintf("%s is not ready (http://%s/readyz); see %s", p.name, addr, p.logPath))
+}
+
+var httpClient = &http.Client{Timeout: 2 * time.Second}
+
+func ready(addr string) bool {
+	resp, err := httpClient.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// poll calls f until it returns nil, ctx ends or timeout passes.
+func poll(ctx context.Context, timeout, every time.Duration, f func() error, what string) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s (after %v: %v)", what, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
+
+// tearDown stops every process: the sagads first (SIGTERM, SIGKILL after
+// 10s), then the broker and the Redis servers.
+func (h *harness) tearDown() {
+	if h.track != nil {
+		h.track.close()
+	}
+	if h.client != nil {
+		h.client.Close()
+	}
+	for _, c := range []*redis.Client{h.engRdb, h.simRdb} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	var wg sync.WaitGroup
+	for _, p := range []*proc{h.engines[0], h.engines[1], h.parts} {
+		if p != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); p.stop(10 * time.Second) }()
+		}
+	}
+	wg.Wait()
+	for _, p := range h.procs {
+		p.stop(10 * time.Second)
+	}
+}
+
+// scanLogs returns the lines of the sagad logs that show a crash: a Go
+// panic, a fatal runtime error or a data race.
+func (h *harness) scanLogs() []string {
+	var found []string
+	for _, p := range h.procs {
+		f, err := os.Open(p.logPath)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		n := 0
+		for sc.Scan() {
+			n++
+			line := sc.Text()
+			if strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:") || strings.Contains(line, "WARNING: DATA RACE") {
+				found = append(found, fmt.Sprintf("%s:%d: %s", p.logPath, n, line))
+			}
+		}
+		f.Close()
+	}
+	return found
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// summary prints the checker's report and the summary table.
+func (h *harness) summary(res *result) {
+	if res.checkRan {
+		h.printf("\n=== chaos/check report ===\n%s\n", strings.TrimRight(res.report, "\n"))
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	p := res.plan
+	kinds := make(map[string]int)
+	for _, e := range p.exps {
+		if e.Kind != kindPoison {
+			kinds[e.Kind]++
+		}
+	}
+	fmt.Fprintf(tw, "sagas sent\t%d\t(%d records at %.1f/s)\n", len(p.sagas), len(p.recs), res.rate)
+	for _, k := range []string{kindComplete, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply} {
+		note := ""
+		switch k {
+		case kindOutage:
+			note = "complete orders compensated after the orders-store outage"
+		case kindDupStart:
+			note = fmt.Sprintf("%d second copies sent, plus conflicting starts", p.dupSends)
+		case kindDupReply:
+			note = "completed sagas sent a stale reserve-inventory reply"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\n", k, kinds[k], note)
+	}
+	fmt.Fprintf(tw, "poison records\t%d\t\n", p.kinds[kindPoison])
+	var vs []string
+	for v := range p.variants {
+		vs = append(vs, v)
+	}
+	sort.Strings(vs)
+	reasons := make(map[string]string)
+	for _, e := range p.exps {
+		if e.Kind == kindPoison {
+			reasons[e.Variant] = e.Poison
+		}
+	}
+	for _, v := range vs {
+		fmt.Fprintf(tw, "  %s\t%d\t-> %s\n", v, p.variants[v], reasons[v])
+	}
+	fmt.Fprintf(tw, "faults injected\t%d\t\n", sum(res.faults))
+	counts := h.cfg.counts()
+	for _, k := range sortedKinds(counts) {
+		fmt.Fprintf(tw, "  %s\t%d\tof %d scheduled\n", k, res.faults[k], counts[k])
+	}
+	h.outMu.Lock()
+	var fired []string
+	for k, n := range h.injected {
+		fired = append(fired, fmt.Sprintf("%s %d", k, n))
+	}
+	h.outMu.Unlock()
+	sort.Strings(fired)
+	if len(fired) > 0 {
+		fmt.Fprintf(tw, "  requests kfaked faulted\t\t%s\n", strings.Join(fired, ", "))
+	}
+	restarts := 0
+	for _, pr := range h.procs {
+		r, _, _ := pr.summary()
+		restarts += r
+	}
+	fmt.Fprintf(tw, "restarts on their own\t%d\t(besides the faults' own restarts)\n", restarts)
+	for _, pr := range h.procs {
+		r, fenced, crashes := pr.summary()
+		if r > 0 {
+			fmt.Fprintf(tw, "  %s\t%d\t%d after being fenced (expected), %d crashes\n", pr.name, r, fenced, crashes)
+		}
+	}
+	drain := "complete"
+	if !res.drained {
+		drain = fmt.Sprintf("INCOMPLETE: %d sagas without a terminal event, %d poison records not dead-lettered", len(res.missing), len(res.missingMarker))
+	}
+	fmt.Fprintf(tw, "drain\t%s\t\n", drain)
+	anomalies := "checker did not run"
+	if res.checkRan {
+		anomalies = fmt.Sprint(res.anomalies)
+	}
+	fmt.Fprintf(tw, "anomalies\t%s\t\n", anomalies)
+	fmt.Fprintf(tw, "crash lines in logs\t%d\t\n", len(res.crashLines))
+	fmt.Fprintf(tw, "elapsed\t%s\t\n", res.elapsed.Round(100_000_000))
+	tw.Flush()
+	h.printf("\n=== sagachaos summary ===\n%s", b.String())
+	for _, l := range res.crashLines[:min(20, len(res.crashLines))] {
+		h.printf("  %s\n", l)
+	}
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}

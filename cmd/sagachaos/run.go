@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// Times around the load.
+const (
+	// faultLead is the load's time before the first fault.
+	faultLead = 5 * time.Second
+	// redisSettle lets the engines write their last states to Redis
+	// after the drain, before the checker reads it.
+	redisSettle = 3 * time.Second
+	// checkIdle is the checker's idle time: the topics must be quiet this
+	// long before it reads them to the end.
+	checkIdle = 2 * time.Second
+	// markerTimeout is the least time to wait for the poison records
+	// sent after the drain to reach the DLQ.
+	markerTimeout = 60 * time.Second
+)
+
+// result is what a run found, for the summary.
+type result struct {
+	plan          *plan
+	rate          float64
+	faults        map[string]int
+	drained       bool
+	missing       []string // sagas with no terminal event
+	missingMarker []string // poison records not dead-lettered
+	outage        int      // complete sagas turned outage
+	dupReplies    int
+	report        string
+	checkOK       bool
+	checkRan      bool
+	anomalies     int
+	crashLines    []string
+	elapsed       time.Duration
+}
+
+// run runs one chaos run and writes its log and summary to stdout. It
+// returns an error when the run could not be carried out, a saga did not
+// end, the checker found an anomaly or a process crashed. Cancelling ctx
+// stops the run; every process it started is stopped before run returns.
+func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	h := &harness{cfg: cfg, start: time.Now(), out: stdout}
+	tempWork := cfg.WorkDir == ""
+	if tempWork {
+		if h.work, err = os.MkdirTemp("", "sagachaos-"); err != nil {
+			return err
+		}
+	} else {
+		h.work = cfg.WorkDir
+		if err := os.MkdirAll(h.work, 0o755); err != nil {
+			return err
+		}
+		if entries, _ := os.ReadDir(h.work); len(entries) > 0 {
+			return fmt.Errorf("--work-dir %s is not empty: the broker's data and the logs of an earlier run would mix with this one", h.work)
+		}
+	}
+	h.logf("sagachaos: work dir %s (logs, faults.log, expectations.jsonl)", h.work)
+	defer func() {
+		if err == nil && tempWork && !cfg.Keep {
+			os.RemoveAll(h.work)
+			return
+		}
+		h.logf("work dir kept: %s", h.work)
+	}()
+	if h.faultLog, err = os.Create(filepath.Join(h.work, "faults.log")); err != nil {
+		return err
+	}
+	defer h.faultLog.Close()
+
+	h.bin = cfg.BinDir
+	if h.bin == "" {
+		h.bin = filepath.Join(h.work, "bin")
+		if err := h.build(ctx, h.bin); err != nil {
+			return err
+		}
+	}
+	defer h.tearDown()
+	if err := h.setUp(ctx); err != nil {
+		return err
+	}
+	if h.track, err = newTracker([]string{h.kafkaAddr}); err != nil {
+		return err
+	}
+	if h.client, err = kgo.NewClient(kgo.SeedBrokers(h.kafkaAddr), kgo.ProducerBatchMaxBytes(4<<20), kgo.ProducerLinger(5*time.Millisecond)); err != nil {
+		return err
+	}
+
+	res, err := h.chaos(ctx)
+	if res != nil {
+		res.crashLines = h.scanLogs()
+		res.elapsed = time.Since(h.start)
+		h.summary(res)
+	}
+	if err != nil {
+		return err
+	}
+	var problems []string
+	if !res.drained {
+		problems = append(problems, fmt.Sprintf("%d sagas did not end within --drain-timeout %v and %d poison records were not dead-lettered", len(res.missing), cfg.DrainTimeout, len(res.missingMarker)))
+	}
+	if res.checkRan && !res.checkOK {
+		problems = append(problems, fmt.Sprintf("the checker found %d anomalies", res.anomalies))
+	}
+	if len(res.crashLines) > 0 || h.crashes() > 0 {
+		problems = append(problems, fmt.Sprintf("%d process crashes", max(len(res.crashLines), h.crashes())))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// crashes counts the exits of the processes that were crashes.
+func (h *harness) crashes() int {
+	n := 0
+	for _, p := range h.procs {
+		_, _, c := p.summary()
+		n += c
+	}
+	return n
+}
+
+// chaos runs the load and the faults, drains, and runs the checker.
+func (h *harness) chaos(ctx context.Context) (*result, error) {
+	cfg := h.cfg
+	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5eed))
+	p := newPlan(cfg.Sagas, rng)
+	res := &result{plan: p}
+
+	faults, need := schedule(cfg.counts(), cfg.FaultSpacing, rng)
+	rate := cfg.Rate
+	load := time.Duration(float64(len(p.recs)) / rate * float64(time.Second))
+	if want := faultLead + need; len(faults) > 0 && load < want {
+		rate = float64(len(p.recs)) / want.Seconds()
+		h.logf("lowering the rate from %.0f/s to %.1f/s so that the %d faults (%.0fs of schedule) fall during the load", cfg.Rate, rate, len(faults), need.Seconds())
+		load = want
+	}
+	res.rate = rate
+	stretch(faults, need, load, faultLead)
+	h.logf("load: %d orders, %d poison records, %d duplicate starts: %d records at %.1f/s (%.0fs); seed %d",
+		len(p.sagas), p.kinds[kindPoison], p.dupSends, len(p.recs), rate, load.Seconds(), cfg.Seed)
+	h.logf("fault schedule (from the start of the load):\n%s", formatSchedule(faults))
+	h.faultf("schedule: %d faults over %.0fs of load", len(faults), load.Seconds())
+
+	loadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	faultsDone := make(chan map[string]int, 1)
+	go func() { faultsDone <- h.runFaults(loadCtx, faults, start) }()
+	loadErr := h.sendLoad(loadCtx, p, rate)
+	if loadErr != nil {
+		cancel()
+	}
+	res.faults = <-faultsDone
+	h.countInjected()
+	if loadErr != nil {
+		return res, fmt.Errorf("load: %w", loadErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	h.logf("load and faults done; draining (at most %v)", cfg.DrainTimeout)
+
+	deadline := time.Now().Add(cfg.DrainTimeout)
+	res.drained = h.drain(ctx, p, deadline, res)
+	if res.drained {
+		post := h.postLoad(ctx, p, rng, res)
+		res.drained = h.drainMarkers(ctx, p, post, max(time.Until(deadline), markerTimeout), res)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	res.outage = h.markOutages(p)
+	h.logPoisonOnSagas(p)
+	if err := h.writeExpectations(p); err != nil {
+		return res, err
+	}
+	if !res.drained {
+		h.logf("the drain did not complete; running the checker anyway")
+	}
+	sleep(ctx, redisSettle)
+	h.logf("running chaos/check on %d expectations", len(p.exps))
+	t := time.Now()
+	rep, err := h.check(ctx, p.exps)
+	if err != nil {
+		return res, fmt.Errorf("chaos/check: %w", err)
+	}
+	res.checkRan, res.checkOK, res.report, res.anomalies = true, rep.ok, rep.text, rep.anomalies
+	h.logf("chaos/check took %.1fs", time.Since(t).Seconds())
+	return res, nil
+}
+
+// drain waits until every saga of p has a terminal event or deadline
+// passes.
+func (h *harness) drain(ctx context.Context, p *plan, deadline time.Time, res *result) bool {
+	last := time.Now()
+	for {
+		n, missing := h.track.ended(p.ids)
+		if len(missing) == 0 {
+			h.logf("drain: all %d sagas ended", n)
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			res.missing = missing
+			h.logf("drain: %d sagas have no terminal event, e.g. %s", len(missing), strings.Join(missing[:min(10, len(missing))], ", "))
+			return false
+		}
+		if time.Since(last) >= 5*time.Second {
+			last = time.Now()
+			ev, dead := h.track.counts()
+			h.logf("drain: %d/%d sagas ended (%d events, %d dead letters read)", n, len(p.ids), ev, dead)
+		}
+		sleep(ctx, 250*time.Millisecond)
+	}
+}
+
+// postLoad sends what must come after sagas ended: duplicate replies for a
+// sample of completed sagas, replies for a step they never waited on, and
+// one sentinel poison record per inbox partition, whose dead-letter copy
+// proves that the partition processed everything before it. It returns the
+// markers of the poison records it sent.
+func (h *harness) postLoad(ctx context.Context, p *plan, rng *rand.Rand, res *result) []string {
+	var completed []string
+	for _, id := range p.ids {
+		if e := p.sagas[id]; e.Kind == kindComplete && slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompleted}) {
+			completed = append(completed, id)
+		}
+	}
+	rng.Shuffle(len(completed), func(i, j int) { completed[i], completed[j] = completed[j], completed[i] })
+	s := &sender{client: h.client}
+	nDup := min(len(completed), max(5, len(completed)/50))
+	for _, id := range completed[:nDup] {
+		p.sagas[id].Kind = kindDupReply
+		r := replyRecord(id, order.StepReserveInventory, id+"/"+order.StepReserveInventory+"/do", message.OutcomeSuccess)
+		p.add(r, kindDupReply)
+		s.send(ctx, r)
+	}
+	res.dupReplies = nDup
+	var markers []string
+	poison := func(key, variant, reason string, r *kgo.Record) {
+		marker := fmt.Sprintf("poison-post-%03d-%s", len(markers), variant)
+		r.Headers = append(r.Headers, hdr(headerMarker, marker))
+		p.exps = append(p.exps, &expectation{ID: key, Kind: kindPoison, Poison: reason, Marker: marker, Variant: variant})
+		p.add(r, kindPoison)
+		p.variants[variant]++
+		markers = append(markers, marker)
+		s.send(ctx, r)
+	}
+	rest := completed[nDup:]
+	for _, id := range rest[:min(3, len(rest))] {
+		poison(id, "reply-step-not-waited-on", orchestrator.ReasonNotWaiting,
+			replyRecord(id, order.StepCompleteOrder, id+"/"+order.StepCompleteOrder+"/do", message.OutcomeSuccess))
+	}
+	part := kgo.StickyKeyPartitioner(nil).ForTopic(inbox())
+	covered := make(map[int]bool)
+	for i := 0; len(covered) < partitions && i < 10_000; i++ {
+		key := fmt.Sprintf("sentinel-%d", i)
+		q := part.Partition(&kgo.Record{Key: []byte(key)}, partitions)
+		if covered[q] {
+			continue
+		}
+		covered[q] = true
+		poison(key, "sentinel-reply-unknown-saga", orchestrator.ReasonUnknownSaga,
+			replyRecord(key, order.StepReserveInventory, key+"/"+order.StepReserveInventory+"/do", message.OutcomeSuccess))
+	}
+	if err := s.wait(); err != nil {
+		h.logf("post-load records: %v", err)
+	}
+	h.logf("sent %d duplicate replies to completed sagas, %d replies to steps they never waited on, %d partition sentinels",
+		nDup, min(3, len(rest)), len(covered))
+	return markers
+}
+
+// drainMarkers waits until every poison record of p has been
+// dead-lettered.
+func (h *harness) drainMarkers(ctx context.Context, p *plan, post []string, timeout time.Duration, res *result) bool {
+	var all []string
+	for _, e := range p.exps {
+		if e.Kind == kindPoison {
+			all = append(all, e.Marker)
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, missing := h.track.markers(all)
+		if len(missing) == 0 {
+			h.logf("drain: all %d poison records dead-lettered (%d sent after the drain)", n, len(post))
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			res.missingMarker = missing
+			h.logf("drain: %d poison records were not dead-lettered: %s", len(missing), strings.Join(missing[:min(20, len(missing))], ", "))
+			return false
+		}
+		sleep(ctx, 250*time.Millisecond)
+	}
+}
+
+// markOutages turns orders that should have completed (complete and
+// dup-start) but ended compensated because the orders store was down
+// (their complete-order step ran out of retries and was dead-lettered) into
+// outage sagas. It returns how many.
+func (h *harness) markOutages(p *plan) int {
+	n := 0
+	for _, id := range p.ids {
+		e := p.sagas[id]
+		if (e.Kind != kindComplete && e.Kind != kindDupStart) || !slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompensated}) {
+			continue
+		}
+		for _, d := range h.track.dlqOf(id) {
+			if d.reason == orchestrator.ReasonExhausted && strings.Contains(d.err, "complete order") {
+				e.Kind = kindOutage
+				n++
+				break
+			}
+		}
+	}
+	if n > 0 {
+		h.logf("%d sagas that should have completed ended compensated after the orders-store outage (retries-exhausted): expected outage", n)
+	}
+	return n
+}
+
+// writeExpectations writes every expectation to expectations.jsonl.
+func (h *harness) writeExpectations(p *plan) error {
+	f, err := os.Create(filepath.Join(h.work, "expectations.jsonl"))
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, e := range p.exps {
+		if err := enc.Encode(e); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// logPoisonOnSagas logs how the sagas that poison records were keyed by
+// ended (a poison record must not change a valid saga's outcome), and any
+// saga that a poison record started.
+func (h *harness) logPoisonOnSagas(p *plan) {
+	for _, e := range p.exps {
+		if e.Kind != kindPoison || e.ID == "" {
+			continue
+		}
+		end := h.track.terminalOf(e.ID)
+		if s, ok := p.sagas[e.ID]; ok {
+			h.logf("poison %s (%s) was keyed by saga %s (%s), which ended %v", e.Marker, e.Poison, e.ID, s.Kind, end)
+		} else if len(end) > 0 {
+			h.logf("poison %s (%s) STARTED saga %s, which ended %v", e.Marker, e.Poison, e.ID, end)
+		}
+	}
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/chaos/check"
+	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/saga/order"
+)
+
+// headerMarker names the header that tags each poison record, so that its
+// dead-letter copy can be found.
+const headerMarker = check.HeaderMarker
+
+// tracker follows saga.order.events and saga.order.inbox-dlt
+// (read_committed, from the start) to tell when every saga has ended and
+// which records were dead-lettered.
+type tracker struct {
+	client *kgo.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// terminal holds the terminal event types of each saga, in order.
+	terminal map[string][]string
+	// dlqByKey holds the dead-letter records of each key.
+	dlqByKey map[string][]deadLetter
+	// dlqByMarker holds the dead-letter reasons of each poison marker.
+	dlqByMarker  map[string][]string
+	events, dead int
+}
+
+func newTracker(brokers []string) (*tracker, error) {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.ConsumeTopics(message.Events(order.Name), message.DLT(order.Name)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(200*time.Millisecond),
+	)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &tracker{
+		client: cl, cancel: cancel, done: make(chan struct{}),
+		terminal: make(map[string][]string), dlqByKey: make(map[string][]deadLetter), dlqByMarker: make(map[string][]string),
+	}
+	go t.run(ctx)
+	return t, nil
+}
+
+func (t *tracker) run(ctx context.Context) {
+	defer close(t.done)
+	events, dlt := message.Events(order.Name), message.DLT(order.Name)
+	for {
+		fs := t.client.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		t.mu.Lock()
+		fs.EachRecord(func(r *kgo.Record) {
+			switch r.Topic {
+			case events:
+				t.events++
+				var ev message.Event
+				if json.Unmarshal(r.Value, &ev) == nil && message.Terminal(ev.Type) {
+					t.terminal[ev.SagaID] = append(t.terminal[ev.SagaID], ev.Type)
+				}
+			case dlt:
+				t.dead++
+				reason := header(r, dlq.HeaderReason)
+				t.dlqByKey[string(r.Key)] = append(t.dlqByKey[string(r.Key)], deadLetter{reason: reason, err: header(r, dlq.HeaderExceptionMessage)})
+				if m := header(r, headerMarker); m != "" {
+					t.dlqByMarker[m] = append(t.dlqByMarker[m], reason)
+				}
+			}
+		})
+		t.mu.Unlock()
+	}
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// ended returns how many of ids have a terminal event, and the ids that
+// have none.
+func (t *tracker) ended(ids []string) (n int, missing []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if len(t.terminal[id]) > 0 {
+			n++
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	return n, missing
+}
+
+// terminalOf returns the terminal event types of saga id.
+func (t *tracker) terminalOf(id string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string(nil), t.terminal[id]...)
+}
+
+// deadLetter is a dead-letter record's reason and error message.
+type deadLetter struct{ reason, err string }
+
+// dlqOf returns the dead-letter records of key.
+func (t *tracker) dlqOf(key string) []deadLetter {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]deadLetter(nil), t.dlqByKey[key]...)
+}
+
+// markers returns how many of the markers have a dead-letter record, and
+// those that have none.
+func (t *tracker) markers(ms []string) (n int, missing []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, m := range ms {
+		if len(t.dlqByMarker[m]) > 0 {
+			n++
+		} else {
+			missing = append(missing, m)
+		}
+	}
+	return n, missing
+}
+
+// counts returns the records read so far.
+func (t *tracker) counts() (events, dead int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.events, t.dead
+}
+
+func (t *tracker) close() {
+	t.cancel()
+	<-t.done
+	t.client.Close()
+}
