@@ -1,16 +1,20 @@
 package orchestrator
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ksaga/ksaga/internal/committed"
 )
 
 // applyChanges applies the partition assignments and revocations that the
@@ -121,8 +125,12 @@ func (e *Engine) restore(ctx context.Context, p int32, full bool) error {
 	return nil
 }
 
-// replay reads partition p of the state topic from offset from to end with
-// read_committed, and returns the last state of each saga in offset order.
+// replay reads partition p of the state topic from offset from to end, and
+// returns the last committed state of each saga in offset order. It reads
+// read_uncommitted and keeps a transaction's records only when its commit
+// marker comes (package committed): with read_committed, records of a
+// transaction that has no marker (left by a broker that crashed mid-
+// transaction) would hide the end of the partition forever.
 func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write, error) {
 	if from >= end {
 		return nil, nil
@@ -130,7 +138,7 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(e.cfg.brokers...),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{e.stateTopic: {p: kgo.NewOffset().At(from)}}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
 		kgo.KeepControlRecords(),
 	)
 	if err != nil {
@@ -139,6 +147,25 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 	defer cl.Close()
 	latest := make(map[string]int)
 	var out []write
+	var txns committed.Filter
+	keep := func(r *kgo.Record) {
+		if r.Value == nil {
+			return
+		}
+		st := new(State)
+		if err := json.Unmarshal(r.Value, st); err != nil {
+			e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
+			return
+		}
+		if i, ok := latest[st.ID]; ok {
+			if out[i].state.Version > st.Version {
+				return
+			}
+			out[i].state = nil // superseded
+		}
+		latest[st.ID] = len(out)
+		out = append(out, write{partition: p, offset: r.Offset, state: st, raw: r.Value})
+	}
 	last := from - 1
 	idle := time.Now()
 	for last+1 < end {
@@ -153,22 +180,12 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 		}
 		n := 0
 		fetches.EachRecord(func(r *kgo.Record) {
+			if r.Offset >= end {
+				return
+			}
 			n++
 			last = max(last, r.Offset)
-			if r.Attrs.IsControl() || r.Value == nil {
-				return
-			}
-			st := new(State)
-			if err := json.Unmarshal(r.Value, st); err != nil {
-				e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
-				return
-			}
-			w := write{partition: p, offset: r.Offset, state: st, raw: r.Value}
-			if i, ok := latest[st.ID]; ok {
-				out[i].state = nil // superseded
-			}
-			latest[st.ID] = len(out)
-			out = append(out, w)
+			txns.Add(r, keep)
 		})
 		if n > 0 {
 			idle = time.Now()
@@ -176,12 +193,18 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 			return nil, fmt.Errorf("replay state partition %d: no progress at offset %d of %d for 30s", p, last+1, end)
 		}
 	}
+	if open := txns.Open(); open > 0 {
+		// No transaction is open below end (stableEnd waited for that):
+		// these were never committed.
+		e.log.Warn("state records of a transaction with no end marker skipped", "partition", p, "records", open)
+	}
 	kept := out[:0]
 	for _, w := range out {
 		if w.state != nil {
 			kept = append(kept, w)
 		}
 	}
+	slices.SortFunc(kept, func(a, b write) int { return cmp.Compare(a.offset, b.offset) })
 	return kept, nil
 }
 

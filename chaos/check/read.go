@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/internal/committed"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order/sim"
@@ -141,9 +142,11 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// Control records carry the offsets at which transactions end, so
-		// that the reader knows it has reached the end of a partition.
+		// Every offset is read, and a transaction's records are kept when
+		// its commit marker comes (package committed): a read_committed
+		// reader could not tell the end of a partition whose last records
+		// belong to a transaction with no marker.
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
 		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(200*time.Millisecond),
 	)
@@ -165,7 +168,37 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		}
 	})
 	perTopic := make(map[string]int)
+	txns := make(map[tp]*committed.Filter)
 	var undecodable []string
+	keep := func(r *kgo.Record) {
+		perTopic[r.Topic]++
+		switch {
+		case r.Topic == state:
+			// The highest version wins: transactions are released at
+			// their markers, not in the order of their records.
+			if r.Value == nil {
+				delete(d.States, string(r.Key))
+			} else if prev, ok := d.States[string(r.Key)]; !ok || version(r.Value) >= version(prev) {
+				d.States[string(r.Key)] = r.Value
+			}
+		case r.Topic == events:
+			var ev message.Event
+			if err := json.Unmarshal(r.Value, &ev); err != nil {
+				undecodable = append(undecodable, fmt.Sprintf("event %s/%d@%d: %v", r.Topic, r.Partition, r.Offset, err))
+				return
+			}
+			d.Events[ev.SagaID] = append(d.Events[ev.SagaID], ev)
+		case r.Topic == dlt:
+			d.DeadLetters = append(d.DeadLetters, deadLetter(r))
+		case strings.HasSuffix(r.Topic, ".commands-dlt"):
+			d.ParticipantDeadLetters = append(d.ParticipantDeadLetters, deadLetter(r))
+		default:
+			d.Commands[CommandKey{
+				Topic: r.Topic, SagaID: header(r, message.HeaderSagaID),
+				MessageID: header(r, message.HeaderMessageID), Attempt: header(r, message.HeaderStepAttempt),
+			}]++
+		}
+	}
 	for len(left) > 0 {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
@@ -182,43 +215,32 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		})
 		fs.EachRecord(func(r *kgo.Record) {
 			k := tp{r.Topic, r.Partition}
-			if end, ok := left[k]; ok && r.Offset+1 >= end {
+			end, ok := left[k]
+			if !ok || r.Offset >= end {
+				return // read to the end already
+			}
+			if r.Offset+1 >= end {
 				delete(left, k)
 			}
-			if r.Attrs.IsControl() {
-				return
+			f := txns[k]
+			if f == nil {
+				f = new(committed.Filter)
+				txns[k] = f
 			}
-			perTopic[r.Topic]++
-			switch {
-			case r.Topic == state:
-				if r.Value == nil {
-					delete(d.States, string(r.Key))
-				} else {
-					d.States[string(r.Key)] = r.Value
-				}
-			case r.Topic == events:
-				var ev message.Event
-				if err := json.Unmarshal(r.Value, &ev); err != nil {
-					undecodable = append(undecodable, fmt.Sprintf("event %s/%d@%d: %v", r.Topic, r.Partition, r.Offset, err))
-					return
-				}
-				d.Events[ev.SagaID] = append(d.Events[ev.SagaID], ev)
-			case r.Topic == dlt:
-				d.DeadLetters = append(d.DeadLetters, deadLetter(r))
-			case strings.HasSuffix(r.Topic, ".commands-dlt"):
-				d.ParticipantDeadLetters = append(d.ParticipantDeadLetters, deadLetter(r))
-			default:
-				d.Commands[CommandKey{
-					Topic: r.Topic, SagaID: header(r, message.HeaderSagaID),
-					MessageID: header(r, message.HeaderMessageID), Attempt: header(r, message.HeaderStepAttempt),
-				}]++
-			}
+			f.Add(r, keep)
 		})
 	}
 	if len(undecodable) > 0 {
 		return nil, fmt.Errorf("%d records could not be read: %s", len(undecodable), strings.Join(undecodable[:min(5, len(undecodable))], "; "))
 	}
+	dangling := 0
+	for _, f := range txns {
+		dangling += f.Open()
+	}
 	var counts []string
+	if dangling > 0 {
+		counts = append(counts, fmt.Sprintf("%d records of transactions with no end marker skipped", dangling))
+	}
 	for _, t := range topics {
 		counts = append(counts, fmt.Sprintf("%d %s", perTopic[t], t))
 	}
@@ -315,4 +337,15 @@ func scanKeys(ctx context.Context, rdb *redis.Client, pattern string) ([]string,
 		}
 	}
 	return keys, it.Err()
+}
+
+// version returns the version of a state record's value, or -1.
+func version(b []byte) int64 {
+	var v struct {
+		Version int64 `json:"version"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return -1
+	}
+	return v.Version
 }
