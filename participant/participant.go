@@ -355,7 +355,8 @@ func (p *Participant) batch(ctx context.Context, recs []*kgo.Record) (committed 
 	defer cancel()
 	abort := func(cause error) (bool, error) {
 		if _, err := p.sess.End(endCtx, kgo.TryAbort); err != nil {
-			return false, errors.Join(cause, fmt.Errorf("abort transaction: %w", err))
+			// The session is left inside a transaction it cannot end.
+			return false, &fatalError{errors.Join(cause, fmt.Errorf("abort transaction: %w", err))}
 		}
 		return false, cause
 	}
