@@ -1,13 +1,11 @@
 package orchestrator
 
 import (
-	"cmp"
 	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -125,12 +123,10 @@ func (e *Engine) restore(ctx context.Context, p int32, full bool) error {
 	return nil
 }
 
-// replay reads partition p of the state topic from offset from to end, and
-// returns the last committed state of each saga in offset order. It reads
-// read_uncommitted and keeps a transaction's records only when its commit
-// marker comes (package committed): with read_committed, records of a
-// transaction that has no marker (left by a broker that crashed mid-
-// transaction) would hide the end of the partition forever.
+// replay reads partition p of the state topic from offset from to end with
+// read_committed, and returns the last state of each saga in offset order.
+// Records of a transaction that has no marker are not committed and never
+// delivered; replay checks for them when it makes no progress.
 func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write, error) {
 	if from >= end {
 		return nil, nil
@@ -138,7 +134,7 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(e.cfg.brokers...),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{e.stateTopic: {p: kgo.NewOffset().At(from)}}),
-		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 	)
 	if err != nil {
@@ -147,27 +143,8 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 	defer cl.Close()
 	latest := make(map[string]int)
 	var out []write
-	var txns committed.Filter
-	keep := func(r *kgo.Record) {
-		if r.Value == nil {
-			return
-		}
-		st := new(State)
-		if err := json.Unmarshal(r.Value, st); err != nil {
-			e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
-			return
-		}
-		if i, ok := latest[st.ID]; ok {
-			if out[i].state.Version > st.Version {
-				return
-			}
-			out[i].state = nil // superseded
-		}
-		latest[st.ID] = len(out)
-		out = append(out, write{partition: p, offset: r.Offset, state: st, raw: r.Value})
-	}
 	last := from - 1
-	idle := time.Now()
+	idle, checked := time.Now(), false
 	for last+1 < end {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		fetches := cl.PollFetches(pctx)
@@ -180,23 +157,46 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 		}
 		n := 0
 		fetches.EachRecord(func(r *kgo.Record) {
-			if r.Offset >= end {
-				return
-			}
 			n++
 			last = max(last, r.Offset)
-			txns.Add(r, keep)
+			if r.Attrs.IsControl() || r.Value == nil {
+				return
+			}
+			st := new(State)
+			if err := json.Unmarshal(r.Value, st); err != nil {
+				e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
+				return
+			}
+			w := write{partition: p, offset: r.Offset, state: st, raw: r.Value}
+			if i, ok := latest[st.ID]; ok {
+				out[i].state = nil // superseded
+			}
+			latest[st.ID] = len(out)
+			out = append(out, w)
 		})
 		if n > 0 {
-			idle = time.Now()
-		} else if time.Since(idle) > 30*time.Second {
+			idle, checked = time.Now(), false
+			continue
+		}
+		if !checked && time.Since(idle) > 2*time.Second {
+			// Records with no transaction marker (left by a broker that
+			// crashed mid-transaction) are never delivered: if that is all
+			// the rest holds, the partition is read.
+			checked = true
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			unmarked, err := committed.OnlyUnmarked(cctx, []kgo.Opt{kgo.SeedBrokers(e.cfg.brokers...)}, e.stateTopic, p, last+1, end)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("replay state partition %d: %w", p, err)
+			}
+			if unmarked {
+				e.log.Warn("state records with no transaction marker skipped", "partition", p, "from", last+1, "to", end)
+				break
+			}
+		}
+		if time.Since(idle) > 30*time.Second {
 			return nil, fmt.Errorf("replay state partition %d: no progress at offset %d of %d for 30s", p, last+1, end)
 		}
-	}
-	if open := txns.Open(); open > 0 {
-		// No transaction is open below end (stableEnd waited for that):
-		// these were never committed.
-		e.log.Warn("state records of a transaction with no end marker skipped", "partition", p, "records", open)
 	}
 	kept := out[:0]
 	for _, w := range out {
@@ -204,7 +204,6 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 			kept = append(kept, w)
 		}
 	}
-	slices.SortFunc(kept, func(a, b write) int { return cmp.Compare(a.offset, b.offset) })
 	return kept, nil
 }
 

@@ -202,9 +202,16 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()
-		h.faultf("%s: SIGKILL kfaked (pid %d); restart in %v with the same data dir and ports", f.kind, p.pid(), restartAfter)
-		if err := p.kill(); err != nil {
-			return err
+		if h.cfg.BrokerSigkill {
+			h.faultf("%s: SIGKILL kfaked (pid %d); restart in %v with the same data dir and ports", f.kind, p.pid(), restartAfter)
+			if err := p.kill(); err != nil {
+				return err
+			}
+		} else {
+			h.faultf("%s: SIGTERM kfaked (pid %d); restart in %v with the same data dir and ports", f.kind, p.pid(), restartAfter)
+			if err := p.term(10 * time.Second); err != nil {
+				return err
+			}
 		}
 		sleep(ctx, restartAfter)
 		if err := h.startKafka(ctx); err != nil {

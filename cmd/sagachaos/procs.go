@@ -185,6 +185,29 @@ func (p *proc) kill() error {
 	return nil
 }
 
+// term sends SIGTERM and waits for the process to exit, sending SIGKILL
+// after grace. Like kill, the exit is expected.
+func (p *proc) term(grace time.Duration) error {
+	p.mu.Lock()
+	if p.cmd == nil {
+		p.mu.Unlock()
+		return fmt.Errorf("%s was never started", p.name)
+	}
+	p.held = true
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("SIGTERM %s: %w", p.name, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+	}
+	return nil
+}
+
 // restart starts the process again after kill (or after it exited). It is
 // a no-op when the run is ending.
 func (p *proc) restart() error {

@@ -1,69 +1,67 @@
-// Package committed tells which records of a partition are committed, from
-// a read_uncommitted stream that keeps control records.
+// Package committed finds the end of a partition for a read_committed
+// reader.
 //
-// A read_committed consumer cannot tell where a partition ends when the
-// last records belong to a transaction that has no end marker: the broker
-// hides them, and the consumer waits for offsets it will never see. Kafka
-// writes an abort marker for every transaction it aborts, but a broker that
-// crashed mid-transaction can leave records with no marker behind (kfake
-// restarted from its data directory does). Reading read_uncommitted, every
-// offset is seen, and Filter releases a transaction's records only when its
-// commit marker comes.
+// A read_committed reader knows it has read a partition to its end when it
+// sees the record (or the transaction marker, with kgo.KeepControlRecords)
+// just before the end offset. Kafka writes a marker for every transaction
+// it ends, but a broker that crashed mid-transaction can leave records with
+// no marker behind while the last stable offset moves past them (kfake
+// restarted from its data directory does). Readers never see those records
+// (they are not committed), and a reader that waits for them waits forever.
+// OnlyUnmarked tells that case apart from a slow fetch.
 package committed
 
-import "github.com/twmb/franz-go/pkg/kgo"
+import (
+	"context"
+	"fmt"
 
-// Filter holds the records of open transactions of one partition. Feed it
-// every record of the partition in offset order, control records included
-// (kgo.KeepControlRecords with kgo.ReadUncommitted).
-type Filter struct {
-	pending map[int64][]*kgo.Record // by producer id
-	aborted int
-}
+	"github.com/twmb/franz-go/pkg/kgo"
+)
 
-// Add takes the next record. It calls emit with each record that is known
-// committed: a record written outside a transaction at once, and the records
-// of a transaction, in offset order, when its commit marker comes.
-func (f *Filter) Add(r *kgo.Record, emit func(*kgo.Record)) {
-	f.add(r, r.Attrs.IsControl(), r.Attrs.IsTransactional(), emit)
-}
-
-func (f *Filter) add(r *kgo.Record, control, txn bool, emit func(*kgo.Record)) {
-	switch {
-	case control:
-		recs := f.pending[r.ProducerID]
-		delete(f.pending, r.ProducerID)
-		if !isCommit(r) {
-			f.aborted += len(recs)
-			return
-		}
-		for _, rec := range recs {
-			emit(rec)
-		}
-	case txn:
-		if f.pending == nil {
-			f.pending = make(map[int64][]*kgo.Record)
-		}
-		f.pending[r.ProducerID] = append(f.pending[r.ProducerID], r)
-	default:
-		emit(r)
+// OnlyUnmarked reports whether offsets from up to end of a partition hold
+// no transaction marker: then none of their records was committed, and a
+// read_committed reader that has seen everything before from has reached
+// the end. It reads the range read_uncommitted with a client of its own,
+// made with opts (seed brokers and the like).
+func OnlyUnmarked(ctx context.Context, opts []kgo.Opt, topic string, p int32, from, end int64) (bool, error) {
+	if from >= end {
+		return true, nil
 	}
-}
-
-// Open returns how many records wait for their transaction's marker.
-func (f *Filter) Open() int {
-	n := 0
-	for _, recs := range f.pending {
-		n += len(recs)
+	cl, err := kgo.NewClient(append(opts,
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
+		kgo.KeepControlRecords(),
+	)...)
+	if err != nil {
+		return false, err
 	}
-	return n
-}
-
-// Aborted returns how many records were dropped by abort markers.
-func (f *Filter) Aborted() int { return f.aborted }
-
-// isCommit reports whether a control record is a commit marker. Its key is
-// a version (int16) and a type (int16): 0 abort, 1 commit.
-func isCommit(r *kgo.Record) bool {
-	return len(r.Key) >= 4 && r.Key[2] == 0 && r.Key[3] == 1
+	defer cl.Close()
+	for {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		if err := fs.Err0(); err != nil {
+			return false, fmt.Errorf("read %s/%d from %d: %w", topic, p, from, err)
+		}
+		marker, done := false, false
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Offset >= end {
+				done = true
+				return
+			}
+			if r.Attrs.IsControl() {
+				marker = true
+			}
+			if r.Offset+1 >= end {
+				done = true
+			}
+		})
+		if marker {
+			return false, nil
+		}
+		if done {
+			return true, nil
+		}
+	}
 }

@@ -1,46 +1,65 @@
 package committed
 
 import (
-	"slices"
+	"context"
 	"testing"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-type rec struct {
-	r            *kgo.Record
-	control, txn bool
-}
-
-func data(off, pid int64, txn bool) rec {
-	return rec{r: &kgo.Record{Offset: off, ProducerID: pid}, txn: txn}
-}
-
-func marker(off, pid int64, commit bool) rec {
-	r := &kgo.Record{Offset: off, ProducerID: pid, Key: []byte{0, 0, 0, 0}}
-	if commit {
-		r.Key[3] = 1
+func TestOnlyUnmarked(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return rec{r: r, control: true, txn: true}
-}
+	defer c.Close()
+	opts := []kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 
-func TestFilter(t *testing.T) {
-	var f Filter
-	var got []int64
-	emit := func(r *kgo.Record) { got = append(got, r.Offset) }
-	for _, r := range []rec{
-		data(0, 1, true), data(1, 2, true), data(2, 1, true), marker(3, 1, true), // producer 1 commits 0 and 2
-		marker(4, 2, false),                  // producer 2 aborts 1
-		data(5, 0, false),                    // outside a transaction
-		data(6, 1, true), marker(7, 1, true), // commits 6
-		data(8, 1, true), // no marker: never committed
+	plain, err := kgo.NewClient(append(opts, kgo.DefaultProduceTopic("t"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if err := plain.ProduceSync(ctx, &kgo.Record{Value: []byte("0")}, &kgo.Record{Value: []byte("1")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	txn, err := kgo.NewClient(append(opts, kgo.DefaultProduceTopic("t"), kgo.TransactionalID("x"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer txn.Close()
+	for _, commit := range []kgo.TransactionEndTry{kgo.TryCommit, kgo.TryAbort} {
+		if err := txn.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		if err := txn.ProduceSync(ctx, &kgo.Record{Value: []byte("t")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if err := txn.EndTransaction(ctx, commit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Offsets: 0 and 1 plain; 2 data, 3 commit marker; 4 data, 5 abort marker.
+	for _, c := range []struct {
+		from, end int64
+		want      bool
+	}{
+		{0, 2, true},  // no transaction at all
+		{2, 3, true},  // a transaction's data, its marker not in range
+		{2, 4, false}, // a commit marker
+		{4, 6, false}, // an abort marker
+		{6, 6, true},  // empty range
 	} {
-		f.add(r.r, r.control, r.txn, emit)
-	}
-	if want := []int64{0, 2, 5, 6}; !slices.Equal(got, want) {
-		t.Errorf("committed offsets %v, want %v", got, want)
-	}
-	if f.Aborted() != 1 || f.Open() != 1 {
-		t.Errorf("aborted %d, open %d; want 1 and 1", f.Aborted(), f.Open())
+		got, err := OnlyUnmarked(ctx, opts, "t", 0, c.from, c.end)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("OnlyUnmarked(%d, %d) = %v, want %v", c.from, c.end, got, c.want)
+		}
 	}
 }
