@@ -4,7 +4,7 @@
 
 GO ?= go
 
-.PHONY: demo test vet unit chaos chaos-short
+.PHONY: demo test vet unit chaos chaos-short bench
 
 demo:
 	$(GO) run ./cmd/sagad
@@ -34,3 +34,12 @@ chaos:
 chaos-short:
 	./scripts/test-deps.sh
 	$(GO) run ./cmd/sagachaos --short --with-sigstop $(CHAOS_FLAGS)
+
+# bench runs the benchmark harness (cmd/sagabench): an in-process kfake, a
+# redis-server, the engine and the participants as processes, the order saga
+# at full speed and at half of it (0% and 10% failures) and a bare
+# Kafka-transaction loop, in a few minutes; see docs/PERFORMANCE.md. Pass
+# e.g. BENCH_FLAGS="--sagas 2000" or "--rss-sagas 1000000".
+bench:
+	./scripts/test-deps.sh
+	$(GO) run ./cmd/sagabench $(BENCH_FLAGS)

@@ -20,6 +20,7 @@
 //	ksaga_timeouts_total                         Timeout messages produced for expired deadlines
 //	ksaga_redis_pending_states                   committed states not yet written to Redis
 //	ksaga_redis_errors_total                     failed attempts to bring Redis up to date
+//	ksaga_redis_round_trips_total{client}        Redis round trips (Redis hooks, see NewRedis)
 //
 // The package depends on the engine, never the other way round: the engine
 // knows only its hook interfaces.

@@ -54,6 +54,8 @@ type config struct {
 	noEngine bool
 	// sessionTimeout is the group session timeout of every Kafka client.
 	sessionTimeout time.Duration
+	// pprof serves /debug/pprof/ on metricsAddr.
+	pprof bool
 }
 
 // embedded reports whether sagad runs its own Kafka and Redis.
@@ -66,7 +68,7 @@ type flagValues struct {
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir string
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
-	serve, static, engine                                   bool
+	serve, static, engine, pprof                            bool
 	sessionTimeout                                          time.Duration
 }
 
@@ -95,6 +97,7 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
 	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout`: how long a silent instance keeps its partitions")
 	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
+	fs.BoolVar(&v.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on --metrics-addr; do not expose them publicly")
 	fs.BoolVar(&v.static, "static-membership", false, "join the group as a static member named by --transactional-id, so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
 	return fs
 }
@@ -186,6 +189,7 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		static:                 v.static,
 		noEngine:               !v.engine,
 		sessionTimeout:         v.sessionTimeout,
+		pprof:                  v.pprof,
 	}
 	for _, f := range []struct {
 		flag string
@@ -268,6 +272,9 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		c.replicationFactor = 3
 	case c.replicationFactor < 1 || c.replicationFactor > 32767:
 		return c, fmt.Errorf("%s: must be between 1 and 32767, got %d", name("replication-factor"), c.replicationFactor)
+	}
+	if c.pprof && c.metricsAddr == "" {
+		return c, fmt.Errorf("%s needs an HTTP server: set --metrics-addr", name("pprof"))
 	}
 	if c.metricsAddr != "" {
 		if err := checkListenAddr(c.metricsAddr); err != nil {

@@ -224,6 +224,11 @@ func TestParseConfigErrors(t *testing.T) {
 			want: `--orders-redis-addr applies only with --kafka-brokers and --redis-addr (the embedded demo has its own single-broker Kafka and Redis)`,
 		},
 		{
+			name: "pprof without an HTTP server",
+			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--metrics-addr", "", "--pprof"},
+			want: `--pprof needs an HTTP server: set --metrics-addr`,
+		},
+		{
 			name: "replication factor out of range",
 			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--replication-factor", "0"},
 			want: `--replication-factor: must be between 1 and 32767, got 0`,

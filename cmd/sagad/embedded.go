@@ -70,6 +70,9 @@ func (a *app) runEmbedded(ctx context.Context) int {
 	if err != nil {
 		return a.failf("%v", err)
 	}
+	if err := countRedisRoundTrips(reg, rdb, rdb, rdb); err != nil {
+		return a.failf("%v", err)
+	}
 	tr := newTracker(plan)
 	svc, err := newServices(c, a.compLog, serviceDeps{
 		brokers: brokers, rdb: rdb, ordersRdb: rdb, simRdb: rdb, reg: reg, hooks: []orchestrator.Hook{m, tr},

@@ -169,11 +169,35 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
+// countRedisRoundTrips counts the round trips of sagad's Redis clients as
+// ksaga_redis_round_trips_total{client}: engine (--redis-addr), orders
+// (--orders-redis-addr) and participants (--participants-redis-addr). A
+// client shared with the engine's is counted as the engine's.
+func countRedisRoundTrips(reg prometheus.Registerer, rdb, ordersRdb, simRdb redis.UniversalClient) error {
+	rm, err := metrics.NewRedis(reg, order.Name)
+	if err != nil {
+		return err
+	}
+	rdb.AddHook(rm.Hook("engine"))
+	if ordersRdb != rdb {
+		ordersRdb.AddHook(rm.Hook("orders"))
+	}
+	if simRdb != rdb && simRdb != ordersRdb {
+		simRdb.AddHook(rm.Hook("participants"))
+	}
+	return nil
+}
+
 // kafkaMetrics returns kgo hooks exporting a client's metrics as ksaga_*
 // with the label client=<name>: the engine and each participant share one
-// registry, so their series differ by that label.
+// registry, so their series differ by that label. Besides kprom's default
+// bytes, the produce and fetch metrics count records, batches and
+// compressed bytes per topic (sagabench derives the engine's output mix
+// from them).
 func kafkaMetrics(reg prometheus.Registerer, name string) kgo.Opt {
-	return kgo.WithHooks(kprom.NewMetrics("ksaga", kprom.Registerer(reg), kprom.WithStaticLabel(prometheus.Labels{"client": name})))
+	return kgo.WithHooks(kprom.NewMetrics("ksaga", kprom.Registerer(reg),
+		kprom.WithStaticLabel(prometheus.Labels{"client": name}),
+		kprom.FetchAndProduceDetail(kprom.ByNode, kprom.ByTopic, kprom.Records, kprom.Batches, kprom.UncompressedBytes, kprom.CompressedBytes)))
 }
 
 // services are the engine and the participants of one sagad process.
@@ -366,6 +390,9 @@ func (a *app) runReal(ctx context.Context) int {
 	reg := newRegistry()
 	m, err := metrics.New(reg, order.Name)
 	if err != nil {
+		return a.failf("%v", err)
+	}
+	if err := countRedisRoundTrips(reg, rdb, ordersRdb, simRdb); err != nil {
 		return a.failf("%v", err)
 	}
 	svc, err := newServices(c, a.compLog, serviceDeps{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,18 @@ func newMux(g prometheus.Gatherer, ready readyCheck) *http.ServeMux {
 	return mux
 }
 
+// servePprof adds Go's profiles to mux under /debug/pprof/ (sagad --pprof),
+// for profiling an engine under load:
+//
+//	go tool pprof http://localhost:9090/debug/pprof/profile?seconds=30
+func servePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}
+
 // startHTTP serves newMux on cfg.metricsAddr until the returned stop is
 // called; stop waits for the server to shut down. With an empty address it
 // serves nothing. It fails when the address cannot be bound.
@@ -64,7 +77,11 @@ func (a *app) startHTTP(g prometheus.Gatherer, ready readyCheck) (stop func(), e
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen on --metrics-addr %s: %w; choose another address, or \"\" to disable the HTTP server", a.cfg.metricsAddr, err)
 	}
-	srv := &http.Server{Handler: newMux(g, ready), ReadHeaderTimeout: 10 * time.Second}
+	mux := newMux(g, ready)
+	if a.cfg.pprof {
+		servePprof(mux)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

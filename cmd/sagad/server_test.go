@@ -57,3 +57,20 @@ func TestHTTP(t *testing.T) {
 		t.Errorf("GET /readyz when ready: got %d, want 200", code)
 	}
 }
+
+func TestPprof(t *testing.T) {
+	mux := newMux(prometheus.NewRegistry(), func(context.Context) error { return nil })
+	servePprof(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/cmdline"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: got %d, want 200", path, resp.StatusCode)
+		}
+	}
+}
