@@ -119,3 +119,54 @@ type Reply struct {
 	// Reason is a failure code such as OUT_OF_STOCK; empty on success.
 	Reason string
 }
+
+// HeaderForwardedFrom is set by the engine on an inbox record it moved to
+// its saga's home partition: "<partition>/<offset>" of the record as it
+// arrived.
+const HeaderForwardedFrom = "ksaga-forwarded-from"
+
+// HomePartition returns the inbox partition that owns saga id when the
+// inbox has n partitions: murmur2 of the id, as Kafka's Java client and
+// franz-go hash keys. The engine handles every message of a saga on this
+// partition, whatever partition a producer wrote it to, and keeps the saga's
+// state on the same partition of saga.T.state.
+func HomePartition(id string, n int32) int32 {
+	if n <= 0 {
+		return 0
+	}
+	return int32(murmur2([]byte(id))&0x7fffffff) % n
+}
+
+// murmur2 is Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2).
+func murmur2(b []byte) uint32 {
+	const (
+		seed uint32 = 0x9747b28c
+		m    uint32 = 0x5bd1e995
+		r           = 24
+	)
+	h := seed ^ uint32(len(b))
+	for len(b) >= 4 {
+		k := uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+		b = b[4:]
+		k *= m
+		k ^= k >> r
+		k *= m
+		h *= m
+		h ^= k
+	}
+	switch len(b) {
+	case 3:
+		h ^= uint32(b[2]) << 16
+		fallthrough
+	case 2:
+		h ^= uint32(b[1]) << 8
+		fallthrough
+	case 1:
+		h ^= uint32(b[0])
+		h *= m
+	}
+	h ^= h >> 13
+	h *= m
+	h ^= h >> 15
+	return h
+}

@@ -61,6 +61,11 @@ type Engine struct {
 	log   *slog.Logger
 
 	inbox, stateTopic, events, dlt string
+	// nparts is the partition count of the inbox (and of the state
+	// topic), read at the start of Run: it maps a saga id to its home
+	// partition.
+	nparts int32
+	limits *limits
 
 	// changes is filled by the group callbacks (kgo's goroutines) and
 	// drained by the loop.
@@ -106,6 +111,12 @@ type entry struct {
 	state     *State
 	data      any
 	partition int32
+	// raw is state encoded, once the batch that changed it is done.
+	raw []byte
+	// bad is set when the stored data no longer decodes into the saga's
+	// data type (the type changed incompatibly): every record of the saga
+	// is dead-lettered with it.
+	bad error
 }
 
 // New returns an Engine for def. It validates the options and connects
@@ -125,7 +136,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		inbox: message.Inbox(def.Name()), stateTopic: message.State(def.Name()),
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
-		closed: make(chan struct{}),
+		closed: make(chan struct{}), limits: newLimits(),
 	}
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.brokers...),
@@ -136,7 +147,10 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.RecordPartitioner(partitioner(e.stateTopic, e.inbox)),
-		kgo.ProducerBatchMaxBytes(4 << 20),
+		// Batches stay within each topic's max.message.bytes, as the
+		// broker reports it (see limits); until a topic is described,
+		// within Kafka's default.
+		kgo.ProducerBatchMaxBytesFn(e.limits.batchBytes),
 		kgo.ProducerLinger(0),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			e.change(m[e.inbox], true)
@@ -204,6 +218,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.Warn("redis unavailable at start; will retry", "err", err)
 	}
 	if err := e.initProducer(ctx); err != nil {
+		return err
+	}
+	if err := e.checkTopics(ctx); err != nil {
 		return err
 	}
 	failures := 0 // consecutive infrastructure failures, for backoff
@@ -340,9 +357,15 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	// before it could restore them.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
 	defer cancel()
+	// Ending the transaction and counting a failed attempt get a context
+	// of their own: the work's may have expired (saga code that used its
+	// whole timeout), and an abort or a count that fails on it would leave
+	// the record's failure uncounted and retried forever.
+	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	defer endCancel()
 	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
 	if err := e.preload(ctx, b, recs); err != nil {
-		e.rewind(ctx)
+		e.rewind(endCtx)
 		e.rearm(due)
 		return err
 	}
@@ -367,12 +390,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if failed == nil {
 		for _, id := range b.order {
 			ent := b.overlay[id]
-			raw, err := json.Marshal(ent.state)
-			if err != nil {
-				failed, failErr = nil, fmt.Errorf("encode state of saga %s: %w", id, err)
-				break
-			}
-			produce(&kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: raw})
+			produce(&kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: ent.raw})
 		}
 	}
 	if failErr == nil {
@@ -383,27 +401,27 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		}
 	}
 	if failErr != nil {
-		if _, err := e.sess.End(ctx, kgo.TryAbort); err != nil {
+		if _, err := e.sess.End(endCtx, kgo.TryAbort); err != nil {
 			return fmt.Errorf("abort transaction: %w", err)
 		}
-		e.afterCompletion(ctx, b, false)
+		e.afterCompletion(endCtx, b, false)
 		e.rearm(due)
 		if failed != nil {
-			return e.retryLater(ctx, runCtx, failed, failErr)
+			return e.retryLater(endCtx, runCtx, failed, failErr)
 		}
 		return failErr
 	}
-	committed, err := e.sess.End(ctx, kgo.TryCommit)
+	committed, err := e.sess.End(endCtx, kgo.TryCommit)
 	if err != nil {
 		return fmt.Errorf("end transaction: %w", err)
 	}
 	if !committed {
 		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
-		e.afterCompletion(ctx, b, false)
+		e.afterCompletion(endCtx, b, false)
 		e.rearm(due)
 		return nil
 	}
-	e.afterCommit(ctx, b)
+	e.afterCommit(endCtx, b)
 	return nil
 }
 
@@ -412,23 +430,26 @@ const maxParallelSagas = 16
 
 // group is the records of one saga in a batch.
 type group struct {
-	recs   []*kgo.Record
-	sub    *batch
-	out    []*kgo.Record
-	failed *kgo.Record
-	err    error
+	recs []*kgo.Record
+	sub  *batch
+	out  []*kgo.Record
 }
 
-// handleAll applies a batch's records. Sagas are independent, so each
-// saga's records are handled in order by a goroutine of its own, while
-// different sagas run in parallel: a local step's I/O (the orders store)
-// then costs about one round trip per batch rather than one per saga. The
-// results are merged, and their records produced, in the order of the
-// batch. It returns the record whose failure aborts the transaction, if any.
+// handleAll applies a batch's records. A record that arrived off its saga's
+// home partition is moved there first (see forward). Sagas are independent,
+// so each saga's records are handled in order by a goroutine of its own,
+// while different sagas run in parallel: a local step's I/O (the orders
+// store) then costs about one round trip per batch rather than one per
+// saga. The results are merged, and their records produced, in the order of
+// the batch. It returns the record whose failure aborts the transaction, if
+// any; the first failure cancels the sagas still running.
 func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, produce func(*kgo.Record)) (*kgo.Record, error) {
 	var groups []*group
 	byID := make(map[string]*group)
 	for _, r := range recs {
+		if e.forward(ctx, b, r, produce) {
+			continue
+		}
 		id := string(r.Key)
 		g := byID[id]
 		if g == nil || id == "" {
@@ -438,26 +459,40 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		}
 		g.recs = append(g.recs, r)
 	}
-	var wg sync.WaitGroup
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		failOnce sync.Once
+		failed   *kgo.Record
+		failErr  error
+	)
 	sem := make(chan struct{}, maxParallelSagas)
 	for _, g := range groups {
-		wg.Add(1)
 		sem <- struct{}{}
+		if gctx.Err() != nil {
+			<-sem
+			break
+		}
+		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			for _, r := range g.recs {
-				if err := e.handle(ctx, g.sub, r, func(r *kgo.Record) { g.out = append(g.out, r) }); err != nil {
-					g.failed, g.err = r, err
+				if gctx.Err() != nil {
+					return
+				}
+				if err := e.handle(gctx, g.sub, r, func(r *kgo.Record) { g.out = append(g.out, r) }); err != nil {
+					// Only the first failure counts against its
+					// record: the others may be this cancellation.
+					failOnce.Do(func() { failed, failErr = r, err; cancel() })
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	for _, g := range groups {
-		if g.err != nil {
-			return g.failed, g.err
-		}
+	if failed != nil {
+		return failed, failErr
 	}
 	for _, g := range groups {
 		sub := g.sub
@@ -478,6 +513,37 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 	return nil, nil
 }
 
+// forward moves r to its saga's home partition when it arrived on another
+// one, and reports whether it did. Producers are not trusted to hash keys
+// as the engine does (librdkafka hashes with CRC32, kafka-go with FNV-1a or
+// not at all): a saga's messages are handled on one partition only, by one
+// instance, in order. The copy keeps the key, value, headers and timestamp
+// and is produced in this transaction, with the offset of the original:
+// it is moved exactly once. A record that cannot be routed (no key, a key
+// that is not UTF-8) is left where it is; handle dead-letters it.
+func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) bool {
+	if len(r.Key) == 0 || !utf8.Valid(r.Key) || e.nparts == 0 {
+		return false
+	}
+	home := message.HomePartition(string(r.Key), e.nparts)
+	if home == r.Partition {
+		return false
+	}
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+1)
+	hs = append(hs, r.Headers...)
+	hs = append(hs, kgo.RecordHeader{Key: message.HeaderForwardedFrom,
+		Value: []byte(strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10))})
+	fwd := &kgo.Record{Topic: e.inbox, Partition: home, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
+	if ok, n, limit := e.fits(ctx, fwd); !ok {
+		e.deadLetter(b, r, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit), 1, produce)
+		return true
+	}
+	produce(fwd)
+	b.Forwarded++
+	e.log.Debug("moved to the home partition", "saga_id", string(r.Key), "partition", r.Partition, "offset", r.Offset, "home", home)
+	return true
+}
+
 // rearm puts back timers whose Timeout messages were not committed.
 func (e *Engine) rearm(due []timer) {
 	for _, t := range due {
@@ -494,13 +560,16 @@ func (e *Engine) rewind(ctx context.Context) {
 }
 
 // preload reads from Redis, in one round trip, the sagas of the batch that
-// are not in memory, and checks that Redis still has its checkpoints.
+// are not in memory, each partition's with a check that Redis did not go
+// back in time since the engine last wrote it. A partition that did is
+// restored from the state topic first.
 func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) error {
 	seen := make(map[string]bool)
-	var ids []string
-	expect := make(map[int32]int64)
+	byPart := make(map[int32]*read)
+	var reads []read
 	for _, r := range recs {
-		if e.parts[r.Partition] == nil {
+		part := e.parts[r.Partition]
+		if part == nil {
 			return fmt.Errorf("%w: partition %d is not restored", errInfra, r.Partition)
 		}
 		id := string(r.Key)
@@ -508,25 +577,31 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 			continue
 		}
 		seen[id] = true
-		if _, ok := e.sagas[id]; !ok {
-			ids = append(ids, id)
-			if p := e.parts[r.Partition]; p != nil {
-				expect[r.Partition] = p.checkpoint
-			}
+		if _, ok := e.sagas[id]; ok {
+			continue
 		}
+		rd := byPart[r.Partition]
+		if rd == nil {
+			rd = &read{p: r.Partition, expect: part.checkpoint}
+			byPart[r.Partition] = rd
+		}
+		rd.ids = append(rd.ids, id)
 	}
-	if len(ids) == 0 {
+	if len(byPart) == 0 {
 		return nil
 	}
-	got, err := e.store.get(ctx, ids, expect)
+	for _, rd := range byPart {
+		reads = append(reads, *rd)
+	}
+	got, err := e.store.get(ctx, reads)
 	if err != nil {
 		return err
 	}
 	if len(got.lost) > 0 {
-		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partitions", got.lost)
 		for _, p := range got.lost {
-			if err := e.restore(ctx, p, true); err != nil {
-				return err
+			e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic", "partition", p)
+			if err := e.restore(ctx, p); err != nil {
+				return fmt.Errorf("%w: rebuild partition %d: %w", errInfra, p, err)
 			}
 		}
 		return e.preload(ctx, b, recs)
@@ -537,22 +612,32 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 
 // lookup returns a saga's current state: changed in this batch, in memory,
 // or read from Redis by preload.
-func (e *Engine) lookup(b *batch, id string) (*entry, error) {
+func (e *Engine) lookup(b *batch, id string, p int32) *entry {
 	if ent, ok := b.overlay[id]; ok {
-		return ent, nil
+		return ent
 	}
 	if ent, ok := e.sagas[id]; ok {
-		return ent, nil
+		return ent
 	}
 	st, ok := b.loaded[id]
 	if !ok {
-		return nil, nil
+		return nil
 	}
-	data, err := e.def.Decode(st.Data)
+	return e.entryOf(st, p)
+}
+
+// entryOf decodes a stored state's data. Data that no longer decodes (the
+// saga's data type changed incompatibly) is kept as a bad entry rather than
+// failing: the saga's records are then dead-lettered, the partition goes on.
+func (e *Engine) entryOf(st *State, p int32) *entry {
+	ent := &entry{state: st, partition: p}
+	data, err := e.def.DecodeStored(st.Data)
 	if err != nil {
-		return nil, fmt.Errorf("decode stored data of saga %s: %w", id, err)
+		ent.bad = fmt.Errorf("stored data of saga %s (version %d) no longer decodes into the saga's data type: %w", st.ID, st.Version, err)
+		e.log.Error("saga data no longer decodes; its records will be dead-lettered", "saga_id", st.ID, "err", err)
 	}
-	return &entry{state: st, data: data}, nil
+	ent.data = data
+	return ent
 }
 
 // handle applies one inbox record. It returns an error only for a failure
@@ -565,9 +650,9 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		e.deadLetter(b, r, err, 1, produce)
 		return nil
 	}
-	ent, err := e.lookup(b, in.sagaID)
-	if err != nil {
-		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err}), 1, produce)
+	ent := e.lookup(b, in.sagaID, r.Partition)
+	if ent != nil && ent.bad != nil {
+		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: ent.bad}), 1, produce)
 		return nil
 	}
 	var st *State
@@ -587,7 +672,7 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		if !retry.IsPermanent(err) {
 			return err
 		}
-		a := attempt{count: 1, first: e.cfg.now(), last: e.cfg.now(), err: err}
+		a := attempt{count: 1, first: e.cfg.now(), last: e.cfg.now(), err: err, step: -1}
 		if prior, ok := part.attempts[r.Offset]; ok {
 			a.count, a.first = prior.count+1, prior.first
 		}
@@ -609,7 +694,9 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		e.log.Debug("dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
 		return nil
 	}
-	e.applied(b, r, in, out, produce)
+	if !e.applied(ctx, b, r, in, out, produce) {
+		return nil
+	}
 	if out.giveUp != "" {
 		e.deadLetter(b, r, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)
 	}
@@ -622,31 +709,56 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 	if ent == nil || ent.state.Status != message.StatusRunning {
 		return nil
 	}
-	out, err := e.m.abort(ctx, ent.state, ent.data, deadLetterReason(a.err))
+	failed := a.step
+	var se *StepError
+	if errors.As(a.err, &se) {
+		failed = se.Index
+	}
+	out, err := e.m.abort(ctx, ent.state, ent.data, deadLetterReason(a.err), failed)
 	if err != nil {
-		// Building compensation commands is pure; failing here is a bug in
-		// the saga definition. The record is in the DLQ; the saga waits
-		// for an operator's Compensate message.
+		// The compensation's first command could not be built (its Undo
+		// failed). The record is in the DLQ; the saga waits for an
+		// operator's Compensate message.
 		e.log.Error("cannot start compensation", "saga_id", in.sagaID, "err", err)
 		return nil
 	}
-	e.applied(b, r, in, out, produce)
+	e.applied(ctx, b, r, in, out, produce)
 	return nil
 }
 
 // applied records an outcome in the batch and produces its commands and
-// events.
-func (e *Engine) applied(b *batch, r *kgo.Record, in *input, out *outcome, produce func(*kgo.Record)) {
+// events. An outcome whose records would not fit their topics (saga code
+// that built a command larger than the broker takes) is not applied: r is
+// dead-lettered instead, and applied reports false.
+func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, out *outcome, produce func(*kgo.Record)) bool {
 	id := out.state.ID
+	raw, err := json.Marshal(out.state)
+	if err != nil {
+		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}), 1, produce)
+		return false
+	}
+	recs := make([]*kgo.Record, 0, len(out.commands)+len(out.events)+1)
+	for _, c := range out.commands {
+		recs = append(recs, e.commandRecord(out.state, c, in))
+	}
+	for _, ev := range out.events {
+		recs = append(recs, e.eventRecord(ev))
+	}
+	state := &kgo.Record{Topic: e.stateTopic, Key: []byte(id), Value: raw}
+	for _, rec := range append(recs, state) {
+		if ok, n, limit := e.fits(ctx, rec); !ok {
+			e.deadLetter(b, r, inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit), 1, produce)
+			return false
+		}
+	}
 	if _, had := b.overlay[id]; !had {
 		b.order = append(b.order, id)
 	}
-	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition}
-	for _, c := range out.commands {
-		produce(e.commandRecord(out.state, c, in))
+	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw}
+	for _, rec := range recs {
+		produce(rec)
 	}
 	for _, ev := range out.events {
-		produce(e.eventRecord(ev))
 		b.Events = append(b.Events, ev)
 		switch ev.Type {
 		case message.EventStepSucceeded, message.EventStepFailed, message.EventStepCompensated:
@@ -655,6 +767,7 @@ func (e *Engine) applied(b *batch, r *kgo.Record, in *input, out *outcome, produ
 			}
 		}
 	}
+	return true
 }
 
 func deadLetterReason(err error) string {
@@ -693,14 +806,18 @@ func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*
 	rec := dlq.New(r, e.dlt, dlq.Failure{
 		Group: e.cfg.group, Err: a.err, Reason: reason, Attempts: a.count, First: a.first, Last: a.last,
 	})
-	if len(rec.Value) > maxDeadLetterValue {
-		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderValueTruncated, Value: []byte(strconv.Itoa(len(rec.Value)))})
-		rec.Value = rec.Value[:maxDeadLetterValue]
-	}
 	for i, h := range rec.Headers {
 		if len(h.Value) > maxDeadLetterHeader {
 			rec.Headers[i].Value = h.Value[:maxDeadLetterHeader]
 		}
+	}
+	// The copy must fit the dead-letter topic's limit alone: the
+	// producer's batches stay within the same limit, so whatever shares
+	// its batch then fits too.
+	room := min(maxDeadLetterValue, int(e.limits.batchBytes(e.dlt))-recordBytes(&kgo.Record{Key: rec.Key, Headers: rec.Headers})-64)
+	if len(rec.Value) > room {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderValueTruncated, Value: []byte(strconv.Itoa(len(rec.Value)))})
+		rec.Value = rec.Value[:max(room, 0)]
 	}
 	produce(rec)
 	b.DeadLettered = append(b.DeadLettered, reason)
@@ -721,7 +838,11 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 		policy = se.Retry
 	}
 	now := e.cfg.now()
-	n, first, cerr := e.store.countFailure(ctx, r.Partition, r.Offset, now, policy.Attempts(), err)
+	step := -1
+	if se != nil {
+		step = se.Index
+	}
+	n, first, cerr := e.store.countFailure(ctx, r.Partition, r.Offset, now, policy.Attempts(), step, err)
 	if cerr != nil {
 		// Without a durable count the attempt does not count: retry
 		// until Redis is back rather than dead-letter too early.
@@ -733,7 +854,7 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 		}
 	}
 	if part := e.parts[r.Partition]; part != nil {
-		a := attempt{count: n, first: first, last: now}
+		a := attempt{count: n, first: first, last: now, step: step}
 		if policy.Exhausted(n) {
 			a.err = fmt.Errorf("%w (after %d attempts)", err, n)
 		}
@@ -776,6 +897,11 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 		}
 	}
 	in.sagaID = string(r.Key)
+	if !utf8.Valid(r.Key) {
+		// The id is stored as a string: with the bad bytes replaced it
+		// would no longer match the key.
+		return nil, inputErr(ReasonMissingSagaID, "the key is not valid UTF-8; the key must be the saga id")
+	}
 	headerBytes := 0
 	for _, h := range r.Headers {
 		headerBytes += len(h.Key) + len(h.Value)
@@ -872,7 +998,7 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 			continue
 		}
 		rec := stateRecs[id]
-		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: rec.Value})
+		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: ent.raw})
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
 		}
@@ -906,9 +1032,10 @@ func (e *Engine) afterCompletion(ctx context.Context, b *batch, committed bool) 
 const redisCheckInterval = time.Second
 
 // maintainRedis retries pending Redis writes left by an earlier failure and,
-// once a second, checks that Redis did not lose its data while the engine
-// had nothing to write (a FLUSHALL, a failover to an empty replica): a lost
-// partition is rebuilt from the state topic.
+// once a second, checks that Redis did not lose data or go back in time
+// while the engine had nothing to write (a FLUSHALL, a restart from an older
+// snapshot, a failover to a lagging or empty replica): such a partition is
+// rebuilt from the state topic.
 func (e *Engine) maintainRedis(ctx context.Context) {
 	for _, part := range e.parts {
 		if len(part.pending) > 0 || len(part.cleared) > 0 {
@@ -920,32 +1047,51 @@ func (e *Engine) maintainRedis(ctx context.Context) {
 		return
 	}
 	e.redisChecked = time.Now()
-	expect := make(map[int32]int64, len(e.parts))
+	var ps []int32
 	for p, part := range e.parts {
-		expect[p] = part.checkpoint
+		if part.checkpoint > 0 {
+			ps = append(ps, p)
+		}
 	}
-	got, err := e.store.get(ctx, nil, expect)
+	if len(ps) == 0 {
+		return
+	}
+	got, err := e.store.checkpoints(ctx, ps)
 	if err != nil {
 		e.log.Warn("redis check failed", "err", err)
 		return
 	}
-	for _, p := range got.lost {
-		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
-		if err := e.restore(ctx, p, true); err != nil {
+	for i, p := range ps {
+		if got[i] >= e.parts[p].checkpoint {
+			continue
+		}
+		e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic",
+			"partition", p, "checkpoint", got[i], "expected", e.parts[p].checkpoint)
+		if err := e.restore(ctx, p); err != nil {
 			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
 		}
 	}
 }
 
 // flushRedis writes every partition's pending states to Redis, then moves
-// the checkpoints past them and forgets the states Redis now holds. On a
-// failure the states stay pending (and in memory) for the next try.
+// the checkpoints past them and forgets the states Redis now holds, one
+// script per partition in one round trip. On a failure the states stay
+// pending (and in memory) for the next try.
 func (e *Engine) flushRedis(ctx context.Context) {
-	var ws []write
-	for _, part := range e.parts {
-		ws = append(ws, part.pending...)
+	var fs []flush
+	pending := 0
+	for p, part := range e.parts {
+		if len(part.pending) == 0 && len(part.cleared) == 0 {
+			continue
+		}
+		f := flush{p: p, expect: part.checkpoint, states: part.pending, cleared: part.cleared}
+		if n := len(part.pending); n > 0 {
+			f.checkpoint = part.pending[n-1].offset + 1
+		}
+		fs = append(fs, f)
+		pending += len(part.pending)
 	}
-	pending, err := len(ws), error(nil)
+	var err error
 	defer func() {
 		for _, h := range e.cfg.hooks {
 			if h, ok := h.(HookRedisLag); ok {
@@ -953,41 +1099,24 @@ func (e *Engine) flushRedis(ctx context.Context) {
 			}
 		}
 	}()
-	if err = e.store.put(ctx, ws); err != nil {
-		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", len(ws), "err", err)
+	if len(fs) == 0 {
 		return
-	}
-	// The states are in Redis: move each checkpoint past them. This is a
-	// second round trip on purpose: on Redis Cluster a pipeline spans
-	// nodes, and a checkpoint must never land before the states it covers.
-	var marks []mark
-	cleared := make(map[int32][]int64)
-	for p, part := range e.parts {
-		if len(part.pending) > 0 {
-			marks = append(marks, mark{p: p, offset: part.pending[len(part.pending)-1].offset + 1, exists: part.checkpoint > 0})
-		}
-		if len(part.cleared) > 0 {
-			cleared[p] = part.cleared
-		}
 	}
 	var lost []int32
-	if lost, err = e.store.advance(ctx, marks, cleared); err != nil {
-		e.log.Warn("redis checkpoint write failed; will retry", "err", err)
+	if lost, err = e.store.put(ctx, fs); err != nil {
+		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", pending, "err", err)
 		return
 	}
-	for p, offsets := range cleared {
-		part := e.parts[p]
-		for _, o := range offsets {
+	for _, f := range fs {
+		if slices.Contains(lost, f.p) {
+			continue
+		}
+		part := e.parts[f.p]
+		for _, o := range f.cleared {
 			delete(part.attempts, o)
 		}
 		part.cleared = part.cleared[:0]
-	}
-	for _, m := range marks {
-		if slices.Contains(lost, m.p) {
-			continue
-		}
-		part := e.parts[m.p]
-		part.checkpoint = m.offset
+		part.checkpoint = max(part.checkpoint, f.checkpoint)
 		for _, w := range part.pending {
 			// An ended saga leaves memory once Redis holds its last state.
 			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version && ent.state.Terminal() {
@@ -1001,9 +1130,9 @@ func (e *Engine) flushRedis(ctx context.Context) {
 		pending += len(part.pending)
 	}
 	for _, p := range lost {
-		// The rebuild writes the whole partition back (and flushes again).
-		e.log.Warn("redis lost its data; rebuilding it from the state topic", "partition", p)
-		if err = e.restore(ctx, p, true); err != nil {
+		// The rebuild writes the partition's view back (and flushes again).
+		e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic", "partition", p)
+		if err = e.restore(ctx, p); err != nil {
 			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
 		}
 	}

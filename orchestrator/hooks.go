@@ -29,6 +29,10 @@ type Batch struct {
 	Dropped []string
 	// Timeouts counts Timeout messages produced for expired deadlines.
 	Timeouts int
+	// Forwarded counts inbox records that arrived off their saga's home
+	// partition (a producer that hashes keys differently) and were moved
+	// there.
+	Forwarded int
 }
 
 // StepLatency is the duration of one step or compensation.

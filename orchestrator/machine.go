@@ -158,12 +158,13 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		if !step.Local {
 			cmd, err := m.def.Do(ctx, i, out.data)
 			if err != nil {
-				return fmt.Errorf("build command of step %s: %w", step.Name, err)
+				return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("build command: %w", err)}
 			}
 			return m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
 		}
-		if err := m.def.RunLocal(ctx, i, out.data); err != nil {
-			return &StepError{Step: step.Name, Retry: step.Retry, Err: err}
+		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
+		if err := m.def.RunLocal(ctx, i, out.data, key); err != nil {
+			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
 		}
 		m.event(out, message.EventStepSucceeded, step.Name, "")
 	}
@@ -172,10 +173,13 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 	return nil
 }
 
-// StepError is a local step's failure. The engine retries the record under
-// Retry, the step's policy.
+// StepError is the failure of a call into a step's code: a local step's
+// error, a panic or a call that outlived the step's Timeout. The engine
+// retries the record under Retry, the step's policy; when the attempts run
+// out, step Index is the one reported as failed.
 type StepError struct {
 	Step  string
+	Index int
 	Retry retry.Policy
 	Err   error
 }
@@ -294,7 +298,7 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 		if !step.Retry.Exhausted(next.Attempt) {
 			cmd, err := m.def.Do(ctx, i, out.data)
 			if err != nil {
-				return nil, fmt.Errorf("build command of step %s: %w", step.Name, err)
+				return nil, &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("build command: %w", err)}
 			}
 			return out, m.send(out, cmd, next.Waiting, next.Attempt+1, step.Deadline)
 		}
@@ -302,11 +306,39 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 		m.event(out, message.EventStepFailed, step.Name, reason)
 		return out, m.startCompensation(ctx, out, i, compensation.OutcomeUnknown, reason)
 	}
+	if step.Local {
+		return out, m.undoLocal(ctx, out, i)
+	}
 	if m.comp.GiveUp(next.UndoSends) {
 		m.fail(out, fmt.Sprintf("compensation of %s got no success after %d attempts", step.Name, next.UndoSends))
 		return out, nil
 	}
 	return out, m.sendUndo(ctx, out, i, next.Attempt+1)
+}
+
+// undoLocal runs the UndoLocal of local step i, due now. Its failure (an
+// error, a panic, a call that outlived the step's Timeout) is counted in the
+// state and retried after a backoff, like a compensation command that its
+// participant failed; after the compensation policy's attempts the saga
+// ends SagaFailed.
+func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
+	st := out.state
+	name := m.steps[i].Name
+	st.UndoSends++
+	err := m.def.RunUndoLocal(ctx, i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
+	if err == nil {
+		m.event(out, message.EventStepCompensated, name, "")
+		st.Undone = append(st.Undone, i)
+		return m.nextUndo(ctx, out)
+	}
+	if m.comp.GiveUp(st.UndoSends) {
+		m.fail(out, fmt.Sprintf("compensation of %s failed %d times, last: %v", name, st.UndoSends, err))
+		return nil
+	}
+	st.UndoFailures++
+	st.Waiting, st.Attempt = commandID(st.ID, name, "undo-local-"+strconv.Itoa(st.UndoFailures)), st.UndoSends+1
+	st.Deadline = m.now().Add(undoBackoff.Backoff(st.UndoSends + 1)).UnixMilli()
+	return nil
 }
 
 func (m *machine) compensate(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
@@ -328,17 +360,25 @@ func (m *machine) compensate(ctx context.Context, st *State, data any, in *input
 // Abort moves a saga to compensation after a processing failure of its
 // current step was dead-lettered. It is the engine's path for exhausted and
 // permanent failures.
-func (m *machine) abort(ctx context.Context, st *State, data any, reason string) (*outcome, error) {
+// failed names the step whose code failed (a StepError's Index), or is -1
+// when the record's failure is not a step's (the current step is then
+// reported).
+func (m *machine) abort(ctx context.Context, st *State, data any, reason string, failed int) (*outcome, error) {
 	out := m.next(st, data)
-	step := m.steps[st.Step]
+	if failed < st.Step || failed >= len(m.steps) {
+		failed = st.Step
+	}
+	step := m.steps[failed]
 	m.event(out, message.EventStepFailed, step.Name, reason)
-	// A failed local step had no effect; a participant step whose reply
-	// could not be handled may have had one.
+	// A local step whose attempts ran out may have left its effect behind
+	// (an attempt's transaction aborted after the step wrote): it is undone
+	// when it can be. A participant step whose reply could not be handled
+	// may have had its effect too.
 	outcome := compensation.OutcomeUnknown
-	if step.Local {
+	if step.Local && !step.Undoable {
 		outcome = compensation.NotApplied
 	}
-	return out, m.startCompensation(ctx, out, st.Step, outcome, reason)
+	return out, m.startCompensation(ctx, out, failed, outcome, reason)
 }
 
 func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {
@@ -363,9 +403,17 @@ func (m *machine) nextUndo(ctx context.Context, out *outcome) error {
 
 func (m *machine) sendUndo(ctx context.Context, out *outcome, i, attempt int) error {
 	st := out.state
+	if m.steps[i].Local {
+		// A local step is undone by its UndoLocal, in a transaction of its
+		// own: the deadline is due at once and its Timeout message runs
+		// it. Its failures are then counted in the state (undoLocal)
+		// rather than aborting the record that started the compensation.
+		st.Waiting, st.Attempt, st.Deadline = commandID(st.ID, m.steps[i].Name, "undo-local"), attempt, m.now().UnixMilli()
+		return nil
+	}
 	cmd, err := m.def.Undo(ctx, i, out.data)
 	if err != nil {
-		return fmt.Errorf("build compensation of step %s: %w", m.steps[i].Name, err)
+		return &StepError{Step: m.steps[i].Name, Index: i, Retry: m.steps[i].Retry, Err: fmt.Errorf("build compensation: %w", err)}
 	}
 	st.UndoSends++
 	kind := "undo"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 type storeFunc func(context.Context, *order.Order) error
 
 func (f storeFunc) Complete(ctx context.Context, o *order.Order) error { return f(ctx, o) }
+func (f storeFunc) Cancel(context.Context, *order.Order) error         { return nil }
 
 type clock struct{ t time.Time }
 
@@ -210,12 +212,25 @@ func TestMachineLocalStepError(t *testing.T) {
 	if r.st != before {
 		t.Fatal("a failed apply changed the state")
 	}
-	out, err := r.m.abort(context.Background(), r.st, mustDecode(t, r), "retries-exhausted")
+	out, err := r.m.abort(context.Background(), r.st, mustDecode(t, r), "retries-exhausted", se.Index)
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.st = out.state
+	if len(out.events) == 0 || out.events[0].Type != message.EventStepFailed || out.events[0].Step != order.StepCompleteOrder {
+		t.Errorf("abort events %+v, want StepFailed of %s first", out.events, order.StepCompleteOrder)
+	}
+	// complete-order may have left its effect (its outcome is unknown):
+	// its UndoLocal comes first, in a transaction of its own, due now.
+	if got := cmdTypes(out); len(got) != 0 {
+		t.Errorf("abort sent %v, want nothing before the local undo", got)
+	}
+	if !strings.HasSuffix(r.st.Waiting, "/complete-order/undo-local") || r.st.Deadline > r.m.now().UnixMilli() {
+		t.Fatalf("after abort the saga waits on %q until %d, want the local undo due now", r.st.Waiting, r.st.Deadline)
+	}
+	out = r.must(&input{typ: message.TypeTimeout, sagaID: "o-1", inReplyTo: r.st.Waiting, attempt: r.st.Attempt})
 	if got, want := cmdTypes(out), []string{order.CancelShipment}; !slices.Equal(got, want) {
-		t.Errorf("abort sent %v, want %v (undo the last completed step first)", got, want)
+		t.Errorf("after the local undo sent %v, want %v (undo the last completed step next)", got, want)
 	}
 }
 

@@ -29,7 +29,7 @@ func (e *Engine) applyChanges(ctx context.Context) error {
 			continue
 		}
 		e.ready.Store(false)
-		if err := e.restore(ctx, c.p, false); err != nil {
+		if err := e.restore(ctx, c.p); err != nil {
 			// Keep the rest for the next try, ahead of newer changes.
 			e.mu.Lock()
 			e.changes = append(append([]assignment(nil), changes[i:]...), e.changes...)
@@ -61,18 +61,18 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 }
 
 // restore replays partition p of the state topic into memory, from the Redis
-// checkpoint (or from the start when full is set, after Redis lost its data)
-// to the end, once no transaction is open on it, and arms the deadlines of
-// its running sagas. Committed states that Redis lacks stay in memory until
-// Redis acknowledges them.
-func (e *Engine) restore(ctx context.Context, p int32, full bool) error {
+// checkpoint (from the start when Redis has none) to the end, once no
+// transaction is open on it, and arms the deadlines of its running sagas.
+// Committed states that Redis lacks stay in memory until Redis acknowledges
+// them. It is also how the engine rebuilds a partition's view after Redis
+// lost data or went back in time: whatever Redis came back with is a prefix
+// of the state topic up to its checkpoint (see store), and the replay
+// supplies the rest.
+func (e *Engine) restore(ctx context.Context, p int32) error {
 	start := time.Now()
-	var from int64
-	if !full {
-		var err error
-		if from, err = e.store.readCheckpoint(ctx, p); err != nil {
-			return err
-		}
+	from, err := e.store.readCheckpoint(ctx, p)
+	if err != nil {
+		return err
 	}
 	attempts, err := e.store.attempts(ctx, p)
 	if err != nil {
@@ -95,26 +95,27 @@ func (e *Engine) restore(ctx context.Context, p int32, full bool) error {
 	seen := make(map[string]bool, len(replayed))
 	for _, w := range replayed {
 		seen[w.state.ID] = true
-		data, err := e.def.Decode(w.state.Data)
-		if err != nil {
-			return fmt.Errorf("decode data of saga %s at state offset %d: %w", w.state.ID, w.offset, err)
+		if w.deleted {
+			// A tombstone: the saga was deleted from the state topic.
+			part.pending = append(part.pending, w)
+			continue
 		}
-		e.sagas[w.state.ID] = &entry{state: w.state, data: data, partition: p}
+		ent := e.entryOf(w.state, p)
+		ent.raw = w.raw
+		e.sagas[w.state.ID] = ent
 		part.pending = append(part.pending, w)
 		if st := w.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: st.ID, waiting: st.Waiting, attempt: st.Attempt, partition: p})
 		}
 	}
-	if !full {
-		zs, err := e.store.deadlines(ctx, p)
-		if err != nil {
-			return err
-		}
-		for _, z := range zs {
-			id, _ := z.Member.(string)
-			if !seen[id] {
-				e.timers.add(timer{deadline: int64(z.Score), sagaID: id, partition: p})
-			}
+	zs, err := e.store.deadlines(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, z := range zs {
+		id, _ := z.Member.(string)
+		if !seen[id] {
+			e.timers.add(timer{deadline: int64(z.Score), sagaID: id, partition: p})
 		}
 	}
 	e.parts[p] = part
@@ -159,19 +160,25 @@ func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write,
 		fetches.EachRecord(func(r *kgo.Record) {
 			n++
 			last = max(last, r.Offset)
-			if r.Attrs.IsControl() || r.Value == nil {
+			if r.Attrs.IsControl() {
 				return
 			}
-			st := new(State)
-			if err := json.Unmarshal(r.Value, st); err != nil {
-				e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
-				return
+			var w write
+			if r.Value == nil {
+				// A tombstone deletes the saga's state from the view.
+				w = write{partition: p, offset: r.Offset, state: &State{ID: string(r.Key)}, deleted: true}
+			} else {
+				st := new(State)
+				if err := json.Unmarshal(r.Value, st); err != nil {
+					e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
+					return
+				}
+				w = write{partition: p, offset: r.Offset, state: st, raw: r.Value}
 			}
-			w := write{partition: p, offset: r.Offset, state: st, raw: r.Value}
-			if i, ok := latest[st.ID]; ok {
+			if i, ok := latest[w.state.ID]; ok {
 				out[i].state = nil // superseded
 			}
-			latest[st.ID] = len(out)
+			latest[w.state.ID] = len(out)
 			out = append(out, w)
 		})
 		if n > 0 {

@@ -14,42 +14,91 @@ import (
 
 // store is the engine's Redis view: saga states (versioned), per-partition
 // checkpoints of the state topic, deadline indexes and durable attempt
-// counters. Keys, for saga type T:
+// counters. Keys, for saga type T and inbox partition p:
 //
-//	ksaga:T:state:<id>                 hash {version, state}
-//	ksaga:T:checkpoint:<partition>     state-topic offset up to which Redis is complete
-//	ksaga:T:deadlines:<partition>      zset of non-terminal saga ids by deadline (Unix ms)
-//	ksaga:T:attempts:<group>:<partition> hash inbox offset -> "count|first ms|last ms|limit|error"
+//	ksaga:{T:p}:state:<id>             hash {version, state}
+//	ksaga:{T:p}:checkpoint             state-topic offset up to which Redis is complete
+//	ksaga:{T:p}:deadlines              zset of non-terminal saga ids by deadline (Unix ms)
+//	ksaga:{T:p}:attempts:<group>       hash inbox offset -> "count|first ms|last ms|limit|step|error"
 //
-// Every key is written by one command or script of its own, so the store
-// works on Redis Cluster.
+// A partition's keys share one hash slot, so each write and each read of a
+// partition is one script, atomic on one node, also on Redis Cluster.
+//
+// Redis is a view that can go back in time: a restart from an RDB file or an
+// AOF synced every second, a failover to a lagging replica, a snapshot
+// restore. Because a partition's states and checkpoint are written by one
+// script, what comes back is always a prefix: some checkpoint with every
+// state before it. The engine remembers the checkpoint it last wrote or read;
+// every script checks that the checkpoint in Redis is not lower, and when it
+// is (or is gone), the engine stops trusting the partition's view and
+// replays the state topic from the checkpoint Redis has.
 type store struct {
 	rdb   redis.UniversalClient
 	typ   string
 	group string
 }
 
-// casState writes a state only if its version is higher than the stored one:
-// a fenced zombie that wakes up late cannot put an older state back.
-var casState = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'version')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'state', ARGV[2])
+// writePartition writes one partition's states with a version
+// compare-and-set, keeps the deadline index in step with each state it
+// writes, forgets cleared attempt counts and moves the checkpoint forward.
+//
+//	KEYS:  checkpoint, deadlines, attempts, state keys...
+//	ARGV:  expected checkpoint (0: none known), new checkpoint (0: keep),
+//	       n cleared offsets, the offsets, then per state: version, state,
+//	       deadline ms (0: not waiting), saga id; a version of "del"
+//	       deletes the saga's state (a tombstone on the state topic)
+//
+// It returns -1, and writes nothing, when the checkpoint is lower than
+// expected: Redis went back in time.
+var writePartition = redis.NewScript(`
+local expected = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+if expected > 0 and (not cur or tonumber(cur) < expected) then return -1 end
+local ncleared = tonumber(ARGV[3])
+if ncleared > 0 then redis.call('HDEL', KEYS[3], unpack(ARGV, 4, 3 + ncleared)) end
+local a = 4 + ncleared
+for k = 4, #KEYS do
+  if ARGV[a] == 'del' then
+    redis.call('DEL', KEYS[k])
+    redis.call('ZREM', KEYS[2], ARGV[a + 3])
+  else
+    local v = redis.call('HGET', KEYS[k], 'version')
+    if not v or tonumber(v) < tonumber(ARGV[a]) then
+      redis.call('HSET', KEYS[k], 'version', ARGV[a], 'state', ARGV[a + 1])
+      if ARGV[a + 2] == '0' then
+        redis.call('ZREM', KEYS[2], ARGV[a + 3])
+      else
+        redis.call('ZADD', KEYS[2], ARGV[a + 2], ARGV[a + 3])
+      end
+    end
+  end
+  a = a + 4
+end
+local new = tonumber(ARGV[2])
+if new > 0 and (not cur or tonumber(cur) < new) then redis.call('SET', KEYS[1], ARGV[2]) end
 return 1`)
 
-// setCheckpoint only moves a checkpoint forward. With ARGV[2] = "1" the key
-// must exist: a missing key means Redis lost its data (FLUSHALL, a failover
-// to an empty replica) and the engine rebuilds it from the state topic.
-var setCheckpoint = redis.NewScript(`
+// readPartition reads states of one partition and checks its checkpoint in
+// the same step.
+//
+//	KEYS:  checkpoint, state keys...
+//	ARGV:  expected checkpoint (0: none known)
+//
+// It returns {-1} when the checkpoint is lower than expected, else {1,
+// state or false, ...}.
+var readPartition = redis.NewScript(`
+local expected = tonumber(ARGV[1])
 local cur = redis.call('GET', KEYS[1])
-if not cur and ARGV[2] == '1' then return -1 end
-if not cur or tonumber(cur) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1`)
+if expected > 0 and (not cur or tonumber(cur) < expected) then return {-1} end
+local out = {1}
+for k = 2, #KEYS do out[k] = redis.call('HGET', KEYS[k], 'state') end
+return out`)
 
 // countAttempt adds one failed attempt of an inbox record and returns the
-// count and the first failure's time. ARGV[3] is the record's attempt limit
-// and ARGV[4] the error, kept so that a restarted engine knows when the
-// record is exhausted and why.
+// count and the first failure's time. ARGV[3] is the record's attempt limit,
+// ARGV[4] the index of the step whose code failed (-1: none) and ARGV[5]
+// the error, kept so that a restarted engine knows when the record is
+// exhausted, why, and which step to report as failed.
 var countAttempt = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 local n, first = 0, ARGV[2]
@@ -58,22 +107,38 @@ if v then
   n, first = tonumber(a), b
 end
 n = n + 1
-redis.call('HSET', KEYS[1], ARGV[1], n .. '|' .. first .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], n .. '|' .. first .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5])
 return {n, first}`)
 
-func (s *store) stateKey(id string) string    { return "ksaga:" + s.typ + ":state:" + id }
-func (s *store) checkpointKey(p int32) string { return fmt.Sprintf("ksaga:%s:checkpoint:%d", s.typ, p) }
-func (s *store) deadlinesKey(p int32) string  { return fmt.Sprintf("ksaga:%s:deadlines:%d", s.typ, p) }
-func (s *store) attemptsKey(p int32) string {
-	return fmt.Sprintf("ksaga:%s:attempts:%s:%d", s.typ, s.group, p)
+// Every key of a partition carries the hash tag {<type>:<partition>}, so
+// that on Redis Cluster they live in one slot, on one shard: a shard that
+// fails over to a lagging replica, or restarts from an older snapshot, takes
+// a partition's states and its checkpoint back in time together, and one
+// check of the checkpoint's value covers them all.
+
+func partitionTag(typ string, p int32) string {
+	return "ksaga:{" + typ + ":" + strconv.Itoa(int(p)) + "}:"
 }
 
+func (s *store) stateKey(p int32, id string) string { return partitionTag(s.typ, p) + "state:" + id }
+func (s *store) checkpointKey(p int32) string       { return partitionTag(s.typ, p) + "checkpoint" }
+func (s *store) deadlinesKey(p int32) string        { return partitionTag(s.typ, p) + "deadlines" }
+func (s *store) attemptsKey(p int32) string         { return partitionTag(s.typ, p) + "attempts:" + s.group }
+
 // StateKey returns the Redis key of a saga's state hash, with fields
-// "version" and "state" (the State as JSON).
-func StateKey(sagaType, id string) string { return "ksaga:" + sagaType + ":state:" + id }
+// "version" and "state" (the State as JSON): ksaga:{<type>:<p>}:state:<id>,
+// where p is the saga's home partition (message.HomePartition of the id and
+// the inbox's partition count).
+func StateKey(sagaType string, partition int32, id string) string {
+	return partitionTag(sagaType, partition) + "state:" + id
+}
+
+// StateKeyPattern is the SCAN pattern that matches the state keys of every
+// saga of a type. The saga id follows the first ":state:" of a key.
+func StateKeyPattern(sagaType string) string { return "ksaga:{" + sagaType + ":*}:state:*" }
 
 func (s *store) load(ctx context.Context) error {
-	for _, sc := range []*redis.Script{casState, setCheckpoint, countAttempt} {
+	for _, sc := range []*redis.Script{writePartition, readPartition, countAttempt} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load redis scripts: %w", err)
 		}
@@ -84,53 +149,85 @@ func (s *store) load(ctx context.Context) error {
 // loaded is what a batch lookup found.
 type loaded struct {
 	states map[string]*State
-	// lost lists partitions whose checkpoint vanished: Redis lost its data.
+	// lost lists partitions whose checkpoint is lower than the engine
+	// knows, or gone: Redis lost data or went back in time.
 	lost []int32
 }
 
-// get loads the states of ids in one round trip, and checks that the
-// checkpoints of the partitions in expect (partition -> checkpoint the engine
-// knows was written) still exist. A missing state is absent from the map.
-func (s *store) get(ctx context.Context, ids []string, expect map[int32]int64) (loaded, error) {
-	out := loaded{states: make(map[string]*State, len(ids))}
-	pipe := s.rdb.Pipeline()
-	gets := make([]*redis.StringCmd, len(ids))
-	for i, id := range ids {
-		gets[i] = pipe.HGet(ctx, s.stateKey(id), "state")
+// read is the lookup of one partition: the ids to load and the checkpoint
+// the engine knows was written (0: none).
+type read struct {
+	p      int32
+	expect int64
+	ids    []string
+}
+
+// get loads the states of the sagas in rs in one round trip, each
+// partition's with a check of its checkpoint. A missing state is absent from
+// the map. A partition whose check fails is listed in lost and none of its
+// states is returned.
+func (s *store) get(ctx context.Context, rs []read) (loaded, error) {
+	out := loaded{states: make(map[string]*State)}
+	if len(rs) == 0 {
+		return out, nil
 	}
-	type check struct {
-		p   int32
-		cmd *redis.IntCmd
-	}
-	var checks []check
-	for p, c := range expect {
-		if c > 0 {
-			checks = append(checks, check{p, pipe.Exists(ctx, s.checkpointKey(p))})
+	cmds, err := s.run(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(rs))
+		for i, r := range rs {
+			keys := make([]string, 0, len(r.ids)+1)
+			keys = append(keys, s.checkpointKey(r.p))
+			for _, id := range r.ids {
+				keys = append(keys, s.stateKey(r.p, id))
+			}
+			cmds[i] = readPartition.EvalSha(ctx, pipe, keys, r.expect)
 		}
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return cmds
+	})
+	if err != nil {
 		return out, fmt.Errorf("%w: load saga states: %w", errInfra, err)
 	}
-	for i, g := range gets {
-		raw, err := g.Bytes()
-		if errors.Is(err, redis.Nil) {
+	for i, c := range cmds {
+		vals, err := c.Slice()
+		if err != nil {
+			return out, fmt.Errorf("%w: load saga states: %w", errInfra, err)
+		}
+		if n, _ := vals[0].(int64); n < 0 {
+			out.lost = append(out.lost, rs[i].p)
 			continue
 		}
-		if err != nil {
-			return out, fmt.Errorf("%w: load saga %s: %w", errInfra, ids[i], err)
-		}
-		st := new(State)
-		if err := json.Unmarshal(raw, st); err != nil {
-			return out, fmt.Errorf("%w: decode saga %s from redis: %w", errInfra, ids[i], err)
-		}
-		out.states[ids[i]] = st
-	}
-	for _, c := range checks {
-		if c.cmd.Val() == 0 {
-			out.lost = append(out.lost, c.p)
+		for j, id := range rs[i].ids {
+			raw, ok := vals[j+1].(string)
+			if !ok {
+				continue
+			}
+			st := new(State)
+			if err := json.Unmarshal([]byte(raw), st); err != nil {
+				return out, fmt.Errorf("%w: decode saga %s from redis: %w", errInfra, id, err)
+			}
+			out.states[id] = st
 		}
 	}
 	return out, nil
+}
+
+// run runs the scripts that fill builds in one pipeline, loading the
+// scripts again when Redis lost them (a restart, a failover).
+func (s *store) run(ctx context.Context, fill func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
+	for try := 0; ; try++ {
+		pipe := s.rdb.Pipeline()
+		cmds := fill(pipe)
+		_, err := pipe.Exec(ctx)
+		if err != nil && isNoScript(err) && try == 0 {
+			if err := s.load(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		return cmds, nil
+	}
 }
 
 // write is one state to put in Redis.
@@ -139,86 +236,92 @@ type write struct {
 	offset    int64 // of its record on the state topic
 	state     *State
 	raw       []byte
+	// deleted marks a tombstone of the state topic: the saga's state goes.
+	deleted bool
 }
 
-// put writes states with the version compare-and-set and keeps the deadline
-// indexes, in one round trip.
-func (s *store) put(ctx context.Context, ws []write) error {
-	if len(ws) == 0 {
-		return nil
+// flush is what one partition's write carries.
+type flush struct {
+	p          int32
+	expect     int64 // the checkpoint the engine knows was written (0: none)
+	checkpoint int64 // the new checkpoint (0: keep)
+	states     []write
+	cleared    []int64 // inbox offsets whose attempt counts go
+}
+
+// put runs the flushes in one round trip. It returns the partitions whose
+// checkpoint was lower than expected (Redis lost data or went back in
+// time): nothing of theirs was written. The others were written. An error
+// means none is known to have been written.
+func (s *store) put(ctx context.Context, fs []flush) (lost []int32, err error) {
+	if len(fs) == 0 {
+		return nil, nil
 	}
-	pipe := s.rdb.Pipeline()
-	for _, w := range ws {
-		casState.EvalSha(ctx, pipe, []string{s.stateKey(w.state.ID)}, w.state.Version, w.raw)
-		if w.state.Terminal() || w.state.Deadline == 0 {
-			pipe.ZRem(ctx, s.deadlinesKey(w.partition), w.state.ID)
-		} else {
-			pipe.ZAdd(ctx, s.deadlinesKey(w.partition), redis.Z{Score: float64(w.state.Deadline), Member: w.state.ID})
+	cmds, err := s.run(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(fs))
+		for i, f := range fs {
+			keys := make([]string, 0, 3+len(f.states))
+			keys = append(keys, s.checkpointKey(f.p), s.deadlinesKey(f.p), s.attemptsKey(f.p))
+			args := make([]any, 0, 3+len(f.cleared)+4*len(f.states))
+			args = append(args, f.expect, f.checkpoint, len(f.cleared))
+			for _, o := range f.cleared {
+				args = append(args, o)
+			}
+			for _, w := range f.states {
+				keys = append(keys, s.stateKey(f.p, w.state.ID))
+				deadline := w.state.Deadline
+				if w.state.Terminal() {
+					deadline = 0
+				}
+				if w.deleted {
+					args = append(args, "del", "", 0, w.state.ID)
+					continue
+				}
+				args = append(args, w.state.Version, w.raw, deadline, w.state.ID)
+			}
+			cmds[i] = writePartition.EvalSha(ctx, pipe, keys, args...)
 		}
-	}
-	_, err := pipe.Exec(ctx)
-	if err != nil && isNoScript(err) {
-		if err := s.load(ctx); err != nil {
-			return err
-		}
-		return s.put(ctx, ws)
-	}
+		return cmds
+	})
 	if err != nil {
-		return fmt.Errorf("write saga states: %w", err)
+		return nil, fmt.Errorf("write saga states: %w", err)
 	}
-	return nil
+	for i, c := range cmds {
+		n, err := c.Int()
+		if err != nil {
+			return nil, fmt.Errorf("write saga states: %w", err)
+		}
+		if n < 0 {
+			lost = append(lost, fs[i].p)
+		}
+	}
+	return lost, nil
+}
+
+// checkpoints returns the checkpoints Redis holds for ps, in one round trip;
+// a missing one is 0.
+func (s *store) checkpoints(ctx context.Context, ps []int32) ([]int64, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ps))
+	for i, p := range ps {
+		cmds[i] = pipe.Get(ctx, s.checkpointKey(p))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read checkpoints: %w", err)
+	}
+	out := make([]int64, len(ps))
+	for i, c := range cmds {
+		v, err := c.Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("read checkpoint of partition %d: %w", ps[i], err)
+		}
+		out[i] = v
+	}
+	return out, nil
 }
 
 func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
-}
-
-// mark moves a partition's checkpoint. exists says the checkpoint must
-// already be in Redis (the engine wrote or read it before).
-type mark struct {
-	p      int32
-	offset int64
-	exists bool
-}
-
-// advance moves checkpoints and forgets attempt counts, in one round trip.
-// It returns the partitions whose checkpoint vanished (Redis lost its data);
-// the others moved. An error means none is known to have moved.
-func (s *store) advance(ctx context.Context, marks []mark, cleared map[int32][]int64) (lost []int32, err error) {
-	if len(marks) == 0 && len(cleared) == 0 {
-		return nil, nil
-	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(marks))
-	for i, m := range marks {
-		flag := "0"
-		if m.exists {
-			flag = "1"
-		}
-		cmds[i] = setCheckpoint.EvalSha(ctx, pipe, []string{s.checkpointKey(m.p)}, m.offset, flag)
-	}
-	for p, offsets := range cleared {
-		fields := make([]string, len(offsets))
-		for i, o := range offsets {
-			fields[i] = strconv.FormatInt(o, 10)
-		}
-		pipe.HDel(ctx, s.attemptsKey(p), fields...)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		if isNoScript(err) {
-			if err := s.load(ctx); err != nil {
-				return nil, err
-			}
-			return s.advance(ctx, marks, cleared)
-		}
-		return nil, fmt.Errorf("write checkpoints: %w", err)
-	}
-	for i, c := range cmds {
-		if n, _ := c.Int(); n < 0 {
-			lost = append(lost, marks[i].p)
-		}
-	}
-	return lost, nil
 }
 
 // readCheckpoint returns partition p's checkpoint, 0 when there is none.
@@ -248,16 +351,18 @@ type attempt struct {
 	count       int
 	first, last time.Time
 	err         error
+	// step is the index of the step whose code failed, or -1.
+	step int
 }
 
 // countFailure adds a failed attempt of the inbox record at (p, offset),
 // whose attempt limit is limit.
-func (s *store) countFailure(ctx context.Context, p int32, offset int64, now time.Time, limit int, cause error) (int, time.Time, error) {
+func (s *store) countFailure(ctx context.Context, p int32, offset int64, now time.Time, limit, step int, cause error) (int, time.Time, error) {
 	msg := cause.Error()
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
-	res, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit, msg).Slice()
+	res, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit, step, msg).Slice()
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("count failed attempt: %w", err)
 	}
@@ -275,17 +380,21 @@ func (s *store) attempts(ctx context.Context, p int32) (map[int64]attempt, error
 	out := make(map[int64]attempt, len(m))
 	for k, v := range m {
 		off, err1 := strconv.ParseInt(k, 10, 64)
-		parts := strings.SplitN(v, "|", 5)
-		if err1 != nil || len(parts) != 5 {
+		parts := strings.SplitN(v, "|", 6)
+		if err1 != nil || len(parts) != 6 {
 			continue
 		}
 		n, _ := strconv.Atoi(parts[0])
 		first, _ := strconv.ParseInt(parts[1], 10, 64)
 		last, _ := strconv.ParseInt(parts[2], 10, 64)
 		limit, _ := strconv.Atoi(parts[3])
-		a := attempt{count: n, first: time.UnixMilli(first), last: time.UnixMilli(last)}
+		step, err := strconv.Atoi(parts[4])
+		if err != nil {
+			step = -1
+		}
+		a := attempt{count: n, first: time.UnixMilli(first), last: time.UnixMilli(last), step: step}
 		if n >= limit {
-			a.err = fmt.Errorf("%s (after %d attempts)", parts[4], n)
+			a.err = fmt.Errorf("%s (after %d attempts)", parts[5], n)
 		}
 		out[off] = a
 	}

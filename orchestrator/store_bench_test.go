@@ -51,11 +51,30 @@ func benchWrites(b *testing.B, n int) []write {
 	return ws
 }
 
+// flushes groups writes by partition, as flushRedis does, each moving its
+// partition's checkpoint to offset.
+func flushes(ws []write, expect, offset int64) []flush {
+	byPart := make(map[int32]*flush)
+	var out []flush
+	for _, w := range ws {
+		f := byPart[w.partition]
+		if f == nil {
+			f = &flush{p: w.partition, expect: expect, checkpoint: offset}
+			byPart[w.partition] = f
+		}
+		f.states = append(f.states, w)
+	}
+	for _, f := range byPart {
+		out = append(out, *f)
+	}
+	return out
+}
+
 // BenchmarkStoreAfterCommit measures the Redis work after a commit
-// (flushRedis without the bookkeeping): one pipeline of version
-// compare-and-set scripts and deadline-index updates, then one pipeline
-// moving the six partitions' checkpoints, against a real redis-server. Each
-// iteration writes a higher version, so every compare-and-set writes.
+// (flushRedis without the bookkeeping): one pipeline with one script per
+// partition that writes its states with the version compare-and-set, keeps
+// the deadline index and moves the checkpoint, against a real redis-server.
+// Each iteration writes a higher version, so every compare-and-set writes.
 func BenchmarkStoreAfterCommit(b *testing.B) {
 	for _, n := range []int{1, 20, 1000} {
 		b.Run(fmt.Sprintf("states=%d", n), func(b *testing.B) {
@@ -70,16 +89,10 @@ func BenchmarkStoreAfterCommit(b *testing.B) {
 				for i := range ws {
 					ws[i].state.Version = version
 				}
-				if err := s.put(ctx, ws); err != nil {
-					b.Fatal(err)
-				}
+				expect := offset
 				offset += int64(n)
-				marks := make([]mark, 0, 6)
-				for p := range int32(min(n, 6)) {
-					marks = append(marks, mark{p: p, offset: offset, exists: version > 1})
-				}
-				if lost, err := s.advance(ctx, marks, nil); err != nil || len(lost) > 0 {
-					b.Fatalf("advance: lost %v, err %v", lost, err)
+				if lost, err := s.put(ctx, flushes(ws, expect, offset)); err != nil || len(lost) > 0 {
+					b.Fatalf("put: lost %v, err %v", lost, err)
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/state")
@@ -95,21 +108,26 @@ func BenchmarkStoreGet(b *testing.B) {
 			s := benchStore(b)
 			ws := benchWrites(b, n)
 			ctx := context.Background()
-			if err := s.put(ctx, ws); err != nil {
+			if _, err := s.put(ctx, flushes(ws, 0, 1)); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := s.advance(ctx, []mark{{p: 0, offset: 1}}, nil); err != nil {
-				b.Fatal(err)
+			byPart := make(map[int32]*read)
+			for _, w := range ws {
+				rd := byPart[w.partition]
+				if rd == nil {
+					rd = &read{p: w.partition, expect: 1}
+					byPart[w.partition] = rd
+				}
+				rd.ids = append(rd.ids, w.state.ID)
 			}
-			ids := make([]string, n)
-			for i, w := range ws {
-				ids[i] = w.state.ID
+			var reads []read
+			for _, rd := range byPart {
+				reads = append(reads, *rd)
 			}
-			expect := map[int32]int64{0: 1}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
-				got, err := s.get(ctx, ids, expect)
+				got, err := s.get(ctx, reads)
 				if err != nil {
 					b.Fatal(err)
 				}

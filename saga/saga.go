@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime/debug"
 	"time"
 
 	"github.com/ksaga/ksaga/retry"
@@ -31,6 +32,13 @@ import (
 // DefaultDeadline is how long the engine waits for a participant's reply to
 // one attempt of a step whose Deadline is zero.
 const DefaultDeadline = 30 * time.Second
+
+// DefaultTimeout bounds each call into a step's code (Do, Undo, Local,
+// UndoLocal) whose Timeout is zero, and each call of a data type's Validate.
+// It is well under the engine's transaction timeout (10s by default), so a
+// call that hangs is counted as a failed attempt before the transaction
+// expires.
+const DefaultTimeout = 3 * time.Second
 
 // Command is what a participant step asks of its participant. The engine
 // produces it to the topic "<Participant>.commands", keyed by the saga id.
@@ -64,7 +72,25 @@ type Step[T any] struct {
 	// transaction and the record is retried under Retry; an error marked
 	// with retry.Permanent, or the last attempt, dead-letters the record
 	// and compensates the saga.
+	//
+	// ctx carries the attempt's Key (see KeyFrom): pass it to the store the
+	// step writes to, so that the write is idempotent across redeliveries
+	// and a late write of an older attempt can be refused.
 	Local func(ctx context.Context, data *T) error
+	// UndoLocal compensates a Local step. The engine calls it when the
+	// saga compensates after the step succeeded, and also when the step's
+	// outcome is unknown: its attempts ran out, and an attempt whose
+	// transaction aborted may have left its effect behind. It must be
+	// idempotent and must succeed when the step never ran. An error is
+	// retried with backoff (see compensation.Policy), then the saga ends
+	// SagaFailed. Nil means the step needs no compensation. ctx carries a
+	// Key whose Fence is higher than that of any attempt of Local.
+	UndoLocal func(ctx context.Context, data *T) error
+	// Timeout bounds each call of Do, Undo, Local and UndoLocal. A call
+	// that has not returned by then is abandoned (its goroutine is left to
+	// finish on its own; its ctx is cancelled) and counts as a failed
+	// attempt, as an error and a panic do. Zero means DefaultTimeout.
+	Timeout time.Duration
 	// Retry bounds the attempts of the step: for a Local step the
 	// processing attempts of its record, for a Do step the sends of its
 	// command that get no reply before Deadline (re-sent with the same
@@ -78,12 +104,57 @@ type Step[T any] struct {
 
 // StepInfo describes a step to the engine.
 type StepInfo struct {
-	Name     string
-	Local    bool
+	Name  string
+	Local bool
+	// Undoable is set when the step has a compensation: Undo for a
+	// participant step, UndoLocal for a Local one.
 	Undoable bool
 	Retry    retry.Policy
 	Deadline time.Duration
+	Timeout  time.Duration
 }
+
+// Key identifies one attempt of a step for the code it calls. The engine
+// puts it in the ctx of Local and UndoLocal; read it with KeyFrom.
+type Key struct {
+	SagaID string
+	Step   string
+	// Fence grows with every change of the saga: an attempt that is
+	// redelivered (its transaction aborted) gets the same Fence again, a
+	// later attempt or the step's UndoLocal a higher one. A store that
+	// keeps the highest Fence it has seen per saga and refuses lower ones
+	// cannot be overwritten by a stale attempt (a fenced engine instance).
+	Fence int64
+}
+
+// String returns "<saga id>/<step>/<fence>", usable as an idempotency key.
+func (k Key) String() string { return fmt.Sprintf("%s/%s/%d", k.SagaID, k.Step, k.Fence) }
+
+type keyCtx struct{}
+
+// WithKey returns ctx carrying k. The engine calls it; tests of saga code
+// may too.
+func WithKey(ctx context.Context, k Key) context.Context {
+	return context.WithValue(ctx, keyCtx{}, k)
+}
+
+// KeyFrom returns the Key of the attempt that ctx belongs to.
+func KeyFrom(ctx context.Context) (Key, bool) {
+	k, ok := ctx.Value(keyCtx{}).(Key)
+	return k, ok
+}
+
+// ErrTimeout is wrapped by the error of a call into saga code that did not
+// return within its step's Timeout.
+var ErrTimeout = errors.New("saga code did not return in time")
+
+// PanicError is the error of a call into saga code that panicked.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("saga code panicked: %v", e.Value) }
 
 // Definition is a validated saga, ready for the engine. It is immutable and
 // safe for concurrent use.
@@ -94,6 +165,8 @@ type Definition struct {
 	do      []func(context.Context, any) (Command, error)
 	undo    []func(context.Context, any) (Command, error)
 	local   []func(context.Context, any) error
+	// undoLocal compensates local steps.
+	undoLocal []func(context.Context, any) error
 }
 
 // Validator is implemented by saga data that checks itself. Decode calls it
@@ -134,24 +207,35 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 		case (s.Do == nil) == (s.Local == nil):
 			return nil, fmt.Errorf("saga %s step %s: set exactly one of Do and Local", name, s.Name)
 		case s.Local != nil && s.Undo != nil:
-			return nil, fmt.Errorf("saga %s step %s: a Local step cannot have an Undo", name, s.Name)
+			return nil, fmt.Errorf("saga %s step %s: a Local step is undone by UndoLocal, not Undo", name, s.Name)
+		case s.Do != nil && s.UndoLocal != nil:
+			return nil, fmt.Errorf("saga %s step %s: a Do step is undone by Undo, not UndoLocal", name, s.Name)
+		case s.Timeout < 0:
+			return nil, fmt.Errorf("saga %s step %s: Timeout must not be negative", name, s.Name)
 		}
 		seen[s.Name] = true
-		info := StepInfo{Name: s.Name, Local: s.Local != nil, Undoable: s.Undo != nil, Retry: s.Retry, Deadline: s.Deadline}
+		info := StepInfo{Name: s.Name, Local: s.Local != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
+			Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
 		if info.Deadline <= 0 {
 			info.Deadline = DefaultDeadline
+		}
+		if info.Timeout <= 0 {
+			info.Timeout = DefaultTimeout
 		}
 		d.steps = append(d.steps, info)
 		d.do = append(d.do, typed(s.Do))
 		d.undo = append(d.undo, typed(s.Undo))
-		var local func(context.Context, any) error
-		if s.Local != nil {
-			fn := s.Local
-			local = func(ctx context.Context, data any) error { return fn(ctx, data.(*T)) }
-		}
-		d.local = append(d.local, local)
+		d.local = append(d.local, typedLocal(s.Local))
+		d.undoLocal = append(d.undoLocal, typedLocal(s.UndoLocal))
 	}
 	return d, nil
+}
+
+func typedLocal[T any](fn func(context.Context, *T) error) func(context.Context, any) error {
+	if fn == nil {
+		return nil
+	}
+	return func(ctx context.Context, data any) error { return fn(ctx, data.(*T)) }
 }
 
 func typed[T any](fn func(context.Context, *T) (Command, error)) func(context.Context, any) (Command, error) {
@@ -167,43 +251,124 @@ func (d *Definition) Name() string { return d.name }
 // Steps returns the saga's steps in order. The caller must not modify it.
 func (d *Definition) Steps() []StepInfo { return d.steps }
 
-// ErrInvalidData is wrapped by every error of Decode.
+// ErrInvalidData is wrapped by every error of Decode and DecodeStored.
 var ErrInvalidData = errors.New("invalid saga data")
 
-// Decode decodes a saga's data from JSON and validates it. Unknown fields are
-// rejected. Every error it returns wraps ErrInvalidData and is permanent
-// (retry.IsPermanent): retrying cannot fix the input.
+// Decode decodes a start request's data from JSON and validates it. Unknown
+// fields are rejected. Every error it returns wraps ErrInvalidData and is
+// permanent (retry.IsPermanent): retrying cannot fix the input. A Validate
+// that panics or does not return within DefaultTimeout is such an error too.
 func (d *Definition) Decode(value []byte) (any, error) {
-	data := d.newData()
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(data); err != nil {
-		return nil, retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, err))
-	}
-	if dec.More() {
-		return nil, retry.Permanent(fmt.Errorf("%w: %s: trailing data after the JSON value", ErrInvalidData, d.name))
+	data, err := d.decode(value, true)
+	if err != nil {
+		return nil, err
 	}
 	if v, ok := data.(Validator); ok {
-		if err := v.Validate(); err != nil {
+		err := Call(context.Background(), DefaultTimeout, func(context.Context) error { return v.Validate() })
+		if err != nil {
 			return nil, retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, err))
 		}
 	}
 	return data, nil
 }
 
+// DecodeStored decodes the data of a saga that has already started, as the
+// engine stored it. It is lenient where Decode is strict, so that a saga's
+// data type can evolve while sagas are in flight: unknown fields (a field
+// that was removed from the type) are ignored and Validate is not run again
+// (a rule that became stricter). A value that no longer decodes at all (a
+// field whose type changed) is an error wrapping ErrInvalidData; the engine
+// dead-letters the records of such a saga instead of stalling.
+func (d *Definition) DecodeStored(value []byte) (any, error) {
+	return d.decode(value, false)
+}
+
+func (d *Definition) decode(value []byte, strict bool) (data any, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, &PanicError{Value: v, Stack: debug.Stack()}))
+		}
+	}()
+	data = d.newData()
+	dec := json.NewDecoder(bytes.NewReader(value))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(data); err != nil {
+		return nil, retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, err))
+	}
+	if dec.More() {
+		return nil, retry.Permanent(fmt.Errorf("%w: %s: trailing data after the JSON value", ErrInvalidData, d.name))
+	}
+	return data, nil
+}
+
+// Call runs fn with a ctx that expires after timeout, and turns a panic of
+// fn into a *PanicError and a call that outlives timeout into an error
+// wrapping ErrTimeout. A call that does not return is abandoned: its
+// goroutine runs on until fn returns. The engine runs every call into saga
+// code through it; timeout <= 0 means DefaultTimeout.
+func Call(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- &PanicError{Value: v, Stack: debug.Stack()}
+			}
+		}()
+		done <- fn(ctx)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		// fn may have returned at the same moment: prefer its answer.
+		select {
+		case err := <-done:
+			return err
+		default:
+		}
+		return fmt.Errorf("%w (%s)", ErrTimeout, timeout)
+	}
+}
+
 // Do builds the command of participant step i for data, which must come
-// from Decode.
-func (d *Definition) Do(ctx context.Context, i int, data any) (Command, error) {
-	return d.do[i](ctx, data)
+// from Decode or DecodeStored, within the step's Timeout (see Call).
+func (d *Definition) Do(ctx context.Context, i int, data any) (cmd Command, err error) {
+	err = Call(ctx, d.steps[i].Timeout, func(ctx context.Context) error {
+		c, err := d.do[i](ctx, data)
+		cmd = c
+		return err
+	})
+	return cmd, err
 }
 
-// Undo builds the compensation command of step i for data, which must come
-// from Decode. Call it only for a step whose StepInfo.Undoable is true.
-func (d *Definition) Undo(ctx context.Context, i int, data any) (Command, error) {
-	return d.undo[i](ctx, data)
+// Undo builds the compensation command of participant step i for data
+// within the step's Timeout. Call it only for a step that is not Local and
+// whose StepInfo.Undoable is true.
+func (d *Definition) Undo(ctx context.Context, i int, data any) (cmd Command, err error) {
+	err = Call(ctx, d.steps[i].Timeout, func(ctx context.Context) error {
+		c, err := d.undo[i](ctx, data)
+		cmd = c
+		return err
+	})
+	return cmd, err
 }
 
-// RunLocal runs local step i for data, which must come from Decode.
-func (d *Definition) RunLocal(ctx context.Context, i int, data any) error {
-	return d.local[i](ctx, data)
+// RunLocal runs local step i for data within the step's Timeout, with k in
+// its ctx.
+func (d *Definition) RunLocal(ctx context.Context, i int, data any, k Key) error {
+	return Call(WithKey(ctx, k), d.steps[i].Timeout, func(ctx context.Context) error { return d.local[i](ctx, data) })
+}
+
+// RunUndoLocal runs the UndoLocal of local step i within the step's
+// Timeout, with k in its ctx. Call it only for a Local step whose
+// StepInfo.Undoable is true.
+func (d *Definition) RunUndoLocal(ctx context.Context, i int, data any, k Key) error {
+	return Call(WithKey(ctx, k), d.steps[i].Timeout, func(ctx context.Context) error { return d.undoLocal[i](ctx, data) })
 }

@@ -98,6 +98,13 @@ func (s *flakyStore) Complete(ctx context.Context, o *order.Order) error {
 	return s.next.Complete(ctx, o)
 }
 
+func (s *flakyStore) Cancel(ctx context.Context, o *order.Order) error {
+	if s.down.Load() {
+		return errors.New("orders database unavailable")
+	}
+	return s.next.Cancel(ctx, o)
+}
+
 // TestOrdersStoreOutage is write-up 003: the order cannot be recorded after
 // the payment. The record is tried three times (the count survives engine
 // restarts), then dead-lettered while the saga cancels the payment and
@@ -146,6 +153,11 @@ func TestOrdersStoreOutage(t *testing.T) {
 	})
 	eng := e.startEngine(def)
 	defer eng.stop(t)
+	// The compensation undoes complete-order first (an attempt may have
+	// written before it failed): that waits, retried, until the orders
+	// database is back.
+	waitFor(t, 60*time.Second, func() bool { return len(e.readAll(message.DLT(order.Name), 100*time.Millisecond)) == 1 })
+	store.down.Store(false)
 	evs := e.waitTerminal([]string{"o-003"}, 60*time.Second)
 	if !injected.Load() {
 		t.Fatal("the commit failure was not injected")
@@ -187,8 +199,8 @@ func TestOrdersStoreOutage(t *testing.T) {
 	if got := e.stock("sku-1"); got != 10 {
 		t.Errorf("stock %d, want 10 (released)", got)
 	}
-	if got := e.hash("ksaga:sim:order:o-003"); len(got) != 0 {
-		t.Errorf("order record %v, want none", got)
+	if got := e.hash("ksaga:sim:order:o-003")["status"]; got != "cancelled" {
+		t.Errorf("order status %q, want cancelled", got)
 	}
 	// The attempt counter is forgotten once the record is dead-lettered.
 	waitFor(t, 10*time.Second, func() bool { return e.attemptsCounted() == 0 })
@@ -196,7 +208,7 @@ func TestOrdersStoreOutage(t *testing.T) {
 
 // attemptsCounted returns the highest durable attempt count in Redis.
 func (e *env) attemptsCounted() int {
-	keys, _ := e.eng.Keys(context.Background(), "ksaga:order:attempts:*").Result()
+	keys, _ := e.eng.Keys(context.Background(), "ksaga:{order:*}:attempts:*").Result()
 	best := 0
 	for _, k := range keys {
 		vals, _ := e.eng.HGetAll(context.Background(), k).Result()
@@ -453,7 +465,7 @@ func quickOrder(e *env) *saga.Definition {
 		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory), Undo: cmd(order.Inventory, order.ReleaseInventory), Deadline: d},
 		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment), Undo: cmd(order.Payment, order.CancelPayment), Deadline: d},
 		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment), Undo: cmd(order.Shipping, order.CancelShipment), Deadline: d},
-		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete},
+		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel},
 	)
 }
 

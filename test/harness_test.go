@@ -296,7 +296,7 @@ func header(r *kgo.Record, key string) string {
 
 // redisState returns the saga's state as stored in the engine's Redis.
 func (e *env) redisState(id string) (*orchestrator.State, error) {
-	raw, err := e.eng.HGet(context.Background(), orchestrator.StateKey(order.Name, id), "state").Bytes()
+	raw, err := e.eng.HGet(context.Background(), orchestrator.StateKey(order.Name, message.HomePartition(id, partitions), id), "state").Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}

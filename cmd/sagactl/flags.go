@@ -174,13 +174,16 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 			}
 			return inv, fmt.Errorf("%s: Redis is not set: pass --redis-addr host:port or set KSAGA_REDIS_ADDR", name)
 		}
+		if c.parts < 0 || (c.parts == 0 && len(inv.brokers) == 0) {
+			return inv, fmt.Errorf("%s: the inbox's partition count is not known: pass --kafka-brokers host:port (it is read from Kafka) or --partitions N (the partition count of saga.%s.inbox)", name, sagaType)
+		}
 	}
 	if c.limit < 0 {
 		return inv, fmt.Errorf("%s: --limit must be 0 (all) or more, got %d", name, c.limit)
 	}
 	inv.list = listOptions{sagaType: sagaType, limit: c.limit, timeout: g.timeout}
 	inv.redrive = redriveOptions{sagaType: sagaType, reason: c.reason, dryRun: c.dryRun, timeout: g.timeout}
-	inv.get = getOptions{sagaType: sagaType, id: firstOr(pos, ""), redisAddrs: inv.redisAddrs, timeout: g.timeout}
+	inv.get = getOptions{sagaType: sagaType, id: firstOr(pos, ""), redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts)}
 	return inv, nil
 }
 
@@ -190,6 +193,7 @@ type cmdFlags struct {
 	reason   string
 	limit    int
 	dryRun   bool
+	parts    int
 }
 
 // defineCommandFlags defines the flags of command name on fs. It reports
@@ -205,6 +209,7 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 		fs.BoolVar(&c.dryRun, "dry-run", false, "print what would be redriven; produce and commit nothing")
 	case cmdSagaGet:
 		fs.StringVar(&c.sagaType, "saga", "", "saga `type`, e.g. order (required)")
+		fs.IntVar(&c.parts, "partitions", 0, "partition `count` of saga.TYPE.inbox, which places the saga's Redis key; read from Kafka when --kafka-brokers is set")
 	default:
 		return false
 	}
@@ -299,10 +304,10 @@ dead-letter records at all are skipped for good. Try --dry-run first; it changes
 Flags:
 `)
 	case cmdSagaGet:
-		fmt.Fprint(w, `Usage: sagactl saga get --saga TYPE ID
+		fmt.Fprint(w, `Usage: sagactl saga get --saga TYPE [--partitions N | --kafka-brokers B] ID
 
-Prints the state of saga ID as the engine last wrote it to Redis (hash ksaga:TYPE:state:ID, fields
-version and state). Redis may lag Kafka by the last few transactions. Exits 1 if there is no such
+Prints the state of saga ID as the engine last wrote it to Redis (hash ksaga:{TYPE:P}:state:ID,
+where P is the saga's home partition, fields version and state). Redis may lag Kafka by the last few transactions. Exits 1 if there is no such
 saga.
 
 Flags:

@@ -89,6 +89,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case cmdDLQRedrive:
 		_, err = redriveDLQ(ctx, inv.brokers, stdout, inv.redrive)
 	case cmdSagaGet:
+		if inv.get.partitions == 0 {
+			if inv.get.partitions, err = inboxPartitions(ctx, inv.brokers, inv.get.sagaType, inv.get.timeout); err != nil {
+				break
+			}
+		}
 		rdb := redis.NewUniversalClient(&redis.UniversalOptions{
 			Addrs:       inv.redisAddrs,
 			DialTimeout: inv.get.timeout,

@@ -512,15 +512,16 @@ func TestGetSaga(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := testContext(t)
-	if err := rdb.HSet(ctx, "ksaga:order:state:o-1", "version", "7", "state", `{"id":"o-1","status":"running","step":2}`).Err(); err != nil {
+	// With 6 inbox partitions, o-1 and o-404 live on partition 0.
+	if err := rdb.HSet(ctx, "ksaga:{order:0}:state:o-1", "version", "7", "state", `{"id":"o-1","status":"running","step":2}`).Err(); err != nil {
 		t.Fatal(err)
 	}
 
 	var out bytes.Buffer
-	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1"}); err != nil {
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1", partitions: 6}); err != nil {
 		t.Fatalf("getSaga: %v", err)
 	}
-	want := `saga order/o-1 version 7 (Redis key ksaga:order:state:o-1)
+	want := `saga order/o-1 version 7 (Redis key ksaga:{order:0}:state:o-1)
 {
   "id": "o-1",
   "status": "running",
@@ -531,12 +532,12 @@ func TestGetSaga(t *testing.T) {
 		t.Errorf("output: got\n%s\nwant\n%s", out.String(), want)
 	}
 
-	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-404"}); !errors.Is(err, errSagaNotFound) {
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-404", partitions: 6}); !errors.Is(err, errSagaNotFound) {
 		t.Errorf("missing saga: got error %v, want errSagaNotFound", err)
 	}
 
 	var stdout, stderr bytes.Buffer
-	code := run(ctx, []string{"saga", "get", "o-404", "--saga", "order"}, func(k string) string {
+	code := run(ctx, []string{"saga", "get", "o-404", "--saga", "order", "--partitions", "6"}, func(k string) string {
 		if k == "KSAGA_REDIS_ADDR" {
 			return addr
 		}
@@ -545,7 +546,7 @@ func TestGetSaga(t *testing.T) {
 	if code != exitError {
 		t.Errorf("run saga get of a missing saga: got exit code %d, want %d", code, exitError)
 	}
-	if !strings.Contains(stderr.String(), "ksaga:order:state:o-404") {
+	if !strings.Contains(stderr.String(), "ksaga:{order:0}:state:o-404") {
 		t.Errorf("stderr: got %q, want it to name the key", stderr.String())
 	}
 }
@@ -597,18 +598,19 @@ func TestParseArgs(t *testing.T) {
 		},
 		{
 			name:   "saga get with the id before the flags",
-			args:   []string{"saga", "get", "o-1", "--saga", "order", "--redis-addr", "r:6379", "--timeout", "3s"},
+			args:   []string{"saga", "get", "o-1", "--saga", "order", "--redis-addr", "r:6379", "--timeout", "3s", "--partitions", "6"},
 			getenv: none,
 			want: invocation{command: cmdSagaGet, redisAddrs: []string{"r:6379"},
-				get: getOptions{sagaType: "order", id: "o-1", redisAddrs: []string{"r:6379"}, timeout: 3 * time.Second}},
+				get: getOptions{sagaType: "order", id: "o-1", redisAddrs: []string{"r:6379"}, timeout: 3 * time.Second, partitions: 6}},
 		},
 		{
 			name:   "saga get with an id that looks like a flag after --",
-			args:   []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379", "--", "-x"},
+			args:   []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379", "--kafka-brokers", "k:9092", "--", "-x"},
 			getenv: none,
-			want: invocation{command: cmdSagaGet, redisAddrs: []string{"r:6379"},
+			want: invocation{command: cmdSagaGet, redisAddrs: []string{"r:6379"}, brokers: []string{"k:9092"},
 				get: getOptions{sagaType: "order", id: "-x", redisAddrs: []string{"r:6379"}, timeout: defaultTimeout}},
 		},
+		{"saga get without a partition count", []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379", "o-1"}, none, invocation{}, []string{"--partitions N", "--kafka-brokers"}},
 		{"missing --redis-addr", []string{"saga", "get", "--saga", "order", "o-1"}, none, invocation{}, []string{"--redis-addr", "KSAGA_REDIS_ADDR"}},
 		{"missing saga id", []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379"}, none, invocation{}, []string{"missing saga id"}},
 		{"two saga ids", []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379", "a", "b"}, none, invocation{}, []string{"want one saga id"}},

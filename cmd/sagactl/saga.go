@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 )
 
@@ -29,13 +31,16 @@ type getOptions struct {
 	redisAddrs []string
 	// timeout bounds the request to Redis; 0 means defaultTimeout.
 	timeout time.Duration
+	// partitions is the inbox's partition count: the saga's home
+	// partition places its Redis key.
+	partitions int32
 }
 
 // getSaga prints the saga's state as stored in Redis: its version, then its
 // state JSON, indented. It returns an error wrapping errSagaNotFound when
 // the key does not exist.
 func getSaga(ctx context.Context, rdb redis.UniversalClient, w io.Writer, opt getOptions) error {
-	key := orchestrator.StateKey(opt.sagaType, opt.id)
+	key := orchestrator.StateKey(opt.sagaType, message.HomePartition(opt.id, opt.partitions), opt.id)
 	timeout := orDefault(opt.timeout, defaultTimeout)
 	reqCtx, cancel := context.WithTimeout(ctx, timeout)
 	fields, err := rdb.HGetAll(reqCtx, key).Result()
@@ -65,4 +70,26 @@ func getSaga(ctx context.Context, rdb redis.UniversalClient, w io.Writer, opt ge
 	pretty.WriteByte('\n')
 	_, err = w.Write(pretty.Bytes())
 	return err
+}
+
+// inboxPartitions reads the partition count of saga.<sagaType>.inbox, which
+// places a saga's Redis keys (its home partition).
+func inboxPartitions(ctx context.Context, brokers []string, sagaType string, timeout time.Duration) (int32, error) {
+	cl, err := newAdminClient(brokers, timeout)
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	topic := message.Inbox(sagaType)
+	reqCtx, cancel := context.WithTimeout(ctx, orDefault(timeout, defaultTimeout))
+	defer cancel()
+	tds, err := kadm.NewClient(cl).ListTopics(reqCtx, topic)
+	if err != nil {
+		return 0, firstRequestError(ctx, "Kafka", brokers, "kafka-brokers", orDefault(timeout, defaultTimeout), fmt.Errorf("describe %s: %w", topic, err))
+	}
+	td, ok := tds[topic]
+	if !ok || td.Err != nil || len(td.Partitions) == 0 {
+		return 0, fmt.Errorf("topic %s not found (check --saga, or pass --partitions N)", topic)
+	}
+	return int32(len(td.Partitions)), nil
 }

@@ -22,6 +22,10 @@ type Server struct {
 }
 
 // Start starts a redis-server with persistence off and returns its address.
+// SAVE still writes a snapshot to the server's own directory, and DEBUG
+// RELOAD NOSAVE takes the server back to it: that is how tests make a Redis
+// go back in time, as a restart from an older RDB file or a failover to a
+// lagging replica does.
 // It fails the test when redis-server is not installed (apt-get install
 // redis-server) or does not come up within 10 seconds. The server is killed
 // when the test and its subtests end.
@@ -33,6 +37,11 @@ func Start(t testing.TB) string {
 // StartServer is Start, returning the Server so a test can Kill it.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
+	return start(t)
+}
+
+func start(t testing.TB, extra ...string) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found: install it (apt-get install redis-server) or run .ci/run: %v", err)
@@ -42,8 +51,10 @@ func StartServer(t testing.TB) *Server {
 		t.Fatalf("find a free port: %v", err)
 	}
 	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	s.cmd = exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--loglevel", "warning")
+	args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--loglevel", "warning",
+		"--enable-debug-command", "local"}, extra...)
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -89,3 +100,46 @@ func ping(addr string) bool {
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
+
+// StartCluster starts a Redis Cluster of n masters without replicas
+// (redis-server --cluster-enabled yes, joined with redis-cli --cluster
+// create) and returns the masters, which share the 16384 slots evenly. The
+// servers are killed when the test ends.
+func StartCluster(t testing.TB, n int) []*Server {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redis-cli not found: install redis-server (apt-get install redis-server): %v", err)
+	}
+	var nodes []*Server
+	args := []string{"--cluster", "create"}
+	for range n {
+		dir := t.TempDir()
+		s := start(t, "--cluster-enabled", "yes", "--cluster-config-file", dir+"/nodes.conf", "--cluster-node-timeout", "2000")
+		nodes = append(nodes, s)
+		args = append(args, s.Addr)
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	// The cluster is usable once every node agrees that all slots are
+	// served.
+	deadline := time.Now().Add(20 * time.Second)
+	for _, s := range nodes {
+		for {
+			out, _ := exec.Command(cli, "-h", host(s.Addr), "-p", port(s.Addr), "cluster", "info").Output()
+			if strings.Contains(string(out), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("redis cluster on %s is not ok after 20s: %s", s.Addr, out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nodes
+}
+
+func host(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }

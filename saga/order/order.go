@@ -1,8 +1,9 @@
 // Package order is the reference order saga: reserve the stock, authorize
 // the payment, schedule the shipment, then record the completed order. A
-// failure at any step undoes the steps before it, last first.
+// failure at any step undoes the steps before it, last first; recording the
+// order is undone by cancelling it in the store when its attempts run out.
 //
-//	def := order.New(store) // store records completed orders
+//	def := order.New(store) // store records completed and cancelled orders
 //
 // Its participants (inventory, payment, shipping) and the Redis order store
 // live in package sim.
@@ -95,10 +96,24 @@ func (o *Order) Validate() error {
 
 // Store records completed orders: the saga's local last step. An error
 // from Complete is retried under the step's policy, then dead-lettered and
-// compensated.
+// compensated; the compensation calls Cancel.
+//
+// The engine puts a saga.Key in the ctx of both (saga.KeyFrom). Its Fence
+// grows with every change of the saga: a redelivered attempt of Complete
+// gets the same Fence, a later attempt and Cancel a higher one. A store
+// keeps the highest Fence it has seen per order and refuses writes with a
+// lower one, so that a late write of an older attempt (from an engine
+// instance that was fenced while it ran) cannot undo a newer outcome.
 type Store interface {
-	// Complete records o as completed. It must be idempotent.
+	// Complete records o as completed. It must be idempotent for a given
+	// Fence and refuse a Fence lower than one it has seen for o.
 	Complete(ctx context.Context, o *Order) error
+	// Cancel compensates Complete: it records o as cancelled, also when it
+	// was never completed, so that a late Complete of an older attempt is
+	// refused. It must be idempotent. The engine calls it when the saga
+	// compensates after Complete ran or may have run (its attempts ran
+	// out); an error is retried, then the saga ends SagaFailed.
+	Cancel(ctx context.Context, o *Order) error
 }
 
 // Step names. They are stored in headers, events and state.
@@ -130,13 +145,14 @@ type ShippingCommand struct {
 	Items   []Item  `json:"items"`
 }
 
-// New returns the order saga, recording completed orders in store.
+// New returns the order saga, recording completed orders in store and
+// cancelling them there when the saga compensates after complete-order.
 func New(store Store) *saga.Definition {
 	return saga.New(Name,
 		saga.Step[Order]{Name: StepReserveInventory, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
 		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment)},
 		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping)},
-		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, Retry: retry.Policy{MaxAttempts: 3}},
+		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
 	)
 }
 

@@ -12,17 +12,20 @@
 //
 // The Redis keys are an external contract (DESIGN.md, "Participants"):
 //
-//	ksaga:sim:stock:<sku>                    integer units in stock (missing = 0)
-//	ksaga:sim:reservation:<order_id>         hash: status reserved|released, item:<sku> = qty
-//	ksaga:sim:payment:<order_id>             hash: status authorized|cancelled, amount_cents
-//	ksaga:sim:shipment:<order_id>            hash: status scheduled|cancelled, country, city
-//	ksaga:sim:order:<order_id>               hash: status completed, amount_cents, customer_id
-//	ksaga:sim:dedupe:<participant>:<msg id>  the stored reply JSON, expiring after DedupeTTL
+//	ksaga:sim:stock:<sku>                 integer units in stock (missing = 0)
+//	ksaga:sim:reservation:<order_id>      hash: status reserved|released, item:<sku> = qty
+//	ksaga:sim:payment:<order_id>          hash: status authorized|cancelled, amount_cents
+//	ksaga:sim:shipment:<order_id>         hash: status scheduled|cancelled, country, city
+//	ksaga:sim:order:<order_id>            hash: status completed|cancelled, fence (the highest
+//	                                      seen), amount_cents and customer_id once completed
+//	ksaga:sim:dedupe:<participant>:<saga type>:<msg id>
+//	                                      the stored reply JSON, expiring after DedupeTTL
 //
 // Every command's effect and its dedupe record are written by one Lua script,
-// so an effect happens exactly once per message id, and Handle sends a whole
-// batch in one pipelined round trip. Each effect also happens at most once
-// per order: a second ReserveInventory for a reserved order succeeds without
+// so an effect happens exactly once per message id (of its saga type: two
+// saga types may use the same ids), and Handle sends a whole batch in one
+// pipelined round trip. Each effect also happens at most once per order: a
+// second ReserveInventory for a reserved order succeeds without
 // taking more, and a compensation that arrives before its action (a re-ordered
 // or late command) leaves a tombstone that refuses the action with
 // ReasonCancelled.
@@ -46,6 +49,7 @@ import (
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/participant"
 	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/saga/order"
 )
 
@@ -92,8 +96,11 @@ func ShipmentKey(orderID string) string { return keyShipment + orderID }
 func OrderKey(orderID string) string { return keyOrder + orderID }
 
 // DedupeKey returns the Redis key holding participant's reply to message id
-// msgID.
-func DedupeKey(participant, msgID string) string { return keyDedupe + participant + ":" + msgID }
+// msgID of a saga of type sagaType (participant.Command.SagaType). Message
+// ids are unique within a saga type only, so the type is part of the key.
+func DedupeKey(participant, sagaType, msgID string) string {
+	return keyDedupe + participant + ":" + sagaType + ":" + msgID
+}
 
 // Every script takes KEYS[1] = the dedupe key and ARGV[1] = its TTL in
 // seconds. It returns the stored reply when the message was handled before;
@@ -318,7 +325,7 @@ func (h *handler) exec(ctx context.Context, cmds []participant.Command, calls []
 		if c.script == nil {
 			continue
 		}
-		keys := append([]string{DedupeKey(h.name, cmds[i].MessageID)}, c.keys...)
+		keys := append([]string{DedupeKey(h.name, cmds[i].SagaType, cmds[i].MessageID)}, c.keys...)
 		args := append([]any{ttl}, c.args...)
 		out[i] = c.script.EvalSha(ctx, pipe, keys, args...)
 	}
@@ -483,9 +490,16 @@ func SeedStock(ctx context.Context, rdb redis.UniversalClient, stock map[string]
 	return nil
 }
 
-// OrderStore records completed orders in Redis: it is the order saga's
-// complete-order step. Give it its own client to simulate an outage of the
-// order database apart from the engine's Redis.
+// OrderStore records completed and cancelled orders in Redis: it is the
+// order saga's complete-order step and its compensation. Give it its own
+// client to simulate an outage of the order database apart from the
+// engine's Redis. Each write is one script on one key, so the client may be
+// a Redis Cluster.
+//
+// Both writes are fenced by the saga.Key in their ctx: the hash keeps the
+// highest Fence it has seen (field fence), and a write with a lower one is
+// refused with ErrStale. A late Complete of an older attempt therefore
+// cannot bring back an order that was cancelled, nor overwrite a newer one.
 type OrderStore struct {
 	rdb redis.UniversalClient
 }
@@ -495,21 +509,93 @@ var _ order.Store = (*OrderStore)(nil)
 // NewOrderStore returns an OrderStore writing to rdb.
 func NewOrderStore(rdb redis.UniversalClient) *OrderStore { return &OrderStore{rdb: rdb} }
 
+// ErrStale is wrapped by the error of a write whose Fence is lower than one
+// the order's record has seen: it comes from an older attempt, and a newer
+// attempt or the order's cancellation has been recorded since. The error is
+// permanent (retry.IsPermanent).
+var ErrStale = errors.New("a newer write of this order was recorded")
+
+// Both scripts take KEYS[1] = the order and ARGV[1] = the write's fence.
+// They return {1} when they wrote, or {0, stored status, stored fence}
+// when the stored fence is higher.
+const luaFence = `
+local fence = tonumber(ARGV[1])
+local stored = redis.call('HMGET', KEYS[1], 'status', 'fence')
+local seen = tonumber(stored[2])
+if seen and seen > fence then
+  return {0, stored[1] or '', stored[2]}
+end
+`
+
+// scriptComplete records a completed order. ARGV[2] = amount_cents, ARGV[3]
+// = customer_id.
+var scriptComplete = redis.NewScript(luaFence + `
+redis.call('HSET', KEYS[1], 'status', 'completed', 'amount_cents', ARGV[2], 'customer_id', ARGV[3], 'fence', ARGV[1])
+return {1}
+`)
+
+// scriptCancel records a cancelled order, keeping what Complete wrote.
+var scriptCancel = redis.NewScript(luaFence + `
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'fence', ARGV[1])
+return {1}
+`)
+
 // Complete records o as completed in the hash ksaga:sim:order:<order_id>
-// (status, amount_cents, customer_id). It is idempotent. A Redis error is
-// returned as is, to be retried; an order without an id is a permanent
-// error (retry.IsPermanent).
+// (status, amount_cents, customer_id, fence), unless the hash has seen a
+// higher fence than that of ctx's saga.Key (ErrStale). It is idempotent. A
+// Redis error is returned as is, to be retried; an order without an id or a
+// ctx without a saga.Key is a permanent error (retry.IsPermanent).
 func (s *OrderStore) Complete(ctx context.Context, o *order.Order) error {
 	if o == nil || o.OrderID == "" {
 		return retry.Permanent(errors.New("complete order: order id is required"))
 	}
-	err := s.rdb.HSet(ctx, OrderKey(o.OrderID),
-		"status", "completed",
-		"amount_cents", o.AmountCents,
-		"customer_id", o.CustomerID,
-	).Err()
+	return s.write(ctx, "complete", o.OrderID, scriptComplete, o.AmountCents, o.CustomerID)
+}
+
+// Cancel records o as cancelled in the hash ksaga:sim:order:<order_id>
+// (status cancelled, fence), also when it was never completed, so that a
+// late Complete with a lower fence is refused. It keeps the amount and
+// customer of a completed order. It is idempotent: a Cancel that finds a
+// higher fence on an order that is cancelled already succeeds; on one that
+// is not, it fails with ErrStale. Errors are as for Complete.
+func (s *OrderStore) Cancel(ctx context.Context, o *order.Order) error {
+	if o == nil || o.OrderID == "" {
+		return retry.Permanent(errors.New("cancel order: order id is required"))
+	}
+	err := s.write(ctx, "cancel", o.OrderID, scriptCancel)
+	var st *staleError
+	if errors.As(err, &st) && st.status == "cancelled" {
+		return nil
+	}
+	return err
+}
+
+// staleError is the error of a refused write.
+type staleError struct {
+	op, orderID, status, seen string
+	fence                     int64
+}
+
+func (e *staleError) Error() string {
+	return fmt.Sprintf("%s order %s at fence %d: the order is %s at fence %s: %v", e.op, e.orderID, e.fence, e.status, e.seen, ErrStale)
+}
+
+func (e *staleError) Unwrap() error { return ErrStale }
+
+// write runs script on the order's key with ctx's fence and args.
+func (s *OrderStore) write(ctx context.Context, op, orderID string, script *redis.Script, args ...any) error {
+	k, ok := saga.KeyFrom(ctx)
+	if !ok {
+		return retry.Permanent(fmt.Errorf("%s order %s: no saga.Key in ctx: the engine passes one to the step", op, orderID))
+	}
+	res, err := script.Run(ctx, s.rdb, []string{OrderKey(orderID)}, append([]any{k.Fence}, args...)...).Slice()
 	if err != nil {
-		return fmt.Errorf("complete order %s: %w", o.OrderID, err)
+		return fmt.Errorf("%s order %s: %w", op, orderID, err)
+	}
+	if len(res) == 3 && res[0] == int64(0) {
+		status, _ := res[1].(string)
+		seen, _ := res[2].(string)
+		return retry.Permanent(&staleError{op: op, orderID: orderID, status: status, seen: seen, fence: k.Fence})
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package sim_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"reflect"
@@ -18,6 +19,7 @@ import (
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/participant"
 	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/saga/order"
 	"github.com/ksaga/ksaga/saga/order/sim"
 )
@@ -265,7 +267,7 @@ func TestCorruptStockWritesNothing(t *testing.T) {
 		t.Fatalf("Handle: got error %v, want one for a non-integer stock", err)
 	}
 	wantStock(t, rdb, map[string]int64{"sku-a": 5})
-	if n, _ := rdb.Exists(context.Background(), sim.DedupeKey(order.Inventory, "m-1"), sim.ReservationKey("o-1")).Result(); n != 0 {
+	if n, _ := rdb.Exists(context.Background(), sim.DedupeKey(order.Inventory, order.Name, "m-1"), sim.ReservationKey("o-1")).Result(); n != 0 {
 		t.Errorf("keys written: got %d, want 0", n)
 	}
 }
@@ -413,7 +415,7 @@ func TestBadCommand(t *testing.T) {
 			if tt.cmd.MessageID == "" {
 				return
 			}
-			stored, err := rdb.Get(context.Background(), sim.DedupeKey(tt.participant, tt.cmd.MessageID)).Result()
+			stored, err := rdb.Get(context.Background(), sim.DedupeKey(tt.participant, tt.cmd.SagaType, tt.cmd.MessageID)).Result()
 			if err != nil {
 				t.Fatalf("stored reply: %v", err)
 			}
@@ -439,10 +441,30 @@ func TestHandlers(t *testing.T) {
 	}
 }
 
+// TestDedupeBySagaType sends two commands with the same message id from
+// two saga types: message ids are unique per saga type only, so both must
+// take effect, and each redelivery must answer from its own record.
+func TestDedupeBySagaType(t *testing.T) {
+	rdb := newRedis(t)
+	inv := sim.NewInventory(rdb)
+	seed(t, rdb, map[string]int64{"sku-a": 5})
+	fromOrder := reserve(t, "m-1", "o-1", order.Item{SKU: "sku-a", Qty: 1})
+	fromTrip := reserve(t, "m-1", "t-1", order.Item{SKU: "sku-a", Qty: 3})
+	fromTrip.SagaType = "trip"
+	wantReplies(t, handle(t, inv, fromOrder, fromTrip, fromOrder, fromTrip), ok, ok, ok, ok)
+	wantStock(t, rdb, map[string]int64{"sku-a": 1})
+	wantHash(t, rdb, sim.ReservationKey("t-1"), map[string]string{"status": "reserved", "item:sku-a": "3"})
+	for _, typ := range []string{order.Name, "trip"} {
+		if n, _ := rdb.Exists(context.Background(), sim.DedupeKey(order.Inventory, typ, "m-1")).Result(); n != 1 {
+			t.Errorf("dedupe record of saga type %s: got %d keys, want 1", typ, n)
+		}
+	}
+}
+
 func TestDedupeRecordTTL(t *testing.T) {
 	rdb := newRedis(t)
 	handle(t, sim.NewShipping(rdb), cmd(t, order.CancelShipment, "m-1", order.ShippingCommand{OrderID: "o-1"}))
-	ttl, err := rdb.TTL(context.Background(), sim.DedupeKey(order.Shipping, "m-1")).Result()
+	ttl, err := rdb.TTL(context.Background(), sim.DedupeKey(order.Shipping, order.Name, "m-1")).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,20 +489,111 @@ func TestScriptFlush(t *testing.T) {
 	wantStock(t, rdb, map[string]int64{"sku-a": 3})
 }
 
-func TestOrderStoreComplete(t *testing.T) {
+// fenced returns a ctx carrying the saga.Key of an attempt of complete-order
+// with the given fence.
+func fenced(orderID string, fence int64) context.Context {
+	return saga.WithKey(context.Background(), saga.Key{SagaID: orderID, Step: order.StepCompleteOrder, Fence: fence})
+}
+
+// TestOrderStoreFences runs sequences of Complete and Cancel with fences on
+// one order and checks each result and the final record.
+func TestOrderStoreFences(t *testing.T) {
+	o := &order.Order{OrderID: "o-1", CustomerID: "c-1", AmountCents: 4599, Currency: "USD"}
+	type write struct {
+		cancel bool
+		fence  int64
+		stale  bool // the write fails with ErrStale
+	}
+	completed := func(fence string) map[string]string {
+		return map[string]string{"status": "completed", "amount_cents": "4599", "customer_id": "c-1", "fence": fence}
+	}
+	tests := []struct {
+		name   string
+		writes []write
+		want   map[string]string
+	}{
+		{
+			name:   "complete is idempotent",
+			writes: []write{{fence: 3}, {fence: 3}},
+			want:   completed("3"),
+		},
+		{
+			name:   "a later attempt completes",
+			writes: []write{{fence: 3}, {fence: 5}},
+			want:   completed("5"),
+		},
+		{
+			name:   "an older attempt is refused",
+			writes: []write{{fence: 5}, {fence: 3, stale: true}},
+			want:   completed("5"),
+		},
+		{
+			name:   "cancel after complete",
+			writes: []write{{fence: 3}, {cancel: true, fence: 4}},
+			want:   map[string]string{"status": "cancelled", "amount_cents": "4599", "customer_id": "c-1", "fence": "4"},
+		},
+		{
+			name:   "a stale complete after cancel is refused",
+			writes: []write{{fence: 3}, {cancel: true, fence: 4}, {fence: 3, stale: true}},
+			want:   map[string]string{"status": "cancelled", "amount_cents": "4599", "customer_id": "c-1", "fence": "4"},
+		},
+		{
+			name:   "cancel of a never completed order leaves a tombstone",
+			writes: []write{{cancel: true, fence: 4}, {fence: 3, stale: true}},
+			want:   map[string]string{"status": "cancelled", "fence": "4"},
+		},
+		{
+			name:   "cancel is idempotent",
+			writes: []write{{cancel: true, fence: 4}, {cancel: true, fence: 4}, {cancel: true, fence: 2}},
+			want:   map[string]string{"status": "cancelled", "fence": "4"},
+		},
+		{
+			name:   "a stale cancel of a newer completion is refused",
+			writes: []write{{fence: 6}, {cancel: true, fence: 4, stale: true}},
+			want:   completed("6"),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rdb := newRedis(t)
+			s := sim.NewOrderStore(rdb)
+			for i, w := range tt.writes {
+				op, do := "Complete", s.Complete
+				if w.cancel {
+					op, do = "Cancel", s.Cancel
+				}
+				err := do(fenced(o.OrderID, w.fence), o)
+				switch {
+				case w.stale && (!errors.Is(err, sim.ErrStale) || !retry.IsPermanent(err)):
+					t.Errorf("write %d, %s at fence %d: got %v, want a permanent error wrapping ErrStale", i+1, op, w.fence, err)
+				case !w.stale && err != nil:
+					t.Errorf("write %d, %s at fence %d: got %v, want nil", i+1, op, w.fence, err)
+				}
+			}
+			wantHash(t, rdb, sim.OrderKey(o.OrderID), tt.want)
+		})
+	}
+}
+
+func TestOrderStorePermanentErrors(t *testing.T) {
 	rdb := newRedis(t)
 	s := sim.NewOrderStore(rdb)
 	o := &order.Order{OrderID: "o-1", CustomerID: "c-1", AmountCents: 4599, Currency: "USD"}
-	for i := range 2 {
-		if err := s.Complete(context.Background(), o); err != nil {
-			t.Fatalf("Complete #%d: %v", i+1, err)
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"complete without id", s.Complete(fenced("o-1", 1), &order.Order{})},
+		{"cancel without id", s.Cancel(fenced("o-1", 1), &order.Order{})},
+		{"complete without a key", s.Complete(context.Background(), o)},
+		{"cancel without a key", s.Cancel(context.Background(), o)},
+	}
+	for _, tt := range tests {
+		if !retry.IsPermanent(tt.err) {
+			t.Errorf("%s: got %v, want a permanent error", tt.name, tt.err)
 		}
-		wantHash(t, rdb, sim.OrderKey("o-1"),
-			map[string]string{"status": "completed", "amount_cents": "4599", "customer_id": "c-1"})
 	}
-	if err := s.Complete(context.Background(), &order.Order{}); !retry.IsPermanent(err) {
-		t.Errorf("Complete without id: got %v, want a permanent error", err)
-	}
+	wantHash(t, rdb, sim.OrderKey("o-1"), nil)
 }
 
 func TestOrderStoreRedisDown(t *testing.T) {
@@ -488,7 +601,7 @@ func TestOrderStoreRedisDown(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer rdb.Close()
 	srv.Kill()
-	err := sim.NewOrderStore(rdb).Complete(context.Background(), &order.Order{OrderID: "o-1"})
+	err := sim.NewOrderStore(rdb).Complete(fenced("o-1", 1), &order.Order{OrderID: "o-1"})
 	if err == nil || retry.IsPermanent(err) {
 		t.Errorf("Complete with Redis down: got %v, want a retryable error", err)
 	}
