@@ -29,6 +29,13 @@
 // must exist: a record produced to a missing topic fails its batch, which is
 // then retried until the topic appears.
 //
+// A participant that restarts after a crash should get its partitions back
+// at once: give it a stable TransactionalID and StaticMembership, and a
+// SessionTimeout longer than a restart. Run registers the transactional id
+// before its first poll, which fences the dead predecessor and aborts the
+// transaction it left open, so the restarted instance need not wait for that
+// transaction to time out before it reads its committed offsets.
+//
 // The package exports no metrics of its own; pass kgo hooks (kprom, kotel)
 // with KafkaOpts.
 package participant
@@ -129,12 +136,15 @@ type optFunc func(*config)
 func (f optFunc) apply(c *config) { f(c) }
 
 type config struct {
-	brokers []string
-	txnID   string
-	group   string
-	logger  *slog.Logger
-	kopts   []kgo.Opt
-	backoff retry.Policy
+	brokers          []string
+	txnID            string
+	group            string
+	logger           *slog.Logger
+	kopts            []kgo.Opt
+	backoff          retry.Policy
+	static           bool
+	sessionTimeout   time.Duration
+	rebalanceTimeout time.Duration
 }
 
 // Brokers sets the Kafka seed brokers, host:port. It is required.
@@ -156,10 +166,37 @@ func Group(g string) Opt { return optFunc(func(c *config) { c.group = g }) }
 // Logger sets the logger. The default is slog.Default().
 func Logger(l *slog.Logger) Opt { return optFunc(func(c *config) { c.logger = l }) }
 
+// StaticMembership joins the consumer group as a static member whose
+// instance id is the transactional id (KIP-345). A restarted instance takes
+// its predecessor's place in the group at once, without a rebalance and
+// without waiting for the old session to time out or for the other members
+// to rejoin. Static members do not leave the group when they close: an
+// instance that stops for good keeps its partitions until its session times
+// out. Use it with a transactional id that is stable per instance and
+// unique among running ones (a StatefulSet pod name plus the participant's
+// name), and a SessionTimeout longer than a restart.
+func StaticMembership() Opt { return optFunc(func(c *config) { c.static = true }) }
+
+// SessionTimeout sets the consumer group session timeout: how long the group
+// waits for a silent member (a crashed or paused process) before it gives
+// its partitions to the others. The heartbeat interval is a third of it, at
+// most kgo's default of 3s. Zero keeps kgo's default, 45s; the broker
+// accepts values between its group.min.session.timeout.ms (6s by default)
+// and group.max.session.timeout.ms.
+func SessionTimeout(d time.Duration) Opt { return optFunc(func(c *config) { c.sessionTimeout = d }) }
+
+// RebalanceTimeout sets how long the group waits, once a rebalance started,
+// for its members to rejoin; a member that does not is dropped. Every
+// member's join waits for the slowest, up to this timeout. Zero keeps kgo's
+// default, 60s.
+func RebalanceTimeout(d time.Duration) Opt {
+	return optFunc(func(c *config) { c.rebalanceTimeout = d })
+}
+
 // KafkaOpts appends options to the kgo client, after the participant's own
-// (tests use it for short session timeouts; production for hooks and TLS).
-// Options that change the consumed topics, the group, the isolation level or
-// the transactional id break the participant's guarantees.
+// (production uses it for hooks and TLS). Options that change the consumed
+// topics, the group, the isolation level, the transactional id or the
+// partition callbacks break the participant's guarantees or its logs.
 func KafkaOpts(opts ...kgo.Opt) Opt {
 	return optFunc(func(c *config) { c.kopts = append(c.kopts, opts...) })
 }
@@ -188,13 +225,47 @@ type Participant struct {
 	running bool
 	cancel  context.CancelFunc
 	done    chan struct{}
+
+	// ownedMu guards owned, the partitions of the command topic that the
+	// group assigned to this instance; the kgo partition callbacks
+	// update it.
+	ownedMu sync.Mutex
+	owned   map[int32]bool
+}
+
+// defaultHeartbeat is kgo's default heartbeat interval.
+const defaultHeartbeat = 3 * time.Second
+
+// assign records a change of the assigned partitions and logs it.
+func (p *Participant) assign(parts []int32, assigned bool, msg string) {
+	p.ownedMu.Lock()
+	for _, n := range parts {
+		if assigned {
+			p.owned[n] = true
+		} else {
+			delete(p.owned, n)
+		}
+	}
+	owned := len(p.owned)
+	p.ownedMu.Unlock()
+	if len(parts) > 0 || assigned {
+		p.log.Info(msg, "topic", p.topic, "partitions", parts, "owned", owned)
+	}
+}
+
+// ownedCount returns how many partitions of the command topic this instance
+// owns.
+func (p *Participant) ownedCount() int {
+	p.ownedMu.Lock()
+	defer p.ownedMu.Unlock()
+	return len(p.owned)
 }
 
 // New returns the participant name, whose handler h answers the commands of
 // the topic "<name>.commands". It validates its arguments (a non-empty name,
-// a non-nil h, Brokers set) and creates the Kafka client, which starts
-// joining the consumer group in the background: call Run soon after, and
-// Close in any case.
+// a non-nil h, Brokers set, no negative timeout) and creates the Kafka
+// client, which starts joining the consumer group in the background: call
+// Run soon after, and Close in any case.
 func New(name string, h Handler, opts ...Opt) (*Participant, error) {
 	if name == "" {
 		return nil, errors.New("participant name is required")
@@ -206,8 +277,13 @@ func New(name string, h Handler, opts ...Opt) (*Participant, error) {
 	for _, o := range opts {
 		o.apply(&cfg)
 	}
-	if len(cfg.brokers) == 0 {
+	switch {
+	case len(cfg.brokers) == 0:
 		return nil, fmt.Errorf("participant %s: no brokers: use Brokers", name)
+	case cfg.sessionTimeout < 0:
+		return nil, fmt.Errorf("participant %s: SessionTimeout %v is negative", name, cfg.sessionTimeout)
+	case cfg.rebalanceTimeout < 0:
+		return nil, fmt.Errorf("participant %s: RebalanceTimeout %v is negative", name, cfg.rebalanceTimeout)
 	}
 	if cfg.group == "" {
 		cfg.group = "ksaga-participant-" + name
@@ -229,6 +305,7 @@ func New(name string, h Handler, opts ...Opt) (*Participant, error) {
 		h:     h,
 		cfg:   cfg,
 		log:   cfg.logger.With("participant", name, "group", cfg.group, "transactional_id", cfg.txnID),
+		owned: make(map[int32]bool),
 	}
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.brokers...),
@@ -238,6 +315,24 @@ func New(name string, h Handler, opts ...Opt) (*Participant, error) {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			p.assign(m[p.topic], true, "partitions assigned")
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			p.assign(m[p.topic], false, "partitions revoked")
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			p.assign(m[p.topic], false, "partitions lost")
+		}),
+	}
+	if cfg.static {
+		kopts = append(kopts, kgo.InstanceID(cfg.txnID))
+	}
+	if d := cfg.sessionTimeout; d > 0 {
+		kopts = append(kopts, kgo.SessionTimeout(d), kgo.HeartbeatInterval(min(d/3, defaultHeartbeat)))
+	}
+	if d := cfg.rebalanceTimeout; d > 0 {
+		kopts = append(kopts, kgo.RebalanceTimeout(d))
 	}
 	sess, err := kgo.NewGroupTransactSession(append(kopts, cfg.kopts...)...)
 	if err != nil {
@@ -247,12 +342,14 @@ func New(name string, h Handler, opts ...Opt) (*Participant, error) {
 	return p, nil
 }
 
-// Run consumes and answers commands until ctx is cancelled, Close is called
-// or a fatal error occurs. On cancellation it finishes (or aborts) the
-// current transaction and returns nil. A batch that fails (Handler error,
-// failed produce or commit) is aborted, re-consumed from the committed
-// offsets and retried after the Backoff wait, without limit. The fatal
-// errors are those after which this instance cannot commit again: the
+// Run registers the transactional id (fencing a predecessor with the same id
+// and aborting the transaction it left open; a failure is retried after the
+// Backoff wait), then consumes and answers commands until ctx is cancelled,
+// Close is called or a fatal error occurs. On cancellation it finishes (or
+// aborts) the current transaction and returns nil. A batch that fails
+// (Handler error, failed produce or commit) is aborted, re-consumed from the
+// committed offsets and retried after the Backoff wait, without limit. The
+// fatal errors are those after which this instance cannot commit again: the
 // transactional id was fenced by another instance, or it is not authorized;
 // the caller should exit (and be restarted). Run returns ErrClosed after
 // Close and ErrRunning while another Run is running. Run may be called again
@@ -278,13 +375,50 @@ func (p *Participant) Run(ctx context.Context) error {
 		p.mu.Unlock()
 		close(done)
 	}()
+	if err := p.initProducer(ctx); err != nil {
+		return err
+	}
 	return p.loop(ctx)
 }
 
+// initProducer registers the transactional id with the transaction
+// coordinator before the first poll, as a producer would only before its
+// first transaction. The coordinator bumps the id's epoch, which fences a
+// predecessor that died with the same id and aborts the transaction it left
+// open: its replies are discarded and its pending offset commit released,
+// so the group's offsets are readable (RequireStableFetchOffsets) at once
+// instead of after the transaction timeout.
+func (p *Participant) initProducer(ctx context.Context) error {
+	for failures := 1; ; failures++ {
+		p.log.Debug("registering the transactional id")
+		id, epoch, err := p.sess.Client().ProducerID(ctx)
+		switch {
+		case err == nil:
+			p.log.Debug("transactional id registered", "producer_id", id, "epoch", epoch)
+			return nil
+		case ctx.Err() != nil || errors.Is(err, kgo.ErrClientClosed):
+			return nil
+		case fatal(err):
+			return fmt.Errorf("participant %s: register transactional id %s: %w", p.name, p.cfg.txnID, err)
+		}
+		wait := p.cfg.backoff.Backoff(failures + 1)
+		p.log.Warn("cannot register the transactional id; retrying", "failures", failures, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
 // Close stops Run, waits for it to finish its current transaction and
-// return, and then closes the Kafka client, leaving the consumer group so
-// its partitions move to another instance at once. It is safe to call after
-// Run returned, without Run, and more than once.
+// return, and then closes the Kafka client. A dynamic member leaves the
+// consumer group, so its partitions move to another instance at once; a
+// static one (StaticMembership) does not, so that its restart takes them
+// back without a rebalance. It is safe to call after Run returned, without
+// Run, and more than once.
 func (p *Participant) Close() {
 	p.mu.Lock()
 	p.closed = true
@@ -300,6 +434,11 @@ func (p *Participant) Close() {
 func (p *Participant) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed batches; reset by a commit
 	for {
+		if n := p.ownedCount(); n == 0 {
+			p.log.Debug("waiting to join the group: no partitions assigned yet")
+		} else {
+			p.log.Debug("polling for commands", "owned", n)
+		}
 		fetches := p.sess.PollRecords(ctx, MaxBatch)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			return nil

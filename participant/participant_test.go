@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,16 +42,17 @@ func newCluster(t *testing.T) *kfake.Cluster {
 }
 
 // start runs a participant for h until the test ends; it returns the
-// participant so a test can Close it early.
-func start(t *testing.T, c *kfake.Cluster, h participant.Handler) *participant.Participant {
+// participant so a test can Close it early. opts are applied after the
+// test defaults.
+func start(t *testing.T, c *kfake.Cluster, h participant.Handler, opts ...participant.Opt) *participant.Participant {
 	t.Helper()
-	p, err := participant.New(name, h,
+	p, err := participant.New(name, h, append([]participant.Opt{
 		participant.Brokers(c.ListenAddrs()...),
-		participant.TransactionalID("test-"+t.Name()),
+		participant.TransactionalID("test-" + t.Name()),
 		participant.Logger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		participant.Backoff(retry.Policy{InitialInterval: 5 * time.Millisecond, Jitter: -1}),
-		participant.KafkaOpts(kgo.FetchMaxWait(100*time.Millisecond)),
-	)
+		participant.KafkaOpts(kgo.FetchMaxWait(100 * time.Millisecond)),
+	}, opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -229,6 +232,8 @@ func TestNewValidates(t *testing.T) {
 		{"no name", "", h, []participant.Opt{participant.Brokers("127.0.0.1:1")}},
 		{"no handler", name, nil, []participant.Opt{participant.Brokers("127.0.0.1:1")}},
 		{"no brokers", name, h, nil},
+		{"negative session timeout", name, h, []participant.Opt{participant.Brokers("127.0.0.1:1"), participant.SessionTimeout(-time.Second)}},
+		{"negative rebalance timeout", name, h, []participant.Opt{participant.Brokers("127.0.0.1:1"), participant.RebalanceTimeout(-time.Second)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -513,5 +518,125 @@ func TestCloseStopsRun(t *testing.T) {
 	p.Close() // twice is fine
 	if err := p.Run(context.Background()); !errors.Is(err, participant.ErrClosed) {
 		t.Errorf("Run after Close: got %v, want ErrClosed", err)
+	}
+}
+
+// cutter is a kgo dialer that can cut a client off the network, as the
+// death of its process would: cut closes the connections it made and
+// refuses new ones.
+type cutter struct {
+	mu    sync.Mutex
+	cut   bool
+	conns []net.Conn
+}
+
+func (c *cutter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cut {
+		return nil, errors.New("cut off the network")
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err == nil {
+		c.conns = append(c.conns, conn)
+	}
+	return conn, err
+}
+
+func (c *cutter) cutOff() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut = true
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
+// TestStaticRestartAnswersAtOnce kills a static participant in the middle
+// of a transaction (its reply produced and its offset commit added, the
+// commit not sent) and starts its successor with the same transactional id
+// and long timeouts, as sagad restarts after a SIGKILL. The successor must
+// take the dead member's place in the group at once (no rebalance that waits
+// for the dead member's session to time out) and abort the open
+// transaction at once (no wait for the transaction timeout before the
+// committed offsets are readable), so it answers the redelivered command
+// and a new one within a few seconds; the dead one's reply stays aborted.
+func TestStaticRestartAnswersAtOnce(t *testing.T) {
+	const (
+		txnID   = "sagad-0-inventory"
+		timeout = 30 * time.Second // session and rebalance: far above the bound below
+		bound   = 5 * time.Second
+	)
+	c := newCluster(t)
+	static := []participant.Opt{
+		participant.TransactionalID(txnID),
+		participant.StaticMembership(),
+		participant.SessionTimeout(timeout),
+		participant.RebalanceTimeout(timeout),
+	}
+	replies := newReader(t, c, inbox)
+
+	var nw cutter
+	dead, err := participant.New(name, &counting{}, append(static,
+		participant.Brokers(c.ListenAddrs()...),
+		participant.Logger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		participant.KafkaOpts(kgo.Dialer(nw.dial), kgo.FetchMaxWait(100*time.Millisecond)))...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	deadCtx, kill := context.WithCancel(context.Background())
+	go dead.Run(deadCtx) // its error is that of a dead process: ignored
+	t.Cleanup(func() {
+		kill()
+		// Close waits for Run, which may retry its commit on the dead
+		// network until it gives up; do not hold the test for it.
+		go dead.Close()
+	})
+	produce(t, c, command("m-1", "o-1"))
+	replies.waitFor(1)
+
+	// The next commit of txnID cuts the participant off instead of
+	// reaching the coordinator: the transaction stays open.
+	var killed atomic.Bool
+	c.ControlKey(kmsg.EndTxn.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		req := kr.(*kmsg.EndTxnRequest)
+		if req.TransactionalID != txnID || !req.Commit {
+			return nil, nil, false
+		}
+		nw.cutOff()
+		killed.Store(true)
+		return nil, errors.New("the process was killed"), true
+	})
+	produce(t, c, command("m-2", "o-2"))
+	waitFor(t, 10*time.Second, "the first participant to die in its commit", killed.Load)
+
+	started := time.Now()
+	start(t, c, &counting{}, static...)
+	produce(t, c, command("m-3", "o-3"))
+	deadline := started.Add(bound)
+	for time.Now().Before(deadline) && len(replies.all()) < 3 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := replies.settle(300 * time.Millisecond)
+	inReplyTo := make(map[string]int)
+	for _, r := range got {
+		v, _ := header(r, message.HeaderInReplyTo)
+		inReplyTo[v]++
+	}
+	if want := map[string]int{"m-1": 1, "m-2": 1, "m-3": 1}; !reflect.DeepEqual(inReplyTo, want) {
+		t.Fatalf("committed replies %d s after the restart: got %v, want %v (one each, within %v)",
+			int(time.Since(started).Seconds()), inReplyTo, want, bound)
+	}
+}
+
+// waitFor polls cond until it holds, or fails the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

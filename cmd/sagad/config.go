@@ -56,6 +56,17 @@ type config struct {
 	sessionTimeout time.Duration
 	// pprof serves /debug/pprof/ on metricsAddr.
 	pprof bool
+	// dltRetention is the retention of the dead-letter topics sagad
+	// creates; zero keeps their records until they are deleted.
+	dltRetention time.Duration
+	// chaosFaults wraps the orders store with the chaos suite's fault
+	// hooks (see chaosStore). Tests only.
+	chaosFaults bool
+}
+
+// topicSpec is how sagad creates its topics.
+func (c config) topicSpec() topicSpec {
+	return topicSpec{partitions: c.partitions, replicationFactor: c.replicationFactor, dltRetention: c.dltRetention}
 }
 
 // embedded reports whether sagad runs its own Kafka and Redis.
@@ -68,8 +79,8 @@ type flagValues struct {
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir string
 	partitions, replicationFactor, maxPoll, demoOrders      int
 	paymentLimit                                            int64
-	serve, static, engine, pprof                            bool
-	sessionTimeout                                          time.Duration
+	serve, static, engine, pprof, chaosFaults               bool
+	sessionTimeout, dltRetention                            time.Duration
 }
 
 // embeddedOnly tags flags of the embedded demo.
@@ -95,10 +106,12 @@ func newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
 	fs.IntVar(&v.demoOrders, "demo-orders", 2000, "`orders` the demo sends"+embeddedOnly)
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
-	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout`: how long a silent instance keeps its partitions")
+	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")
 	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
 	fs.BoolVar(&v.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on --metrics-addr; do not expose them publicly")
-	fs.BoolVar(&v.static, "static-membership", false, "join the group as a static member named by --transactional-id, so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
+	fs.BoolVar(&v.static, "static-membership", false, "join the groups as a static member named by the transactional id (the engine by --transactional-id, each participant by <id>-<name>), so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
+	fs.DurationVar(&v.dltRetention, "dlt-retention", 0, "retention of the dead-letter topics sagad creates (saga.order.inbox-dlt, <participant>.commands-dlt), a `duration` such as 720h; 0 keeps dead letters until they are deleted")
+	fs.BoolVar(&v.chaosFaults, "chaos-faults", false, "TESTS ONLY: before each complete-order, obey the fault keys ksaga:chaos:fault:hang and ksaga:chaos:fault:panic on the orders Redis (the chaos suite sets them); never set it in production")
 	return fs
 }
 
@@ -142,6 +155,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 			want := "an integer"
 			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
 				want = "true or false"
+			}
+			if g, ok := f.Value.(flag.Getter); ok {
+				if _, ok := g.Get().(time.Duration); ok {
+					want = "a duration such as 30s or 720h"
+				}
 			}
 			envErr = fmt.Errorf("%s=%q: --%s wants %s", env, val, f.Name, want)
 			return
@@ -190,6 +208,8 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 		noEngine:               !v.engine,
 		sessionTimeout:         v.sessionTimeout,
 		pprof:                  v.pprof,
+		dltRetention:           v.dltRetention,
+		chaosFaults:            v.chaosFaults,
 	}
 	for _, f := range []struct {
 		flag string
@@ -234,6 +254,10 @@ func (v *flagValues) validate(set map[string]string) (config, error) {
 	switch {
 	case c.sessionTimeout < time.Second:
 		return c, fmt.Errorf("%s %v is too short: want at least 1s (brokers usually require 6s or more)", name("session-timeout"), c.sessionTimeout)
+	case c.dltRetention < 0:
+		return c, fmt.Errorf("%s %v is negative: want a duration, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.dltRetention)
+	case c.dltRetention > 0 && c.dltRetention < time.Millisecond:
+		return c, fmt.Errorf("%s %v is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.dltRetention)
 	case c.noEngine && c.embedded():
 		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
 	case c.noEngine && len(ps) == 0:

@@ -102,6 +102,21 @@ func TestParseConfig(t *testing.T) {
 			env:  map[string]string{"KSAGA_SERVE": "true"},
 			want: with(embedded, func(c *config) { c.serve = true }),
 		},
+		{
+			name: "static participants, dead-letter retention, chaos faults",
+			args: append(realArgs, "--participants", "all", "--static-membership", "--session-timeout", "6s", "--chaos-faults"),
+			env:  map[string]string{"KSAGA_DLT_RETENTION": "720h"},
+			want: with(real, func(c *config) {
+				c.participants = allParticipants
+				c.static, c.sessionTimeout, c.chaosFaults, c.dltRetention = true, 6*time.Second, true, 720*time.Hour
+			}),
+		},
+		{
+			name: "dead-letter retention 0 keeps them",
+			args: []string{"--dlt-retention", "0"},
+			env:  map[string]string{"KSAGA_CHAOS_FAULTS": "true"},
+			want: with(embedded, func(c *config) { c.chaosFaults = true }),
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseConfig(tc.args, mapEnv(tc.env))
@@ -242,6 +257,21 @@ func TestParseConfigErrors(t *testing.T) {
 			name: "empty transactional id",
 			args: []string{"--transactional-id", " "},
 			want: `--transactional-id is empty: want a stable id per instance, such as the pod name`,
+		},
+		{
+			name: "negative dead-letter retention",
+			args: []string{"--dlt-retention", "-1h"},
+			want: `--dlt-retention -1h0m0s is negative: want a duration, or 0 to keep dead letters until they are deleted`,
+		},
+		{
+			name: "dead-letter retention under a millisecond",
+			env:  map[string]string{"KSAGA_DLT_RETENTION": "10us"},
+			want: `KSAGA_DLT_RETENTION 10µs is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted`,
+		},
+		{
+			name: "duration variable that is not a duration",
+			env:  map[string]string{"KSAGA_DLT_RETENTION": "forever"},
+			want: `KSAGA_DLT_RETENTION="forever": --dlt-retention wants a duration such as 30s or 720h`,
 		},
 		{
 			name: "payment limit",

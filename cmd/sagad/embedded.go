@@ -53,7 +53,7 @@ func (a *app) runEmbedded(ctx context.Context) int {
 	defer adm.Close()
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := createTopics(setupCtx, adm, c.partitions, c.replicationFactor, a.compLog); err != nil {
+	if err := createTopics(setupCtx, adm, c.topicSpec(), a.compLog); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // interrupted while starting
 		}

@@ -38,11 +38,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
-	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/participant"
@@ -247,7 +245,7 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 	}
 	s := &services{failed: make(chan error, 1+len(cfg.participants))}
 	if !cfg.noEngine {
-		eng, err := orchestrator.New(order.New(sim.NewOrderStore(d.ordersRdb)), append(engOpts, d.engineOpts...)...)
+		eng, err := orchestrator.New(order.New(ordersStore(cfg, d.ordersRdb, log)), append(engOpts, d.engineOpts...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -255,12 +253,11 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 	}
 	handlers := sim.Handlers(d.simRdb, cfg.paymentLimit)
 	for _, name := range cfg.participants {
-		p, err := participant.New(name, handlers[name],
+		p, err := participant.New(name, handlers[name], append(participantOpts(cfg, name),
 			participant.Brokers(d.brokers...),
-			participant.TransactionalID(cfg.txnID+"-"+name),
 			participant.Logger(log),
 			participant.KafkaOpts(append(cloneOpts(d.kafkaOpts), kafkaMetrics(d.reg, name))...),
-		)
+		)...)
 		if err != nil {
 			s.close()
 			return nil, fmt.Errorf("participant %s: %w", name, err)
@@ -268,6 +265,33 @@ func newServices(cfg config, log *slog.Logger, d serviceDeps) (*services, error)
 		s.parts = append(s.parts, &namedParticipant{name, p})
 	}
 	return s, nil
+}
+
+// ordersStore returns the store of the saga's complete-order step on rdb,
+// wrapped with the chaos suite's fault hooks when --chaos-faults is set.
+func ordersStore(cfg config, rdb redis.UniversalClient, log *slog.Logger) order.Store {
+	var s order.Store = sim.NewOrderStore(rdb)
+	if cfg.chaosFaults {
+		log.Warn("chaos faults enabled (--chaos-faults): complete-order obeys " + chaosHangKey + " and " + chaosPanicKey + "; tests only")
+		s = &chaosStore{Store: s, rdb: rdb, log: log}
+	}
+	return s
+}
+
+// participantOpts are the options of participant name that come from cfg:
+// its transactional id "<--transactional-id>-<name>", which is also its
+// static instance id with --static-membership, and the session timeout.
+// A participant restarted after a crash then takes its predecessor's place
+// in the group and aborts its open transaction at once, as the engine does.
+func participantOpts(cfg config, name string) []participant.Opt {
+	opts := []participant.Opt{
+		participant.TransactionalID(cfg.txnID + "-" + name),
+		participant.SessionTimeout(cfg.sessionTimeout),
+	}
+	if cfg.static {
+		opts = append(opts, participant.StaticMembership())
+	}
+	return opts
 }
 
 // cloneOpts returns a copy of opts, so that appends do not share its array.
@@ -380,7 +404,7 @@ func (a *app) runReal(ctx context.Context) int {
 			a.log.Warn("the orders store's Redis does not answer; the complete-order step will retry", "addr", strings.Join(c.ordersRedisAddrs, ","), "err", err)
 		}
 	}
-	if err := createTopics(ctx, adm, c.partitions, c.replicationFactor, a.log); err != nil {
+	if err := createTopics(ctx, adm, c.topicSpec(), a.log); err != nil {
 		if ctx.Err() != nil {
 			return exitOK
 		}
@@ -452,64 +476,4 @@ func pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
 	ctx, cancel := context.WithTimeout(ctx, redisPingTimeout)
 	defer cancel()
 	return rdb.Ping(ctx).Err()
-}
-
-// sagaTopics are the topics of the order saga and its participants, except
-// the compacted state topic.
-func sagaTopics() []string {
-	ts := []string{message.Inbox(order.Name), message.Events(order.Name), message.DLT(order.Name)}
-	for _, p := range allParticipants {
-		ts = append(ts, message.Commands(p), message.Commands(p)+"-dlt")
-	}
-	return ts
-}
-
-// createTopics creates the topics that do not exist yet. Existing topics are
-// left as they are: partitions are never added to an inbox or state topic,
-// since that would move sagas to other partitions.
-func createTopics(ctx context.Context, adm *kadm.Client, partitions, rf int, log *slog.Logger) error {
-	compact := "compact"
-	for _, g := range []struct {
-		configs map[string]*string
-		topics  []string
-	}{
-		{nil, sagaTopics()},
-		{map[string]*string{"cleanup.policy": &compact}, []string{message.State(order.Name)}},
-	} {
-		resps, err := adm.CreateTopics(ctx, int32(partitions), int16(rf), g.configs, g.topics...)
-		if err != nil {
-			return fmt.Errorf("create topics: %w", err)
-		}
-		for _, r := range resps.Sorted() {
-			switch {
-			case r.Err == nil:
-				log.Info("created topic", "topic", r.Topic, "partitions", partitions, "replication_factor", rf)
-			case errors.Is(r.Err, kerr.TopicAlreadyExists):
-			default:
-				msg := r.Err.Error()
-				if r.ErrMessage != "" {
-					msg += ": " + r.ErrMessage
-				}
-				return fmt.Errorf("create topic %s (%d partitions, replication factor %d): %s; check --partitions and --replication-factor", r.Topic, partitions, rf, msg)
-			}
-		}
-	}
-	// The engine writes each saga's state to the state partition numbered
-	// like its inbox partition: the two topics must match.
-	inbox, state := message.Inbox(order.Name), message.State(order.Name)
-	tds, err := adm.ListTopics(ctx, inbox, state)
-	if err != nil {
-		return fmt.Errorf("describe topics: %w", err)
-	}
-	if err := tds.Error(); err != nil {
-		return fmt.Errorf("describe topics: %w", err)
-	}
-	ni, ns := len(tds[inbox].Partitions), len(tds[state].Partitions)
-	if ni != ns {
-		return fmt.Errorf("topic %s has %d partitions but %s has %d: they must match (the engine writes each saga's state to the partition of its inbox records); recreate %s with %d partitions", inbox, ni, state, ns, state, ni)
-	}
-	if ni != partitions {
-		log.Info("topics exist with a different partition count; --partitions applies only to new topics", "topic", inbox, "partitions", ni)
-	}
-	return nil
 }

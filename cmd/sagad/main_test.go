@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/message"
@@ -239,5 +243,69 @@ func TestRealServices(t *testing.T) {
 	}
 	if !strings.Contains(errs.String(), "sagad stopped") {
 		t.Errorf("no shutdown log:\n%s", errs.String())
+	}
+}
+
+// TestParticipantsJoinStatic runs sagad's participants with
+// --static-membership and --session-timeout: each must join its group as a
+// static member named "<transactional id>-<name>" with that session
+// timeout, so that a restart after a crash takes its predecessor's place at
+// once.
+func TestParticipantsJoinStatic(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	type join struct {
+		instanceID string
+		session    int32
+	}
+	var mu sync.Mutex
+	joins := make(map[string]join) // by group
+	cluster.ControlKey(kmsg.JoinGroup.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		req := kr.(*kmsg.JoinGroupRequest)
+		mu.Lock()
+		defer mu.Unlock()
+		j := join{session: req.SessionTimeoutMillis}
+		if req.InstanceID != nil {
+			j.instanceID = *req.InstanceID
+		}
+		joins[req.Group] = j
+		return nil, nil, false
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var errs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{
+			"--kafka-brokers", cluster.ListenAddrs()[0], "--redis-addr", redistest.Start(t), "--engine=false",
+			"--participants", "all", "--static-membership", "--session-timeout", "7s",
+			"--replication-factor", "1", "--metrics-addr", "", "--transactional-id", "test-0",
+		}, noEnv, io.Discard, &errs)
+	}()
+	want := map[string]join{}
+	for _, p := range allParticipants {
+		want["ksaga-participant-"+p] = join{instanceID: "test-0-" + p, session: 7000}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		got := maps.Clone(joins)
+		mu.Unlock()
+		if reflect.DeepEqual(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("joins after 20s: got %+v, want %+v\n%s", got, want, errs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("exit code after cancel: got %d, want 0\n%s", code, errs.String())
 	}
 }
