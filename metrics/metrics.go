@@ -18,6 +18,7 @@
 //	ksaga_dropped_messages_total{reason}         duplicate or stale inbox records dropped, by reason
 //	ksaga_step_duration_seconds{step}            how long steps and compensations took
 //	ksaga_timeouts_total                         Timeout messages produced for expired deadlines
+//	ksaga_forwarded_records_total                inbox records moved to their saga's home partition
 //	ksaga_redis_pending_states                   committed states not yet written to Redis
 //	ksaga_redis_errors_total                     failed attempts to bring Redis up to date
 //	ksaga_redis_round_trips_total{client}        Redis round trips (Redis hooks, see NewRedis)
@@ -74,6 +75,7 @@ type Metrics struct {
 	dropped      *prometheus.CounterVec
 	steps        *prometheus.HistogramVec
 	timeouts     prometheus.Counter
+	forwarded    prometheus.Counter
 	redisErrors  prometheus.Counter
 
 	// pending is the last Redis lag the engine reported; the gauge reads
@@ -132,6 +134,7 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 			Help: "How long a step or compensation took, from its start to its success, failure or compensation.",
 		}, []string{"step"}),
 		timeouts:    counter("timeouts_total", "Timeout messages produced for expired step deadlines."),
+		forwarded:   counter("forwarded_records_total", "Inbox records that arrived off their saga's home partition and were moved there."),
 		redisErrors: counter("redis_errors_total", "Failed attempts to write committed states to Redis."),
 	}
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -150,7 +153,7 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.started, m.finished, m.transactions, m.inbox, m.retries, m.dlq,
-		m.dropped, m.steps, m.timeouts, m.redisErrors, pending,
+		m.dropped, m.steps, m.timeouts, m.forwarded, m.redisErrors, pending,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register saga %s: %w", sagaType, err)
@@ -181,6 +184,7 @@ func (m *Metrics) AfterCommit(_ context.Context, b *orchestrator.Batch) {
 	m.finished.WithLabelValues(OutcomeFailed).Add(float64(failed))
 	m.inbox.Add(float64(b.Records))
 	m.timeouts.Add(float64(b.Timeouts))
+	m.forwarded.Add(float64(b.Forwarded))
 	for _, s := range b.StepLatencies {
 		m.steps.WithLabelValues(s.Step).Observe(s.Duration.Seconds())
 	}

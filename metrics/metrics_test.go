@@ -189,10 +189,11 @@ func TestRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// started, inbox, retries, timeouts, redis errors, pending: 1 each;
-	// finished: 3 outcomes; transactions: 2 results. The vectors without
-	// preset labels (dlq, dropped, steps) have no series yet.
-	if want := 6 + 3 + 2; n != want {
+	// started, inbox, retries, timeouts, forwarded, redis errors,
+	// pending: 1 each; finished: 3 outcomes; transactions: 2 results. The
+	// vectors without preset labels (dlq, dropped, steps) have no series
+	// yet.
+	if want := 7 + 3 + 2; n != want {
 		t.Errorf("series at start: got %d, want %d", n, want)
 	}
 	mfs, err := reg.Gather()
