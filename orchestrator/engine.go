@@ -78,6 +78,9 @@ type Engine struct {
 	timers timers
 
 	redisChecked time.Time
+	// revoked is set when a revocation was applied and no transaction
+	// has ended since (see applyChanges).
+	revoked bool
 
 	// joined is set once the group assigned this instance its partitions
 	// (possibly none); ready once, in addition, they are restored.
@@ -319,6 +322,9 @@ func (e *Engine) step(ctx context.Context) error {
 	}
 	due := e.dueTimers(e.cfg.now())
 	if len(recs) == 0 && len(due) == 0 {
+		if e.revoked {
+			e.rewind(ctx)
+		}
 		return nil
 	}
 	return e.transact(ctx, recs, due)
@@ -372,6 +378,9 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if err := e.sess.Begin(); err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
+	// Whatever happens next ends this transaction: the session then
+	// reports revocations again.
+	e.revoked = false
 	var produceErr atomic.Value
 	produce := func(r *kgo.Record) {
 		b.produced = append(b.produced, r)
@@ -557,6 +566,7 @@ func (e *Engine) rewind(ctx context.Context) {
 	if err := e.sess.Begin(); err == nil {
 		_, _ = e.sess.End(ctx, kgo.TryAbort)
 	}
+	e.revoked = false
 }
 
 // preload reads from Redis, in one round trip, the sagas of the batch that

@@ -26,6 +26,12 @@ func (e *Engine) applyChanges(ctx context.Context) error {
 	for i, c := range changes {
 		if !c.assigned {
 			e.drop(ctx, c.p)
+			// The session reports one revocation per transaction: until
+			// End, it swallows the next one (kgo's GroupTransactSession
+			// returns early from its revoke and lost callbacks while the
+			// first is pending). An idle engine ends an empty
+			// transaction after the poll so that it hears the next.
+			e.revoked = true
 			continue
 		}
 		e.ready.Store(false)
