@@ -1,10 +1,15 @@
 # ksaga — the two commands a newcomer needs:
 #   make demo   run the embedded demo (no Kafka or Redis to install)
 #   make test   install what the tests need (redis-server) and run them
+#   make image  build sagad's OCI image into build/image (no Docker needed)
 
 GO ?= go
+# The image's tag. deploy/k8s/kustomization.yaml pins the same one: make
+# deploy-check fails when they differ.
+VERSION ?= 0.1.0
+IMAGE ?= ghcr.io/ksaga/sagad
 
-.PHONY: demo test vet unit chaos chaos-short bench
+.PHONY: demo test vet unit chaos chaos-short bench image manifests deploy-check
 
 demo:
 	$(GO) run ./cmd/sagad
@@ -24,13 +29,13 @@ unit:
 
 # chaos runs the long chaos suite (cmd/sagachaos): kfaked, three
 # redis-servers, two engines and the participants as processes, 100,000
-# sagas and 20 faults of each kind (about half an hour), then chaos/check.
+# sagas and 20 faults of each kind (about 40 minutes), then chaos/check.
 chaos:
 	./scripts/test-deps.sh
 	$(GO) run ./cmd/sagachaos $(CHAOS_FLAGS)
 
 # chaos-short is the CI version (TestChaos runs it in make test): 2,000
-# sagas, one or two faults of each kind, in about two minutes.
+# sagas, one or two faults of each kind, in about three minutes.
 chaos-short:
 	./scripts/test-deps.sh
 	$(GO) run ./cmd/sagachaos --short --with-sigstop $(CHAOS_FLAGS)
@@ -43,3 +48,24 @@ chaos-short:
 bench:
 	./scripts/test-deps.sh
 	$(GO) run ./cmd/sagabench $(BENCH_FLAGS)
+
+# image builds sagad's OCI image, $(IMAGE):$(VERSION), without a Docker
+# daemon and without pulling a base image (scripts/image.sh, with crane):
+# build/image/oci (an OCI layout: crane push build/image/oci <ref>) and
+# build/image/sagad-$(VERSION).tar (docker load -i).
+image:
+	VERSION=$(VERSION) IMAGE=$(IMAGE) ./scripts/image.sh
+
+# manifests prints deploy/k8s rendered by kustomize (kubectl kustomize
+# deploy/k8s prints the same).
+manifests:
+	@"$$(./scripts/tools.sh kustomize)" build deploy/k8s
+
+# deploy-check builds the image and checks it (its config; sagad started
+# from its filesystem with chroot as user 65532, which needs root) and the
+# manifests (kustomize renders them and the overlays of examples/; the
+# production defaults are in place): scripts/deploycheck. CI runs it after
+# make test; there (CI=true) a check that cannot run fails instead of being
+# skipped.
+deploy-check: image
+	cd scripts/deploycheck && KSAGA_DEPLOY_CHECK=$(if $(CI),required,) $(GO) test -count=1 -v ./...
