@@ -48,25 +48,26 @@ var errNoTopic = errors.New("topic does not exist")
 // span is the offsets [from, to) of one partition that a command works on.
 type span struct{ from, to int64 }
 
-// clientOpts are the options of every Kafka client of sagactl. Fetches wait
-// at most half a second for data: a redrive moves from partition to
-// partition, and a long fetch of a paused partition would hold the next one
-// back (kgo's default wait is five seconds).
-func clientOpts(brokers []string, timeout time.Duration) []kgo.Opt {
-	return []kgo.Opt{
+// clientOpts are the options of every Kafka client of sagactl: sec (TLS
+// and SASL, from conn.Kafka.Opts) and these. Fetches wait at most half a
+// second for data: a redrive moves from partition to partition, and a long
+// fetch of a paused partition would hold the next one back (kgo's default
+// wait is five seconds).
+func clientOpts(brokers []string, sec []kgo.Opt, timeout time.Duration) []kgo.Opt {
+	return append(slices.Clip(sec),
 		kgo.SeedBrokers(brokers...),
 		kgo.ClientID("sagactl"),
 		kgo.DialTimeout(orDefault(timeout, defaultTimeout)),
-		kgo.FetchMaxWait(500 * time.Millisecond),
-	}
+		kgo.FetchMaxWait(500*time.Millisecond),
+	)
 }
 
 // newAdminClient returns the client of a command's first requests. Its
 // request timeout overhead is timeout too: a broker that accepts the
 // connection but does not answer holds the connection's ApiVersions
 // handshake, which a request's context does not bound.
-func newAdminClient(brokers []string, timeout time.Duration) (*kgo.Client, error) {
-	return kgo.NewClient(append(clientOpts(brokers, timeout), kgo.RequestTimeoutOverhead(orDefault(timeout, defaultTimeout)))...)
+func newAdminClient(brokers []string, sec []kgo.Opt, timeout time.Duration) (*kgo.Client, error) {
+	return kgo.NewClient(append(clientOpts(brokers, sec, timeout), kgo.RequestTimeoutOverhead(orDefault(timeout, defaultTimeout)))...)
 }
 
 // dltSpans returns, for each partition of topic, the span from the log start
@@ -164,7 +165,7 @@ func pollError(fetches kgo.Fetches) error {
 // is read, fn returns false, or no record arrives for idle (the rest of a
 // span is then invisible: records of aborted transactions). It reports
 // whether it stopped for idle.
-func scan(ctx context.Context, brokers []string, timeout time.Duration, topic string, spans map[int32]span, idle time.Duration, fn func(*kgo.Record) bool) (idled bool, err error) {
+func scan(ctx context.Context, brokers []string, sec []kgo.Opt, timeout time.Duration, topic string, spans map[int32]span, idle time.Duration, fn func(*kgo.Record) bool) (idled bool, err error) {
 	offsets := make(map[int32]kgo.Offset)
 	for p, s := range spans {
 		if s.from < s.to {
@@ -174,7 +175,7 @@ func scan(ctx context.Context, brokers []string, timeout time.Duration, topic st
 	if len(offsets) == 0 {
 		return false, nil
 	}
-	cl, err := kgo.NewClient(append(clientOpts(brokers, timeout),
+	cl, err := kgo.NewClient(append(clientOpts(brokers, sec, timeout),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		// Control records (transaction markers) tell how far a partition
@@ -227,6 +228,8 @@ func scan(ctx context.Context, brokers []string, timeout time.Duration, topic st
 // listOptions are the options of dlq list.
 type listOptions struct {
 	sagaType string
+	// kafka are the clients' TLS and SASL options (conn.Kafka.Opts).
+	kafka []kgo.Opt
 	// limit is the most records to print; 0 prints all.
 	limit int
 	// timeout bounds the first request to Kafka.
@@ -254,7 +257,7 @@ type listResult struct {
 func listDLQ(ctx context.Context, brokers []string, w io.Writer, opt listOptions) (listResult, error) {
 	var res listResult
 	topic := message.DLT(opt.sagaType)
-	cl, err := newAdminClient(brokers, opt.timeout)
+	cl, err := newAdminClient(brokers, opt.kafka, opt.timeout)
 	if err != nil {
 		return res, err
 	}
@@ -281,7 +284,7 @@ func listDLQ(ctx context.Context, brokers []string, w io.Writer, opt listOptions
 
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	header := false
-	res.idled, err = scan(ctx, brokers, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
+	res.idled, err = scan(ctx, brokers, opt.kafka, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
 		if !header {
 			fmt.Fprintln(tw, "DLT\tORIGINAL\tSAGA ID\tMESSAGE\tREASON\tATTEMPTS\tLAST FAILURE\tSTATE\tERROR")
 			header = true
@@ -335,6 +338,8 @@ func listDLQ(ctx context.Context, brokers []string, w io.Writer, opt listOptions
 // redriveOptions are the options of dlq redrive.
 type redriveOptions struct {
 	sagaType string
+	// kafka are the clients' TLS and SASL options (conn.Kafka.Opts).
+	kafka []kgo.Opt
 	// reason, when set, restricts the redrive to records dead-lettered for
 	// it; the others are moved to the end of their DLT partition.
 	reason string
@@ -379,7 +384,7 @@ func redriveDLQ(ctx context.Context, brokers []string, w io.Writer, opt redriveO
 	group := redriveGroup(opt.sagaType)
 	idle := orDefault(opt.idle, defaultIdle)
 
-	cl, err := newAdminClient(brokers, opt.timeout)
+	cl, err := newAdminClient(brokers, opt.kafka, opt.timeout)
 	if err != nil {
 		return res, err
 	}
@@ -404,7 +409,7 @@ func redriveDLQ(ctx context.Context, brokers []string, w io.Writer, opt redriveO
 		return dryRun(ctx, brokers, w, topic, spans, opt)
 	}
 
-	sess, err := newRedriveSession(brokers, opt.sagaType, opt.timeout)
+	sess, err := newRedriveSession(brokers, opt.kafka, opt.sagaType, opt.timeout)
 	if err != nil {
 		return res, err
 	}
@@ -442,9 +447,9 @@ func redriveDLQ(ctx context.Context, brokers []string, w io.Writer, opt redriveO
 // newRedriveSession returns the transact session of a redrive run: the
 // group and transactional id redriveGroup(sagaType), consuming the DLT
 // read_committed with its transaction markers.
-func newRedriveSession(brokers []string, sagaType string, timeout time.Duration) (*kgo.GroupTransactSession, error) {
+func newRedriveSession(brokers []string, sec []kgo.Opt, sagaType string, timeout time.Duration) (*kgo.GroupTransactSession, error) {
 	group := redriveGroup(sagaType)
-	return kgo.NewGroupTransactSession(append(clientOpts(brokers, timeout),
+	return kgo.NewGroupTransactSession(append(clientOpts(brokers, sec, timeout),
 		kgo.TransactionalID(group),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(message.DLT(sagaType)),
@@ -601,7 +606,7 @@ func redriveRecord(r *kgo.Record, info dlq.Info) *kgo.Record {
 // dryRun prints what redriveDLQ would do with the spans.
 func dryRun(ctx context.Context, brokers []string, w io.Writer, topic string, spans map[int32]span, opt redriveOptions) (redriveResult, error) {
 	var res redriveResult
-	idled, err := scan(ctx, brokers, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
+	idled, err := scan(ctx, brokers, opt.kafka, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
 		info, err := dlq.Parse(r)
 		switch {
 		case err != nil:

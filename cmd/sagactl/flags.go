@@ -8,6 +8,11 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/conn"
 )
 
 // Commands, as the user types them.
@@ -26,9 +31,17 @@ type invocation struct {
 	command    string
 	brokers    []string
 	redisAddrs []string
-	list       listOptions
-	redrive    redriveOptions
-	get        getOptions
+	// kafkaConn and redis are the connection flags of the services the
+	// command talks to, validated; kafka are kafkaConn's kgo options.
+	kafkaConn conn.Kafka
+	kafka     []kgo.Opt
+	redis     conn.Redis
+	// warnings are what is allowed but probably wrong in the connection
+	// flags (SASL without TLS), for stderr.
+	warnings []string
+	list     listOptions
+	redrive  redriveOptions
+	get      getOptions
 }
 
 // globals are the flags every command accepts, before or after its name.
@@ -36,9 +49,15 @@ type globals struct {
 	kafkaBrokers string
 	redisAddr    string
 	timeout      time.Duration
+	// kafka and redis are the secure connection flags (--kafka-tls*,
+	// --kafka-sasl-*, --redis-username, --redis-password*, --redis-tls*).
+	kafka conn.Kafka
+	redis conn.Redis
 }
 
-// envTwins maps the global flags that have one to their environment variable.
+// envTwins maps the global flags that have one to their environment
+// variable. The connection flags have theirs too (conn.EnvName), filled by
+// conn.FromEnv.
 var envTwins = map[string]string{
 	"kafka-brokers": "KSAGA_KAFKA_BROKERS",
 	"redis-addr":    "KSAGA_REDIS_ADDR",
@@ -51,6 +70,8 @@ func addGlobals(fs *flag.FlagSet, g *globals) {
 	fs.StringVar(&g.kafkaBrokers, "kafka-brokers", g.kafkaBrokers, "Kafka seed `brokers`, comma-separated host:port [$KSAGA_KAFKA_BROKERS]")
 	fs.StringVar(&g.redisAddr, "redis-addr", g.redisAddr, "Redis `addresses`, comma-separated (several: Redis Cluster) [$KSAGA_REDIS_ADDR]")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for Kafka or Redis to answer the first request")
+	g.kafka.RegisterFlags(fs)
+	g.redis.RegisterFlags(fs)
 }
 
 func newFlagSet(name string) *flag.FlagSet {
@@ -103,6 +124,12 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	}
 	inv.command = name
 
+	// The connection flags given before the command win over their
+	// environment twins; those given after it are parsed next and win
+	// over both.
+	if err := conn.FromEnv(top, getenv); err != nil {
+		return inv, err
+	}
 	fs := newFlagSet("sagactl " + name)
 	addGlobals(fs, &g)
 	var c cmdFlags
@@ -181,8 +208,25 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	if c.limit < 0 {
 		return inv, fmt.Errorf("%s: --limit must be 0 (all) or more, got %d", name, c.limit)
 	}
-	inv.list = listOptions{sagaType: sagaType, limit: c.limit, timeout: g.timeout}
-	inv.redrive = redriveOptions{sagaType: sagaType, reason: c.reason, dryRun: c.dryRun, timeout: g.timeout}
+	// The connection flags of the services the command talks to: read
+	// their files now, so that a wrong path is a usage error.
+	usesKafka := name != cmdSagaGet || c.parts == 0
+	if usesKafka {
+		if inv.kafka, err = g.kafka.Opts(); err != nil {
+			return inv, fmt.Errorf("%s: %w", name, err)
+		}
+		inv.kafkaConn = g.kafka
+		inv.warnings = append(inv.warnings, g.kafka.Warnings()...)
+	}
+	if name == cmdSagaGet {
+		if err := g.redis.Apply(&redis.UniversalOptions{}); err != nil {
+			return inv, fmt.Errorf("%s: %w", name, err)
+		}
+		inv.redis = g.redis
+		inv.warnings = append(inv.warnings, g.redis.Warnings()...)
+	}
+	inv.list = listOptions{sagaType: sagaType, kafka: inv.kafka, limit: c.limit, timeout: g.timeout}
+	inv.redrive = redriveOptions{sagaType: sagaType, kafka: inv.kafka, reason: c.reason, dryRun: c.dryRun, timeout: g.timeout}
 	inv.get = getOptions{sagaType: sagaType, id: firstOr(pos, ""), redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts)}
 	return inv, nil
 }
@@ -324,27 +368,43 @@ Usage:
 
 Global flags may also come after the command. The dlq commands need --kafka-brokers, saga get
 needs --redis-addr; each can come from its environment variable instead, shown in brackets.
+The --kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password* and --redis-tls* flags
+connect to a Kafka or Redis that wants TLS or a login; a refused login or certificate exits 1 at
+once with one line that says what was refused.
 
 Global flags:
 `)
 		fs := newFlagSet("sagactl")
 		addGlobals(fs, &globals{timeout: defaultTimeout})
-		printFlags(w, fs)
+		printFlags(w, fs, false)
 		fmt.Fprint(w, `
-Exit status: 0 on success, 1 when the command failed (Kafka or Redis unreachable, no such topic or
-saga), 2 for invalid flags or arguments.
+Exit status: 0 on success, 1 when the command failed (Kafka or Redis unreachable or refusing the
+login, no such topic or saga), 2 for invalid flags or arguments.
 `)
 		return
 	}
 	fs := newFlagSet("sagactl " + command)
 	defineCommandFlags(fs, command, &cmdFlags{})
 	addGlobals(fs, &globals{timeout: defaultTimeout})
-	printFlags(w, fs)
+	printFlags(w, fs, true)
+	fmt.Fprint(w, "\nThe connection flags (--kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*,\n--redis-tls*) are global flags too: sagactl -help lists them.\n")
 }
 
-func printFlags(w io.Writer, fs *flag.FlagSet) {
+// printFlags prints the flags of fs, each connection flag with its
+// environment twin; skipConn leaves the connection flags out.
+func printFlags(w io.Writer, fs *flag.FlagSet, skipConn bool) {
+	isConn := make(map[string]bool)
+	for _, name := range conn.FlagNames() {
+		isConn[name] = true
+	}
 	fs.VisitAll(func(f *flag.Flag) {
+		if isConn[f.Name] && skipConn {
+			return
+		}
 		arg, help := flag.UnquoteUsage(f)
+		if isConn[f.Name] {
+			help += " [$" + conn.EnvName(f.Name) + "]"
+		}
 		line := "  --" + f.Name
 		if arg != "" {
 			line += " " + arg

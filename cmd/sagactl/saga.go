@@ -13,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -74,8 +76,8 @@ func getSaga(ctx context.Context, rdb redis.UniversalClient, w io.Writer, opt ge
 
 // inboxPartitions reads the partition count of saga.<sagaType>.inbox, which
 // places a saga's Redis keys (its home partition).
-func inboxPartitions(ctx context.Context, brokers []string, sagaType string, timeout time.Duration) (int32, error) {
-	cl, err := newAdminClient(brokers, timeout)
+func inboxPartitions(ctx context.Context, brokers []string, sec []kgo.Opt, sagaType string, timeout time.Duration) (int32, error) {
+	cl, err := newAdminClient(brokers, sec, timeout)
 	if err != nil {
 		return 0, err
 	}
@@ -88,6 +90,9 @@ func inboxPartitions(ctx context.Context, brokers []string, sagaType string, tim
 		return 0, firstRequestError(ctx, "Kafka", brokers, "kafka-brokers", orDefault(timeout, defaultTimeout), fmt.Errorf("describe %s: %w", topic, err))
 	}
 	td, ok := tds[topic]
+	if ok && td.Err != nil && !errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
+		return 0, firstRequestError(ctx, "Kafka", brokers, "kafka-brokers", orDefault(timeout, defaultTimeout), fmt.Errorf("describe %s: %w", topic, td.Err))
+	}
 	if !ok || td.Err != nil || len(td.Partitions) == 0 {
 		return 0, fmt.Errorf("topic %s not found (check --saga, or pass --partitions N)", topic)
 	}

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 type Server struct {
 	Addr string
 	cmd  *exec.Cmd
+	dir  string // removed by Kill (Run only)
 }
 
 // Start starts a redis-server with persistence off and returns its address.
@@ -42,32 +44,56 @@ func StartServer(t testing.TB) *Server {
 
 func start(t testing.TB, extra ...string) *Server {
 	t.Helper()
+	s, err := run(t.TempDir(), extra...)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Run starts a redis-server as Start does, for callers without a test (the
+// sagatest package's Open): Kill stops it and removes its directory.
+func Run() (*Server, error) {
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err != nil {
+		return nil, err
+	}
+	s, err := run(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.dir = dir
+	return s, nil
+}
+
+func run(dir string, extra ...string) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redis-server not found: install it (apt-get install redis-server) or run .ci/run: %v", err)
+		return nil, fmt.Errorf("redis-server not found: install it (apt-get install redis-server) or run .ci/run: %w", err)
 	}
 	port, err := freePort()
 	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+		return nil, fmt.Errorf("find a free port: %w", err)
 	}
 	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
 	args := append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--loglevel", "warning",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--loglevel", "warning",
 		"--enable-debug-command", "local"}, extra...)
 	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
+		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
-	t.Cleanup(s.Kill)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if ping(s.Addr) {
-			return s
+			return s, nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("redis-server on %s did not answer PING within 10s", s.Addr)
-	return nil
+	s.Kill()
+	return nil, fmt.Errorf("redis-server on %s did not answer PING within 10s", s.Addr)
 }
 
 // Kill stops the server at once. It is safe to call twice.
@@ -75,6 +101,9 @@ func (s *Server) Kill() {
 	if s.cmd.Process != nil && s.cmd.ProcessState == nil {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
 	}
 }
 
