@@ -9,9 +9,13 @@
 //	no-duplicate       no event and no command (same message id and attempt) was committed twice
 //	state              the last state record of every saga is terminal and agrees with its event
 //	redis              the engine's Redis holds exactly the last state record of every saga
+//	home-partition     every saga's state records and Redis key are on its home partition
+//	                   (message.HomePartition); a stray record that landed elsewhere was
+//	                   moved there (its dead-letter copy says where it landed)
 //	stock              initial - final = Σ quantities of completed orders, per SKU; reservations agree
 //	payments           authorized - cancelled = Σ amounts of completed orders; one payment per order
 //	shipments          a shipment exactly for each completed order
+//	orders-store       an order is completed in the orders store exactly when its saga completed
 //	dlq                each poison record dead-lettered once with its reason; nothing else but
 //	                   the orders that ran out of retries; no participant dead letters
 //	no-stray-saga      no saga, command or ledger entry for an id that is not an order
@@ -54,7 +58,17 @@ const (
 	// KindPoison is a bad record: it must be dead-lettered exactly once,
 	// with the reason in Poison, found by its Marker header.
 	KindPoison = "poison"
+	// KindCompensate is an order that was sent a Compensate (with
+	// ksaga-reason CompensateReason) soon after its start. If the
+	// Compensate found it running, it must end SagaCompensated with an
+	// event that names CompensateReason; if it had ended, the Compensate
+	// is dropped and it must end SagaCompleted with no such event.
+	KindCompensate = "compensate"
 )
+
+// CompensateReason is the ksaga-reason of the Compensate records of
+// KindCompensate orders.
+const CompensateReason = "chaos-compensate"
 
 // HeaderMarker is the header that tags each poison record, so that its
 // dead-letter copy can be found.
@@ -71,6 +85,18 @@ type Expectation struct {
 	Poison string
 	// Marker is the value of the poison record's HeaderMarker.
 	Marker string
+	// Landed, when set, is where a poison record keyed by a saga id
+	// landed on the inbox. If that is not the id's home partition, the
+	// engine must move it there: its dead-letter copy must carry
+	// message.HeaderForwardedFrom "<partition>/<offset>" of Landed. If it
+	// is, the copy must carry no such header.
+	Landed *Landing
+}
+
+// Landing is where a record was written.
+type Landing struct {
+	Partition int32 `json:"partition"`
+	Offset    int64 `json:"offset"`
 }
 
 // outcome returns the terminal event an expectation kind must end with.
@@ -90,15 +116,17 @@ const (
 	InvDuplicate   = "no-duplicate"
 	InvState       = "state"
 	InvRedis       = "redis"
+	InvHome        = "home-partition"
 	InvStock       = "stock"
 	InvPayments    = "payments"
 	InvShipments   = "shipments"
+	InvOrders      = "orders-store"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 9
+	invariantCount = 11
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvStock, InvPayments, InvShipments, InvDLQ, InvStray}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvDLQ, InvStray}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -166,12 +194,21 @@ func (r *Report) String() string {
 
 // Data is everything a run left behind, as Read gathers it.
 type Data struct {
+	// Partitions is the number of partitions of the saga's inbox (and
+	// state) topic; zero skips the home-partition checks.
+	Partitions int32
 	// Events are the committed events of each saga, in log order.
 	Events map[string][]message.Event
 	// States is the last committed state record of each saga.
 	States map[string][]byte
+	// StatePartitions are the partitions of the state topic that hold
+	// committed state records of each saga.
+	StatePartitions map[string][]int32
 	// Redis is the engine's Redis view of each saga.
 	Redis map[string]RedisState
+	// RedisDuplicates are the states of a saga found under a second
+	// (third, …) key.
+	RedisDuplicates map[string][]RedisState
 	// DeadLetters are the records of the saga's inbox dead-letter topic.
 	DeadLetters []DeadLetter
 	// ParticipantDeadLetters are the records of the participants'
@@ -184,12 +221,19 @@ type Data struct {
 	Reservations map[string]map[string]string
 	Payments     map[string]map[string]string
 	Shipments    map[string]map[string]string
+	// Orders is the orders store: hash ksaga:sim:order:<order_id> of each
+	// order that complete-order recorded.
+	Orders map[string]map[string]string
 }
 
 // RedisState is a saga's hash in the engine's Redis.
 type RedisState struct {
-	Version string
-	State   []byte
+	// Key is the hash's key; Partition the partition in its hash tag
+	// (ksaga:{<type>:<partition>}:state:<id>), -1 if it has none.
+	Key       string
+	Partition int32
+	Version   string
+	State     []byte
 }
 
 // DeadLetter is one record of a dead-letter topic.
@@ -201,6 +245,8 @@ type DeadLetter struct {
 	Reason    string
 	Exception string
 	Marker    string
+	// ForwardedFrom is the record's message.HeaderForwardedFrom.
+	ForwardedFrom string
 }
 
 func (d DeadLetter) where() string { return fmt.Sprintf("%s/%d@%d", d.Topic, d.Partition, d.Offset) }
@@ -231,9 +277,11 @@ func Analyze(expect []Expectation, initialStock map[string]int64, d *Data) *Repo
 	a.duplicates()
 	a.states()
 	a.redis()
+	a.home()
 	a.stock(initialStock)
 	a.payments()
 	a.shipments()
+	a.orders()
 	a.deadLetters()
 	a.strays()
 	return a.rep
@@ -276,12 +324,35 @@ func (a *analysis) terminal() {
 		}
 		a.ended[id] = ends[0]
 		a.rep.Outcomes[ends[0]]++
+		if a.sagas[id].Kind == KindCompensate {
+			a.compensated(id, ends[0])
+			continue
+		}
 		want, ok := outcome(a.sagas[id].Kind)
 		if !ok {
 			a.fail(InvTerminal, id, "unknown expectation kind %q", a.sagas[id].Kind)
 		} else if ends[0] != want {
 			a.fail(InvTerminal, id, "%s order ended %s, want %s", a.sagas[id].Kind, ends[0], want)
 		}
+	}
+}
+
+// compensated checks the end of a KindCompensate order: compensated for
+// the Compensate it was sent, or completed before the Compensate came.
+func (a *analysis) compensated(id, end string) {
+	requested := false
+	for _, ev := range a.d.Events[id] {
+		if strings.Contains(ev.Reason, CompensateReason) {
+			requested = true
+		}
+	}
+	switch {
+	case end == message.EventSagaCompensated && !requested:
+		a.fail(InvTerminal, id, "compensate order ended %s, but no event names the requested compensation (%q)", end, CompensateReason)
+	case end != message.EventSagaCompensated && requested:
+		a.fail(InvTerminal, id, "compensate order applied the requested compensation (%q) but ended %s", CompensateReason, end)
+	case end != message.EventSagaCompensated && end != message.EventSagaCompleted:
+		a.fail(InvTerminal, id, "compensate order ended %s, want %s or %s", end, message.EventSagaCompensated, message.EventSagaCompleted)
 	}
 }
 
@@ -372,6 +443,64 @@ func (a *analysis) redis() {
 		if _, ok := a.d.States[id]; !ok {
 			a.rep.Checked[InvRedis]++
 			a.fail(InvRedis, id, "Redis holds a state (version %s) that no state record has", a.d.Redis[id].Version)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.RedisDuplicates)) {
+		a.rep.Checked[InvRedis]++
+		keys := []string{a.d.Redis[id].Key}
+		for _, r := range a.d.RedisDuplicates[id] {
+			keys = append(keys, fmt.Sprintf("%s (version %s)", r.Key, r.Version))
+		}
+		a.fail(InvRedis, id, "Redis holds its state under %d keys: %s", len(keys), strings.Join(keys, ", "))
+	}
+}
+
+// home checks that each saga lives on its home partition: its state
+// records, its Redis key, and the dead-letter copy of a stray record that
+// landed elsewhere, which must have been moved there.
+func (a *analysis) home() {
+	n := a.d.Partitions
+	if n <= 0 {
+		return
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.StatePartitions)) {
+		a.rep.Checked[InvHome]++
+		home := message.HomePartition(id, n)
+		for _, p := range a.d.StatePartitions[id] {
+			if p != home {
+				a.fail(InvHome, id, "state records on partition %d; its home partition is %d", p, home)
+			}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.Redis)) {
+		a.rep.Checked[InvHome]++
+		if r, home := a.d.Redis[id], message.HomePartition(id, n); r.Partition != home {
+			a.fail(InvHome, id, "Redis key %s is tagged with partition %d; its home partition is %d", r.Key, r.Partition, home)
+		}
+	}
+	byMarker := make(map[string][]DeadLetter)
+	for _, d := range a.d.DeadLetters {
+		if d.Marker != "" {
+			byMarker[d.Marker] = append(byMarker[d.Marker], d)
+		}
+	}
+	for _, m := range slices.Sorted(maps.Keys(a.poison)) {
+		e := a.poison[m]
+		if e.Landed == nil || e.ID == "" || len(byMarker[m]) != 1 {
+			continue // a missing or repeated copy is the dlq rule's
+		}
+		a.rep.Checked[InvHome]++
+		got, home := byMarker[m][0].ForwardedFrom, message.HomePartition(e.ID, n)
+		want := ""
+		if e.Landed.Partition != home {
+			want = fmt.Sprintf("%d/%d", e.Landed.Partition, e.Landed.Offset)
+		}
+		switch {
+		case got != want && want == "":
+			a.fail(InvHome, m, "record landed on its home partition %d but its dead-letter copy says it was forwarded from %q", home, got)
+		case got != want:
+			a.fail(InvHome, m, "record landed on partition %d (offset %d), its key's home partition is %d, but its dead-letter copy has %s %q, want %q: it was not moved home",
+				e.Landed.Partition, e.Landed.Offset, home, message.HeaderForwardedFrom, got, want)
 		}
 	}
 }
@@ -479,6 +608,27 @@ func (a *analysis) shipments() {
 	}
 }
 
+// orders checks the orders store against the sagas' outcomes: an order is
+// completed there exactly when its saga ended SagaCompleted. A
+// complete-order that wrote after its saga gave up on it (a hung or
+// abandoned attempt, a stale engine), or a compensation that did not undo
+// it, leaves a completed order behind a compensated saga.
+func (a *analysis) orders() {
+	for _, id := range a.ids() {
+		a.rep.Checked[InvOrders]++
+		o := a.d.Orders[id]
+		done := o != nil && o["status"] == "completed"
+		switch {
+		case a.completed(id) && !done:
+			a.fail(InvOrders, id, "saga completed but the orders store has %v", o)
+		case !a.completed(id) && done:
+			a.fail(InvOrders, id, "order is completed in the orders store but its saga ended %s", a.endOf(id))
+		case done && o["amount_cents"] != "" && o["amount_cents"] != fmt.Sprint(a.sagas[id].Order.AmountCents):
+			a.fail(InvOrders, id, "the orders store has amount_cents %s, the order %d", o["amount_cents"], a.sagas[id].Order.AmountCents)
+		}
+	}
+}
+
 func (a *analysis) deadLetters() {
 	byMarker := make(map[string][]DeadLetter)
 	exhausted := make(map[string]int)
@@ -549,7 +699,7 @@ func (a *analysis) strays() {
 	for _, l := range []struct {
 		name string
 		m    map[string]map[string]string
-	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}} {
+	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}, {"an orders-store entry", a.d.Orders}} {
 		for _, id := range slices.Sorted(maps.Keys(l.m)) {
 			stray(id, l.name)
 		}

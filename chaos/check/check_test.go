@@ -3,6 +3,7 @@ package check
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -11,8 +12,19 @@ import (
 	"github.com/ksaga/ksaga/saga/order"
 )
 
+// partitions is the inbox's partition count in the runs of these tests.
+const partitions = 6
+
+// home returns the home partition of id.
+func home(id string) int32 { return message.HomePartition(id, partitions) }
+
+// elsewhere returns a partition that is not id's home.
+func elsewhere(id string) int32 { return (home(id) + 1) % partitions }
+
 // run is a consistent run: a completed order, a declined one, an
-// undeliverable one, an outage and a poison record.
+// undeliverable one, an outage, an order compensated on request, a poison
+// record and a stray reply that landed off its home partition and was
+// moved there.
 func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 	t.Helper()
 	ord := func(id string, amount int64, qty int64) *order.Order {
@@ -23,15 +35,21 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 		{ID: "o-2", Kind: KindDeclined, Order: ord("o-2", 900000, 1)},
 		{ID: "o-3", Kind: KindUndeliverable, Order: ord("o-3", 700, 1)},
 		{ID: "o-4", Kind: KindOutage, Order: ord("o-4", 300, 3)},
+		{ID: "o-5", Kind: KindCompensate, Order: ord("o-5", 400, 1)},
 		{ID: "p-1", Kind: KindPoison, Poison: orchestrator.ReasonUndecodable, Marker: "m-1"},
+		{ID: "s-1", Kind: KindPoison, Poison: orchestrator.ReasonUnknownSaga, Marker: "m-2",
+			Landed: &Landing{Partition: elsewhere("s-1"), Offset: 17}},
 	}
 	d := &Data{
-		Events: make(map[string][]message.Event), States: make(map[string][]byte),
-		Redis: make(map[string]RedisState), Commands: make(map[CommandKey]int),
+		Partitions: partitions,
+		Events:     make(map[string][]message.Event), States: make(map[string][]byte),
+		StatePartitions: make(map[string][]int32),
+		Redis:           make(map[string]RedisState), Commands: make(map[CommandKey]int),
 		Stock:        map[string]int64{"sku-1": 98},
 		Reservations: make(map[string]map[string]string),
 		Payments:     make(map[string]map[string]string),
 		Shipments:    make(map[string]map[string]string),
+		Orders:       make(map[string]map[string]string),
 	}
 	end := func(id, event, status string) {
 		d.Events[id] = []message.Event{
@@ -43,13 +61,15 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 			t.Fatal(err)
 		}
 		d.States[id] = st
-		d.Redis[id] = RedisState{Version: "5", State: st}
+		d.StatePartitions[id] = []int32{home(id)}
+		d.Redis[id] = RedisState{Key: orchestrator.StateKey("order", home(id), id), Partition: home(id), Version: "5", State: st}
 		d.Commands[CommandKey{"inventory.commands", id, id + "/reserve-inventory/do", "1"}] = 1
 	}
 	end("o-1", message.EventSagaCompleted, message.StatusCompleted)
 	d.Reservations["o-1"] = map[string]string{"status": "reserved", "item:sku-1": "2"}
 	d.Payments["o-1"] = map[string]string{"status": "authorized", "amount_cents": "500"}
 	d.Shipments["o-1"] = map[string]string{"status": "scheduled"}
+	d.Orders["o-1"] = map[string]string{"status": "completed", "amount_cents": "500", "fence": "7"}
 	end("o-2", message.EventSagaCompensated, message.StatusCompensated)
 	d.Reservations["o-2"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	end("o-3", message.EventSagaCompensated, message.StatusCompensated)
@@ -59,9 +79,15 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 	d.Reservations["o-4"] = map[string]string{"status": "released", "item:sku-1": "3"}
 	d.Payments["o-4"] = map[string]string{"status": "cancelled", "amount_cents": "300"}
 	d.Shipments["o-4"] = map[string]string{"status": "cancelled"}
+	d.Orders["o-4"] = map[string]string{"status": "cancelled", "fence": "9"}
+	end("o-5", message.EventSagaCompensated, message.StatusCompensated)
+	d.Events["o-5"] = slices.Insert(d.Events["o-5"], 1, message.Event{SagaID: "o-5", Type: message.EventCompensationStarted,
+		Version: 3, Reason: "compensation requested: " + CompensateReason})
+	d.Reservations["o-5"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.DeadLetters = []DeadLetter{
 		{Key: "p-1", Reason: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{Key: "o-4", Reason: orchestrator.ReasonExhausted, Exception: "complete order: connection refused"},
+		{Key: "s-1", Reason: orchestrator.ReasonUnknownSaga, Marker: "m-2", ForwardedFrom: fmt.Sprintf("%d/17", elsewhere("s-1"))},
 	}
 	return exp, map[string]int64{"sku-1": 100}, d
 }
@@ -117,7 +143,9 @@ func TestAnomalies(t *testing.T) {
 		}, InvDuplicate, "o-1"},
 		{"saga still running", func(e []Expectation, d *Data) []Expectation {
 			d.States["o-3"] = state("o-3", 6, message.StatusCompensating)
-			d.Redis["o-3"] = RedisState{"6", d.States["o-3"]}
+			r := d.Redis["o-3"]
+			r.Version, r.State = "6", d.States["o-3"]
+			d.Redis["o-3"] = r
 			return e
 		}, InvState, "o-3"},
 		{"no state record", func(e []Expectation, d *Data) []Expectation {
@@ -126,7 +154,9 @@ func TestAnomalies(t *testing.T) {
 			return e
 		}, InvState, "o-2"},
 		{"redis holds an older state", func(e []Expectation, d *Data) []Expectation {
-			d.Redis["o-1"] = RedisState{"4", state("o-1", 4, message.StatusRunning)}
+			r := d.Redis["o-1"]
+			r.Version, r.State = "4", state("o-1", 4, message.StatusRunning)
+			d.Redis["o-1"] = r
 			return e
 		}, InvRedis, "o-1"},
 		{"redis lost a state", func(e []Expectation, d *Data) []Expectation {
@@ -189,6 +219,54 @@ func TestAnomalies(t *testing.T) {
 			d.Payments["p-1"] = map[string]string{"status": "authorized", "amount_cents": "1"}
 			return e
 		}, InvStray, "p-1"},
+		{"redis holds a state under two keys", func(e []Expectation, d *Data) []Expectation {
+			r := d.Redis["o-1"]
+			r.Key, r.Partition = orchestrator.StateKey("order", elsewhere("o-1"), "o-1"), elsewhere("o-1")
+			d.RedisDuplicates = map[string][]RedisState{"o-1": {r}}
+			return e
+		}, InvRedis, "o-1"},
+		{"state record off its home partition", func(e []Expectation, d *Data) []Expectation {
+			d.StatePartitions["o-2"] = append(d.StatePartitions["o-2"], elsewhere("o-2"))
+			return e
+		}, InvHome, "o-2"},
+		{"redis key tagged with another partition", func(e []Expectation, d *Data) []Expectation {
+			r := d.Redis["o-3"]
+			r.Key, r.Partition = orchestrator.StateKey("order", elsewhere("o-3"), "o-3"), elsewhere("o-3")
+			d.Redis["o-3"] = r
+			return e
+		}, InvHome, "o-3"},
+		{"stray record handled where it landed", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters[2].ForwardedFrom = ""
+			return e
+		}, InvHome, "m-2"},
+		{"record forwarded from its home partition", func(e []Expectation, d *Data) []Expectation {
+			e[len(e)-1].Landed.Partition = home("s-1")
+			return e
+		}, InvHome, "m-2"},
+		{"completed order missing from the orders store", func(e []Expectation, d *Data) []Expectation {
+			delete(d.Orders, "o-1")
+			return e
+		}, InvOrders, "o-1"},
+		{"late complete-order after the saga was compensated", func(e []Expectation, d *Data) []Expectation {
+			d.Orders["o-4"]["status"] = "completed"
+			return e
+		}, InvOrders, "o-4"},
+		{"orders store with the wrong amount", func(e []Expectation, d *Data) []Expectation {
+			d.Orders["o-1"]["amount_cents"] = "501"
+			return e
+		}, InvOrders, "o-1"},
+		{"poison completed an order", func(e []Expectation, d *Data) []Expectation {
+			d.Orders["p-1"] = map[string]string{"status": "completed"}
+			return e
+		}, InvStray, "p-1"},
+		{"compensate order compensated without the request", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-5"] = slices.Delete(d.Events["o-5"], 1, 2)
+			return e
+		}, InvTerminal, "o-5"},
+		{"compensate order completed after applying the request", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-5"][2].Type = message.EventSagaCompleted
+			return e
+		}, InvTerminal, "o-5"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -208,5 +286,24 @@ func TestAnomalies(t *testing.T) {
 				t.Errorf("the report does not list the anomaly:\n%s", rep)
 			}
 		})
+	}
+}
+
+func TestParseStateKey(t *testing.T) {
+	cases := []struct {
+		key  string
+		id   string
+		part int32
+	}{
+		{orchestrator.StateKey("order", 3, "o-1"), "o-1", 3},
+		{orchestrator.StateKey("order", 0, "id:with:state:colons"), "id:with:state:colons", 0},
+		{"ksaga:{trip:2}:state:o-1", "o-1", -1},
+		{"ksaga:order:state:o-1", "ksaga:order:state:o-1", -1},
+	}
+	for _, c := range cases {
+		id, p := parseStateKey("order", c.key)
+		if id != c.id || p != c.part {
+			t.Errorf("parseStateKey(%q) = %q, %d; want %q, %d", c.key, id, p, c.id, c.part)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +25,8 @@ import (
 type Config struct {
 	Brokers []string
 	// EngineRedis is the engine's Redis; SimRedis holds the participants'
-	// ledgers.
-	EngineRedis, SimRedis string
+	// ledgers; OrdersRedis the orders store.
+	EngineRedis, SimRedis, OrdersRedis string
 	// SagaType names the topics and the engine's keys ("order").
 	SagaType     string
 	InitialStock map[string]int64
@@ -49,9 +51,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // Read gathers the Data of a run: every committed record of the saga's
 // state, events and dead-letter topics and of the participants' command and
-// dead-letter topics, the engine's saga states in Redis and the
-// participants' ledgers. It returns a line saying what it read.
+// dead-letter topics, the engine's saga states in Redis, the participants'
+// ledgers and the orders store. It returns a line saying what it read.
 func Read(ctx context.Context, cfg Config) (*Data, string, error) {
+	if cfg.OrdersRedis == "" {
+		return nil, "", errors.New("check: Config.OrdersRedis is required")
+	}
 	if cfg.Idle <= 0 {
 		cfg.Idle = DefaultIdle
 	}
@@ -60,9 +65,12 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 	}
 	d := &Data{
 		Events: make(map[string][]message.Event), States: make(map[string][]byte),
-		Redis: make(map[string]RedisState), Commands: make(map[CommandKey]int),
-		Stock: make(map[string]int64), Reservations: make(map[string]map[string]string),
+		StatePartitions: make(map[string][]int32),
+		Redis:           make(map[string]RedisState), RedisDuplicates: make(map[string][]RedisState),
+		Commands: make(map[CommandKey]int),
+		Stock:    make(map[string]int64), Reservations: make(map[string]map[string]string),
 		Payments: make(map[string]map[string]string), Shipments: make(map[string]map[string]string),
+		Orders: make(map[string]map[string]string),
 	}
 	counts, err := readTopics(ctx, cfg, d)
 	if err != nil {
@@ -70,14 +78,30 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 	}
 	eng := redis.NewClient(&redis.Options{Addr: cfg.EngineRedis})
 	defer eng.Close()
-	prefix := orchestrator.StateKey(cfg.SagaType, "")
-	n, err := scanHashes(ctx, eng, prefix+"*", func(key string, h map[string]string) {
-		d.Redis[strings.TrimPrefix(key, prefix)] = RedisState{Version: h["version"], State: []byte(h["state"])}
+	n, err := scanHashes(ctx, eng, orchestrator.StateKeyPattern(cfg.SagaType), func(key string, h map[string]string) {
+		id, p := parseStateKey(cfg.SagaType, key)
+		rs := RedisState{Key: key, Partition: p, Version: h["version"], State: []byte(h["state"])}
+		if _, ok := d.Redis[id]; ok {
+			d.RedisDuplicates[id] = append(d.RedisDuplicates[id], rs)
+			return
+		}
+		d.Redis[id] = rs
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
 	}
 	counts = append(counts, fmt.Sprintf("%d engine states", n))
+
+	ord := redis.NewClient(&redis.Options{Addr: cfg.OrdersRedis})
+	defer ord.Close()
+	orderPrefix := sim.OrderKey("")
+	n, err = scanHashes(ctx, ord, orderPrefix+"*", func(key string, h map[string]string) {
+		d.Orders[strings.TrimPrefix(key, orderPrefix)] = h
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("orders store redis %s: %w", cfg.OrdersRedis, err)
+	}
+	counts = append(counts, fmt.Sprintf("%d orders in the orders store", n))
 
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.SimRedis})
 	defer rdb.Close()
@@ -125,6 +149,9 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		return nil, fmt.Errorf("list topics: %w", err)
 	}
 	state, events, dlt := message.State(cfg.SagaType), message.Events(cfg.SagaType), message.DLT(cfg.SagaType)
+	if td, ok := listed[message.Inbox(cfg.SagaType)]; ok {
+		d.Partitions = int32(len(td.Partitions))
+	}
 	var topics []string
 	for _, t := range listed.Names() {
 		switch {
@@ -173,6 +200,9 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		perTopic[r.Topic]++
 		switch {
 		case r.Topic == state:
+			if !slices.Contains(d.StatePartitions[string(r.Key)], r.Partition) {
+				d.StatePartitions[string(r.Key)] = append(d.StatePartitions[string(r.Key)], r.Partition)
+			}
 			// The highest version wins: transactions are released at
 			// their markers, not in the order of their records.
 			if r.Value == nil {
@@ -318,8 +348,23 @@ func deadLetter(r *kgo.Record) DeadLetter {
 	return DeadLetter{
 		Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: string(r.Key),
 		Reason: header(r, dlq.HeaderReason), Exception: header(r, dlq.HeaderExceptionMessage),
-		Marker: header(r, HeaderMarker),
+		Marker: header(r, HeaderMarker), ForwardedFrom: header(r, message.HeaderForwardedFrom),
 	}
+}
+
+// parseStateKey returns the saga id and the partition of an engine state
+// key, ksaga:{<type>:<partition>}:state:<id> (orchestrator.StateKey); the
+// partition is -1 when the key has no such tag.
+func parseStateKey(sagaType, key string) (id string, partition int32) {
+	tag, id, ok := strings.Cut(key, "}:state:")
+	if !ok {
+		return key, -1
+	}
+	p, err := strconv.ParseInt(strings.TrimPrefix(tag, "ksaga:{"+sagaType+":"), 10, 32)
+	if err != nil || !strings.HasPrefix(tag, "ksaga:{"+sagaType+":") {
+		return id, -1
+	}
+	return id, int32(p)
 }
 
 // scanHashes calls f with every hash whose key matches pattern, and returns

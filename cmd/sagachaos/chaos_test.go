@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os/exec"
 	"slices"
@@ -9,15 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/ksaga/ksaga/message"
 )
 
 // TestChaos runs the short (CI) chaos run: 2,000 sagas with the full mix
-// of orders and bad input; two engine SIGKILLs, a participant SIGKILL, a
-// SIGSTOP past the transaction timeout, a Redis FLUSHALL, a Redis restart, a
-// broker restart, an orders-store outage and injected EndTxn,
-// TxnOffsetCommit and Produce errors; then chaos/check. It takes about two
-// minutes.
+// of orders and bad input, sent through five partitioners (murmur2, CRC32,
+// FNV-1a, random, round-robin), with bursts of large orders; two engine
+// SIGKILLs, a participant SIGKILL, a participant crash-loop, a SIGSTOP past
+// the transaction timeout, a Redis FLUSHALL, a Redis restart, a Redis
+// rollback to an older snapshot, a broker restart, an orders-store outage,
+// a hung and a panicking complete-order, and injected EndTxn,
+// TxnOffsetCommit and Produce errors; then chaos/check. It takes about
+// three minutes.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a chaos run takes about two minutes; run without -short")
@@ -25,7 +31,7 @@ func TestChaos(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found: install it (apt-get install redis-server or ./scripts/test-deps.sh): %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
 	defer cancel()
 	cfg := config{Short: true, WithSigstop: true, DrainTimeout: 2 * time.Minute}
 	if err := run(ctx, cfg, testWriter{t}); err != nil {
@@ -44,8 +50,19 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestPlan(t *testing.T) {
 	const n = 2000
 	p := newPlan(n, rand.New(rand.NewPCG(1, 2)))
-	if got := len(p.sagas); got != n {
-		t.Fatalf("got %d sagas, want %d", got, n)
+	if got, want := len(p.sagas), n+p.large; got != want {
+		t.Fatalf("got %d sagas, want %d (%d large)", got, want, p.large)
+	}
+	if p.bursts < 3 || p.large != p.bursts*largeBurst {
+		t.Errorf("got %d large orders in %d bursts, want at least 3 bursts of %d", p.large, p.bursts, largeBurst)
+	}
+	if len(p.recs) != len(p.via) {
+		t.Fatalf("%d records, %d partitioners", len(p.recs), len(p.via))
+	}
+	for _, via := range partitionerNames {
+		if p.partitioners[via] < n/20 {
+			t.Errorf("only %d records through %s", p.partitioners[via], via)
+		}
 	}
 	for _, v := range poisonVariants {
 		if got := p.variants[v.name]; got == 0 {
@@ -67,7 +84,9 @@ func TestPlan(t *testing.T) {
 	}
 	// Every duplicate start is sent twice, the second time after the first.
 	starts := make(map[string][]int)
+	compensates := make(map[string]int)
 	markers := make(map[string]bool)
+	viaOfMarker := make(map[string]string)
 	for i, r := range p.recs {
 		if r.Topic != message.Inbox("order") {
 			t.Fatalf("record %d goes to %s", i, r.Topic)
@@ -77,9 +96,24 @@ func TestPlan(t *testing.T) {
 				t.Errorf("marker %s used twice", m)
 			}
 			markers[m] = true
+			viaOfMarker[m] = p.via[i]
 			continue
 		}
-		starts[string(r.Key)] = append(starts[string(r.Key)], i)
+		switch header(r, message.HeaderMessageType) {
+		case message.TypeStartSaga:
+			starts[string(r.Key)] = append(starts[string(r.Key)], i)
+		case message.TypeCompensate:
+			// A Compensate waits for its saga's start, sent before it
+			// through murmur2.
+			dep, ok := p.after[i]
+			if !ok || dep >= i || string(p.recs[dep].Key) != string(r.Key) || header(p.recs[dep], message.HeaderMessageType) != message.TypeStartSaga {
+				t.Errorf("Compensate %d for %s does not wait for its saga's start (after %v, %v)", i, r.Key, dep, ok)
+			}
+			if p.sagas[string(r.Key)].Via != viaMurmur2 {
+				t.Errorf("compensate order %s started via %s, want murmur2", r.Key, p.sagas[string(r.Key)].Via)
+			}
+			compensates[string(r.Key)]++
+		}
 	}
 	for id, e := range p.sagas {
 		n := len(starts[id])
@@ -93,9 +127,115 @@ func TestPlan(t *testing.T) {
 	if p.dupSends == 0 {
 		t.Error("no duplicate start sent")
 	}
+	strays := make(map[string]int)
 	for _, e := range p.exps {
 		if e.Kind == kindPoison && (e.Marker == "" || e.Poison == "") {
 			t.Errorf("poison expectation %+v has no marker or reason", e)
+		}
+		if e.Kind == kindCompensate && compensates[e.ID] != 1 {
+			t.Errorf("compensate order %s got %d Compensates, want 1", e.ID, compensates[e.ID])
+		}
+		if p.landing[findRecord(p, e.Marker)] == e {
+			strays[viaOfMarker[e.Marker]]++
+		}
+		// A record keyed by a live saga must land after its start.
+		if e.Kind == kindPoison && e.Variant != "" && p.sagas[e.ID] != nil && p.sagas[e.ID].Via != viaMurmur2 {
+			t.Errorf("poison %s is keyed by %s, which started via %s", e.Marker, e.ID, p.sagas[e.ID].Via)
+		}
+	}
+	for _, via := range foreignPartitioners {
+		if strays[via] == 0 {
+			t.Errorf("no stray record through %s", via)
+		}
+	}
+	if len(compensates) == 0 {
+		t.Error("no Compensate sent")
+	}
+	// The large orders of a burst share a home partition and fit the
+	// inbox's 256 KiB limit.
+	homes := make(map[int]map[int32]bool)
+	for _, r := range p.recs {
+		e := p.sagas[string(r.Key)]
+		if e == nil || !e.Large || header(r, message.HeaderMessageType) != message.TypeStartSaga {
+			continue
+		}
+		if len(r.Value) < largeField || len(r.Value) > 256<<10 {
+			t.Errorf("large order %s is %d bytes, want %d..%d", e.ID, len(r.Value), largeField, 256<<10)
+		}
+		var burst int
+		fmt.Sscanf(e.ID, "o-large-%d-", &burst)
+		if homes[burst] == nil {
+			homes[burst] = make(map[int32]bool)
+		}
+		homes[burst][message.HomePartition(e.ID, partitions)] = true
+	}
+	for b, hs := range homes {
+		if len(hs) != 1 {
+			t.Errorf("burst %d spans home partitions %v", b, hs)
+		}
+	}
+}
+
+// findRecord returns the record of p tagged with marker.
+func findRecord(p *plan, marker string) *kgo.Record {
+	for _, r := range p.recs {
+		if header(r, headerMarker) == marker {
+			return r
+		}
+	}
+	return nil
+}
+
+// The partitioners place keys as the clients they imitate do; the vectors
+// are those of kafka-go's balancer tests (FNV-1a) and librdkafka's
+// 0048-partitioner test (CRC32, murmur2).
+func TestPartitioners(t *testing.T) {
+	cases := []struct {
+		via  string
+		key  string
+		n    int
+		want int
+	}{
+		{viaFNV1a, "blah", 2, 0},
+		{viaFNV1a, "blah", 3, 1},
+		{viaFNV1a, "boop", 3, 2},
+		{viaFNV1a, "20", 16, 1}, // hash with its top bit set
+		{viaCRC32, "23456", 17, 0xb1b451d7 % 17},
+		{viaCRC32, "this is another string with more length to it perhaps", 17, 0xb0150df7 % 17},
+		{viaCRC32, "hejsan", 17, 0xd077037e % 17},
+		{viaMurmur2, "23456", 17, 0x058d780f % 17},
+		{viaMurmur2, "hejsan", 17, 0x5ec19395 % 17},
+	}
+	for _, c := range cases {
+		tp := newPartitioner(c.via).ForTopic("t")
+		if got := tp.Partition(&kgo.Record{Key: []byte(c.key)}, c.n); got != c.want {
+			t.Errorf("%s(%q) over %d partitions = %d, want %d", c.via, c.key, c.n, got, c.want)
+		}
+	}
+	// murmur2 is ksaga's home partition.
+	for i := range 1000 {
+		id := fmt.Sprintf("o-%06d", i)
+		if got, want := newPartitioner(viaMurmur2).ForTopic("t").Partition(&kgo.Record{Key: []byte(id)}, partitions), message.HomePartition(id, partitions); int32(got) != want {
+			t.Fatalf("murmur2(%s) = %d, home partition %d", id, got, want)
+		}
+	}
+	// The foreign partitioners send most saga ids elsewhere.
+	for _, via := range foreignPartitioners {
+		tp, off := newPartitioner(via).ForTopic("t"), 0
+		for i := range 600 {
+			id := fmt.Sprintf("o-%06d", i)
+			if int32(tp.Partition(&kgo.Record{Key: []byte(id)}, partitions)) != message.HomePartition(id, partitions) {
+				off++
+			}
+		}
+		if off < 300 {
+			t.Errorf("%s sends only %d of 600 ids off their home partition", via, off)
+		}
+	}
+	rr := newPartitioner(viaRoundRobin).ForTopic("t")
+	for i := range 12 {
+		if got := rr.Partition(&kgo.Record{Key: []byte("same")}, partitions); got != i%partitions {
+			t.Fatalf("round-robin record %d went to %d, want %d", i, got, i%partitions)
 		}
 	}
 }

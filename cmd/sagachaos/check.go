@@ -18,12 +18,13 @@ type checkResult struct {
 func (h *harness) check(ctx context.Context, exps []*expectation) (checkResult, error) {
 	ex := make([]check.Expectation, 0, len(exps))
 	for _, e := range exps {
-		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Poison: e.Poison, Marker: e.Marker})
+		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
 	}
 	rep, err := check.Run(ctx, check.Config{
 		Brokers:      []string{h.kafkaAddr},
 		EngineRedis:  h.redisAddr[redisEngine],
 		SimRedis:     h.redisAddr[redisSim],
+		OrdersRedis:  h.redisAddr[redisOrders],
 		SagaType:     order.Name,
 		InitialStock: initialStock,
 		Expect:       ex,

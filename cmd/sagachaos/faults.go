@@ -3,16 +3,23 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Fault kinds.
@@ -27,13 +34,18 @@ const (
 	faultInjectTxnOffset     = "inject-txnoffsetcommit"
 	faultInjectProduce       = "inject-produce"
 	faultOrdersOutage        = "orders-outage"
+	faultRedisRollback       = "redis-rollback"
+	faultLocalStepHang       = "local-step-hang"
+	faultSagaPanic           = "saga-panic"
+	faultCrashLoop           = "crash-loop"
 )
 
 // faultKinds lists every fault kind in the order of the summary.
 var faultKinds = []string{
 	faultSigkillEngine, faultSigkillParticipants, faultRedisFlushall, faultRedisRestart,
 	faultBrokerRestart, faultSigstopEngine, faultInjectEndTxn, faultInjectTxnOffset,
-	faultInjectProduce, faultOrdersOutage,
+	faultInjectProduce, faultOrdersOutage, faultRedisRollback, faultLocalStepHang, faultSagaPanic,
+	faultCrashLoop,
 }
 
 // faultDurations is how long each fault keeps its target down.
@@ -48,6 +60,10 @@ var faultDurations = map[string]time.Duration{
 	faultInjectTxnOffset:     0,
 	faultInjectProduce:       0,
 	faultOrdersOutage:        ordersOutageFor,
+	faultRedisRollback:       rollbackAfter,
+	faultLocalStepHang:       hangKeyFor,
+	faultSagaPanic:           0,
+	faultCrashLoop:           crashLoopFor,
 }
 
 const (
@@ -61,6 +77,43 @@ const (
 	ordersOutageFor = 8 * time.Second
 	// injectCount is the number of requests each injection faults.
 	injectCount = 2
+	// rollbackAfter is how long after its snapshot the engine's Redis is
+	// rolled back to it: the states, checkpoints, deadlines and attempt
+	// counts the engines wrote meanwhile are lost at once.
+	rollbackAfter = 5 * time.Second
+	// hangKeyFor is how long the hang key lives: every complete-order
+	// called meanwhile hangs for hangFor. An attempt is abandoned after
+	// the step's 3s timeout and the next one comes about 2s later, so an
+	// order that reaches complete-order in the first seconds of the window
+	// hangs on all three attempts: it is dead-lettered and compensated
+	// (Cancel), and the late writes of its abandoned attempts meet a
+	// cancelled order. A key of a few seconds only hangs first attempts,
+	// whose retries then succeed.
+	hangKeyFor = 12 * time.Second
+	// hangFor is how long a hung complete-order sleeps, ignoring its
+	// context: past the step's 3s timeout and the engine's 10s
+	// transaction timeout, so that its late write meets a saga that moved
+	// on.
+	hangFor = 15 * time.Second
+	// panicCount is how many complete-order calls panic after a
+	// saga-panic fault.
+	panicCount = 3
+	// crashLoopKills SIGKILLs of the participants, crashLoopEvery apart,
+	// each restarted at once, make a crash-loop of crashLoopFor.
+	crashLoopKills = 5
+	crashLoopEvery = time.Second
+	crashLoopFor   = crashLoopKills * crashLoopEvery
+)
+
+// Keys that sagad --chaos-faults reads on the orders store's Redis before
+// each complete-order.
+const (
+	// chaosHangKey holds the milliseconds a complete-order sleeps,
+	// ignoring its context.
+	chaosHangKey = "ksaga:chaos:fault:hang"
+	// chaosPanicKey is a counter: each complete-order DECRs it and panics
+	// while the result is >= 0.
+	chaosPanicKey = "ksaga:chaos:fault:panic"
 )
 
 // kfakeKeys maps the inject-* kinds to kfaked's request names.
@@ -74,7 +127,7 @@ var kfakeKeys = map[string]string{
 var shortSchedule = map[string]int{
 	faultSigkillEngine: 2, faultSigkillParticipants: 1, faultRedisFlushall: 1, faultBrokerRestart: 1,
 	faultRedisRestart: 1, faultInjectEndTxn: 1, faultInjectTxnOffset: 1, faultInjectProduce: 1,
-	faultOrdersOutage: 1,
+	faultOrdersOutage: 1, faultRedisRollback: 1, faultLocalStepHang: 1, faultSagaPanic: 1, faultCrashLoop: 1,
 }
 
 // counts returns how many faults of each kind the run injects.
@@ -199,6 +252,23 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		return h.redisDown(ctx, f.kind, redisEngine, restartAfter)
 	case faultOrdersOutage:
 		return h.redisDown(ctx, f.kind, redisOrders, ordersOutageFor)
+	case faultRedisRollback:
+		return h.redisRollback(ctx, f.kind)
+	case faultLocalStepHang:
+		h.faultf("%s: SET %s %d PX %d on the orders store's redis %s: every complete-order in the next %v sleeps %v ignoring its context (step timeout 3s, transaction timeout 10s)",
+			f.kind, chaosHangKey, hangFor.Milliseconds(), hangKeyFor.Milliseconds(), h.redisAddr[redisOrders], hangKeyFor, hangFor)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := h.ordRdb.Do(cctx, "SET", chaosHangKey, hangFor.Milliseconds(), "PX", hangKeyFor.Milliseconds()).Err(); err != nil {
+			return err
+		}
+		sleep(ctx, hangKeyFor)
+		return nil
+	case faultSagaPanic:
+		h.faultf("%s: SET %s %d on the orders store's redis %s: the next %d complete-order calls panic", f.kind, chaosPanicKey, panicCount, h.redisAddr[redisOrders], panicCount)
+		return h.armPanics(ctx)
+	case faultCrashLoop:
+		return h.crashLoop(ctx, f.kind, h.parts)
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()
@@ -274,19 +344,138 @@ func kindTarget(p *proc) string {
 	return p.name
 }
 
-// redisDown kills redis i and restarts it, empty, on the same port after
-// down.
+// redisDown kills redis i and restarts it on the same port after down.
+// The engine's Redis comes back empty (its snapshot from a redis-rollback
+// is removed first); the orders store comes back with everything it
+// acknowledged (append-only file, fsync always), as an order database
+// does.
 func (h *harness) redisDown(ctx context.Context, kind string, i int, down time.Duration) error {
 	p := h.redis[i]
-	h.faultf("%s: SIGKILL %s %s (pid %d); restart it empty in %v", kind, p.name, h.redisAddr[i], p.pid(), down)
+	what := "empty"
+	if i == redisOrders {
+		what = "with its data (AOF)"
+	}
+	h.faultf("%s: SIGKILL %s %s (pid %d); restart it %s in %v", kind, p.name, h.redisAddr[i], p.pid(), what, down)
 	if err := p.kill(); err != nil {
 		return err
+	}
+	if i == redisEngine {
+		if err := os.Remove(filepath.Join(h.redisDir(i), "dump.rdb")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	sleep(ctx, down)
 	if err := h.startRedis(ctx, i); err != nil {
 		return err
 	}
-	h.faultf("%s: %s is back, empty (pid %d)", kind, p.name, p.pid())
+	h.faultf("%s: %s is back, %s (pid %d)", kind, p.name, what, p.pid())
+	return nil
+}
+
+// redisRollback takes a snapshot of the engine's Redis (SAVE), lets the
+// engines write for rollbackAfter, then restores the snapshot in place
+// (DEBUG RELOAD NOSAVE loads dump.rdb without saving first): Redis goes
+// back in time by rollbackAfter, as after a failover to a lagging replica
+// or a restart from an older snapshot. Every key of a partition goes back
+// together: states, checkpoint, deadlines, attempt counts.
+func (h *harness) redisRollback(ctx context.Context, kind string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	before, err := h.engRdb.DBSize(cctx).Result()
+	if err != nil {
+		return err
+	}
+	if err := h.engRdb.Save(cctx).Err(); err != nil {
+		return fmt.Errorf("SAVE: %w", err)
+	}
+	h.faultf("%s: SAVE on the engine's redis %s (%d keys); roll it back to this snapshot in %v", kind, h.redisAddr[redisEngine], before, rollbackAfter)
+	sleep(ctx, rollbackAfter)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	cctx, cancel = context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	grown, err := h.engRdb.DBSize(cctx).Result()
+	if err != nil {
+		return err
+	}
+	if err := h.engRdb.Do(cctx, "DEBUG", "RELOAD", "NOSAVE").Err(); err != nil {
+		return fmt.Errorf("DEBUG RELOAD NOSAVE: %w", err)
+	}
+	after, err := h.engRdb.DBSize(cctx).Result()
+	if err != nil {
+		return err
+	}
+	h.faultf("%s: DEBUG RELOAD NOSAVE on the engine's redis: %d keys -> %d keys, back %v in time", kind, grown, after, rollbackAfter)
+	return nil
+}
+
+// armPanics sets the panic counter and counts the panics that the counter
+// it replaces has caused.
+func (h *harness) armPanics(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	prev, err := h.ordRdb.SetArgs(cctx, chaosPanicKey, panicCount, redis.SetArgs{Get: true}).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	h.countPanics(prev, err == nil)
+	return nil
+}
+
+// countPanics adds the panics caused by a counter now at v (if it exists)
+// to h.panics: each complete-order DECRs it and panics while the result is
+// >= 0, so a counter armed at panicCount and now at v caused
+// panicCount - max(v, 0) of them.
+func (h *harness) countPanics(v string, exists bool) {
+	h.outMu.Lock()
+	defer h.outMu.Unlock()
+	if !exists {
+		return
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return
+	}
+	h.panics += panicCount - max(n, 0)
+}
+
+// finalPanics counts the panics of the last saga-panic fault and returns
+// the total.
+func (h *harness) finalPanics(ctx context.Context) int {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := h.ordRdb.GetDel(cctx, chaosPanicKey).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		h.logf("read %s: %v", chaosPanicKey, err)
+	}
+	h.countPanics(v, err == nil)
+	h.outMu.Lock()
+	defer h.outMu.Unlock()
+	return h.panics
+}
+
+// crashLoop SIGKILLs p crashLoopKills times, crashLoopEvery apart, and
+// restarts it at once after each kill: it barely gets to join its group
+// before it dies again.
+func (h *harness) crashLoop(ctx context.Context, kind string, p *proc) error {
+	h.faultf("%s: %d SIGKILLs of %s within %v, each restarted at once", kind, crashLoopKills, p.name, crashLoopFor)
+	start := time.Now()
+	for i := range crashLoopKills {
+		sleep(ctx, time.Until(start.Add(time.Duration(i)*crashLoopEvery)))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		pid := p.pid()
+		if err := p.kill(); err != nil {
+			return err
+		}
+		if err := p.restart(); err != nil {
+			return err
+		}
+		h.faultf("%s: SIGKILL %d/%d of %s (pid %d); restarted (pid %d)", kind, i+1, crashLoopKills, p.name, pid, p.pid())
+	}
+	sleep(ctx, time.Until(start.Add(crashLoopFor)))
 	return nil
 }
 

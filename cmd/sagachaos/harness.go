@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,13 +46,18 @@ type harness struct {
 	partsHTTP  string
 	procs      []*proc
 
-	client *kgo.Client // the load's producer
-	engRdb *redis.Client
-	simRdb *redis.Client
-	track  *tracker
+	// producers are the load's producers, one per partitioner.
+	producers map[string]*kgo.Client
+	engRdb    *redis.Client
+	simRdb    *redis.Client
+	ordRdb    *redis.Client
+	track     *tracker
 	// injected counts the requests kfaked faulted, by request name
 	// (guarded by outMu).
 	injected map[string]int
+	// panics counts the complete-order calls that the saga-panic faults
+	// made panic (guarded by outMu).
+	panics int
 }
 
 // Indexes of harness.redis.
@@ -177,13 +183,24 @@ func (h *harness) setUp(ctx context.Context) error {
 	for i := range h.redis {
 		h.redisAddr[i] = addrs[2+i]
 		_, port, _ := net.SplitHostPort(h.redisAddr[i])
-		dir := filepath.Join(h.work, redisNames[i])
+		dir := h.redisDir(i)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		h.redis[i] = h.newProc(redisNames[i], redisBin, true,
-			"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", dir, "--loglevel", "warning")
+		args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", dir, "--loglevel", "warning"}
+		switch i {
+		case redisEngine:
+			// redis-rollback restores a snapshot with DEBUG RELOAD.
+			args = append(args, "--appendonly", "no", "--enable-debug-command", "local")
+		case redisOrders:
+			// The orders store is the order database: what it
+			// acknowledged survives its outages (SIGKILL), so that the
+			// checker can hold it to the sagas' outcomes.
+			args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+		default:
+			args = append(args, "--appendonly", "no")
+		}
+		h.redis[i] = h.newProc(redisNames[i], redisBin, true, args...)
 		if err := h.startRedis(ctx, i); err != nil {
 			return err
 		}
@@ -200,6 +217,7 @@ func (h *harness) setUp(ctx context.Context) error {
 
 	h.engRdb = redis.NewClient(&redis.Options{Addr: h.redisAddr[redisEngine], MaxRetries: -1})
 	h.simRdb = redis.NewClient(&redis.Options{Addr: h.redisAddr[redisSim]})
+	h.ordRdb = redis.NewClient(&redis.Options{Addr: h.redisAddr[redisOrders]})
 	if err := sim.SeedStock(ctx, h.simRdb, initialStock); err != nil {
 		return err
 	}
@@ -214,14 +232,21 @@ func (h *harness) setUp(ctx context.Context) error {
 		h.engineHTTP[i] = addrs[5+i]
 		name := fmt.Sprintf("engine-%d", i+1)
 		h.engines[i] = h.newProc(name, sagad, true, append(slicesClone(common),
-			"--participants", "none", "--transactional-id", "chaos-"+name,
+			"--participants", "none", "--transactional-id", "chaos-"+name, "--chaos-faults",
 			"--metrics-addr", h.engineHTTP[i],
 			"--redis-addr", h.redisAddr[redisEngine], "--orders-redis-addr", h.redisAddr[redisOrders])...)
 	}
 	h.engines[0].sagad, h.engines[1].sagad = true, true
 	h.partsHTTP = addrs[7]
+	// The participants join their groups as static members, as a
+	// StatefulSet runs them: a participant restarted after a SIGKILL takes
+	// its place back at once. As dynamic members, the crash-loop's five
+	// dead members of each group, some of them killed in the middle of a
+	// join, held every rebalance until the 60s rebalance timeout, and the
+	// sagas stood still for about a minute. The engines stay dynamic, so
+	// that their kills and stops still move partitions.
 	h.parts = h.newProc("participants", sagad, true, append(slicesClone(common),
-		"--engine=false", "--participants", "all", "--transactional-id", "chaos-participants",
+		"--engine=false", "--participants", "all", "--transactional-id", "chaos-participants", "--static-membership",
 		"--metrics-addr", h.partsHTTP,
 		"--redis-addr", h.redisAddr[redisSim], "--participants-redis-addr", h.redisAddr[redisSim])...)
 	h.parts.sagad = true
@@ -255,8 +280,67 @@ func (h *harness) setUp(ctx context.Context) error {
 	}
 	h.logf("sagad ready: engine-1 (pid %d) http://%s, engine-2 (pid %d) http://%s, participants (pid %d) http://%s",
 		h.engines[0].pid(), h.engineHTTP[0], h.engines[1].pid(), h.engineHTTP[1], h.parts.pid(), h.partsHTTP)
+	return h.checkSizeLimit(ctx)
+}
+
+// brokerMaxMessageBytes is Kafka's default message.max.bytes: the largest
+// record batch a broker takes. The large orders of the load must meet it.
+const brokerMaxMessageBytes = 1048588
+
+// checkSizeLimit makes sure that neither the broker nor a topic of the run
+// takes batches larger than Kafka's default, so that the large orders test
+// the limit a default Kafka has.
+func (h *harness) checkSizeLimit(ctx context.Context) error {
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(h.kafkaAddr))
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	limit := func(rc kadm.ResourceConfig, key string) (int, bool) {
+		for _, c := range rc.Configs {
+			if c.Key == key && c.Value != nil {
+				n, err := strconv.Atoi(*c.Value)
+				return n, err == nil
+			}
+		}
+		return 0, false
+	}
+	brokers, err := adm.DescribeBrokerConfigs(cctx)
+	if err != nil {
+		return fmt.Errorf("describe broker configs: %w", err)
+	}
+	for _, rc := range brokers {
+		if rc.Err != nil {
+			return fmt.Errorf("describe broker configs: %w", rc.Err)
+		}
+		if n, ok := limit(rc, "message.max.bytes"); !ok || n != brokerMaxMessageBytes {
+			return fmt.Errorf("broker %s: message.max.bytes is %d (found: %v), want Kafka's default %d: the large orders must meet a default broker's limit", rc.Name, n, ok, brokerMaxMessageBytes)
+		}
+	}
+	topics, err := adm.ListTopics(cctx)
+	if err != nil {
+		return fmt.Errorf("list topics: %w", err)
+	}
+	configs, err := adm.DescribeTopicConfigs(cctx, topics.Names()...)
+	if err != nil {
+		return fmt.Errorf("describe topic configs: %w", err)
+	}
+	for _, rc := range configs {
+		if rc.Err != nil {
+			return fmt.Errorf("describe topic configs: %w", rc.Err)
+		}
+		if n, ok := limit(rc, "max.message.bytes"); ok && n > brokerMaxMessageBytes {
+			return fmt.Errorf("topic %s: max.message.bytes is %d, more than Kafka's default %d", rc.Name, n, brokerMaxMessageBytes)
+		}
+	}
+	h.logf("broker and topics take record batches of at most %d bytes (Kafka's default)", brokerMaxMessageBytes)
 	return nil
 }
+
+// redisDir is the working directory of redis i.
+func (h *harness) redisDir(i int) string { return filepath.Join(h.work, redisNames[i]) }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
@@ -344,10 +428,10 @@ func (h *harness) tearDown() {
 	if h.track != nil {
 		h.track.close()
 	}
-	if h.client != nil {
-		h.client.Close()
+	for _, cl := range h.producers {
+		cl.Close()
 	}
-	for _, c := range []*redis.Client{h.engRdb, h.simRdb} {
+	for _, c := range []*redis.Client{h.engRdb, h.simRdb, h.ordRdb} {
 		if c != nil {
 			c.Close()
 		}
@@ -363,6 +447,31 @@ func (h *harness) tearDown() {
 	for _, p := range h.procs {
 		p.stop(10 * time.Second)
 	}
+}
+
+// hangLogLine is what sagad --chaos-faults logs when it makes a
+// complete-order hang (cmd/sagad/chaos.go).
+const hangLogLine = "chaos: complete-order hangs"
+
+// countHangs returns how many complete-order calls the engines made hang,
+// from their logs.
+func (h *harness) countHangs() int {
+	n := 0
+	for _, p := range h.engines {
+		f, err := os.Open(p.logPath)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), hangLogLine) {
+				n++
+			}
+		}
+		f.Close()
+	}
+	return n
 }
 
 // scanLogs returns the lines of the sagad logs that show a crash: a Go

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ const (
 	kindPoison        = check.KindPoison
 	kindDupStart      = check.KindDupStart
 	kindDupReply      = check.KindDupReply
+	kindCompensate    = check.KindCompensate
 )
 
 // expectation is what one saga or one poison record must come to; it is
@@ -41,13 +43,31 @@ type expectation struct {
 	Marker string       `json:"marker,omitempty"`
 	// Variant names the kind of bad input of a poison record.
 	Variant string `json:"variant,omitempty"`
+	// Via names the partitioner that the saga's start request (or the
+	// poison record) was produced with.
+	Via string `json:"via,omitempty"`
+	// Large marks an order with a field of largeField bytes.
+	Large bool `json:"large,omitempty"`
+	// Landed is where a stray record sent through a foreign partitioner
+	// landed: its dead-letter copy must say it was forwarded from there.
+	Landed *check.Landing `json:"landed,omitempty"`
 }
 
 // plan is the load: the records in send order and what each saga and
 // poison record must come to.
 type plan struct {
 	recs []*kgo.Record
-	exps []*expectation
+	// via is the partitioner of each record of recs.
+	via []string
+	// after maps the index of a record in recs to the index of the record
+	// whose acknowledgement it waits for: a Compensate is sent only once
+	// its saga's start request is durable, else it could overtake the
+	// start (it lands on another partition) and find no saga.
+	after map[int]int
+	// landing are the records whose landing partition and offset are kept
+	// in their expectation when acknowledged.
+	landing map[*kgo.Record]*expectation
+	exps    []*expectation
 	// sagas are the expectations of the orders (not poison), by id.
 	sagas map[string]*expectation
 	ids   []string // order ids in send order
@@ -56,6 +76,15 @@ type plan struct {
 	kinds    map[string]int
 	variants map[string]int
 	dupSends int
+	// partitioners counts the records sent through each partitioner.
+	partitioners map[string]int
+	// large counts the large orders, bursts their bursts.
+	large, bursts int
+	// compensates counts the Compensate records.
+	compensates int
+	// rotate counts the records of each use that rotates over the
+	// partitioners.
+	rotate map[string]int
 }
 
 // The mix of orders, in percent.
@@ -63,8 +92,28 @@ var mix = []struct {
 	kind   string
 	weight int
 }{
-	{kindComplete, 65}, {kindDeclined, 10}, {kindOutOfStock, 10}, {kindUndeliverable, 10}, {kindDupStart, 5},
+	{kindComplete, 63}, {kindDeclined, 10}, {kindOutOfStock, 10}, {kindUndeliverable, 10}, {kindDupStart, 5},
+	{kindCompensate, 2},
 }
+
+// The share of start requests that go through franz-go's murmur2, in
+// percent; the rest are spread evenly over the foreign partitioners.
+const murmur2Share = 40
+
+// Large orders: bursts of largeBurst orders whose saga ids share a home
+// partition, each with a ship_to.city of largeField bytes, so that the
+// engine meets several of them in one batch and its records for one
+// partition add up to more than the broker's 1 MB limit (message.max.bytes
+// 1048588, Kafka's default, which kfaked keeps). The inbox takes values up
+// to 256 KiB.
+const (
+	largeField = 190 << 10
+	largeBurst = 6
+)
+
+// compensateReason is the ksaga-reason of the load's Compensate records;
+// the engine names it in the compensation's events.
+const compensateReason = check.CompensateReason
 
 // poisonVariant is a kind of bad input and the dead-letter reason it must
 // get.
@@ -100,26 +149,44 @@ const (
 )
 
 // newPlan builds the load of n orders: the mix above, about 1% poison
-// records (every variant at least once), and the second copy of each
-// duplicate start a little later in the stream.
+// records (every variant at least once), the second copy of each duplicate
+// start and the Compensate of each compensate order a little later in the
+// stream, stray replies for unknown sagas through every foreign
+// partitioner, and bursts of large orders on top of the n.
 func newPlan(n int, rng *rand.Rand) *plan {
-	p := &plan{sagas: make(map[string]*expectation), kinds: make(map[string]int), variants: make(map[string]int)}
+	p := &plan{
+		sagas: make(map[string]*expectation), kinds: make(map[string]int), variants: make(map[string]int),
+		after: make(map[int]int), landing: make(map[*kgo.Record]*expectation),
+		partitioners: make(map[string]int), rotate: make(map[string]int),
+	}
 	variants := poisonVariants
 	poisons := max(len(variants), n/100)
 	every := max(1, n/poisons)
-	// pending are the second copies of duplicate starts, each due once
-	// the stream is at least at.
-	type dup struct {
-		at  int
-		rec *kgo.Record
+	strays := max(2*len(foreignPartitioners), n/500)
+	strayEvery := max(1, n/strays)
+	bursts := min(20, max(2, n/600))
+	burstEvery := max(1, n/bursts)
+	// pending are records due once the stream is at least at: the second
+	// copies of duplicate starts and the Compensates.
+	type due struct {
+		at    int
+		rec   *kgo.Record
+		kind  string
+		via   string
+		after int // index in p.recs of the record it waits for, or -1
 	}
-	var pending []dup
+	var pending []due
 	flush := func(all bool) {
 		rest := pending[:0]
 		for _, d := range pending {
 			if all || len(p.recs) >= d.at {
-				p.add(d.rec, "dup-start (second copy)")
-				p.dupSends++
+				p.addVia(d.rec, d.kind, d.via)
+				if d.after >= 0 {
+					p.after[len(p.recs)-1] = d.after
+				}
+				if d.kind == kindDupStart+" (second copy)" {
+					p.dupSends++
+				}
 			} else {
 				rest = append(rest, d)
 			}
@@ -130,7 +197,7 @@ func newPlan(n int, rng *rand.Rand) *plan {
 	for _, m := range mix {
 		total += m.weight
 	}
-	sentPoison := 0
+	sentPoison, sentStray := 0, 0
 	for i := range n {
 		id := fmt.Sprintf("o-%06d", i)
 		w, kind := rng.IntN(total), ""
@@ -142,14 +209,26 @@ func newPlan(n int, rng *rand.Rand) *plan {
 			w -= m.weight
 		}
 		o := newOrder(id, kind, rng)
-		e := &expectation{ID: id, Kind: kind, Order: &o}
+		via := pickVia(rng)
+		if kind == kindCompensate {
+			// The Compensate, not the start, goes through the foreign
+			// partitioners: it must find the saga (see plan.after).
+			via = viaMurmur2
+		}
+		e := &expectation{ID: id, Kind: kind, Order: &o, Via: via}
 		p.exps = append(p.exps, e)
 		p.sagas[id] = e
 		p.ids = append(p.ids, id)
 		rec := startRecord(id, mustJSON(o))
-		p.add(rec, kind)
-		if kind == kindDupStart {
-			pending = append(pending, dup{at: len(p.recs) + 1 + rng.IntN(300), rec: startRecord(id, rec.Value)})
+		p.addVia(rec, kind, via)
+		switch kind {
+		case kindDupStart:
+			pending = append(pending, due{at: len(p.recs) + 1 + rng.IntN(300), rec: startRecord(id, rec.Value),
+				kind: kindDupStart + " (second copy)", via: p.next("dup-start", partitionerNames), after: -1})
+		case kindCompensate:
+			pending = append(pending, due{at: len(p.recs) + rng.IntN(20), rec: compensateRecord(id),
+				kind: "compensate", via: p.next("compensate", partitionerNames), after: len(p.recs) - 1})
+			p.compensates++
 		}
 		flush(false)
 		if (i+1)%every == 0 && sentPoison < poisons && i > 0 {
@@ -157,18 +236,99 @@ func newPlan(n int, rng *rand.Rand) *plan {
 			p.poison(v, sentPoison, rng)
 			sentPoison++
 		}
+		if (i+1)%strayEvery == strayEvery/2 && sentStray < strays {
+			p.stray(sentStray)
+			sentStray++
+		}
+		if (i+1)%burstEvery == burstEvery/2 && p.bursts < bursts {
+			p.largeBurst(rng)
+		}
 	}
 	for sentPoison < poisons {
 		p.poison(variants[sentPoison%len(variants)], sentPoison, rng)
 		sentPoison++
 	}
+	for sentStray < strays {
+		p.stray(sentStray)
+		sentStray++
+	}
+	for p.bursts < bursts {
+		p.largeBurst(rng)
+	}
 	flush(true)
 	return p
 }
 
-func (p *plan) add(r *kgo.Record, kind string) {
+// pickVia picks the partitioner of a start request.
+func pickVia(rng *rand.Rand) string {
+	if rng.IntN(100) < murmur2Share {
+		return viaMurmur2
+	}
+	return foreignPartitioners[rng.IntN(len(foreignPartitioners))]
+}
+
+// next returns the next of names for use, in turn.
+func (p *plan) next(use string, names []string) string {
+	v := names[p.rotate[use]%len(names)]
+	p.rotate[use]++
+	return v
+}
+
+// stray adds stray record number k: a reply for a saga that does not
+// exist, through the next foreign partitioner. It must be moved to its
+// home partition and dead-lettered there (unknown-saga), once.
+func (p *plan) stray(k int) {
+	via := p.next("stray", foreignPartitioners)
+	key := fmt.Sprintf("s-%05d", k)
+	marker := fmt.Sprintf("stray-%05d-%s", k, via)
+	r := replyRecord(key, order.StepReserveInventory, key+"/"+order.StepReserveInventory+"/do", message.OutcomeSuccess)
+	r.Headers = append(r.Headers, hdr(headerMarker, marker))
+	e := &expectation{ID: key, Kind: kindPoison, Poison: orchestrator.ReasonUnknownSaga, Marker: marker,
+		Variant: "stray-reply-unknown-saga via " + via, Via: via}
+	p.exps = append(p.exps, e)
+	p.landing[r] = e
+	p.addVia(r, kindPoison, via)
+	p.variants[e.Variant]++
+}
+
+// largeBurst adds a burst of largeBurst large complete orders whose ids
+// share a home partition. Even bursts go through murmur2, so they land on
+// that partition together; odd ones through the foreign partitioners, so
+// the engine moves them there.
+func (p *plan) largeBurst(rng *rand.Rand) {
+	b := p.bursts
+	p.bursts++
+	home := int32(b % partitions)
+	city := strings.Repeat("Llanfairpwllgwyngyll", largeField/20+1)[:largeField]
+	for k, added := 0, 0; added < largeBurst; k++ {
+		id := fmt.Sprintf("o-large-%02d-%03d", b, k)
+		if message.HomePartition(id, partitions) != home {
+			continue
+		}
+		added++
+		o := newOrder(id, kindComplete, rng)
+		o.ShipTo.City = city
+		via := viaMurmur2
+		if b%2 == 1 {
+			via = p.next("large", foreignPartitioners)
+		}
+		e := &expectation{ID: id, Kind: kindComplete, Order: &o, Via: via, Large: true}
+		p.exps = append(p.exps, e)
+		p.sagas[id] = e
+		p.ids = append(p.ids, id)
+		p.addVia(startRecord(id, mustJSON(o)), kindComplete, via)
+		p.large++
+	}
+}
+
+// add adds a record sent through murmur2.
+func (p *plan) add(r *kgo.Record, kind string) { p.addVia(r, kind, viaMurmur2) }
+
+func (p *plan) addVia(r *kgo.Record, kind, via string) {
 	p.recs = append(p.recs, r)
+	p.via = append(p.via, via)
 	p.kinds[kind]++
+	p.partitioners[via]++
 }
 
 func mustJSON(v any) []byte {
@@ -227,14 +387,31 @@ func replyRecord(id, step, inReplyTo, outcome string) *kgo.Record {
 	}}
 }
 
-// earlier returns the id of a complete order sent before, at least a few
-// records back, or "" if there is none.
+// compensateRecord is an operator's Compensate for saga id.
+func compensateRecord(id string) *kgo.Record {
+	return &kgo.Record{Topic: inbox(), Key: []byte(id), Headers: []kgo.RecordHeader{
+		hdr(message.HeaderSagaID, id),
+		hdr(message.HeaderSagaType, order.Name),
+		hdr(message.HeaderMessageType, message.TypeCompensate),
+		hdr(message.HeaderMessageID, "compensate-"+id),
+		hdr(message.HeaderReason, compensateReason),
+	}}
+}
+
+// earlier returns the id of an order of one of kinds sent before, at least
+// a few records back, or "" if there is none. Like latest, it picks only
+// orders whose start went through murmur2: a record keyed by a live saga,
+// sent through murmur2 as poison records are, then lands on the partition
+// of the saga's start, after it, and finds the saga.
 func (p *plan) earlier(rng *rand.Rand, kinds ...string) string {
 	for range 100 {
 		if len(p.ids) < 10 {
 			return ""
 		}
 		id := p.ids[rng.IntN(len(p.ids)-5)]
+		if e := p.sagas[id]; e.Via != viaMurmur2 || e.Large {
+			continue
+		}
 		for _, k := range kinds {
 			if p.sagas[id].Kind == k {
 				return id
@@ -244,11 +421,11 @@ func (p *plan) earlier(rng *rand.Rand, kinds ...string) string {
 	return ""
 }
 
-// latest returns the id of the latest order sent of the given kind, whose
-// saga is most likely still running, or "".
+// latest returns the id of the latest order sent of the given kind through
+// murmur2, whose saga is most likely still running, or "".
 func (p *plan) latest(kind string) string {
 	for i := len(p.ids) - 1; i >= 0; i-- {
-		if p.sagas[p.ids[i]].Kind == kind {
+		if e := p.sagas[p.ids[i]]; e.Kind == kind && e.Via == viaMurmur2 && !e.Large {
 			return p.ids[i]
 		}
 	}
@@ -352,30 +529,64 @@ func deleteHeader(hs []kgo.RecordHeader, key string) []kgo.RecordHeader {
 	return out
 }
 
-// sender produces records and remembers the first failure.
+// sender produces records, each through the producer of its partitioner,
+// and remembers the first failure.
 type sender struct {
-	client *kgo.Client
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	err    error
-	failed int
-	acked  int
+	producers map[string]*kgo.Client
+	// landing, when set, receives the landing partition and offset of
+	// its records.
+	landing map[*kgo.Record]*expectation
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	err     error
+	failed  int
+	acked   int
+	// watched are closed when their record is acknowledged (or failed).
+	watched map[*kgo.Record]chan struct{}
 }
 
-func (s *sender) send(ctx context.Context, r *kgo.Record) {
+func newSender(producers map[string]*kgo.Client) *sender {
+	return &sender{producers: producers, watched: make(map[*kgo.Record]chan struct{})}
+}
+
+// watch returns a channel that is closed when r, sent later, is
+// acknowledged or fails.
+func (s *sender) watch(r *kgo.Record) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.watched[r]
+	if !ok {
+		ch = make(chan struct{})
+		s.watched[r] = ch
+	}
+	return ch
+}
+
+func (s *sender) send(ctx context.Context, r *kgo.Record, via string) {
+	cl := s.producers[via]
+	if cl == nil {
+		panic("no producer for partitioner " + via)
+	}
 	s.wg.Add(1)
-	s.client.Produce(ctx, r, func(r *kgo.Record, err error) {
+	cl.Produce(ctx, r, func(r *kgo.Record, err error) {
 		defer s.wg.Done()
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if ch, ok := s.watched[r]; ok {
+			close(ch)
+			delete(s.watched, r)
+		}
 		if err != nil {
 			s.failed++
 			if s.err == nil {
-				s.err = fmt.Errorf("produce to %s (key %q): %w", r.Topic, r.Key, err)
+				s.err = fmt.Errorf("produce to %s via %s (key %q): %w", r.Topic, via, r.Key, err)
 			}
 			return
 		}
 		s.acked++
+		if e := s.landing[r]; e != nil {
+			e.Landed = &check.Landing{Partition: r.Partition, Offset: r.Offset}
+		}
 	})
 }
 
@@ -391,9 +602,17 @@ func (s *sender) wait() error {
 }
 
 // sendLoad sends p.recs at rate records per second and waits for them to
-// be acknowledged.
+// be acknowledged. A record that waits for another (plan.after) is sent
+// only once that one is acknowledged.
 func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
-	s := &sender{client: h.client}
+	s := newSender(h.producers)
+	s.landing = p.landing
+	waits := make(map[int]<-chan struct{})
+	for _, dep := range p.after {
+		if _, ok := waits[dep]; !ok {
+			waits[dep] = s.watch(p.recs[dep])
+		}
+	}
 	start := time.Now()
 	lastLog := start
 	for i, r := range p.recs {
@@ -401,10 +620,16 @@ func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
 		if d := time.Until(due); d > 0 {
 			sleep(ctx, d)
 		}
+		if dep, ok := p.after[i]; ok {
+			select {
+			case <-waits[dep]:
+			case <-ctx.Done():
+			}
+		}
 		if ctx.Err() != nil {
 			break
 		}
-		s.send(ctx, r)
+		s.send(ctx, r, p.via[i])
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
 			n, _ := h.track.ended(p.ids)

@@ -6,11 +6,14 @@
 // consumer group and one sagad running the reference participants, each as
 // a process of its own. It sends a load of orders with a known mix
 // (completes, declines, out of stock, undeliverable, duplicate starts,
-// duplicate replies, poison records), injects faults on a schedule it logs
-// (SIGKILL, SIGSTOP past the transaction timeout, Redis FLUSHALL and
-// restarts, broker restarts, broker-injected errors, an orders-store
-// outage), waits until every saga has ended, and runs chaos/check on the
-// result.
+// duplicate replies, operator Compensates, large orders, poison records)
+// through five partitioners (murmur2 as ksaga hashes, and CRC32, FNV-1a,
+// random and round-robin as other clients do), injects faults on a schedule
+// it logs (SIGKILL, crash-loops, SIGSTOP past the transaction timeout, Redis
+// FLUSHALL, restarts and rollbacks to an older snapshot, broker restarts,
+// broker-injected errors, an orders-store outage, a hung and a panicking
+// local step), waits until every saga has ended and past the step
+// deadlines, and runs chaos/check on the result.
 //
 //	go run ./cmd/sagachaos --short     # CI: 2,000 sagas, one or two faults of each kind
 //	go run ./cmd/sagachaos             # make chaos: 100,000 sagas, 20 faults of each kind

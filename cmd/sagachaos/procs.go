@@ -100,11 +100,15 @@ func (p *proc) wait(cmd *exec.Cmd, done chan struct{}, logf *os.File) {
 	err := cmd.Wait()
 	fmt.Fprintf(logf, "=== sagachaos: %s exited at %s: %v\n", p.name, time.Now().Format(time.RFC3339Nano), exitStatus(cmd, err))
 	logf.Close()
-	close(done)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.held || p.stopping {
+	// Whether the exit was the harness's doing is read before done is
+	// closed: kill waits for done, and a restart right after it (the
+	// crash-loop fault) clears held.
+	expected := p.held || p.stopping
+	close(done)
+	if expected {
 		return
 	}
 	e := exit{at: time.Now(), status: exitStatus(cmd, err)}

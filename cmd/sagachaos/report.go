@@ -22,17 +22,25 @@ func (h *harness) summary(res *result) {
 		}
 	}
 	fmt.Fprintf(tw, "sagas sent\t%d\t(%d records at %.1f/s)\n", len(p.sagas), len(p.recs), res.rate)
-	for _, k := range []string{kindComplete, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply} {
+	for _, k := range []string{kindComplete, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply, kindCompensate} {
 		note := ""
 		switch k {
+		case kindComplete:
+			note = fmt.Sprintf("%d of them large (a %d KiB ship_to.city), in %d bursts of %d sharing a home partition", p.large, largeField>>10, p.bursts, largeBurst)
+		case kindCompensate:
+			note = fmt.Sprintf("sent a Compensate soon after their start (%d sent)", p.compensates)
 		case kindOutage:
-			note = "complete orders compensated after the orders-store outage"
+			note = "complete orders compensated after complete-order ran out of retries (outage, hang, panic)"
 		case kindDupStart:
 			note = fmt.Sprintf("%d second copies sent, plus conflicting starts", p.dupSends)
 		case kindDupReply:
 			note = "completed sagas sent a stale reserve-inventory reply"
 		}
 		fmt.Fprintf(tw, "  %s\t%d\t%s\n", k, kinds[k], note)
+	}
+	fmt.Fprintf(tw, "records by partitioner\t\t\n")
+	for _, via := range partitionerNames {
+		fmt.Fprintf(tw, "  %s\t%d\t\n", via, p.partitioners[via])
 	}
 	fmt.Fprintf(tw, "poison records\t%d\t\n", p.kinds[kindPoison])
 	var vs []string
@@ -63,6 +71,12 @@ func (h *harness) summary(res *result) {
 	sort.Strings(fired)
 	if len(fired) > 0 {
 		fmt.Fprintf(tw, "  requests kfaked faulted\t\t%s\n", strings.Join(fired, ", "))
+	}
+	if counts[faultSagaPanic] > 0 {
+		fmt.Fprintf(tw, "  complete-order panics\t%d\t(up to %d per saga-panic fault)\n", res.panics, panicCount)
+	}
+	if counts[faultLocalStepHang] > 0 {
+		fmt.Fprintf(tw, "  complete-order hangs\t%d\t(each call while a hang key lived, %v each)\n", res.hangs, hangFor)
 	}
 	restarts := 0
 	for _, pr := range h.procs {

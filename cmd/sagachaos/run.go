@@ -18,6 +18,7 @@ import (
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
+	"github.com/ksaga/ksaga/saga/order/sim"
 )
 
 // Times around the load.
@@ -33,7 +34,20 @@ const (
 	// markerTimeout is the least time to wait for the poison records
 	// sent after the drain to reach the DLQ.
 	markerTimeout = 60 * time.Second
+	// deadlineMargin is added to the longest step deadline in the wait
+	// after the drain (see harness.chaos).
+	deadlineMargin = 5 * time.Second
 )
+
+// maxDeadline is the longest step deadline of the order saga: a timer set
+// by the time every saga ended fires at the latest this long after.
+func maxDeadline() time.Duration {
+	var d time.Duration
+	for _, s := range order.New(sim.NewOrderStore(nil)).Steps() {
+		d = max(d, s.Deadline)
+	}
+	return d
+}
 
 // result is what a run found, for the summary.
 type result struct {
@@ -51,6 +65,9 @@ type result struct {
 	anomalies     int
 	crashLines    []string
 	elapsed       time.Duration
+	// panics and hangs count the complete-order calls that panicked and
+	// hung on purpose.
+	panics, hangs int
 }
 
 // run runs one chaos run and writes its log and summary to stdout. It
@@ -104,13 +121,22 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	if h.track, err = newTracker([]string{h.kafkaAddr}); err != nil {
 		return err
 	}
-	if h.client, err = kgo.NewClient(kgo.SeedBrokers(h.kafkaAddr), kgo.ProducerBatchMaxBytes(4<<20), kgo.ProducerLinger(5*time.Millisecond)); err != nil {
-		return err
+	// One producer per partitioner, each with franz-go's default batch
+	// size (under the broker's 1 MB limit), as a client of another team
+	// would have.
+	h.producers = make(map[string]*kgo.Client)
+	for _, via := range partitionerNames {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(h.kafkaAddr), kgo.RecordPartitioner(newPartitioner(via)), kgo.ProducerLinger(5*time.Millisecond))
+		if err != nil {
+			return err
+		}
+		h.producers[via] = cl
 	}
 
 	res, err := h.chaos(ctx)
 	if res != nil {
 		res.crashLines = h.scanLogs()
+		res.hangs = h.countHangs()
 		res.elapsed = time.Since(h.start)
 		h.summary(res)
 	}
@@ -126,6 +152,13 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	}
 	if len(res.crashLines) > 0 || h.crashes() > 0 {
 		problems = append(problems, fmt.Sprintf("%d process crashes", max(len(res.crashLines), h.crashes())))
+	}
+	// A fault that did nothing tested nothing.
+	if res.faults[faultSagaPanic] > 0 && res.panics == 0 {
+		problems = append(problems, fmt.Sprintf("%d saga-panic faults made no complete-order panic: the engines do not read %s (sagad --chaos-faults)", res.faults[faultSagaPanic], chaosPanicKey))
+	}
+	if res.faults[faultLocalStepHang] > 0 && res.hangs == 0 {
+		problems = append(problems, fmt.Sprintf("%d local-step-hang faults made no complete-order hang: no engine logged %q (sagad --chaos-faults reads %s)", res.faults[faultLocalStepHang], hangLogLine, chaosHangKey))
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
@@ -186,6 +219,11 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 
 	deadline := time.Now().Add(cfg.DrainTimeout)
 	res.drained = h.drain(ctx, p, deadline, res)
+	// settle is when a step deadline set before every saga ended has
+	// passed: an engine that still kept a saga it no longer owns (a stale
+	// owner) would have fired its timer by then, and its events (a
+	// second terminal event) would be in the topics the checker reads.
+	settle := time.Now().Add(maxDeadline() + deadlineMargin)
 	if res.drained {
 		post := h.postLoad(ctx, p, rng, res)
 		res.drained = h.drainMarkers(ctx, p, post, max(time.Until(deadline), markerTimeout), res)
@@ -193,6 +231,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
+	res.panics = h.finalPanics(ctx)
 	res.outage = h.markOutages(p)
 	h.logPoisonOnSagas(p)
 	if err := h.writeExpectations(p); err != nil {
@@ -200,8 +239,12 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	}
 	if !res.drained {
 		h.logf("the drain did not complete; running the checker anyway")
+		sleep(ctx, redisSettle)
+	} else {
+		wait := max(time.Until(settle), redisSettle)
+		h.logf("waiting %.0fs, past the longest step deadline (%v) after the last saga ended, so that a stale owner's timer would fire before the check", wait.Seconds(), maxDeadline())
+		sleep(ctx, wait)
 	}
-	sleep(ctx, redisSettle)
 	h.logf("running chaos/check on %d expectations", len(p.exps))
 	t := time.Now()
 	rep, err := h.check(ctx, p.exps)
@@ -250,13 +293,13 @@ func (h *harness) postLoad(ctx context.Context, p *plan, rng *rand.Rand, res *re
 		}
 	}
 	rng.Shuffle(len(completed), func(i, j int) { completed[i], completed[j] = completed[j], completed[i] })
-	s := &sender{client: h.client}
+	s := newSender(h.producers)
 	nDup := min(len(completed), max(5, len(completed)/50))
 	for _, id := range completed[:nDup] {
 		p.sagas[id].Kind = kindDupReply
 		r := replyRecord(id, order.StepReserveInventory, id+"/"+order.StepReserveInventory+"/do", message.OutcomeSuccess)
 		p.add(r, kindDupReply)
-		s.send(ctx, r)
+		s.send(ctx, r, viaMurmur2)
 	}
 	res.dupReplies = nDup
 	var markers []string
@@ -267,18 +310,17 @@ func (h *harness) postLoad(ctx context.Context, p *plan, rng *rand.Rand, res *re
 		p.add(r, kindPoison)
 		p.variants[variant]++
 		markers = append(markers, marker)
-		s.send(ctx, r)
+		s.send(ctx, r, viaMurmur2)
 	}
 	rest := completed[nDup:]
 	for _, id := range rest[:min(3, len(rest))] {
 		poison(id, "reply-step-not-waited-on", orchestrator.ReasonNotWaiting,
 			replyRecord(id, order.StepCompleteOrder, id+"/"+order.StepCompleteOrder+"/do", message.OutcomeSuccess))
 	}
-	part := kgo.StickyKeyPartitioner(nil).ForTopic(inbox())
-	covered := make(map[int]bool)
+	covered := make(map[int32]bool)
 	for i := 0; len(covered) < partitions && i < 10_000; i++ {
 		key := fmt.Sprintf("sentinel-%d", i)
-		q := part.Partition(&kgo.Record{Key: []byte(key)}, partitions)
+		q := message.HomePartition(key, partitions)
 		if covered[q] {
 			continue
 		}
@@ -319,19 +361,19 @@ func (h *harness) drainMarkers(ctx context.Context, p *plan, post []string, time
 	}
 }
 
-// markOutages turns orders that should have completed (complete and
-// dup-start) but ended compensated because the orders store was down
-// (their complete-order step ran out of retries and was dead-lettered) into
-// outage sagas. It returns how many.
+// markOutages turns orders that should have completed (complete,
+// dup-start and compensate orders) but ended compensated because their
+// complete-order step ran out of retries and was dead-lettered (the orders
+// store was down, hung or panicked) into outage sagas. It returns how many.
 func (h *harness) markOutages(p *plan) int {
 	n := 0
 	for _, id := range p.ids {
 		e := p.sagas[id]
-		if (e.Kind != kindComplete && e.Kind != kindDupStart) || !slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompensated}) {
+		if (e.Kind != kindComplete && e.Kind != kindDupStart && e.Kind != kindCompensate) || !slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompensated}) {
 			continue
 		}
 		for _, d := range h.track.dlqOf(id) {
-			if d.reason == orchestrator.ReasonExhausted && strings.Contains(d.err, "complete order") {
+			if d.reason == orchestrator.ReasonExhausted && (strings.Contains(d.err, "complete order") || strings.Contains(d.err, order.StepCompleteOrder)) {
 				e.Kind = kindOutage
 				n++
 				break
@@ -339,7 +381,7 @@ func (h *harness) markOutages(p *plan) int {
 		}
 	}
 	if n > 0 {
-		h.logf("%d sagas that should have completed ended compensated after the orders-store outage (retries-exhausted): expected outage", n)
+		h.logf("%d sagas that should have completed ended compensated after their complete-order step ran out of retries (orders-store outage, hang or panic): expected outage", n)
 	}
 	return n
 }
