@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ksaga/ksaga/orchestrator"
+)
+
+// readyCheck returns nil when sagad is ready for traffic, else why not.
+type readyCheck func(ctx context.Context) error
+
+// engineReady is ready when the engine has joined its group and restored
+// its partitions (eng is nil when sagad runs only participants), and the
+// engine's Redis answers PING.
+func engineReady(eng *orchestrator.Engine, rdb redis.UniversalClient) readyCheck {
+	return func(ctx context.Context) error {
+		if eng != nil && !eng.Ready() {
+			return errors.New("engine not ready: joining the consumer group or restoring its partitions")
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis PING failed: %w", err)
+		}
+		return nil
+	}
+}
+
+// newMux serves /metrics from g, /healthz (200 while the process runs) and
+// /readyz (200 when ready returns nil, else 503 with the reason).
+func newMux(g prometheus.Gatherer, ready readyCheck) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// servePprof adds Go's profiles to mux under /debug/pprof/ (sagad --pprof),
+// for profiling an engine under load:
+//
+//	go tool pprof http://localhost:9090/debug/pprof/profile?seconds=30
+func servePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}
+
+// startHTTP serves newMux on cfg.metricsAddr until the returned stop is
+// called; stop waits for the server to shut down. With an empty address it
+// serves nothing. It fails when the address cannot be bound.
+func (a *app) startHTTP(g prometheus.Gatherer, ready readyCheck) (stop func(), err error) {
+	if a.cfg.metricsAddr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.metricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on --metrics-addr %s: %w; choose another address, or \"\" to disable the HTTP server", a.cfg.metricsAddr, err)
+	}
+	mux := newMux(g, ready)
+	if a.cfg.pprof {
+		servePprof(mux)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server", "err", err)
+		}
+	}()
+	a.log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			a.log.Warn("http server shutdown", "err", err)
+		}
+		<-done
+	}, nil
+}
