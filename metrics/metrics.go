@@ -1,13 +1,21 @@
-// Package metrics exports the engine's Prometheus metrics through its hooks.
+// Package metrics exports ksaga's Prometheus metrics: the engine's through
+// its hooks and accessors, Redis round trips, consumer lag, the Kafka
+// clients' and the build's.
 //
 //	reg := prometheus.NewRegistry()
 //	m, err := metrics.New(reg, order.Name)
 //	if err != nil {
 //		return err
 //	}
-//	eng, err := orchestrator.New(def, …, orchestrator.Hooks(m))
+//	eng, err := orchestrator.New(def, …, orchestrator.Hooks(m),
+//		orchestrator.KafkaOpts(metrics.Kafka(reg, order.Name, "engine")))
+//	err = metrics.WatchEngine(reg, order.Name, eng)
+//	err = metrics.RegisterBuildInfo(reg, version)
+//	lag, err := metrics.NewLag(reg, kadm.NewClient(eng.Client()))
+//	lag.Watch("ksaga-order", message.Inbox(order.Name))
 //
-// Every metric carries the constant label saga=<saga type>:
+// Every metric of New, NewRedis and WatchEngine carries the constant label
+// saga=<saga type>:
 //
 //	ksaga_sagas_started_total                    sagas started (SagaStarted events committed)
 //	ksaga_sagas_finished_total{outcome}          sagas ended: completed, compensated or failed
@@ -20,11 +28,28 @@
 //	ksaga_timeouts_total                         Timeout messages produced for expired deadlines
 //	ksaga_forwarded_records_total                inbox records moved to their saga's home partition
 //	ksaga_redis_pending_states                   committed states not yet written to Redis
+//	ksaga_redis_lag_seconds                      how long Redis has been behind the committed states (0: up to date)
 //	ksaga_redis_errors_total                     failed attempts to bring Redis up to date
 //	ksaga_redis_round_trips_total{client}        Redis round trips (Redis hooks, see NewRedis)
+//	ksaga_sagas_in_flight{step,phase}            running sagas of the owned partitions per step (WatchEngine)
+//	ksaga_oldest_saga_age_seconds{step,phase}    how long the oldest of them has been in the step (WatchEngine)
+//	ksaga_step_budget_seconds{step,phase}        how long a saga may stay in the step (WatchEngine)
+//	ksaga_engine_ready                           1 once the engine joined its group and restored its partitions (WatchEngine)
+//
+// and, without the saga label:
+//
+//	ksaga_consumer_lag{group,topic,partition}               records of a partition not consumed yet by a group (NewLag)
+//	ksaga_consumer_committed_offset{group,topic,partition}  the group's committed offset (NewLag)
+//	ksaga_consumer_lag_errors_total{group}                  failed lag reads (NewLag)
+//	ksaga_build_info{version,goversion,revision}            always 1 (RegisterBuildInfo)
+//	ksaga_kafka_*{saga,client}                              the Kafka clients' kprom metrics (Kafka)
+//
+// Every label value the metrics can take is created at zero when they are
+// registered (dead-letter and drop reasons, outcomes, results, steps and
+// phases), so that rate() and increase() see the first event.
 //
 // The package depends on the engine, never the other way round: the engine
-// knows only its hook interfaces.
+// knows only its hook interfaces and accessors.
 package metrics
 
 import (
@@ -33,6 +58,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -79,8 +105,11 @@ type Metrics struct {
 	redisErrors  prometheus.Counter
 
 	// pending is the last Redis lag the engine reported; the gauge reads
-	// it rather than mirroring it.
+	// it rather than mirroring it. behind is when Redis fell behind (Unix
+	// ns; 0 while up to date).
 	pending atomic.Int64
+	behind  atomic.Int64
+	now     func() time.Time
 
 	// mu guards snap. The engine calls the hooks from one goroutine;
 	// Snapshot is called from others (a progress printer).
@@ -137,10 +166,21 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 		forwarded:   counter("forwarded_records_total", "Inbox records that arrived off their saga's home partition and were moved there."),
 		redisErrors: counter("redis_errors_total", "Failed attempts to write committed states to Redis."),
 	}
+	m.now = time.Now
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "ksaga", Name: "redis_pending_states", ConstLabels: labels,
 		Help: "Committed saga states not yet written to Redis (held in memory until Redis acknowledges them).",
 	}, func() float64 { return float64(m.pending.Load()) })
+	redisLag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "ksaga", Name: "redis_lag_seconds", ConstLabels: labels,
+		Help: "How long Redis has been behind the committed saga states: the age of the oldest state not yet written to Redis (0: up to date).",
+	}, func() float64 {
+		since := m.behind.Load()
+		if since == 0 {
+			return 0
+		}
+		return max(0, m.now().Sub(time.Unix(0, since)).Seconds())
+	})
 
 	// Known label values start at zero, so that rate() and alerts see the
 	// series before the first event.
@@ -150,10 +190,16 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 	for _, r := range []string{ResultCommitted, ResultAborted} {
 		m.transactions.WithLabelValues(r)
 	}
+	for _, r := range orchestrator.DeadLetterReasons() {
+		m.dlq.WithLabelValues(r)
+	}
+	for _, r := range orchestrator.DropReasons() {
+		m.dropped.WithLabelValues(r)
+	}
 
 	for _, c := range []prometheus.Collector{
 		m.started, m.finished, m.transactions, m.inbox, m.retries, m.dlq,
-		m.dropped, m.steps, m.timeouts, m.forwarded, m.redisErrors, pending,
+		m.dropped, m.steps, m.timeouts, m.forwarded, m.redisErrors, pending, redisLag,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register saga %s: %w", sagaType, err)
@@ -228,6 +274,14 @@ func (m *Metrics) OnRetry(*kgo.Record, int, error) { m.retries.Inc() }
 // failed attempt to write them.
 func (m *Metrics) OnRedisLag(pending int, err error) {
 	m.pending.Store(int64(pending))
+	// The engine writes every commit's states to Redis at once: states
+	// wait only once a write failed, and the first failure is when the
+	// oldest waiting state was committed, give or take one commit.
+	if pending == 0 {
+		m.behind.Store(0)
+	} else {
+		m.behind.CompareAndSwap(0, m.now().UnixNano())
+	}
 	if err != nil {
 		m.redisErrors.Inc()
 	}

@@ -182,7 +182,6 @@ ksaga_redis_pending_states{saga="order"} 5
 
 func TestRegistration(t *testing.T) {
 	m, reg := newMetrics(t)
-	_ = m
 	// Every metric is registered with the saga label, and the outcome and
 	// result series exist before anything happened.
 	n, err := testutil.GatherAndCount(reg)
@@ -190,11 +189,24 @@ func TestRegistration(t *testing.T) {
 		t.Fatal(err)
 	}
 	// started, inbox, retries, timeouts, forwarded, redis errors,
-	// pending: 1 each; finished: 3 outcomes; transactions: 2 results. The
-	// vectors without preset labels (dlq, dropped, steps) have no series
-	// yet.
-	if want := 7 + 3 + 2; n != want {
+	// pending, redis lag: 1 each; finished: 3 outcomes; transactions: 2
+	// results; every dead-letter and drop reason. Only the step histogram
+	// has no series yet.
+	if want := 8 + 3 + 2 + len(orchestrator.DeadLetterReasons()) + len(orchestrator.DropReasons()); n != want {
 		t.Errorf("series at start: got %d, want %d", n, want)
+	}
+	// A dead letter of any reason, the first after a start included,
+	// moves a series that exists at 0, so increase() sees it.
+	for _, r := range orchestrator.DeadLetterReasons() {
+		if got := testutil.ToFloat64(m.dlq.WithLabelValues(r)); got != 0 {
+			t.Errorf("dlq %s at start: got %v, want 0", r, got)
+		}
+	}
+	if len(orchestrator.DeadLetterReasons()) != 11 {
+		t.Errorf("DeadLetterReasons lists %d reasons, want the 11 Reason* constants", len(orchestrator.DeadLetterReasons()))
+	}
+	if lint, err := testutil.GatherAndLint(reg); err != nil || len(lint) > 0 {
+		t.Errorf("lint: %v %v", lint, err)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -246,4 +258,30 @@ func TestSnapshotConcurrent(t *testing.T) {
 	if got := m.Snapshot(); got.Started != 200 || got.Committed != 100 {
 		t.Errorf("Snapshot: got started %d committed %d, want 200 and 100", got.Started, got.Committed)
 	}
+}
+
+func TestRedisLagSeconds(t *testing.T) {
+	m, reg := newMetrics(t)
+	now := time.Unix(1000, 0)
+	m.now = func() time.Time { return now }
+	lag := func() string {
+		return `
+# HELP ksaga_redis_lag_seconds How long Redis has been behind the committed saga states: the age of the oldest state not yet written to Redis (0: up to date).
+# TYPE ksaga_redis_lag_seconds gauge
+ksaga_redis_lag_seconds{saga="order"} `
+	}
+	check := func(want string) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(lag()+want+"\n"), "ksaga_redis_lag_seconds"); err != nil {
+			t.Error(err)
+		}
+	}
+	check("0")
+	m.OnRedisLag(3, errors.New("refused")) // behind since 1000
+	now = now.Add(40 * time.Second)
+	m.OnRedisLag(9, errors.New("refused")) // still behind since 1000
+	now = now.Add(20 * time.Second)
+	check("60")
+	m.OnRedisLag(0, nil)
+	check("0")
 }

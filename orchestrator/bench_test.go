@@ -26,10 +26,10 @@ func BenchmarkSagaTransitions(b *testing.B) {
 		for range 3 {
 			st := out.state
 			for _, c := range out.commands {
-				_ = e.commandRecord(st, c, &input{})
+				_ = e.commandRecord(st, c)
 			}
 			for _, ev := range out.events {
-				_ = e.eventRecord(ev)
+				_ = e.eventRecord(ev, st.Trace)
 			}
 			if _, err := json.Marshal(st); err != nil {
 				b.Fatal(err)

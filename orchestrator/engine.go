@@ -53,12 +53,13 @@ import (
 // Engine runs one saga type. Create it with New, run it with Run, stop it by
 // cancelling Run's context, then Close.
 type Engine struct {
-	cfg   config
-	def   *saga.Definition
-	m     *machine
-	store *store
-	sess  *kgo.GroupTransactSession
-	log   *slog.Logger
+	cfg    config
+	def    *saga.Definition
+	m      *machine
+	store  *store
+	sess   *kgo.GroupTransactSession
+	log    *slog.Logger
+	tracer HookTrace // nil: none registered
 
 	inbox, stateTopic, events, dlt string
 	// nparts is the partition count of the inbox (and of the state
@@ -78,6 +79,12 @@ type Engine struct {
 	timers timers
 
 	redisChecked time.Time
+
+	// flight indexes the running sagas of the owned partitions, for
+	// InFlight: the loop writes it, InFlight reads it from other
+	// goroutines.
+	flightMu sync.Mutex
+	flight   map[string]flying
 	// revoked is set when a revocation was applied and no transaction
 	// has ended since (see applyChanges).
 	revoked bool
@@ -140,6 +147,13 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
 		closed: make(chan struct{}), limits: newLimits(),
+		flight: make(map[string]flying),
+	}
+	for _, h := range cfg.hooks {
+		if t, ok := h.(HookTrace); ok {
+			e.tracer = t
+			e.m.trace = t.TraceLocal
+		}
 	}
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.brokers...),
@@ -205,6 +219,9 @@ func (e *Engine) Ready() bool { return e.ready.Load() }
 // Client returns the engine's Kafka client, for health checks and metrics
 // plugins. Do not use it to produce or to manage transactions.
 func (e *Engine) Client() *kgo.Client { return e.sess.Client() }
+
+// Group returns the engine's consumer group, for lag metrics.
+func (e *Engine) Group() string { return e.cfg.group }
 
 // Run consumes and processes the inbox until ctx is cancelled, then ends the
 // current transaction (aborting it if it is not committed yet), leaves the
@@ -381,6 +398,12 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	// Whatever happens next ends this transaction: the session then
 	// reports revocations again.
 	e.revoked = false
+	committed := false
+	if e.tracer != nil {
+		var end func(bool)
+		ctx, end = e.tracer.TraceTransaction(ctx, &b.Batch)
+		defer func() { end(committed) }()
+	}
 	var produceErr atomic.Value
 	produce := func(r *kgo.Record) {
 		b.produced = append(b.produced, r)
@@ -399,7 +422,9 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if failed == nil {
 		for _, id := range b.order {
 			ent := b.overlay[id]
-			produce(&kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: ent.raw})
+			rec := &kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: ent.raw}
+			setTrace(rec, ent.state.Trace)
+			produce(rec)
 		}
 	}
 	if failErr == nil {
@@ -420,17 +445,18 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		}
 		return failErr
 	}
-	committed, err := e.sess.End(endCtx, kgo.TryCommit)
+	ok, err := e.sess.End(endCtx, kgo.TryCommit)
 	if err != nil {
 		return fmt.Errorf("end transaction: %w", err)
 	}
-	if !committed {
+	if !ok {
 		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
 		e.afterCompletion(endCtx, b, false)
 		e.rearm(due)
 		return nil
 	}
 	e.afterCommit(endCtx, b)
+	committed = true
 	return nil
 }
 
@@ -509,6 +535,7 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		b.StepLatencies = append(b.StepLatencies, sub.StepLatencies...)
 		b.DeadLettered = append(b.DeadLettered, sub.DeadLettered...)
 		b.Dropped = append(b.Dropped, sub.Dropped...)
+		b.Changes = append(b.Changes, sub.Changes...)
 		b.dead = append(b.dead, sub.dead...)
 		b.cleared = append(b.cleared, sub.cleared...)
 		for _, id := range sub.order {
@@ -544,7 +571,7 @@ func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce f
 		Value: []byte(strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10))})
 	fwd := &kgo.Record{Topic: e.inbox, Partition: home, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
 	if ok, n, limit := e.fits(ctx, fwd); !ok {
-		e.deadLetter(b, r, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit), 1, produce)
+		e.deadLetter(ctx, b, r, nil, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit), 1, produce)
 		return true
 	}
 	produce(fwd)
@@ -655,20 +682,23 @@ func (e *Engine) entryOf(st *State, p int32) *entry {
 // part of the batch.
 func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) error {
 	part := e.parts[r.Partition]
-	in, err := e.decode(r)
-	if err != nil {
-		e.deadLetter(b, r, err, 1, produce)
-		return nil
-	}
-	ent := e.lookup(b, in.sagaID, r.Partition)
-	if ent != nil && ent.bad != nil {
-		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: ent.bad}), 1, produce)
-		return nil
-	}
+	// The key is the saga id; decode rejects a record whose key is not.
+	ent := e.lookup(b, string(r.Key), r.Partition)
 	var st *State
 	var data any
 	if ent != nil {
 		st, data = ent.state, ent.data
+	}
+	ctx, tc := e.traceRecord(ctx, r, st)
+	in, err := e.decode(r)
+	if err != nil {
+		e.deadLetter(ctx, b, r, deadLetterTrace(r, st, tc), err, 1, produce)
+		return nil
+	}
+	in.trace = tc
+	if ent != nil && ent.bad != nil {
+		e.deadLetter(ctx, b, r, deadLetterTrace(r, st, tc), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: ent.bad}), 1, produce)
+		return nil
 	}
 
 	// A record whose attempts ran out is dead-lettered and its saga
@@ -691,7 +721,7 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 			// Bad input (a reply for a step the saga does not wait on, a
 			// conflicting start, an unknown type) is dead-lettered; the
 			// saga it names goes on as it was.
-			e.deadLetterAt(b, r, a, produce)
+			e.deadLetterAt(ctx, b, r, deadLetterTrace(r, st, tc), a, produce)
 			return nil
 		}
 		return e.exhausted(ctx, b, r, in, ent, a, produce)
@@ -701,21 +731,25 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 	}
 	if out.drop != "" {
 		b.Dropped = append(b.Dropped, out.drop)
-		e.log.Debug("dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
+		e.log.DebugContext(ctx, "dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
 		return nil
 	}
-	if !e.applied(ctx, b, r, in, out, produce) {
+	if !e.applied(ctx, b, r, in, st, out, produce) {
 		return nil
 	}
 	if out.giveUp != "" {
-		e.deadLetter(b, r, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)
+		e.deadLetter(ctx, b, r, out.state.Trace, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)
 	}
 	return nil
 }
 
 // exhausted dead-letters r and, when its saga is running, compensates it.
 func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *input, ent *entry, a attempt, produce func(*kgo.Record)) error {
-	e.deadLetterAt(b, r, a, produce)
+	var st *State
+	if ent != nil {
+		st = ent.state
+	}
+	e.deadLetterAt(ctx, b, r, deadLetterTrace(r, st, in.trace), a, produce)
 	if ent == nil || ent.state.Status != message.StatusRunning {
 		return nil
 	}
@@ -729,10 +763,10 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 		// The compensation's first command could not be built (its Undo
 		// failed). The record is in the DLQ; the saga waits for an
 		// operator's Compensate message.
-		e.log.Error("cannot start compensation", "saga_id", in.sagaID, "err", err)
+		e.log.ErrorContext(ctx, "cannot start compensation", "saga_id", in.sagaID, "err", err)
 		return nil
 	}
-	e.applied(ctx, b, r, in, out, produce)
+	e.applied(ctx, b, r, in, ent.state, out, produce)
 	return nil
 }
 
@@ -740,27 +774,40 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 // events. An outcome whose records would not fit their topics (saga code
 // that built a command larger than the broker takes) is not applied: r is
 // dead-lettered instead, and applied reports false.
-func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, out *outcome, produce func(*kgo.Record)) bool {
+// prev is the saga's state before r (nil: r started it).
+func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, prev *State, out *outcome, produce func(*kgo.Record)) bool {
 	id := out.state.ID
+	if out.state.Trace == nil {
+		out.state.Trace = in.trace
+	}
+	change := Change{Record: r, Prev: prev, Next: out.state, Events: out.events}
+	for _, c := range out.commands {
+		change.Sent = &Sent{Topic: c.topic, Type: c.msgType, MessageID: c.msgID, Step: c.step, Undo: out.state.Undoing >= 0, Attempt: c.attempt}
+	}
+	if e.tracer != nil {
+		e.tracer.TraceChange(ctx, &change)
+	}
 	raw, err := json.Marshal(out.state)
 	if err != nil {
-		e.deadLetter(b, r, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}), 1, produce)
+		e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}), 1, produce)
 		return false
 	}
 	recs := make([]*kgo.Record, 0, len(out.commands)+len(out.events)+1)
 	for _, c := range out.commands {
-		recs = append(recs, e.commandRecord(out.state, c, in))
+		recs = append(recs, e.commandRecord(out.state, c))
 	}
 	for _, ev := range out.events {
-		recs = append(recs, e.eventRecord(ev))
+		recs = append(recs, e.eventRecord(ev, out.state.Trace))
 	}
 	state := &kgo.Record{Topic: e.stateTopic, Key: []byte(id), Value: raw}
+	setTrace(state, out.state.Trace)
 	for _, rec := range append(recs, state) {
 		if ok, n, limit := e.fits(ctx, rec); !ok {
-			e.deadLetter(b, r, inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit), 1, produce)
+			e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit), 1, produce)
 			return false
 		}
 	}
+	b.Changes = append(b.Changes, change)
 	if _, had := b.overlay[id]; !had {
 		b.order = append(b.order, id)
 	}
@@ -791,9 +838,11 @@ func deadLetterReason(err error) string {
 	return ReasonExhausted
 }
 
-func (e *Engine) deadLetter(b *batch, r *kgo.Record, err error, attempts int, produce func(*kgo.Record)) {
+// deadLetter dead-letters r. tc, when set, is the trace context its dead
+// letter carries instead of r's own (see deadLetterTrace).
+func (e *Engine) deadLetter(ctx context.Context, b *batch, r *kgo.Record, tc *TraceContext, err error, attempts int, produce func(*kgo.Record)) {
 	now := e.cfg.now()
-	e.deadLetterAt(b, r, attempt{count: attempts, first: now, last: now, err: err}, produce)
+	e.deadLetterAt(ctx, b, r, tc, attempt{count: attempts, first: now, last: now, err: err}, produce)
 }
 
 // maxDeadLetterValue bounds the value copied into a dead-letter record. A
@@ -811,11 +860,12 @@ const maxDeadLetterHeader = 16 << 10
 // holds the original value's length in bytes.
 const HeaderValueTruncated = "ksaga-dlt-value-truncated"
 
-func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*kgo.Record)) {
+func (e *Engine) deadLetterAt(ctx context.Context, b *batch, r *kgo.Record, tc *TraceContext, a attempt, produce func(*kgo.Record)) {
 	reason := deadLetterReason(a.err)
 	rec := dlq.New(r, e.dlt, dlq.Failure{
 		Group: e.cfg.group, Err: a.err, Reason: reason, Attempts: a.count, First: a.first, Last: a.last,
 	})
+	setTrace(rec, tc)
 	for i, h := range rec.Headers {
 		if len(h.Value) > maxDeadLetterHeader {
 			rec.Headers[i].Value = h.Value[:maxDeadLetterHeader]
@@ -832,7 +882,7 @@ func (e *Engine) deadLetterAt(b *batch, r *kgo.Record, a attempt, produce func(*
 	produce(rec)
 	b.DeadLettered = append(b.DeadLettered, reason)
 	b.dead = append(b.dead, deadLetter{r.Partition, r.Offset})
-	e.log.Warn("dead-lettered", "reason", reason, "err", a.err, "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "attempts", a.count)
+	e.log.WarnContext(ctx, "dead-lettered", "reason", reason, "err", a.err, "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "attempts", a.count)
 }
 
 // retryLater counts a failed attempt of r durably and waits out its backoff.
@@ -902,8 +952,6 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 			in.outcome = string(h.Value)
 		case message.HeaderReason:
 			in.reason = string(h.Value)
-		case message.HeaderTraceParent:
-			in.trace = h.Value
 		}
 	}
 	in.sagaID = string(r.Key)
@@ -949,7 +997,7 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 	return in, nil
 }
 
-func (e *Engine) commandRecord(st *State, c command, in *input) *kgo.Record {
+func (e *Engine) commandRecord(st *State, c command) *kgo.Record {
 	hs := []kgo.RecordHeader{
 		{Key: message.HeaderSagaID, Value: []byte(st.ID)},
 		{Key: message.HeaderSagaType, Value: []byte(st.Type)},
@@ -959,19 +1007,24 @@ func (e *Engine) commandRecord(st *State, c command, in *input) *kgo.Record {
 		{Key: message.HeaderStepAttempt, Value: []byte(strconv.Itoa(c.attempt))},
 		{Key: message.HeaderReplyTo, Value: []byte(e.inbox)},
 	}
-	if len(in.trace) > 0 {
-		hs = append(hs, kgo.RecordHeader{Key: message.HeaderTraceParent, Value: in.trace})
+	rec := &kgo.Record{Topic: c.topic, Key: []byte(st.ID), Value: c.value, Headers: hs}
+	if st.StepTrace != nil {
+		setTrace(rec, st.StepTrace)
+	} else {
+		setTrace(rec, st.Trace)
 	}
-	return &kgo.Record{Topic: c.topic, Key: []byte(st.ID), Value: c.value, Headers: hs}
+	return rec
 }
 
-func (e *Engine) eventRecord(ev message.Event) *kgo.Record {
+func (e *Engine) eventRecord(ev message.Event, tc *TraceContext) *kgo.Record {
 	value, _ := json.Marshal(ev) // an Event always encodes
-	return &kgo.Record{Topic: e.events, Key: []byte(ev.SagaID), Value: value, Headers: []kgo.RecordHeader{
+	rec := &kgo.Record{Topic: e.events, Key: []byte(ev.SagaID), Value: value, Headers: []kgo.RecordHeader{
 		{Key: message.HeaderSagaID, Value: []byte(ev.SagaID)},
 		{Key: message.HeaderSagaType, Value: []byte(ev.SagaType)},
 		{Key: message.HeaderMessageType, Value: []byte(ev.Type)},
 	}}
+	setTrace(rec, tc)
+	return rec
 }
 
 func (e *Engine) timeoutRecord(t timer) *kgo.Record {
@@ -987,7 +1040,14 @@ func (e *Engine) timeoutRecord(t timer) *kgo.Record {
 			kgo.RecordHeader{Key: message.HeaderInReplyTo, Value: []byte(t.waiting)},
 			kgo.RecordHeader{Key: message.HeaderStepAttempt, Value: []byte(strconv.Itoa(t.attempt))})
 	}
-	return &kgo.Record{Topic: e.inbox, Partition: t.partition, Key: []byte(t.sagaID), Headers: hs}
+	rec := &kgo.Record{Topic: e.inbox, Partition: t.partition, Key: []byte(t.sagaID), Headers: hs}
+	// A deadline continues its saga's trace. A deadline read back from
+	// Redis's index for a saga not in memory has none; handling its
+	// Timeout loads the saga, whose records carry it again.
+	if ent, ok := e.sagas[t.sagaID]; ok {
+		setTrace(rec, ent.state.Trace)
+	}
+	return rec
 }
 
 // afterCommit moves the batch's states into memory, runs the after-commit
@@ -999,20 +1059,24 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 			stateRecs[string(r.Key)] = r
 		}
 	}
+	e.flightMu.Lock()
 	for _, id := range b.order {
 		ent := b.overlay[id]
 		e.sagas[id] = ent
 		part := e.parts[ent.partition]
 		if part == nil { // revoked meanwhile: the new owner replays it
 			delete(e.sagas, id)
+			delete(e.flight, id)
 			continue
 		}
+		e.fly(ent.partition, ent.state)
 		rec := stateRecs[id]
 		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: ent.raw})
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
 		}
 	}
+	e.flightMu.Unlock()
 	for _, d := range append(b.dead, b.cleared...) {
 		if part := e.parts[d.p]; part != nil {
 			if _, ok := part.attempts[d.offset]; ok {

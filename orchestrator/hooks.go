@@ -33,6 +33,9 @@ type Batch struct {
 	// partition (a producer that hashes keys differently) and were moved
 	// there.
 	Forwarded int
+	// Changes lists the records that changed a saga, with the saga's state
+	// before and after each, in the order of the batch per saga.
+	Changes []Change
 }
 
 // StepLatency is the duration of one step or compensation.
@@ -69,7 +72,7 @@ type HookRedisLag interface {
 
 func isHook(h Hook) bool {
 	switch h.(type) {
-	case HookAfterCommit, HookAfterCompletion, HookRetry, HookRedisLag:
+	case HookAfterCommit, HookAfterCompletion, HookRetry, HookRedisLag, HookTrace:
 		return true
 	}
 	return false

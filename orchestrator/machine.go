@@ -65,7 +65,9 @@ type input struct {
 	outcome   string
 	reason    string
 	value     []byte
-	trace     []byte // traceparent, copied onto commands
+	// trace is the trace context of the record's saga (see
+	// Engine.traceRecord): a saga it starts gets it.
+	trace *TraceContext
 }
 
 // command is a participant command to produce.
@@ -96,6 +98,9 @@ type machine struct {
 	undo  []compensation.Step
 	comp  compensation.Policy
 	now   func() time.Time
+	// trace, when set, traces local steps and compensations
+	// (HookTrace.TraceLocal).
+	trace func(ctx context.Context, step string, undo bool) (context.Context, func(error))
 }
 
 func newMachine(def *saga.Definition, comp compensation.Policy, now func() time.Time) *machine {
@@ -163,7 +168,10 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 			return m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
 		}
 		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
-		if err := m.def.RunLocal(ctx, i, out.data, key); err != nil {
+		lctx, end := m.traceLocal(ctx, step.Name, false)
+		err := m.def.RunLocal(lctx, i, out.data, key)
+		end(err)
+		if err != nil {
 			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
 		}
 		m.event(out, message.EventStepSucceeded, step.Name, "")
@@ -325,7 +333,9 @@ func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
 	st := out.state
 	name := m.steps[i].Name
 	st.UndoSends++
-	err := m.def.RunUndoLocal(ctx, i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
+	lctx, end := m.traceLocal(ctx, name, true)
+	err := m.def.RunUndoLocal(lctx, i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
+	end(err)
 	if err == nil {
 		m.event(out, message.EventStepCompensated, name, "")
 		st.Undone = append(st.Undone, i)
@@ -430,6 +440,15 @@ func (m *machine) fail(out *outcome, reason string) {
 	st.Status, st.Reason, st.Waiting, st.Attempt, st.Deadline = message.StatusFailed, reason, "", 0, 0
 	m.event(out, message.EventSagaFailed, m.steps[stepOf(st)].Name, reason)
 	out.giveUp = ReasonCompensation
+}
+
+// traceLocal starts the span of a local step or compensation, when a
+// tracer is registered.
+func (m *machine) traceLocal(ctx context.Context, step string, undo bool) (context.Context, func(error)) {
+	if m.trace == nil {
+		return ctx, func(error) {}
+	}
+	return m.trace(ctx, step, undo)
 }
 
 // next starts an outcome from a copy of st with the version bumped.

@@ -131,10 +131,17 @@ func newConfig(sagaName string, opts []Opt) (config, error) {
 	case c.maxPoll <= 0:
 		return c, errors.New("MaxPollRecords must be positive")
 	}
+	tracers := 0
 	for _, h := range c.hooks {
 		if !isHook(h) {
 			return c, errors.New("a registered hook implements none of the Hook interfaces")
 		}
+		if _, ok := h.(HookTrace); ok {
+			tracers++
+		}
+	}
+	if tracers > 1 {
+		return c, errors.New("more than one registered hook implements HookTrace")
 	}
 	return c, nil
 }

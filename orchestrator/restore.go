@@ -63,6 +63,7 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 			delete(e.sagas, id)
 		}
 	}
+	e.landAll(p)
 	e.log.Info("partition revoked", "partition", p)
 }
 
@@ -118,12 +119,15 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	if err != nil {
 		return err
 	}
+	var others []string
 	for _, z := range zs {
 		id, _ := z.Member.(string)
 		if !seen[id] {
 			e.timers.add(timer{deadline: int64(z.Score), sagaID: id, partition: p})
+			others = append(others, id)
 		}
 	}
+	e.indexFlight(ctx, p, replayed, others, from)
 	e.parts[p] = part
 	e.flushRedis(ctx)
 	e.log.Info("partition restored", "partition", p, "from", from, "to", end, "states", len(replayed), "took", time.Since(start))

@@ -44,6 +44,18 @@ type State struct {
 	Data      json.RawMessage `json:"data"`
 	Created   time.Time       `json:"created_at"`
 	Updated   time.Time       `json:"updated_at"`
+	// Trace is the W3C trace context of the saga: the span of the saga's
+	// life, with a tracer (HookTrace), or the context its start request
+	// came with. Every record the engine produces for the saga carries it
+	// (a command carries StepTrace when set), timeouts included, so the
+	// saga's trace continues across transactions, instances and
+	// deadlines. Nil when the start request had none and no tracer is
+	// registered.
+	Trace *TraceContext `json:"trace,omitempty"`
+	// StepTrace is the trace context of the span of the command the saga
+	// waits on (a step attempt or a compensation), set by the tracer while
+	// one is in flight.
+	StepTrace *TraceContext `json:"step_trace,omitempty"`
 }
 
 // Terminal reports whether the saga has ended.

@@ -78,8 +78,11 @@ var ErrClosed = errors.New("participant is closed")
 // still running.
 var ErrRunning = errors.New("participant is already running")
 
-// Command is one command record, decoded from its headers.
-type Command struct {
+// Request is one command record, decoded from its headers: what a saga
+// step asks of this participant. (It was called Command, which clashed with
+// saga.Command, the step's side of the same message; Command remains as a
+// deprecated alias.)
+type Request struct {
 	// SagaID is the ksaga-saga-id header, or the record key when the
 	// header is missing.
 	SagaID string
@@ -106,7 +109,7 @@ type Command struct {
 }
 
 // Handler performs the effects of a batch of commands exactly once each
-// (dedupe keyed by Command.MessageID, written atomically with the effect) and
+// (dedupe keyed by Request.MessageID, written atomically with the effect) and
 // returns one reply per command, in order. A redelivered command must return
 // the stored reply instead of acting again. An error aborts the whole batch's
 // transaction; the batch is re-delivered after a backoff. Handle must be safe
@@ -116,14 +119,14 @@ type Command struct {
 // should get a failure reply, not an error: an error is retried forever.
 // Handle is called from one goroutine at a time.
 type Handler interface {
-	Handle(ctx context.Context, cmds []Command) ([]message.Reply, error)
+	Handle(ctx context.Context, cmds []Request) ([]message.Reply, error)
 }
 
 // HandlerFunc adapts a function to a Handler.
-type HandlerFunc func(ctx context.Context, cmds []Command) ([]message.Reply, error)
+type HandlerFunc func(ctx context.Context, cmds []Request) ([]message.Reply, error)
 
 // Handle calls f(ctx, cmds).
-func (f HandlerFunc) Handle(ctx context.Context, cmds []Command) ([]message.Reply, error) {
+func (f HandlerFunc) Handle(ctx context.Context, cmds []Request) ([]message.Reply, error) {
 	return f(ctx, cmds)
 }
 
@@ -145,7 +148,23 @@ type config struct {
 	static           bool
 	sessionTimeout   time.Duration
 	rebalanceTimeout time.Duration
+	tracer           Tracer
 }
+
+// Tracer traces the handling of commands; package tracing implements it
+// with OpenTelemetry. It is called from Run's goroutine.
+type Tracer interface {
+	// TraceRequest is called before the Handler gets req, with the
+	// context the Handler gets. end is called once the Handler returned,
+	// with req's reply or the error that aborts the batch; it returns the
+	// W3C trace context (traceparent, tracestate) that the reply carries:
+	// the handling span's. Empty values keep the command's.
+	TraceRequest(ctx context.Context, req Request) (end func(reply message.Reply, err error) (traceparent, tracestate string))
+}
+
+// Trace sets the tracer of the commands' handling (see package tracing). A
+// nil t traces nothing: replies then carry their command's trace context.
+func Trace(t Tracer) Opt { return optFunc(func(c *config) { c.tracer = t }) }
 
 // Brokers sets the Kafka seed brokers, host:port. It is required.
 func Brokers(addrs ...string) Opt {
@@ -515,15 +534,34 @@ func (p *Participant) batch(ctx context.Context, recs []*kgo.Record) (committed 
 		cmds = append(cmds, cmd)
 	}
 	if len(cmds) > 0 {
+		var ends []func(message.Reply, error) (string, string)
+		if t := p.cfg.tracer; t != nil {
+			// One span per command, child of the step attempt that sent
+			// it; the batch's Handle call lies within all of them.
+			ends = make([]func(message.Reply, error) (string, string), len(cmds))
+			for i, c := range cmds {
+				ends[i] = t.TraceRequest(ctx, c)
+			}
+		}
 		replies, err := p.h.Handle(ctx, cmds)
 		if err != nil {
-			return abort(fmt.Errorf("handler: %w", err))
+			err = fmt.Errorf("handler: %w", err)
+		} else if len(replies) != len(cmds) {
+			err = fmt.Errorf("handler returned %d replies for %d commands", len(replies), len(cmds))
 		}
-		if len(replies) != len(cmds) {
-			return abort(fmt.Errorf("handler returned %d replies for %d commands", len(replies), len(cmds)))
+		traces := make([][2]string, len(cmds))
+		for i, end := range ends {
+			var reply message.Reply
+			if err == nil {
+				reply = replies[i]
+			}
+			traces[i][0], traces[i][1] = end(reply, err)
+		}
+		if err != nil {
+			return abort(err)
 		}
 		for i, c := range cmds {
-			rec, err := replyRecord(c, replies[i])
+			rec, err := replyRecord(c, replies[i], traces[i][0], traces[i][1])
 			if err != nil {
 				return abort(err)
 			}
@@ -605,7 +643,10 @@ type replyValue struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-func replyRecord(c Command, r message.Reply) (*kgo.Record, error) {
+// replyRecord returns the reply to c. It carries the trace context
+// traceparent, tracestate (the handling span's) or, when traceparent is
+// empty, c's.
+func replyRecord(c Request, r message.Reply, traceparent, tracestate string) (*kgo.Record, error) {
 	if r.Outcome != message.OutcomeSuccess && r.Outcome != message.OutcomeFailure {
 		return nil, fmt.Errorf("handler replied outcome %q to message %s, want %q or %q",
 			r.Outcome, c.MessageID, message.OutcomeSuccess, message.OutcomeFailure)
@@ -625,9 +666,16 @@ func replyRecord(c Command, r message.Reply) (*kgo.Record, error) {
 	}
 	for _, h := range c.Record.Headers {
 		switch h.Key {
-		case message.HeaderStepAttempt, message.HeaderTraceParent, message.HeaderTraceState:
+		case message.HeaderStepAttempt:
 			headers = append(headers, h)
+		case message.HeaderTraceParent, message.HeaderTraceState:
+			if traceparent == "" {
+				headers = append(headers, h)
+			}
 		}
+	}
+	if traceparent != "" {
+		headers = append(headers, hdr(message.HeaderTraceParent, traceparent), hdr(message.HeaderTraceState, tracestate))
 	}
 	headers = append(headers, hdr(message.HeaderOutcome, r.Outcome))
 	if r.Reason != "" {

@@ -149,7 +149,7 @@ func (b *bench) bareLoop(ctx context.Context) (row, error) {
 	mix := b.engineOutput.mix()
 	want := int64(b.engineOutput.inbox)
 	if len(mix) == 0 || want == 0 {
-		return row{}, errors.New("bare loop: the engines' metrics show no output to copy (no ksaga_produce_records_total{client=\"engine\"})")
+		return row{}, errors.New("bare loop: the engines' metrics show no output to copy (no ksaga_kafka_produce_records_total{client=\"engine\"})")
 	}
 	// The engine is idle now; stop it so that it takes no CPU or memory.
 	if b.engine != nil {

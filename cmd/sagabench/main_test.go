@@ -79,9 +79,9 @@ func TestMetricsParse(t *testing.T) {
 # TYPE ksaga_transactions_total counter
 ksaga_transactions_total{result="aborted",saga="order"} 2
 ksaga_transactions_total{result="committed",saga="order"} 1.5e+06
-ksaga_produce_bytes_total{client="engine",node_id="0",topic="saga.order.events"} 300
-ksaga_produce_bytes_total{client="engine",node_id="0",topic="saga.order.state"} 700
-ksaga_produce_bytes_total{client="inventory",node_id="0",topic="saga.order.inbox"} 50
+ksaga_kafka_produce_bytes_total{client="engine",node_id="0",topic="saga.order.events"} 300
+ksaga_kafka_produce_bytes_total{client="engine",node_id="0",topic="saga.order.state"} 700
+ksaga_kafka_produce_bytes_total{client="inventory",node_id="0",topic="saga.order.inbox"} 50
 process_cpu_seconds_total 12.5
 `))
 	if err != nil {
@@ -93,7 +93,7 @@ process_cpu_seconds_total 12.5
 	if got := ms.sum("process_cpu_seconds_total"); got != 12.5 {
 		t.Errorf("cpu: got %v, want 12.5", got)
 	}
-	by := ms.byLabel("ksaga_produce_bytes_total", "topic", "client", "engine")
+	by := ms.byLabel("ksaga_kafka_produce_bytes_total", "topic", "client", "engine")
 	if len(by) != 2 || by["saga.order.state"] != 700 {
 		t.Errorf("engine bytes by topic: got %v, want events 300, state 700", by)
 	}

@@ -39,7 +39,7 @@ type row struct {
 }
 
 // output is what engines produced: records and uncompressed bytes per
-// topic (kprom's ksaga_produce_*_total{client="engine"}) for the inbox
+// topic (kprom's ksaga_kafka_produce_*_total{client="engine"}) for the inbox
 // records they consumed.
 type output struct {
 	inbox   float64
@@ -52,11 +52,11 @@ func (o *output) add(before, after metricSet) {
 		o.records, o.bytes = make(map[string]float64), make(map[string]float64)
 	}
 	o.inbox += after.sum("ksaga_inbox_records_total") - before.sum("ksaga_inbox_records_total")
-	for topic, v := range after.byLabel("ksaga_produce_records_total", "topic", "client", "engine") {
-		o.records[topic] += v - before.sum("ksaga_produce_records_total", "client", "engine", "topic", topic)
+	for topic, v := range after.byLabel("ksaga_kafka_produce_records_total", "topic", "client", "engine") {
+		o.records[topic] += v - before.sum("ksaga_kafka_produce_records_total", "client", "engine", "topic", topic)
 	}
-	for topic, v := range after.byLabel("ksaga_produce_bytes_total", "topic", "client", "engine") {
-		o.bytes[topic] += v - before.sum("ksaga_produce_bytes_total", "client", "engine", "topic", topic)
+	for topic, v := range after.byLabel("ksaga_kafka_produce_bytes_total", "topic", "client", "engine") {
+		o.bytes[topic] += v - before.sum("ksaga_kafka_produce_bytes_total", "client", "engine", "topic", topic)
 	}
 }
 

@@ -53,7 +53,7 @@ func TestChaosStore(t *testing.T) {
 				}
 			}
 			inner := &countingStore{}
-			s := ordersStore(config{chaosFaults: true}, rdb, discard)
+			s := ordersStore(true, rdb, discard)
 			cs, ok := s.(*chaosStore)
 			if !ok {
 				t.Fatalf("ordersStore with chaos faults: got %T, want *chaosStore", s)
@@ -111,7 +111,7 @@ func completePanics(ctx context.Context, s order.Store) (panicked bool) {
 func TestOrdersStoreWithoutChaos(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
-	if s, ok := ordersStore(config{}, rdb, discard).(*chaosStore); ok {
+	if s, ok := ordersStore(false, rdb, discard).(*chaosStore); ok {
 		t.Errorf("ordersStore without --chaos-faults: got %T, want the plain store", s)
 	}
 }

@@ -15,11 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/daemon"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -156,7 +158,27 @@ type tracker struct {
 	done    chan struct{}
 }
 
-var _ orchestrator.HookAfterCommit = (*tracker)(nil)
+var (
+	_ orchestrator.HookAfterCommit = (*tracker)(nil)
+	_ orchestrator.HookAfterCommit = (*demoHook)(nil)
+)
+
+// demoHook is the engine hook of the demo's tracker, which sagad makes only
+// in embedded mode, when it builds the saga; until then, and with real
+// services, it does nothing.
+type demoHook struct{ t atomic.Pointer[tracker] }
+
+func (h *demoHook) set(t *tracker) { h.t.Store(t) }
+
+// AfterCommit calls the tracker's.
+func (h *demoHook) AfterCommit(ctx context.Context, b *orchestrator.Batch) {
+	if t := h.t.Load(); t != nil {
+		t.AfterCommit(ctx, b)
+	}
+}
+
+// hooks registers demoHook with the engine.
+func (s *sagad) hooks() orchestrator.Opt { return orchestrator.Hooks(&s.demoHook) }
 
 func newTracker(p *demoPlan) *tracker {
 	return &tracker{
@@ -230,52 +252,62 @@ const (
 // demoTimeout bounds the wait for a demo of n orders.
 func demoTimeout(n int) time.Duration { return 2*time.Minute + time.Duration(n/100)*time.Second }
 
-// demo waits for the engine, sends the plan's orders and the poison record,
-// prints a progress line every second until every order has finished, then
-// a summary. It returns exitError when the services fail, the demo stalls
-// or the ledgers disagree with the outcomes.
-func (a *app) demo(ctx context.Context, svc *services, brokers []string, rdb redis.UniversalClient, m *metrics.Metrics, tr *tracker) int {
-	plan := tr.p
+// demo waits for the engine, seeds the stock, sends the plan's orders and
+// the poison record, prints a progress line every second until every order
+// has finished, then a summary. It fails when the services fail, the demo
+// stalls or the ledgers disagree with the outcomes.
+func (s *sagad) demo(ctx context.Context, env *daemon.Env) error {
+	tr := s.demoHook.t.Load()
+	plan, rdb, m, out := tr.p, env.Redis(), env.Metrics(order.Name), env.Stdout
 	if len(plan.orders) == 0 {
-		fmt.Fprintln(a.stdout, "no demo orders (--demo-orders 0)")
-		return exitOK
+		fmt.Fprintln(out, "no demo orders (--demo-orders 0)")
+		return nil
 	}
-	fmt.Fprintf(a.stdout, "ksaga demo (run %s): embedded Kafka at %s, data in %s\n", plan.runID, brokers[0], a.cfg.dataDir)
+	fmt.Fprintf(out, "ksaga demo (run %s): embedded Kafka at %s, data in %s\n", plan.runID, env.Brokers[0], env.Config.DataDir)
 
 	// Wait for the engine to join its group and restore its partitions,
 	// so that the throughput measures the sagas, not the start-up.
 	waitStart := time.Now()
 	tick := time.NewTicker(100 * time.Millisecond)
-	for !svc.eng.Ready() {
+	for !env.Ready() {
 		select {
 		case <-ctx.Done():
-			return exitOK
-		case err := <-svc.failed:
-			return a.failf("%v", err)
+			return nil
+		case <-env.Done():
+			return env.Err()
 		case <-tick.C:
 		}
 		if time.Since(waitStart) > readyTimeout {
 			tick.Stop()
-			return a.failf("demo: the engine was not ready after %s (joining its consumer group on the embedded Kafka); rerun with --log-level debug", readyTimeout)
+			return fmt.Errorf("demo: the engine was not ready after %s (joining its consumer group on the embedded Kafka); rerun with --log-level debug", readyTimeout)
 		}
 	}
 	tick.Stop()
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerBatchMaxBytes(4<<20))
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := sim.SeedStock(setupCtx, rdb, plan.stock())
+	cancel()
 	if err != nil {
-		return a.failf("demo producer: %v", err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("embedded Redis: %w", err)
+	}
+	cl, err := kgo.NewClient(append(env.KafkaOpts(), kgo.ProducerBatchMaxBytes(4<<20))...)
+	if err != nil {
+		return fmt.Errorf("demo producer: %w", err)
 	}
 	defer cl.Close()
 	recs := plan.records()
-	fmt.Fprintf(a.stdout, "sending %d orders (~70%% complete, ~10%% payment declined, ~10%% short of %s, ~10%% undeliverable) and 1 poison record\n",
+	fmt.Fprintf(out, "sending %d orders (~70%% complete, ~10%% payment declined, ~10%% short of %s, ~10%% undeliverable) and 1 poison record\n",
 		len(plan.orders), scarceSKU)
 	start := time.Now()
 	for chunk := range slices.Chunk(recs, produceChunk) {
 		if err := cl.ProduceSync(ctx, chunk...).FirstErr(); err != nil {
 			if ctx.Err() != nil {
-				return exitOK
+				return nil
 			}
-			return a.failf("demo: send orders: %v", err)
+			return fmt.Errorf("demo: send orders: %w", err)
 		}
 	}
 
@@ -288,34 +320,34 @@ func (a *app) demo(ctx context.Context, svc *services, brokers []string, rdb red
 	for {
 		select {
 		case <-ctx.Done():
-			fmt.Fprintln(a.stdout, "interrupted; the sagas in flight resume on the next run with the same --data-dir")
+			fmt.Fprintln(out, "interrupted; the sagas in flight resume on the next run with the same --data-dir")
 			r := tr.result(len(plan.orders), time.Since(start))
 			r.runID = plan.runID
-			r.print(a.stdout)
-			return exitOK
-		case err := <-svc.failed:
-			return a.failf("%v", err)
+			r.print(out)
+			return nil
+		case <-env.Done():
+			return env.Err()
 		case <-deadline.C:
 			r := tr.result(len(plan.orders), time.Since(start))
-			return a.failf("demo stalled: %d of %d sagas finished, %d records dead-lettered after %s; rerun with --log-level debug to see why",
+			return fmt.Errorf("demo stalled: %d of %d sagas finished, %d records dead-lettered after %s; rerun with --log-level debug to see why",
 				r.completed+r.compensated+r.failed, len(plan.orders), r.deadLettered, limit)
 		case now := <-progress.C:
 			s := m.Snapshot()
 			rate := float64(s.Finished()-last.Finished()) / now.Sub(lastAt).Seconds()
-			printProgress(a.stdout, now.Sub(start), s, rate)
+			printProgress(out, now.Sub(start), s, rate)
 			last, lastAt = s, now
 		case <-tr.done:
 			r := tr.result(len(plan.orders), tr.doneAt.Sub(start))
 			r.runID = plan.runID
-			printProgress(a.stdout, time.Since(start), m.Snapshot(), -1)
+			printProgress(out, time.Since(start), m.Snapshot(), -1)
 			checkCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			r.ledger = checkLedgers(checkCtx, rdb, plan, tr)
 			cancel()
-			r.print(a.stdout)
+			r.print(out)
 			if !r.ledger.ok() {
-				return a.failf("demo: the ledgers disagree with the saga outcomes: %s", strings.Join(r.ledger.problems, "; "))
+				return fmt.Errorf("demo: the ledgers disagree with the saga outcomes: %s", strings.Join(r.ledger.problems, "; "))
 			}
-			return exitOK
+			return nil
 		}
 	}
 }

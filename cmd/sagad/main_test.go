@@ -132,8 +132,8 @@ func TestRunUnreachable(t *testing.T) {
 	for _, tc := range []struct {
 		name, kafka, redis, want string
 	}{
-		{"kafka", "127.0.0.1:1", redisAddr, "sagad: cannot reach Kafka at 127.0.0.1:1: "},
-		{"redis", cluster.ListenAddrs()[0], "127.0.0.1:1", "sagad: cannot reach Redis at 127.0.0.1:1: "},
+		{"kafka", "127.0.0.1:1", redisAddr, `"level":"ERROR","msg":"cannot reach Kafka at 127.0.0.1:1: `},
+		{"redis", cluster.ListenAddrs()[0], "127.0.0.1:1", `"level":"ERROR","msg":"cannot reach Redis at 127.0.0.1:1: `},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errs := runSagad(context.Background(), t, "--kafka-brokers", tc.kafka, "--redis-addr", tc.redis, "--metrics-addr", "", "--log-format", "json")

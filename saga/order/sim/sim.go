@@ -96,7 +96,7 @@ func ShipmentKey(orderID string) string { return keyShipment + orderID }
 func OrderKey(orderID string) string { return keyOrder + orderID }
 
 // DedupeKey returns the Redis key holding participant's reply to message id
-// msgID of a saga of type sagaType (participant.Command.SagaType). Message
+// msgID of a saga of type sagaType (participant.Request.SagaType). Message
 // ids are unique within a saga type only, so the type is part of the key.
 func DedupeKey(participant, sagaType, msgID string) string {
 	return keyDedupe + participant + ":" + sagaType + ":" + msgID
@@ -269,7 +269,7 @@ func bad() call { return call{script: scriptRecord, args: []any{badCommandReply}
 type handler struct {
 	name string // the participant name, in the dedupe key
 	rdb  redis.UniversalClient
-	plan func(participant.Command) call
+	plan func(participant.Request) call
 }
 
 var _ participant.Handler = (*handler)(nil)
@@ -277,7 +277,7 @@ var _ participant.Handler = (*handler)(nil)
 // Handle implements participant.Handler. Its error is a Redis error: the
 // batch is retried, and the commands that did run answer from their dedupe
 // records then.
-func (h *handler) Handle(ctx context.Context, cmds []participant.Command) ([]message.Reply, error) {
+func (h *handler) Handle(ctx context.Context, cmds []participant.Request) ([]message.Reply, error) {
 	calls := make([]call, len(cmds))
 	for i, c := range cmds {
 		if c.MessageID == "" {
@@ -317,7 +317,7 @@ func (h *handler) Handle(ctx context.Context, cmds []participant.Command) ([]mes
 	return replies, nil
 }
 
-func (h *handler) exec(ctx context.Context, cmds []participant.Command, calls []call) ([]string, error) {
+func (h *handler) exec(ctx context.Context, cmds []participant.Request, calls []call) ([]string, error) {
 	ttl := int64(DedupeTTL / time.Second)
 	pipe := h.rdb.Pipeline()
 	out := make([]*redis.Cmd, len(calls))
@@ -374,7 +374,7 @@ func NewInventory(rdb redis.UniversalClient) participant.Handler {
 	return &handler{name: order.Inventory, rdb: rdb, plan: planInventory}
 }
 
-func planInventory(c participant.Command) call {
+func planInventory(c participant.Request) call {
 	cmd, ok := decode(c.Payload, func(v *order.InventoryCommand) bool { return v.OrderID != "" })
 	if !ok {
 		return bad()
@@ -422,7 +422,7 @@ func NewPayment(rdb redis.UniversalClient, limitCents int64) participant.Handler
 	if limitCents <= 0 {
 		limitCents = DefaultPaymentLimitCents
 	}
-	return &handler{name: order.Payment, rdb: rdb, plan: func(c participant.Command) call {
+	return &handler{name: order.Payment, rdb: rdb, plan: func(c participant.Request) call {
 		cmd, ok := decode(c.Payload, func(v *order.PaymentCommand) bool { return v.OrderID != "" })
 		if !ok {
 			return bad()
@@ -445,7 +445,7 @@ func NewPayment(rdb redis.UniversalClient, limitCents int64) participant.Handler
 // fails with order.ReasonUndeliverable when the country is empty or "XX";
 // CancelShipment cancels a scheduled shipment.
 func NewShipping(rdb redis.UniversalClient) participant.Handler {
-	return &handler{name: order.Shipping, rdb: rdb, plan: func(c participant.Command) call {
+	return &handler{name: order.Shipping, rdb: rdb, plan: func(c participant.Request) call {
 		cmd, ok := decode(c.Payload, func(v *order.ShippingCommand) bool { return v.OrderID != "" })
 		if !ok {
 			return bad()

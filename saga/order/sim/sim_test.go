@@ -31,24 +31,24 @@ func newRedis(t *testing.T) *redis.Client {
 	return rdb
 }
 
-func cmd(t *testing.T, typ, msgID string, payload any) participant.Command {
+func cmd(t *testing.T, typ, msgID string, payload any) participant.Request {
 	t.Helper()
 	b, err := json.Marshal(payload)
 	if err != nil {
 		t.Fatalf("encode payload: %v", err)
 	}
-	return participant.Command{Type: typ, MessageID: msgID, Payload: b, SagaID: "s", SagaType: order.Name}
+	return participant.Request{Type: typ, MessageID: msgID, Payload: b, SagaID: "s", SagaType: order.Name}
 }
 
-func reserve(t *testing.T, msgID, orderID string, items ...order.Item) participant.Command {
+func reserve(t *testing.T, msgID, orderID string, items ...order.Item) participant.Request {
 	return cmd(t, order.ReserveInventory, msgID, order.InventoryCommand{OrderID: orderID, Items: items})
 }
 
-func release(t *testing.T, msgID, orderID string) participant.Command {
+func release(t *testing.T, msgID, orderID string) participant.Request {
 	return cmd(t, order.ReleaseInventory, msgID, order.InventoryCommand{OrderID: orderID})
 }
 
-func handle(t *testing.T, h participant.Handler, cmds ...participant.Command) []message.Reply {
+func handle(t *testing.T, h participant.Handler, cmds ...participant.Request) []message.Reply {
 	t.Helper()
 	replies, err := h.Handle(context.Background(), cmds)
 	if err != nil {
@@ -119,7 +119,7 @@ func TestReserveAllOrNothing(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		cmd     participant.Command
+		cmd     participant.Request
 		want    message.Reply
 		stock   map[string]int64
 		orderID string
@@ -179,7 +179,7 @@ func TestReserveRedelivered(t *testing.T) {
 			inv := sim.NewInventory(rdb)
 			seed(t, rdb, map[string]int64{"sku-a": 10})
 			for _, batch := range tt.batches {
-				var cmds []participant.Command
+				var cmds []participant.Request
 				var want []message.Reply
 				for _, id := range batch {
 					cmds = append(cmds, reserve(t, id, "o-1", order.Item{SKU: "sku-a", Qty: 3}))
@@ -262,7 +262,7 @@ func TestCorruptStockWritesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := reserve(t, "m-1", "o-1", order.Item{SKU: "sku-a", Qty: 1}, order.Item{SKU: "sku-b", Qty: 1})
-	_, err := inv.Handle(context.Background(), []participant.Command{c})
+	_, err := inv.Handle(context.Background(), []participant.Request{c})
 	if err == nil || !strings.Contains(err.Error(), "want an integer") {
 		t.Fatalf("Handle: got error %v, want one for a non-integer stock", err)
 	}
@@ -273,53 +273,53 @@ func TestCorruptStockWritesNothing(t *testing.T) {
 }
 
 func TestPayment(t *testing.T) {
-	authorize := func(msgID, orderID string, cents int64) participant.Command {
+	authorize := func(msgID, orderID string, cents int64) participant.Request {
 		return cmd(t, order.AuthorizePayment, msgID, order.PaymentCommand{OrderID: orderID, CustomerID: "c-1", AmountCents: cents, Currency: "EUR"})
 	}
-	cancel := func(msgID, orderID string) participant.Command {
+	cancel := func(msgID, orderID string) participant.Request {
 		return cmd(t, order.CancelPayment, msgID, order.PaymentCommand{OrderID: orderID})
 	}
 	tests := []struct {
 		name  string
 		limit int64
-		steps [][]participant.Command
+		steps [][]participant.Request
 		want  []message.Reply // one per command, all steps flattened
 		hash  map[string]string
 	}{
 		{
 			name:  "over the limit declines and writes nothing",
 			limit: 1000,
-			steps: [][]participant.Command{{authorize("m-1", "o-1", 1001)}},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", 1001)}},
 			want:  []message.Reply{fail(order.ReasonPaymentDeclined)},
 		},
 		{
 			name:  "default limit",
-			steps: [][]participant.Command{{authorize("m-1", "o-1", sim.DefaultPaymentLimitCents+1)}},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", sim.DefaultPaymentLimitCents+1)}},
 			want:  []message.Reply{fail(order.ReasonPaymentDeclined)},
 		},
 		{
 			name:  "at the limit authorizes once",
 			limit: 1000,
-			steps: [][]participant.Command{{authorize("m-1", "o-1", 1000), authorize("m-1", "o-1", 1000)}, {authorize("m-1", "o-1", 1000)}},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", 1000), authorize("m-1", "o-1", 1000)}, {authorize("m-1", "o-1", 1000)}},
 			want:  []message.Reply{ok, ok, ok},
 			hash:  map[string]string{"status": "authorized", "amount_cents": "1000"},
 		},
 		{
 			name:  "cancel keeps the amount",
-			steps: [][]participant.Command{{authorize("m-1", "o-1", 4599)}, {cancel("m-2", "o-1"), cancel("m-2", "o-1")}},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", 4599)}, {cancel("m-2", "o-1"), cancel("m-2", "o-1")}},
 			want:  []message.Reply{ok, ok, ok},
 			hash:  map[string]string{"status": "cancelled", "amount_cents": "4599"},
 		},
 		{
 			name:  "cancel before authorize leaves a tombstone",
-			steps: [][]participant.Command{{cancel("m-2", "o-1")}, {authorize("m-1", "o-1", 4599)}},
+			steps: [][]participant.Request{{cancel("m-2", "o-1")}, {authorize("m-1", "o-1", 4599)}},
 			want:  []message.Reply{ok, fail(sim.ReasonCancelled)},
 			hash:  map[string]string{"status": "cancelled", "amount_cents": "0"},
 		},
 		{
 			name:  "cancel after decline leaves a tombstone",
 			limit: 1000,
-			steps: [][]participant.Command{{authorize("m-1", "o-1", 5000), cancel("m-2", "o-1")}},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", 5000), cancel("m-2", "o-1")}},
 			want:  []message.Reply{fail(order.ReasonPaymentDeclined), ok},
 			hash:  map[string]string{"status": "cancelled", "amount_cents": "0"},
 		},
@@ -339,43 +339,43 @@ func TestPayment(t *testing.T) {
 }
 
 func TestShipping(t *testing.T) {
-	schedule := func(msgID, country, city string) participant.Command {
+	schedule := func(msgID, country, city string) participant.Request {
 		return cmd(t, order.ScheduleShipment, msgID, order.ShippingCommand{OrderID: "o-1", ShipTo: order.Address{Country: country, City: city}})
 	}
-	cancel := func(msgID string) participant.Command {
+	cancel := func(msgID string) participant.Request {
 		return cmd(t, order.CancelShipment, msgID, order.ShippingCommand{OrderID: "o-1"})
 	}
 	tests := []struct {
 		name  string
-		steps [][]participant.Command
+		steps [][]participant.Request
 		want  []message.Reply
 		hash  map[string]string
 	}{
 		{
 			name:  "XX is undeliverable",
-			steps: [][]participant.Command{{schedule("m-1", "XX", "Nowhere")}},
+			steps: [][]participant.Request{{schedule("m-1", "XX", "Nowhere")}},
 			want:  []message.Reply{fail(order.ReasonUndeliverable)},
 		},
 		{
 			name:  "empty country is undeliverable",
-			steps: [][]participant.Command{{schedule("m-1", "", "Berlin")}},
+			steps: [][]participant.Request{{schedule("m-1", "", "Berlin")}},
 			want:  []message.Reply{fail(order.ReasonUndeliverable)},
 		},
 		{
 			name:  "schedules once",
-			steps: [][]participant.Command{{schedule("m-1", "DE", "Berlin"), schedule("m-1", "DE", "Berlin")}},
+			steps: [][]participant.Request{{schedule("m-1", "DE", "Berlin"), schedule("m-1", "DE", "Berlin")}},
 			want:  []message.Reply{ok, ok},
 			hash:  map[string]string{"status": "scheduled", "country": "DE", "city": "Berlin"},
 		},
 		{
 			name:  "cancel keeps the address",
-			steps: [][]participant.Command{{schedule("m-1", "DE", "Berlin")}, {cancel("m-2")}},
+			steps: [][]participant.Request{{schedule("m-1", "DE", "Berlin")}, {cancel("m-2")}},
 			want:  []message.Reply{ok, ok},
 			hash:  map[string]string{"status": "cancelled", "country": "DE", "city": "Berlin"},
 		},
 		{
 			name:  "cancel before schedule leaves a tombstone",
-			steps: [][]participant.Command{{cancel("m-2")}, {schedule("m-1", "DE", "Berlin")}},
+			steps: [][]participant.Request{{cancel("m-2")}, {schedule("m-1", "DE", "Berlin")}},
 			want:  []message.Reply{ok, fail(sim.ReasonCancelled)},
 			hash:  map[string]string{"status": "cancelled"},
 		},
@@ -400,10 +400,10 @@ func TestBadCommand(t *testing.T) {
 	tests := []struct {
 		name        string
 		participant string
-		cmd         participant.Command
+		cmd         participant.Request
 	}{
 		{"unknown type", order.Inventory, cmd(t, "ShipEverything", "m-1", order.InventoryCommand{OrderID: "o-1"})},
-		{"payload not JSON", order.Payment, participant.Command{Type: order.AuthorizePayment, MessageID: "m-2", Payload: []byte("{oops")}},
+		{"payload not JSON", order.Payment, participant.Request{Type: order.AuthorizePayment, MessageID: "m-2", Payload: []byte("{oops")}},
 		{"no order id", order.Shipping, cmd(t, order.ScheduleShipment, "m-3", order.ShippingCommand{ShipTo: order.Address{Country: "DE"}})},
 		{"no items", order.Inventory, cmd(t, order.ReserveInventory, "m-4", order.InventoryCommand{OrderID: "o-1"})},
 		{"zero qty", order.Inventory, reserve(t, "m-5", "o-1", order.Item{SKU: "sku-a", Qty: 0})},

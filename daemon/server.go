@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -12,20 +12,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
-
-	"github.com/ksaga/ksaga/orchestrator"
 )
 
-// readyCheck returns nil when sagad is ready for traffic, else why not.
+// readyCheck returns nil when the daemon is ready for traffic, else why not.
 type readyCheck func(ctx context.Context) error
 
-// engineReady is ready when the engine has joined its group and restored
-// its partitions (eng is nil when sagad runs only participants), and the
-// engine's Redis answers PING.
-func engineReady(eng *orchestrator.Engine, rdb redis.UniversalClient) readyCheck {
+// servicesReady is ready when every engine has joined its group and
+// restored its partitions, and the engines' Redis answers PING.
+func servicesReady(svc *services, rdb redis.UniversalClient) readyCheck {
 	return func(ctx context.Context) error {
-		if eng != nil && !eng.Ready() {
-			return errors.New("engine not ready: joining the consumer group or restoring its partitions")
+		for _, e := range svc.engines {
+			if !e.eng.Ready() {
+				return fmt.Errorf("engine of saga %s not ready: joining the consumer group or restoring its partitions", e.saga)
+			}
 		}
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
@@ -54,7 +53,7 @@ func newMux(g prometheus.Gatherer, ready readyCheck) *http.ServeMux {
 	return mux
 }
 
-// servePprof adds Go's profiles to mux under /debug/pprof/ (sagad --pprof),
+// servePprof adds Go's profiles to mux under /debug/pprof/ (--pprof),
 // for profiling an engine under load:
 //
 //	go tool pprof http://localhost:9090/debug/pprof/profile?seconds=30
@@ -66,19 +65,19 @@ func servePprof(mux *http.ServeMux) {
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
-// startHTTP serves newMux on cfg.metricsAddr until the returned stop is
+// startHTTP serves newMux on --metrics-addr until the returned stop is
 // called; stop waits for the server to shut down. With an empty address it
 // serves nothing. It fails when the address cannot be bound.
 func (a *app) startHTTP(g prometheus.Gatherer, ready readyCheck) (stop func(), err error) {
-	if a.cfg.metricsAddr == "" {
+	if a.cfg.MetricsAddr == "" {
 		return func() {}, nil
 	}
-	ln, err := net.Listen("tcp", a.cfg.metricsAddr)
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on --metrics-addr %s: %w; choose another address, or \"\" to disable the HTTP server", a.cfg.metricsAddr, err)
+		return nil, fmt.Errorf("cannot listen on --metrics-addr %s: %w; choose another address, or \"\" to disable the HTTP server", a.cfg.MetricsAddr, err)
 	}
 	mux := newMux(g, ready)
-	if a.cfg.pprof {
+	if a.cfg.Pprof {
 		servePprof(mux)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

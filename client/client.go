@@ -1,0 +1,190 @@
+// Package client starts sagas and asks them to compensate, from any Go
+// program that can reach Kafka.
+//
+//	c, err := client.New(kgo.SeedBrokers("kafka:9092"))
+//	if err != nil {
+//		return err
+//	}
+//	defer c.Close()
+//	err = c.Start(ctx, trip.Saga, "t-1", trip.Trip{TripID: "t-1", …})
+//
+// Start and Compensate produce one record to saga.T.inbox, keyed by the
+// saga id, on the saga's home partition (message.HomePartition: murmur2 of
+// the id modulo the inbox's partition count, which the client reads from the
+// broker once per saga type). They return once the record is durable in
+// Kafka (acks=all): from then on the engine handles it, whatever happens to
+// the caller.
+//
+// A start is idempotent per saga id: the engine recognises a start it has
+// seen by its payload, so Start may be retried after an error or a crash
+// with the same data. Starting an id again with other data dead-letters the
+// second request (reason conflicting-start) and leaves the saga as it was.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/saga"
+)
+
+// ErrNoInbox is wrapped by the error of Start and Compensate when the saga
+// type's inbox topic does not exist: the daemon that runs the saga type
+// creates it when it starts.
+var ErrNoInbox = errors.New("the saga type's inbox topic does not exist")
+
+// Client produces start and compensate requests. It is safe for concurrent
+// use. Close it when done.
+type Client struct {
+	cl *kgo.Client
+
+	mu    sync.Mutex
+	parts map[string]int32 // inbox partition counts, by saga type
+}
+
+// New returns a Client whose Kafka client is made with opts, which must
+// include kgo.SeedBrokers (and TLS or SASL options where the cluster needs
+// them). The client sets its own partitioner: options that replace it break
+// the home partition. New does not connect; the first request does.
+func New(opts ...kgo.Opt) (*Client, error) {
+	cl, err := kgo.NewClient(append(opts, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &Client{cl: cl, parts: make(map[string]int32)}, nil
+}
+
+// Close closes the Kafka client. Requests after Close fail.
+func (c *Client) Close() { c.cl.Close() }
+
+// Start asks the engine of def's saga type to start saga id with data. data
+// is encoded as JSON and checked as the engine will check it (def.Decode:
+// strict decoding, then the data type's Validate): data the engine would
+// dead-letter is refused here with an error wrapping saga.ErrInvalidData,
+// and nothing is produced. Start returns once the request is durable in
+// Kafka; the saga then runs asynchronously (watch saga.T.events for its
+// end). Any other error leaves it unknown whether the request was written:
+// retrying with the same id and data is safe.
+func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, data any) error {
+	value, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("start %s saga %s: encode data: %w", def.Name(), id, err)
+	}
+	if _, err := def.Decode(value); err != nil {
+		return fmt.Errorf("start %s saga %s: %w", def.Name(), id, err)
+	}
+	return c.produce(ctx, def.Name(), id, message.TypeStartSaga, "start-"+id, value, "")
+}
+
+// StartRaw is Start with a value that is sent as it is, unchecked: for tests
+// of how the engine treats bad input, and for relays of start requests that
+// were checked elsewhere. An invalid value is dead-lettered by the engine.
+func (c *Client) StartRaw(ctx context.Context, sagaType, id string, value []byte) error {
+	return c.produce(ctx, sagaType, id, message.TypeStartSaga, "start-"+id, value, "")
+}
+
+// Compensate asks the engine to stop saga id of def's saga type and undo its
+// completed steps, last first, as if its current step had failed with the
+// reason "compensation requested" (and ": "+reason when reason is not
+// empty). A saga that has ended already is left as it is; one that does
+// not exist is dead-lettered (reason unknown-saga). Compensate returns once
+// the request is durable in Kafka.
+func (c *Client) Compensate(ctx context.Context, def *saga.Definition, id, reason string) error {
+	msgID, err := randomID()
+	if err != nil {
+		return err
+	}
+	return c.produce(ctx, def.Name(), id, message.TypeCompensate, "compensate-"+id+"-"+msgID, nil, reason)
+}
+
+func (c *Client) produce(ctx context.Context, sagaType, id, typ, msgID string, value []byte, reason string) error {
+	if id == "" || !utf8.ValidString(id) {
+		return fmt.Errorf("%s %s saga %q: the id must be non-empty UTF-8", typ, sagaType, id)
+	}
+	n, err := c.partitions(ctx, sagaType)
+	if err != nil {
+		return fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
+	}
+	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	r := &kgo.Record{
+		Topic: message.Inbox(sagaType), Partition: message.HomePartition(id, n), Key: []byte(id), Value: value,
+		Headers: []kgo.RecordHeader{
+			hdr(message.HeaderSagaID, id),
+			hdr(message.HeaderSagaType, sagaType),
+			hdr(message.HeaderMessageType, typ),
+			hdr(message.HeaderMessageID, msgID),
+		},
+	}
+	if reason != "" {
+		r.Headers = append(r.Headers, hdr(message.HeaderReason, reason))
+	}
+	if err := c.cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+		return fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
+	}
+	return nil
+}
+
+// partitions returns the partition count of sagaType's inbox, asking the
+// broker the first time. The count of an inbox never changes (see
+// message.HomePartition), so it is kept.
+func (c *Client) partitions(ctx context.Context, sagaType string) (int32, error) {
+	c.mu.Lock()
+	n, ok := c.parts[sagaType]
+	c.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	inbox := message.Inbox(sagaType)
+	// A metadata request of its own: kadm's would answer from kgo's
+	// metadata cache, which may remember the topic as missing.
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = &inbox
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, c.cl)
+	if err != nil {
+		return 0, fmt.Errorf("read the partitions of %s: %w", inbox, err)
+	}
+	var td *kmsg.MetadataResponseTopic
+	for i := range resp.Topics {
+		if t := &resp.Topics[i]; t.Topic != nil && *t.Topic == inbox {
+			td = t
+		}
+	}
+	var terr error
+	if td != nil {
+		terr = kerr.ErrorForCode(td.ErrorCode)
+	}
+	switch {
+	case td == nil || errors.Is(terr, kerr.UnknownTopicOrPartition):
+		return 0, fmt.Errorf("%w: %s (start the daemon that runs the saga type first)", ErrNoInbox, inbox)
+	case terr != nil:
+		return 0, fmt.Errorf("read the partitions of %s: %w", inbox, terr)
+	case len(td.Partitions) == 0:
+		return 0, fmt.Errorf("read the partitions of %s: the broker reports none", inbox)
+	}
+	n = int32(len(td.Partitions))
+	c.mu.Lock()
+	c.parts[sagaType] = n
+	c.mu.Unlock()
+	return n, nil
+}
+
+func randomID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
