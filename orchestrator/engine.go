@@ -501,17 +501,19 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		failOnce sync.Once
 		failed   *kgo.Record
 		failErr  error
+		next     atomic.Int64
 	)
-	sem := make(chan struct{}, maxParallelSagas)
-	for _, g := range groups {
-		sem <- struct{}{}
-		if gctx.Err() != nil {
-			<-sem
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+	// work handles groups, taken in batch order, until none is left or a
+	// failure cancelled the batch. A bounded pool of workers runs it: a
+	// goroutine per saga cost a stack and its growth for each of up to
+	// a thousand sagas a batch.
+	work := func() {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= len(groups) || gctx.Err() != nil {
+				return
+			}
+			g := groups[i]
 			for _, r := range g.recs {
 				if gctx.Err() != nil {
 					return
@@ -523,7 +525,18 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 					return
 				}
 			}
-		}()
+		}
+	}
+	if workers := min(maxParallelSagas, len(groups)); workers <= 1 {
+		work() // one saga: no goroutine on the latency path
+	} else {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				work()
+			}()
+		}
 	}
 	wg.Wait()
 	if failed != nil {
@@ -787,7 +800,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	if e.tracer != nil {
 		e.tracer.TraceChange(ctx, &change)
 	}
-	raw, err := json.Marshal(out.state)
+	raw, err := out.state.appendJSON(make([]byte, 0, len(out.state.Data)+768))
 	if err != nil {
 		e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}), 1, produce)
 		return false
@@ -1017,7 +1030,7 @@ func (e *Engine) commandRecord(st *State, c command) *kgo.Record {
 }
 
 func (e *Engine) eventRecord(ev message.Event, tc *TraceContext) *kgo.Record {
-	value, _ := json.Marshal(ev) // an Event always encodes
+	value, _ := appendEventJSON(make([]byte, 0, 256), &ev) // an Event always encodes
 	rec := &kgo.Record{Topic: e.events, Key: []byte(ev.SagaID), Value: value, Headers: []kgo.RecordHeader{
 		{Key: message.HeaderSagaID, Value: []byte(ev.SagaID)},
 		{Key: message.HeaderSagaType, Value: []byte(ev.SagaType)},
@@ -1074,6 +1087,8 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: ent.raw})
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
+		} else {
+			e.timers.remove(id)
 		}
 	}
 	e.flightMu.Unlock()

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -145,7 +146,7 @@ func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, er
 	now := m.now()
 	next := &State{
 		ID: in.sagaID, Type: m.def.Name(), Status: message.StatusRunning, Undoing: -1,
-		StartID: in.msgID, StartHash: hash, Data: json.RawMessage(in.value),
+		StartID: in.msgID, StartHash: hash, Data: compact(in.value),
 		Created: now, Updated: now,
 	}
 	out := &outcome{state: next, data: data}
@@ -477,3 +478,14 @@ var undoBackoff = retry.Policy{InitialInterval: time.Second, MaxInterval: time.M
 // retried without counting against the record, since the record is not at
 // fault.
 var errInfra = errors.New("engine dependency unavailable")
+
+// compact returns value without insignificant space: the state encoder
+// appends a saga's data as it is, so it is compacted once, at the start.
+func compact(value []byte) json.RawMessage {
+	var b bytes.Buffer
+	b.Grow(len(value))
+	if err := json.Compact(&b, value); err != nil {
+		return json.RawMessage(value) // Decode accepted it: cannot happen
+	}
+	return b.Bytes()
+}

@@ -64,6 +64,7 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 		}
 	}
 	e.landAll(p)
+	e.timers.removePartition(p)
 	e.log.Info("partition revoked", "partition", p)
 }
 
@@ -98,6 +99,7 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 			delete(e.sagas, id)
 		}
 	}
+	e.timers.removePartition(p)
 	part := &partition{checkpoint: from, attempts: attempts}
 	seen := make(map[string]bool, len(replayed))
 	for _, w := range replayed {
@@ -290,28 +292,88 @@ type timer struct {
 	partition int32
 }
 
-// timers is a min-heap of deadlines. Entries are not removed when a saga
-// moves on; due skips the stale ones.
-type timers []timer
-
-func (t timers) Len() int           { return len(t) }
-func (t timers) Less(i, j int) bool { return t[i].deadline < t[j].deadline }
-func (t timers) Swap(i, j int)      { t[i], t[j] = t[j], t[i] }
-func (t *timers) Push(x any)        { *t = append(*t, x.(timer)) }
-func (t *timers) Pop() any {
-	old := *t
-	x := old[len(old)-1]
-	*t = old[:len(old)-1]
-	return x
+// timers holds at most one deadline per saga, its latest, in a min-heap
+// indexed by saga id: arming a saga's next deadline replaces its last one,
+// and a saga that ends or leaves takes its deadline with it. (A heap of
+// every deadline ever armed held three per saga for the step deadline's
+// length: memory that grew with throughput.)
+type timers struct {
+	h   timerHeap
+	ids map[string]*timerEntry
 }
 
-func (t *timers) add(x timer) { heap.Push(t, x) }
+type timerEntry struct {
+	timer
+	index int
+}
+
+type timerHeap []*timerEntry
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h timerHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *timerHeap) Push(x any) {
+	e := x.(*timerEntry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *timerHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return e
+}
+
+// add arms x, replacing the saga's deadline if it has one.
+func (t *timers) add(x timer) {
+	if t.ids == nil {
+		t.ids = make(map[string]*timerEntry)
+	}
+	if e, ok := t.ids[x.sagaID]; ok {
+		e.timer = x
+		heap.Fix(&t.h, e.index)
+		return
+	}
+	e := &timerEntry{timer: x}
+	heap.Push(&t.h, e)
+	t.ids[x.sagaID] = e
+}
+
+// remove disarms the saga's deadline, if it has one.
+func (t *timers) remove(sagaID string) {
+	if e, ok := t.ids[sagaID]; ok {
+		heap.Remove(&t.h, e.index)
+		delete(t.ids, sagaID)
+	}
+}
+
+// removePartition disarms the deadlines of partition p's sagas.
+func (t *timers) removePartition(p int32) {
+	for id, e := range t.ids {
+		if e.partition == p {
+			heap.Remove(&t.h, e.index)
+			delete(t.ids, id)
+		}
+	}
+}
+
+func (t *timers) len() int { return len(t.h) }
 
 func (t *timers) next() (int64, bool) {
-	if len(*t) == 0 {
+	if len(t.h) == 0 {
 		return 0, false
 	}
-	return (*t)[0].deadline, true
+	return t.h[0].deadline, true
+}
+
+func (t *timers) pop() timer {
+	e := heap.Pop(&t.h).(*timerEntry)
+	delete(t.ids, e.sagaID)
+	return e.timer
 }
 
 // maxTimeoutsPerBatch bounds the Timeout messages of one transaction.
@@ -321,8 +383,11 @@ const maxTimeoutsPerBatch = 1000
 func (e *Engine) dueTimers(now time.Time) []timer {
 	var out []timer
 	ms := now.UnixMilli()
-	for len(e.timers) > 0 && e.timers[0].deadline <= ms && len(out) < maxTimeoutsPerBatch {
-		t := heap.Pop(&e.timers).(timer)
+	for len(out) < maxTimeoutsPerBatch {
+		if next, ok := e.timers.next(); !ok || next > ms {
+			break
+		}
+		t := e.timers.pop()
 		if e.parts[t.partition] == nil {
 			continue
 		}
