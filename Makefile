@@ -16,6 +16,8 @@ demo:
 
 test: vet
 	./scripts/test-deps.sh
+	@# Built once per machine into the Go build cache, outside the tests' timeout.
+	./scripts/tools.sh promtool >/dev/null
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 vet:
