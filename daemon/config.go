@@ -58,6 +58,10 @@ type Config struct {
 	// MetricsAddr is the address of the HTTP server; empty disables it.
 	MetricsAddr string
 	Pprof       bool
+	// API is the HTTP API's configuration (--api-*).
+	API APIConfig
+	// Outbox is the outbox relays' configuration (--outbox-*).
+	Outbox OutboxConfig
 	// LogFormat is "json", "text", or "" to pick by whether stderr is a
 	// terminal.
 	LogFormat string
@@ -111,6 +115,8 @@ type flagValues struct {
 	sessionTimeout, dltRetention                                 time.Duration
 	kafka                                                        conn.Kafka
 	redis                                                        conn.Redis
+	api                                                          apiFlags
+	outbox                                                       outboxFlags
 }
 
 // embeddedOnly tags flags of the embedded mode.
@@ -146,6 +152,8 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.BoolVar(&v.requireConfig, "require-config", false, "refuse to start without --kafka-brokers and --redis-addr instead of running the embedded mode (images and manifests set it)")
 	v.kafka.RegisterFlags(fs)
 	v.redis.RegisterFlags(fs)
+	v.api.register(fs)
+	v.outbox.register(fs)
 	for _, f := range o.flags {
 		f(fs)
 	}
@@ -321,7 +329,7 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		return c, fmt.Errorf("%s %v is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
 	case !c.Engine && c.Embedded():
 		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
-	case !c.Engine && len(ps) == 0:
+	case !c.Engine && len(ps) == 0 && v.outbox.relay == "" && v.api.addr == "":
 		return c, fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
 	}
 
@@ -379,6 +387,12 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 	_, c.logLevelSet = set["log-level"]
 	if c.MaxPollRecords < 1 {
 		return c, fmt.Errorf("%s: must be at least 1, got %d", name("max-poll-records"), c.MaxPollRecords)
+	}
+	if c.API, err = v.api.config(name, set); err != nil {
+		return c, err
+	}
+	if c.Outbox, err = v.outbox.config(name, set, c.Embedded()); err != nil {
+		return c, err
 	}
 	if c.Embedded() && c.DataDir == "" {
 		c.DataDir = filepath.Join(os.TempDir(), "ksaga-demo")

@@ -13,15 +13,18 @@
 //		)
 //	}
 //
-// The daemon parses its flags, each with a KSAGA_* environment twin (the flag
-// wins; "<name> -help" lists them), and logs with log/slog (JSON, or text on
-// a terminal). With --kafka-brokers and --redis-addr it connects to real
-// services, creates the topics of every saga type and participant that do
-// not exist yet and checks those that do (package topic), runs one engine
+// The daemon parses its flags, each with a KSAGA_* environment twin (the
+// flag wins; "<name> -help" lists them), and logs with log/slog (JSON, or
+// text on a terminal). With --kafka-brokers and --redis-addr it connects to
+// real services, creates the topics of every saga type and participant that
+// do not exist yet and checks those that do (package topic), runs one engine
 // per saga type and the participants that --participants selects, serves
-// /metrics, /healthz and /readyz on --metrics-addr, and runs until SIGINT or
-// SIGTERM, when every engine and participant finishes or aborts its current
-// transaction. With neither flag it runs the embedded mode: an in-process
+// /metrics, /healthz and /readyz on --metrics-addr and, with --api-addr, the
+// HTTP API that starts sagas (see api.go and openapi.json), and runs until
+// SIGINT or SIGTERM, when every engine and participant finishes or aborts
+// its current transaction; with --outbox-relay it also relays the outboxes
+// (package outbox) of every saga type to their inboxes. With neither
+// --kafka-brokers nor --redis-addr it runs the embedded mode: an in-process
 // Kafka (kfake, persisted in --data-dir) and Redis (miniredis), every
 // participant, and the Demo if there is one; --require-config (images set
 // it) refuses that instead.
@@ -36,7 +39,8 @@
 // ksaga_redis_round_trips_total{client} (engine, participants, and the
 // clients of Env.NewRedis; labelled with the first saga type), and the
 // Kafka clients' kprom metrics labelled client=engine (engine-<type> with
-// several saga types) or client=<participant>. /readyz is 200 once every
+// several saga types), client=<participant> or client=api; with --api-addr,
+// ksaga_api_requests_total{method,route,code}. /readyz is 200 once every
 // engine has joined its group and restored its partitions and Redis answers.
 //
 // The package knows no saga type: cmd/sagad runs the order saga on it, and
@@ -426,6 +430,25 @@ func (a *app) run(ctx context.Context) int {
 		svc.stop()
 		return a.failf("%v", err)
 	}
+	stopAPI, err := a.startAPI(ctx, env, defs)
+	if err != nil {
+		stopHTTP()
+		svc.stop()
+		if ctx.Err() != nil {
+			return ExitOK // interrupted while starting
+		}
+		return a.failf("%v", err)
+	}
+	stopOutbox, err := a.startOutbox(ctx, env, defs)
+	if err != nil {
+		stopAPI()
+		stopHTTP()
+		svc.stop()
+		if ctx.Err() != nil {
+			return ExitOK
+		}
+		return a.failf("%v", err)
+	}
 	svc.start(ctx)
 	if c.Embedded() && a.o.demo != nil {
 		code := a.runDemo(ctx, env)
@@ -433,6 +456,8 @@ func (a *app) run(ctx context.Context) int {
 			a.serving(env)
 			code = a.wait(ctx, svc)
 		}
+		stopOutbox()
+		stopAPI()
 		svc.stop()
 		stopHTTP()
 		return code
@@ -444,6 +469,8 @@ func (a *app) run(ctx context.Context) int {
 			"transactional_id", c.TransactionalID, "participants", participantList(c.Participants), "engine", c.Engine)
 	}
 	code := a.wait(ctx, svc)
+	stopOutbox()
+	stopAPI()
 	svc.stop()
 	stopHTTP()
 	a.log.Info(a.o.name + " stopped")

@@ -120,6 +120,21 @@ type Reply struct {
 	Reason string
 }
 
+// Audit records. sagactl writes one JSON record to saga.T.audit
+// (topic.Audit) for every operator action, in the same Kafka transaction as
+// the action's records when it has some: who (by), why (note), when (at) and
+// what. HeaderAuditAction names the action; the record's key is the saga id
+// of a saga action and the run id of a redrive.
+const (
+	HeaderAuditAction = "ksaga-audit-action"
+	// AuditRedrive: dlq redrive re-produced dead-letter records; the
+	// record lists their DLT partitions and offsets, which are never
+	// redriven again.
+	AuditRedrive = "dlq-redrive"
+	// AuditCompensate: saga compensate sent a Compensate message.
+	AuditCompensate = "saga-compensate"
+)
+
 // HeaderForwardedFrom is set by the engine on an inbox record it moved to
 // its saga's home partition: "<partition>/<offset>" of the record as it
 // arrived.

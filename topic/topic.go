@@ -11,6 +11,7 @@
 //	saga.T.state        compacted: cleanup.policy=compact
 //	saga.T.events       the public history
 //	saga.T.inbox-dlt    dead letters: retention.ms=-1, or Spec.DLTRetention
+//	saga.T.audit        what operators did (sagactl): retention.ms=-1 always
 //
 // and for a participant P, P.commands and P.commands-dlt (kept like the
 // saga's dead letters). From a replication factor of 3 on, every topic gets
@@ -64,8 +65,16 @@ type Topic struct {
 // dead-letters the commands it cannot answer.
 func CommandsDLT(participant string) string { return message.Commands(participant) + "-dlt" }
 
-// OfSaga returns the topics of the saga type def: its inbox, state, events
-// and dead-letter topics, in that order, with their configs for spec.
+// Audit returns saga.<sagaType>.audit, where sagactl writes one JSON record
+// per operator action on the saga type: each dlq redrive transaction (who,
+// why, when, which dead-letter offsets), each saga compensate. The audit is
+// also the redrive history: sagactl never redrives a dead-letter offset
+// that an audit record names, so the topic keeps its records for ever
+// (retention.ms=-1), whatever Spec.DLTRetention says.
+func Audit(sagaType string) string { return "saga." + sagaType + ".audit" }
+
+// OfSaga returns the topics of the saga type def: its inbox, state, events,
+// dead-letter and audit topics, in that order, with their configs for spec.
 func OfSaga(def *saga.Definition, spec Spec) []Topic { return ofSagaType(def.Name(), spec) }
 
 // OfSagaType is OfSaga for a saga type known by its name only.
@@ -77,6 +86,7 @@ func ofSagaType(name string, spec Spec) []Topic {
 		{message.State(name), spec.configs("cleanup.policy", "compact")},
 		{message.Events(name), spec.configs()},
 		{message.DLT(name), spec.configs("retention.ms", spec.dltRetention())},
+		{Audit(name), spec.configs("retention.ms", "-1")},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -56,6 +57,7 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 // --dlt-retention, and min.insync.replicas=2 from replication factor 3 on.
 func TestCreateTopicsConfigs(t *testing.T) {
 	inbox, state, dlt := message.Inbox("order"), message.State("order"), message.DLT("order")
+	audit := topic.Audit("order")
 	cmdsDLT := topic.CommandsDLT("payment")
 	tests := []struct {
 		name string
@@ -69,6 +71,7 @@ func TestCreateTopicsConfigs(t *testing.T) {
 				inbox:   {"cleanup.policy": "delete", "min.insync.replicas": "1"},
 				state:   {"cleanup.policy": "compact", "min.insync.replicas": "1"},
 				dlt:     {"retention.ms": "-1", "min.insync.replicas": "1"},
+				audit:   {"retention.ms": "-1", "min.insync.replicas": "1"},
 				cmdsDLT: {"retention.ms": "-1"},
 			},
 		},
@@ -79,6 +82,7 @@ func TestCreateTopicsConfigs(t *testing.T) {
 				inbox:                        {"cleanup.policy": "delete", "min.insync.replicas": "2"},
 				state:                        {"cleanup.policy": "compact", "min.insync.replicas": "2"},
 				dlt:                          {"retention.ms": "2592000000", "min.insync.replicas": "2"},
+				audit:                        {"retention.ms": "-1", "min.insync.replicas": "2"},
 				cmdsDLT:                      {"retention.ms": "2592000000", "min.insync.replicas": "2"},
 				message.Commands("shipping"): {"min.insync.replicas": "2", "retention.ms": "604800000"},
 			},
@@ -179,4 +183,25 @@ func orderTopics(spec topic.Spec) []topic.Topic {
 		ts = append(ts, topic.OfParticipant(p, spec)...)
 	}
 	return ts
+}
+
+// TestOfSagaTypeNames pins the topics of a saga type and their order: the
+// audit topic of sagactl comes last, kept for ever whatever the dead
+// letters' retention.
+func TestOfSagaTypeNames(t *testing.T) {
+	ts := topic.OfSagaType("order", topic.Spec{Partitions: 3, ReplicationFactor: 1, DLTRetention: time.Hour})
+	var names []string
+	for _, tp := range ts {
+		names = append(names, tp.Name)
+	}
+	want := []string{"saga.order.inbox", "saga.order.state", "saga.order.events", "saga.order.inbox-dlt", "saga.order.audit"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("topics: got %v, want %v", names, want)
+	}
+	if got := ts[4].Configs["retention.ms"]; got != "-1" {
+		t.Errorf("audit retention.ms: got %q, want -1", got)
+	}
+	if got := topic.Audit("order"); got != want[4] {
+		t.Errorf("Audit: got %q, want %q", got, want[4])
+	}
 }

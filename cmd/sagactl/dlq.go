@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -70,11 +72,11 @@ func newAdminClient(brokers []string, sec []kgo.Opt, timeout time.Duration) (*kg
 	return kgo.NewClient(append(clientOpts(brokers, sec, timeout), kgo.RequestTimeoutOverhead(orDefault(timeout, defaultTimeout)))...)
 }
 
-// dltSpans returns, for each partition of topic, the span from the log start
-// offset, or group's committed offset when it is further (group may be
-// empty), to the last stable offset: the end that a read_committed consumer
-// can reach now. The first request is bounded by timeout.
-func dltSpans(ctx context.Context, adm *kadm.Client, brokers []string, topic, group string, timeout time.Duration) (map[int32]span, error) {
+// topicSpans returns, for each partition of topic, the span from the log
+// start offset to the last stable offset: the end that a read_committed
+// consumer can reach now. It returns an error wrapping errNoTopic when the
+// topic does not exist. Its first request is bounded by timeout.
+func topicSpans(ctx context.Context, adm *kadm.Client, brokers []string, topic string, timeout time.Duration) (map[int32]span, error) {
 	firstCtx, cancel := context.WithTimeout(ctx, timeout)
 	ends, err := adm.ListCommittedOffsets(firstCtx, topic)
 	cancel()
@@ -91,20 +93,11 @@ func dltSpans(ctx context.Context, adm *kadm.Client, brokers []string, topic, gr
 	if err := listedError(starts, topic); err != nil {
 		return nil, err
 	}
-	var committed kadm.OffsetResponses
-	if group != "" {
-		if committed, err = fetchStableOffsets(ctx, adm, group, topic); err != nil {
-			return nil, err
-		}
-	}
 	spans := make(map[int32]span, len(ends[topic]))
 	for p, end := range ends[topic] {
 		s := span{from: 0, to: end.Offset}
 		if start, ok := starts.Lookup(topic, p); ok && start.Offset > 0 {
 			s.from = start.Offset
-		}
-		if c, ok := committed.Lookup(topic, p); ok && c.At > s.from {
-			s.from = c.At
 		}
 		spans[p] = s
 	}
@@ -225,409 +218,609 @@ func scan(ctx context.Context, brokers []string, sec []kgo.Opt, timeout time.Dur
 	return false, nil
 }
 
+// legacyOffsets returns, per DLT partition, the offset below which the
+// consumer group of a sagactl older than the audit topic committed its
+// redrives: those records count as redriven. It is nil when that group
+// never committed.
+func legacyOffsets(ctx context.Context, adm *kadm.Client, sagaType string) (map[int32]int64, error) {
+	topic := message.DLT(sagaType)
+	offs, err := fetchStableOffsets(ctx, adm, redriveGroup(sagaType), topic)
+	if errors.Is(err, kerr.GroupAuthorizationFailed) {
+		// A user without access to the group never redrove with it: the
+		// old sagactl needed it to commit.
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out map[int32]int64
+	for p, o := range offs[topic] {
+		if o.Err == nil && o.At > 0 {
+			if out == nil {
+				out = make(map[int32]int64)
+			}
+			out[p] = o.At
+		}
+	}
+	return out, nil
+}
+
+// filters select dead-letter records; the zero value selects all.
+type filters struct {
+	// reason is the dead-letter reason (ksaga-dlt-reason).
+	reason string
+	// sagaID is the record's key.
+	sagaID string
+	// since and until bound when the record was dead-lettered (its
+	// timestamp in the DLT): since included, until excluded. Zero: open.
+	since, until time.Time
+}
+
+func (f filters) match(e *dlqEntry) bool {
+	return (f.reason == "" || e.Reason == f.reason) &&
+		(f.sagaID == "" || e.SagaID == f.sagaID) &&
+		(f.since.IsZero() || !e.Timestamp.Before(f.since)) &&
+		(f.until.IsZero() || e.Timestamp.Before(f.until))
+}
+
+func (f filters) audit(limit int) *auditFilters {
+	a := &auditFilters{Reason: f.reason, SagaID: f.sagaID, Limit: limit}
+	if !f.since.IsZero() {
+		a.Since = &f.since
+	}
+	if !f.until.IsZero() {
+		a.Until = &f.until
+	}
+	if *a == (auditFilters{}) {
+		return nil
+	}
+	return a
+}
+
+// States of a dead-letter record.
+const (
+	statePending  = "pending"  // never redriven
+	stateRedriven = "redriven" // redriven: it is back on the inbox
+	stateInvalid  = "invalid"  // not a dead-letter record: never redriven
+)
+
+// dlqEntry is a dead-letter record as dlq list and dlq show report it. In
+// dlq list it stands for the original record: the newest of its dead
+// letters (a redriven record that fails again is dead-lettered again, with
+// message.HeaderRedriveOf naming the dead letter it was redriven from), with
+// the redrives of them all.
+type dlqEntry struct {
+	// DLT is "<partition>:<offset>" of the record in the dead-letter topic.
+	DLT       string `json:"dlt"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
+	// Timestamp is when the record was dead-lettered.
+	Timestamp time.Time `json:"timestamp"`
+	// State is pending, redriven or invalid.
+	State       string  `json:"state"`
+	SagaID      string  `json:"saga_id"`
+	MessageType string  `json:"message_type,omitempty"`
+	Reason      string  `json:"reason,omitempty"`
+	Attempts    int     `json:"attempts"`
+	Original    *origin `json:"original,omitempty"`
+	// Group is the consumer group that dead-lettered it.
+	Group        string    `json:"group,omitempty"`
+	FirstFailure time.Time `json:"first_failure,omitzero"`
+	LastFailure  time.Time `json:"last_failure,omitzero"`
+	ErrorType    string    `json:"error_type,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	// Invalid says why an invalid record is not a dead-letter record.
+	Invalid string `json:"invalid,omitempty"`
+	// RedriveOf is the dead letter this record was redriven from, when it
+	// is the dead letter of a redriven record.
+	RedriveOf string `json:"redrive_of,omitempty"`
+	// DeadLetters counts the dead letters of the original: 1, plus one per
+	// redrive that failed again. Earlier lists the others, oldest first.
+	DeadLetters int      `json:"dead_letters"`
+	Earlier     []string `json:"earlier,omitempty"`
+	// RedriveCount is len(Redrives): the redrives of the original, from
+	// the audit topic.
+	RedriveCount int            `json:"redrive_count"`
+	Redrives     []redriveEvent `json:"redrives"`
+
+	pos       pos
+	redriveOf *pos
+	prev      *dlqEntry // the dead letter this one was redriven from
+	next      *dlqEntry // the dead letter of this one's redrive
+	redriven  bool      // this very record was redriven
+}
+
+// origin is where a dead-letter record was consumed from.
+type origin struct {
+	Topic     string    `json:"topic"`
+	Partition int32     `json:"partition"`
+	Offset    int64     `json:"offset"`
+	Timestamp time.Time `json:"timestamp,omitzero"`
+}
+
+// newEntry parses dead-letter record r.
+func newEntry(r *kgo.Record) *dlqEntry {
+	e := &dlqEntry{pos: pos{r.Partition, r.Offset}, Partition: r.Partition, Offset: r.Offset,
+		Timestamp: r.Timestamp.UTC(), SagaID: string(r.Key), DeadLetters: 1, Redrives: []redriveEvent{}}
+	e.DLT = e.pos.String()
+	if v := headerValue(r, headerRedriveOf); v != "" {
+		if p, err := parsePos(v); err == nil {
+			e.redriveOf, e.RedriveOf = &p, p.String()
+		}
+	}
+	info, err := dlq.Parse(r)
+	if err != nil {
+		e.State, e.Invalid = stateInvalid, err.Error()
+		return e
+	}
+	e.MessageType = headerValue(info.Original, message.HeaderMessageType)
+	e.Reason, e.Attempts, e.Group = info.Reason, info.Attempts, info.Group
+	e.Original = &origin{Topic: info.Topic, Partition: info.Partition, Offset: info.Offset}
+	if !info.Timestamp.IsZero() {
+		e.Original.Timestamp = info.Timestamp.UTC()
+	}
+	e.FirstFailure, e.LastFailure = utcOrZero(info.First), utcOrZero(info.Last)
+	e.ErrorType, e.Error = info.ErrorType, info.ErrorMessage
+	return e
+}
+
+func utcOrZero(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
+}
+
+// dlqView is a dead-letter topic read in full, with its redrive history.
+type dlqView struct {
+	topic string
+	// all are the records read, in the order read; heads are the newest
+	// dead letter of each original, oldest first.
+	all, heads []*dlqEntry
+	audit      *auditLog
+	// legacyErr is why the offsets of the old redrive group could not be
+	// read; the states then ignore them.
+	legacyErr error
+	// idled is set when the read stopped before the end offsets.
+	idled bool
+}
+
+// loadDLQ reads the spans of saga.<type>.inbox-dlt, the audit topic and the
+// offsets of the old redrive group, links each dead letter of a redriven
+// record to the one it was redriven from, and sets each record's state and
+// redrive history.
+func loadDLQ(ctx context.Context, brokers []string, sec []kgo.Opt, adm *kadm.Client, sagaType string, spans map[int32]span, timeout, idle time.Duration) (*dlqView, error) {
+	v := &dlqView{topic: message.DLT(sagaType)}
+	var err error
+	if v.audit, err = readAudit(ctx, brokers, sec, adm, sagaType, timeout, idle); err != nil {
+		return nil, err
+	}
+	legacy, lerr := legacyOffsets(ctx, adm, sagaType)
+	if lerr != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		v.legacyErr = lerr
+	}
+	v.idled, err = scan(ctx, brokers, sec, timeout, v.topic, spans, idle, func(r *kgo.Record) bool {
+		v.all = append(v.all, newEntry(r))
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	byPos := make(map[pos]*dlqEntry, len(v.all))
+	for _, e := range v.all {
+		byPos[e.pos] = e
+	}
+	for _, e := range v.all {
+		if o, ok := legacy[e.Partition]; ok && e.Offset < o {
+			e.redriven = true
+		}
+		if len(v.audit.redriven[e.pos]) > 0 {
+			e.redriven = true
+		}
+		if e.redriveOf == nil {
+			continue
+		}
+		if prev, ok := byPos[*e.redriveOf]; ok && prev != e {
+			e.prev = prev
+			if prev.next == nil || prev.next.Timestamp.Before(e.Timestamp) {
+				prev.next = e
+			}
+		}
+	}
+	for _, e := range v.all {
+		if e.next != nil {
+			continue
+		}
+		v.heads = append(v.heads, e)
+		// The chain, oldest first; bounded in case headers make a loop.
+		chain := []*dlqEntry{e}
+		for p := e.prev; p != nil && len(chain) <= len(v.all); p = p.prev {
+			chain = append(chain, p)
+		}
+		slices.Reverse(chain)
+		e.DeadLetters = len(chain)
+		if first := chain[0]; first.prev == nil && first.redriveOf != nil {
+			// Redriven from a dead letter that is gone (retention, or
+			// before the spans read): it still counts, with its redrives.
+			e.DeadLetters++
+			e.Earlier = append(e.Earlier, first.RedriveOf)
+			e.Redrives = append(e.Redrives, v.audit.events(*first.redriveOf)...)
+		}
+		for _, c := range chain {
+			if c != e {
+				e.Earlier = append(e.Earlier, c.DLT)
+			}
+			evs := v.audit.events(c.pos)
+			if len(evs) == 0 && c.redriven {
+				evs = []redriveEvent{{DLT: c.DLT, Group: redriveGroup(sagaType)}}
+			}
+			e.Redrives = append(e.Redrives, evs...)
+		}
+		e.RedriveCount = len(e.Redrives)
+		switch {
+		case e.Invalid != "":
+		case e.redriven:
+			e.State = stateRedriven
+		default:
+			e.State = statePending
+		}
+	}
+	slices.SortStableFunc(v.heads, func(a, b *dlqEntry) int {
+		if c := a.Timestamp.Compare(b.Timestamp); c != 0 {
+			return c
+		}
+		if a.Partition != b.Partition {
+			return int(a.Partition - b.Partition)
+		}
+		return int(a.Offset - b.Offset)
+	})
+	return v, nil
+}
+
 // listOptions are the options of dlq list.
 type listOptions struct {
 	sagaType string
 	// kafka are the clients' TLS and SASL options (conn.Kafka.Opts).
-	kafka []kgo.Opt
-	// limit is the most records to print; 0 prints all.
-	limit int
+	kafka   []kgo.Opt
+	filters filters
+	// state keeps only the records in this state; "" keeps all.
+	state string
+	// limit is the most records to print, oldest first; 0 prints all.
+	limit  int
+	output string
 	// timeout bounds the first request to Kafka.
 	timeout time.Duration
 	// idle is how long to wait for a record before giving up on the rest;
 	// 0 means defaultIdle.
 	idle time.Duration
+	now  func() time.Time
 }
 
-// listResult counts what dlq list printed.
+// listResult is what dlq list found.
 type listResult struct {
-	records int
-	// invalid counts records without the dead-letter headers.
-	invalid int
-	// limited is set when the listing stopped at the limit.
-	limited bool
-	// idled is set when the listing stopped before the end offsets.
-	idled bool
+	// shown are the records printed; matched counts those that match the
+	// filters (shown is cut to --limit).
+	shown   []*dlqEntry
+	matched int
+	view    *dlqView
 }
 
-// listDLQ prints the records of saga.<type>.inbox-dlt from the beginning up
-// to the end offsets taken when it starts, one line each. The STATE column
-// says whether a redrive run has handled the record already. It returns an
-// error wrapping errNoTopic when the topic does not exist.
-func listDLQ(ctx context.Context, brokers []string, w io.Writer, opt listOptions) (listResult, error) {
+// listDLQ prints one row per original record of saga.<type>.inbox-dlt, from
+// the beginning up to the end offsets taken when it starts: the newest of
+// its dead letters, with how often it was dead-lettered and redriven. It
+// returns an error wrapping errNoTopic when the topic does not exist.
+func listDLQ(ctx context.Context, brokers []string, st streams, opt listOptions) (listResult, error) {
 	var res listResult
+	timeout := orDefault(opt.timeout, defaultTimeout)
 	topic := message.DLT(opt.sagaType)
-	cl, err := newAdminClient(brokers, opt.kafka, opt.timeout)
+	cl, err := newAdminClient(brokers, opt.kafka, timeout)
 	if err != nil {
 		return res, err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	spans, err := dltSpans(ctx, adm, brokers, topic, "", opt.timeout)
+	spans, err := topicSpans(ctx, adm, brokers, topic, timeout)
 	if err != nil {
 		return res, err
 	}
-	group := redriveGroup(opt.sagaType)
-	redriven, gerr := adm.FetchOffsetsForTopics(ctx, group, topic)
-	if errors.Is(gerr, kerr.GroupIDNotFound) {
-		gerr = nil // no redrive has run yet
-	}
-	state := func(r *kgo.Record) string {
-		if gerr != nil {
-			return "?"
-		}
-		if o, ok := redriven.Lookup(topic, r.Partition); ok && r.Offset < o.At {
-			return "handled"
-		}
-		return "pending"
-	}
-
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	header := false
-	res.idled, err = scan(ctx, brokers, opt.kafka, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
-		if !header {
-			fmt.Fprintln(tw, "DLT\tORIGINAL\tSAGA ID\tMESSAGE\tREASON\tATTEMPTS\tLAST FAILURE\tSTATE\tERROR")
-			header = true
-		}
-		info, err := dlq.Parse(r)
-		if err != nil {
-			res.invalid++
-			fmt.Fprintf(tw, "%d/%d\t-\t%s\t-\t-\t-\t-\t%s\t%s\n", r.Partition, r.Offset, printable(string(r.Key)), state(r), shorten(err.Error(), maxErrorWidth))
-		} else {
-			fmt.Fprintf(tw, "%d/%d\t%s/%d/%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
-				r.Partition, r.Offset, info.Topic, info.Partition, info.Offset,
-				printable(string(r.Key)), printable(headerValue(info.Original, message.HeaderMessageType)),
-				printable(info.Reason), info.Attempts, formatTime(info.Last), state(r),
-				shorten(info.ErrorMessage, maxErrorWidth))
-		}
-		res.records++
-		if res.records%1000 == 0 {
-			tw.Flush() // bound the memory of a long listing; columns may shift
-		}
-		if opt.limit > 0 && res.records >= opt.limit {
-			res.limited = true
-			return false
-		}
-		return true
-	})
-	tw.Flush()
+	v, err := loadDLQ(ctx, brokers, opt.kafka, adm, opt.sagaType, spans, timeout, orDefault(opt.idle, defaultIdle))
 	if err != nil {
 		return res, err
 	}
-	switch {
-	case res.records == 0 && !res.idled:
-		fmt.Fprintf(w, "no dead-letter records in %s\n", topic)
-		return res, nil
-	case res.limited:
-		fmt.Fprintf(w, "%d records of %s (stopped at --limit %d)\n", res.records, topic, opt.limit)
-	case res.idled:
-		fmt.Fprintf(w, "%d records of %s; stopped: no record for %s before the end offsets taken at start (the rest may be aborted records)\n",
-			res.records, topic, orDefault(opt.idle, defaultIdle))
-	default:
-		fmt.Fprintf(w, "%d records of %s\n", res.records, topic)
-	}
-	if gerr != nil {
-		fmt.Fprintf(w, "STATE unknown: cannot read the offsets of group %s: %v\n", group, gerr)
-	}
-	if res.invalid > 0 {
-		fmt.Fprintf(w, "%d of them are not dead-letter records (no kafka_dlt-original-* headers); redrive skips them\n", res.invalid)
-	}
-	return res, nil
-}
-
-// redriveOptions are the options of dlq redrive.
-type redriveOptions struct {
-	sagaType string
-	// kafka are the clients' TLS and SASL options (conn.Kafka.Opts).
-	kafka []kgo.Opt
-	// reason, when set, restricts the redrive to records dead-lettered for
-	// it; the others are moved to the end of their DLT partition.
-	reason string
-	// dryRun prints what would be done and changes nothing.
-	dryRun bool
-	// timeout bounds the first request to Kafka.
-	timeout time.Duration
-	// idle is how long to wait for a record before giving up on the rest
-	// of a partition; 0 means defaultIdle.
-	idle time.Duration
-	// batch bounds the records of one transaction; 0 means defaultBatch.
-	batch int
-}
-
-// redriveResult counts what a redrive did (or, for a dry run, would do).
-type redriveResult struct {
-	redriven int
-	// skipped counts records of another reason than --reason, moved to
-	// the end of their DLT partition.
-	skipped int
-	// invalid counts records without the dead-letter headers: they are
-	// skipped for good.
-	invalid int
-	// idled is set when a partition was left before its end offset.
-	idled bool
-}
-
-// redriveDLQ re-produces the originals of the records of saga.<type>.inbox-dlt
-// after the position of the group ksaga-sagactl-redrive-<type>, up to the end
-// offsets taken when it starts. See the package doc.
-//
-// Each batch is one transaction of a GroupTransactSession: the redriven
-// records, the copies of skipped records and the group's DLT offsets commit
-// together or not at all, so every DLT record is redriven at most once even
-// if a run dies. A batch aborted by a rebalance is retried; any other error
-// stops the run and is returned (what was committed stays committed: run
-// again to continue). It returns an error wrapping errNoTopic when the topic
-// does not exist.
-func redriveDLQ(ctx context.Context, brokers []string, w io.Writer, opt redriveOptions) (redriveResult, error) {
-	var res redriveResult
-	topic := message.DLT(opt.sagaType)
-	group := redriveGroup(opt.sagaType)
-	idle := orDefault(opt.idle, defaultIdle)
-
-	cl, err := newAdminClient(brokers, opt.kafka, opt.timeout)
-	if err != nil {
-		return res, err
-	}
-	spans, err := dltSpans(ctx, kadm.NewClient(cl), brokers, topic, group, opt.timeout)
-	cl.Close()
-	if err != nil {
-		return res, err
-	}
-	var pending, all []int32
-	for p, s := range spans {
-		all = append(all, p)
-		if s.from < s.to {
-			pending = append(pending, p)
+	res.view = v
+	counts := map[string]int{}
+	redrives := 0
+	res.shown = []*dlqEntry{}
+	for _, e := range v.heads {
+		if !opt.filters.match(e) || (opt.state != "" && e.State != opt.state) {
+			continue
+		}
+		res.matched++
+		counts[e.State]++
+		redrives += e.RedriveCount
+		if opt.limit == 0 || len(res.shown) < opt.limit {
+			res.shown = append(res.shown, e)
 		}
 	}
-	slices.Sort(pending)
-	if len(pending) == 0 {
-		fmt.Fprintf(w, "nothing to redrive: group %s is at the end of %s\n", group, topic)
-		return res, nil
-	}
-	if opt.dryRun {
-		return dryRun(ctx, brokers, w, topic, spans, opt)
-	}
 
-	sess, err := newRedriveSession(brokers, opt.kafka, opt.sagaType, opt.timeout)
-	if err != nil {
-		return res, err
-	}
-	defer sess.Close()
-	sc := sess.Client()
-
-	batch := opt.batch
-	if batch <= 0 {
-		batch = defaultBatch
-	}
-	// The partitions are redriven one at a time, with the others paused,
-	// so that a poll of at most end-position records cannot reach past
-	// the end offset: every record polled in a group transact session is
-	// committed with the transaction, redriven or not.
-	sc.PauseFetchPartitions(map[string][]int32{topic: all})
-	for _, p := range pending {
-		sc.ResumeFetchPartitions(map[string][]int32{topic: {p}})
-		idled, err := redrivePartition(ctx, sess, w, topic, p, spans[p], batch, idle, opt.reason, &res)
-		if err != nil {
+	if opt.output != outTable {
+		if err := writeData(st.out, opt.output, res.shown); err != nil {
 			return res, err
 		}
-		res.idled = res.idled || idled
-		sc.PauseFetchPartitions(map[string][]int32{topic: {p}})
+	} else if len(res.shown) > 0 {
+		now := time.Now()
+		if opt.now != nil {
+			now = opt.now()
+		}
+		inbox := message.Inbox(opt.sagaType)
+		t := newTable(st.out, "DLT", "ORIGINAL", "SAGA-ID", "MESSAGE", "REASON", "ATTEMPTS", "DEAD-LETTERED", "REDRIVES", "STATE", "AGE", "ERROR")
+		for _, e := range res.shown {
+			orig, errText := "-", e.Error
+			if e.Original != nil {
+				orig = fmt.Sprintf("%d/%d", e.Original.Partition, e.Original.Offset)
+				if e.Original.Topic != inbox {
+					orig = e.Original.Topic + "/" + orig
+				}
+			}
+			if e.Invalid != "" {
+				errText = e.Invalid
+			}
+			t.row(e.DLT, orig, e.SagaID, e.MessageType, e.Reason, strconv.Itoa(e.Attempts), strconv.Itoa(e.DeadLetters),
+				strconv.Itoa(e.RedriveCount), e.State, age(now, e.Timestamp), shorten(errText, maxErrorWidth))
+		}
+		if err := t.flush(); err != nil {
+			return res, err
+		}
 	}
 
-	fmt.Fprintf(w, "redriven %d, skipped %d, invalid %d\n", res.redriven, res.skipped, res.invalid)
-	if res.idled {
-		fmt.Fprintf(w, "stopped before the end offsets taken at start in some partitions (no record for %s); run again to continue\n", idle)
+	// The summary and notes go to stderr: stdout holds the data alone.
+	w := st.errw
+	if len(v.heads) == 0 && !v.idled {
+		fmt.Fprintf(w, "no dead-letter records in %s\n", topic)
 	} else {
-		fmt.Fprintf(w, "group %s is at the end offsets of %s taken at start\n", group, topic)
+		of := ""
+		if res.matched != len(v.heads) {
+			of = fmt.Sprintf(" of %d", len(v.heads))
+		}
+		noun := "records"
+		if res.matched == 1 && of == "" {
+			noun = "record"
+		}
+		fmt.Fprintf(w, "%d%s %s of %s%s: %d pending, %d redriven, %d invalid; %s; the topic holds %s",
+			res.matched, of, noun, topic, limitNote(len(res.shown), res.matched), counts[statePending], counts[stateRedriven], counts[stateInvalid],
+			plural(redrives, "redrive"), plural(len(v.all), "dead letter"))
+		if v.audit.missing {
+			fmt.Fprintf(w, " (no topic %s yet: no audited redrive)\n", v.audit.topic)
+		} else {
+			fmt.Fprintf(w, " (redrive history: %s)\n", v.audit.topic)
+		}
+	}
+	if v.idled {
+		fmt.Fprintf(w, "stopped before the end offsets of %s taken at start: no record for %s (the rest may be aborted records)\n",
+			topic, orDefault(opt.idle, defaultIdle))
+	}
+	if v.legacyErr != nil {
+		fmt.Fprintf(w, "cannot read the offsets of group %s (redrives of sagactl before the audit topic): %v\n", redriveGroup(opt.sagaType), v.legacyErr)
+	}
+	if counts[stateInvalid] > 0 {
+		fmt.Fprintf(w, "%d of them are not dead-letter records (no kafka_dlt-original-* headers); redrive skips them\n", counts[stateInvalid])
 	}
 	return res, nil
 }
 
-// newRedriveSession returns the transact session of a redrive run: the
-// group and transactional id redriveGroup(sagaType), consuming the DLT
-// read_committed with its transaction markers.
-func newRedriveSession(brokers []string, sec []kgo.Opt, sagaType string, timeout time.Duration) (*kgo.GroupTransactSession, error) {
-	group := redriveGroup(sagaType)
-	return kgo.NewGroupTransactSession(append(clientOpts(brokers, sec, timeout),
-		kgo.TransactionalID(group),
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(message.DLT(sagaType)),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// Markers count as records, so the records polled from a partition
-		// have consecutive offsets unless an aborted transaction left a gap.
-		kgo.KeepControlRecords(),
-		// A redriven record goes back to the partition it was consumed
-		// from: the one its saga id maps to.
-		kgo.RecordPartitioner(kgo.ManualPartitioner()),
-	)...)
+// showOptions are the options of dlq show.
+type showOptions struct {
+	sagaType string
+	kafka    []kgo.Opt
+	at       pos
+	output   string
+	timeout  time.Duration
+	idle     time.Duration
 }
 
-// redrivePartition redrives partition p of topic from the session's position
-// up to s.to, adding to res what it committed.
-func redrivePartition(ctx context.Context, sess *kgo.GroupTransactSession, w io.Writer, topic string, p int32, s span, batch int, idle time.Duration, reason string, res *redriveResult) (idled bool, err error) {
-	pos, limit := s.from, batch
-	for pos < s.to {
-		n := int(min(int64(limit), s.to-pos))
-		pollCtx, cancel := context.WithTimeout(ctx, idle)
-		fetches := sess.PollRecords(pollCtx, n)
-		cancel()
-		if err := ctx.Err(); err != nil {
-			return false, err
-		}
-		if err := pollError(fetches); err != nil {
-			return false, err
-		}
-		recs := fetches.Records()
-		if len(recs) == 0 {
-			if pollCtx.Err() != nil {
-				return true, nil
-			}
-			continue
-		}
-
-		// Records of an aborted transaction are invisible, so n records can
-		// reach past the end. Give such a poll back (an aborted transaction
-		// rewinds the session to the committed offsets) and poll fewer.
-		inRange, stray := 0, false
-		for _, r := range recs {
-			if r.Topic != topic || r.Partition != p || r.Offset >= s.to {
-				stray = true
-			} else {
-				inRange++
-			}
-		}
-		if stray {
-			// No transaction is open: End only rewinds the session.
-			if _, err := endSession(ctx, sess, kgo.TryAbort); err != nil {
-				return false, err
-			}
-			if inRange == 0 {
-				return false, nil // only invisible records are left before the end
-			}
-			limit = inRange
-			continue
-		}
-
-		var out []*kgo.Record
-		var lines []string
-		var b redriveResult
-		for _, r := range recs {
-			if r.Attrs.IsControl() {
-				continue
-			}
-			info, err := dlq.Parse(r)
-			switch {
-			case err != nil:
-				b.invalid++
-				lines = append(lines, fmt.Sprintf("invalid  %d/%d %s: %v", r.Partition, r.Offset, printable(string(r.Key)), err))
-			case reason != "" && info.Reason != reason:
-				b.skipped++
-				out = append(out, &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Headers: r.Headers})
-				lines = append(lines, fmt.Sprintf("skipped  %d/%d %s: reason %s (moved to the end of the partition)", r.Partition, r.Offset, printable(string(r.Key)), printable(info.Reason)))
-			default:
-				b.redriven++
-				out = append(out, redriveRecord(r, info))
-				lines = append(lines, fmt.Sprintf("redriven %d/%d %s -> %s/%d %s (%s)", r.Partition, r.Offset, printable(string(r.Key)),
-					info.Topic, info.Partition, printable(headerValue(info.Original, message.HeaderMessageType)), printable(info.Reason)))
-			}
-		}
-
-		if err := sess.Begin(); err != nil {
-			return false, fmt.Errorf("begin transaction: %w", err)
-		}
-		var produceErr error
-		if len(out) > 0 {
-			produceErr = sess.ProduceSync(ctx, out...).FirstErr()
-		}
-		if produceErr != nil || ctx.Err() != nil {
-			if _, err := endSession(ctx, sess, kgo.TryAbort); err != nil {
-				return false, errors.Join(produceErr, err)
-			}
-			if produceErr != nil {
-				return false, fmt.Errorf("produce (the batch was aborted): %w", produceErr)
-			}
-			return false, ctx.Err()
-		}
-		committed, err := endSession(ctx, sess, kgo.TryCommit)
-		if err != nil {
-			return false, err
-		}
-		if !committed {
-			// A rebalance aborted the batch and rewound the session to the
-			// committed offsets: poll again.
-			limit = batch
-			continue
-		}
-		for _, l := range lines {
-			fmt.Fprintln(w, l)
-		}
-		res.redriven += b.redriven
-		res.skipped += b.skipped
-		res.invalid += b.invalid
-		pos = recs[len(recs)-1].Offset + 1
-		limit = batch
-	}
-	return false, nil
+// dlqRecord is one dead-letter record in full, as dlq show prints it.
+type dlqRecord struct {
+	*dlqEntry
+	Topic string `json:"topic"`
+	Key   string `json:"key"`
+	// KeyEncoding and ValueEncoding are "base64" when the bytes are not
+	// UTF-8 text, and empty otherwise.
+	KeyEncoding   string       `json:"key_encoding,omitempty"`
+	Value         string       `json:"value"`
+	ValueEncoding string       `json:"value_encoding,omitempty"`
+	Headers       []headerView `json:"headers"`
 }
 
-// endSession ends the session's transaction; with none open, End only
-// rewinds the session to the committed offsets when commit is TryAbort. It uses a context that outlives
-// ctx by a bounded time, so that an interrupted run still aborts cleanly.
-func endSession(ctx context.Context, sess *kgo.GroupTransactSession, commit kgo.TransactionEndTry) (bool, error) {
-	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	committed, err := sess.End(endCtx, commit)
-	if err != nil {
-		return false, fmt.Errorf("end transaction (is another sagactl dlq redrive running for this saga type?): %w", err)
-	}
-	return committed, nil
+// headerView is a record header, decoded.
+type headerView struct {
+	Key string `json:"key"`
+	// Value is the header's text; a number for Spring's binary headers
+	// (kafka_dlt-original-partition, -offset, -timestamp); base64 for
+	// other bytes that are not UTF-8 text.
+	Value any `json:"value"`
+	// Encoding is "int32" or "int64" (big-endian, as Spring writes them)
+	// or "base64"; empty for text.
+	Encoding string `json:"encoding,omitempty"`
+	// Time is the value of a timestamp header (Unix milliseconds) as a time.
+	Time *time.Time `json:"time,omitempty"`
 }
 
-// redriveRecord returns the record that redrives dead-letter record r: the
-// original key, value and headers, to the original topic and partition,
-// with ksaga-redrive-of set to r's partition and offset.
-func redriveRecord(r *kgo.Record, info dlq.Info) *kgo.Record {
-	o := info.Original
-	headers := make([]kgo.RecordHeader, 0, len(o.Headers)+1)
-	for _, h := range o.Headers {
-		if h.Key != headerRedriveOf {
-			headers = append(headers, h)
-		}
-	}
-	headers = append(headers, kgo.RecordHeader{
-		Key:   headerRedriveOf,
-		Value: []byte(strconv.Itoa(int(r.Partition)) + ":" + strconv.FormatInt(r.Offset, 10)),
-	})
-	return &kgo.Record{Topic: info.Topic, Partition: info.Partition, Key: o.Key, Value: o.Value, Headers: headers}
-}
-
-// dryRun prints what redriveDLQ would do with the spans.
-func dryRun(ctx context.Context, brokers []string, w io.Writer, topic string, spans map[int32]span, opt redriveOptions) (redriveResult, error) {
-	var res redriveResult
-	idled, err := scan(ctx, brokers, opt.kafka, opt.timeout, topic, spans, orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
-		info, err := dlq.Parse(r)
+// decodeHeaders decodes r's headers: Spring's binary headers as numbers.
+func decodeHeaders(hs []kgo.RecordHeader) []headerView {
+	out := make([]headerView, 0, len(hs))
+	for _, h := range hs {
+		hv := headerView{Key: h.Key}
 		switch {
-		case err != nil:
-			res.invalid++
-			fmt.Fprintf(w, "would skip (invalid)  %d/%d %s: %v\n", r.Partition, r.Offset, printable(string(r.Key)), err)
-		case opt.reason != "" && info.Reason != opt.reason:
-			res.skipped++
-			fmt.Fprintf(w, "would skip            %d/%d %s: reason %s\n", r.Partition, r.Offset, printable(string(r.Key)), printable(info.Reason))
+		case h.Key == dlq.HeaderOriginalPartition && len(h.Value) == 4:
+			hv.Value, hv.Encoding = int32(binary.BigEndian.Uint32(h.Value)), "int32"
+		case (h.Key == dlq.HeaderOriginalOffset || h.Key == dlq.HeaderOriginalTimestamp) && len(h.Value) == 8:
+			n := int64(binary.BigEndian.Uint64(h.Value))
+			hv.Value, hv.Encoding = n, "int64"
+			if h.Key == dlq.HeaderOriginalTimestamp {
+				t := time.UnixMilli(n).UTC()
+				hv.Time = &t
+			}
 		default:
-			res.redriven++
-			fmt.Fprintf(w, "would redrive         %d/%d %s -> %s/%d %s (%s)\n", r.Partition, r.Offset, printable(string(r.Key)),
-				info.Topic, info.Partition, printable(headerValue(info.Original, message.HeaderMessageType)), printable(info.Reason))
+			hv.Value, hv.Encoding = textOrBase64(h.Value)
 		}
-		return true
-	})
-	if err != nil {
-		return res, err
+		out = append(out, hv)
 	}
-	res.idled = idled
-	fmt.Fprintf(w, "dry run: would redrive %d, skip %d, skip %d invalid; nothing was produced or committed\n", res.redriven, res.skipped, res.invalid)
-	return res, nil
+	return out
+}
+
+// textOrBase64 returns b as text when it is UTF-8, else as base64.
+func textOrBase64(b []byte) (string, string) {
+	if utf8.Valid(b) {
+		return string(b), ""
+	}
+	return base64.StdEncoding.EncodeToString(b), "base64"
+}
+
+// showDLQ prints the dead-letter record at opt.at: every field, its
+// headers decoded, its key and value, and its redrives.
+func showDLQ(ctx context.Context, brokers []string, st streams, opt showOptions) (*dlqRecord, error) {
+	timeout := orDefault(opt.timeout, defaultTimeout)
+	topic := message.DLT(opt.sagaType)
+	cl, err := newAdminClient(brokers, opt.kafka, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	spans, err := topicSpans(ctx, adm, brokers, topic, timeout)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := spans[opt.at.partition]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: %s has no partition %d (it has %d)", errNoRecord, topic, opt.at.partition, len(spans))
+	case opt.at.offset < s.from || opt.at.offset >= s.to:
+		return nil, fmt.Errorf("%w: no offset %d in %s partition %d, which holds offsets %d to %d", errNoRecord, opt.at.offset, topic, opt.at.partition, s.from, s.to-1)
+	}
+	var rec *kgo.Record
+	_, err = scan(ctx, brokers, opt.kafka, timeout, topic, map[int32]span{opt.at.partition: {opt.at.offset, opt.at.offset + 1}},
+		orDefault(opt.idle, defaultIdle), func(r *kgo.Record) bool {
+			if r.Offset == opt.at.offset {
+				rec = r
+			}
+			return false
+		})
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("%w: %s %s is a transaction marker or a record of an aborted transaction", errNoRecord, topic, opt.at)
+	}
+	l, err := readAudit(ctx, brokers, opt.kafka, adm, opt.sagaType, timeout, orDefault(opt.idle, defaultIdle))
+	if err != nil {
+		return nil, err
+	}
+	e := newEntry(rec)
+	e.Redrives = l.events(e.pos)
+	if len(e.Redrives) == 0 {
+		if legacy, err := legacyOffsets(ctx, adm, opt.sagaType); err == nil && e.Offset < legacy[e.Partition] {
+			e.Redrives = []redriveEvent{{DLT: e.DLT, Group: redriveGroup(opt.sagaType)}}
+		}
+	}
+	e.RedriveCount = len(e.Redrives)
+	if e.Invalid == "" {
+		e.State = statePending
+		if e.RedriveCount > 0 {
+			e.State = stateRedriven
+		}
+	}
+	out := &dlqRecord{dlqEntry: e, Topic: topic, Headers: decodeHeaders(rec.Headers)}
+	out.Key, out.KeyEncoding = textOrBase64(rec.Key)
+	out.Value, out.ValueEncoding = textOrBase64(rec.Value)
+	if opt.output != outTable {
+		return out, writeData(st.out, opt.output, out)
+	}
+	return out, printRecord(st.out, out)
+}
+
+// errNoRecord means dlq show found no record at the position given.
+var errNoRecord = errors.New("no such record")
+
+// printRecord prints r as dlq show -o table does: one field a line, as
+// kubectl describe does, then the headers, the key and the value.
+func printRecord(w io.Writer, r *dlqRecord) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	field := func(name, value string) {
+		if value == "" {
+			value = "-"
+		}
+		fmt.Fprintf(tw, "%s:\t%s\n", name, value)
+	}
+	field("DLT", fmt.Sprintf("%s %s", r.Topic, r.DLT))
+	field("Dead-lettered", formatTime(r.Timestamp))
+	field("State", r.State)
+	if r.Invalid != "" {
+		field("Invalid", r.Invalid)
+	}
+	field("Saga ID", quoteIfNeeded(r.Key))
+	field("Message type", r.MessageType)
+	if r.Original != nil {
+		field("Original", fmt.Sprintf("%s partition %d offset %d, at %s", r.Original.Topic, r.Original.Partition, r.Original.Offset, formatTime(r.Original.Timestamp)))
+	}
+	field("Group", r.Group)
+	field("Reason", r.Reason)
+	field("Attempts", strconv.Itoa(r.Attempts))
+	field("First failure", formatTime(r.FirstFailure))
+	field("Last failure", formatTime(r.LastFailure))
+	field("Error type", r.ErrorType)
+	field("Error", quoteIfNeeded(r.Error))
+	field("Redrive of", r.RedriveOf)
+	field("Redrives", strconv.Itoa(r.RedriveCount))
+	tw.Flush()
+	for _, ev := range r.Redrives {
+		if ev.Group != "" {
+			fmt.Fprintf(w, "  %s redriven by a sagactl before the audit topic (group %s)\n", ev.DLT, ev.Group)
+			continue
+		}
+		fmt.Fprintf(w, "  %s redriven %s by %s, run %s: %s\n", ev.DLT, formatTime(ev.At), quoteIfNeeded(ev.By), ev.Run, quoteIfNeeded(ev.Note))
+	}
+	fmt.Fprintln(w, "Headers:")
+	tw = tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	for _, h := range r.Headers {
+		v := fmt.Sprint(h.Value)
+		switch {
+		case h.Time != nil:
+			v += fmt.Sprintf(" (%s, %s)", h.Encoding, formatTime(*h.Time))
+		case h.Encoding == "base64":
+			v += " (base64)"
+		case h.Encoding != "":
+			v += " (" + h.Encoding + ")"
+		default:
+			v = quoteIfNeeded(v)
+		}
+		fmt.Fprintf(tw, "  %s:\t%s\n", quoteIfNeeded(h.Key), v)
+	}
+	tw.Flush()
+	key, value := quoteIfNeeded(r.Key), quoteIfNeeded(r.Value)
+	if r.KeyEncoding != "" {
+		key += " (" + r.KeyEncoding + ")"
+	}
+	if r.ValueEncoding != "" {
+		value += " (" + r.ValueEncoding + ")"
+	}
+	_, err := fmt.Fprintf(w, "Key: %s\nValue: %s\n", key, value)
+	return err
+}
+
+// quoteIfNeeded returns s as it is when it is printable on one line, and
+// Go-quoted otherwise, so that no control character reaches the terminal.
+func quoteIfNeeded(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) && r != ' ' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func headerValue(r *kgo.Record, key string) string {

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,16 +15,31 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/conn"
+	"github.com/ksaga/ksaga/message"
 )
 
 // Commands, as the user types them.
 const (
-	cmdDLQList    = "dlq list"
-	cmdDLQRedrive = "dlq redrive"
-	cmdSagaGet    = "saga get"
+	cmdDLQList        = "dlq list"
+	cmdDLQShow        = "dlq show"
+	cmdDLQRedrive     = "dlq redrive"
+	cmdSagaGet        = "saga get"
+	cmdSagaList       = "saga list"
+	cmdSagaCompensate = "saga compensate"
+	cmdAuditList      = "audit list"
 )
 
-var commands = []string{cmdDLQList, cmdDLQRedrive, cmdSagaGet}
+var commands = []string{cmdDLQList, cmdDLQShow, cmdDLQRedrive, cmdSagaGet, cmdSagaList, cmdSagaCompensate, cmdAuditList}
+
+// isGroup reports whether name is the first word of commands.
+func isGroup(name string) bool {
+	for _, c := range commands {
+		if g, _, _ := strings.Cut(c, " "); g == name {
+			return true
+		}
+	}
+	return false
+}
 
 // invocation is a parsed and validated command line.
 type invocation struct {
@@ -39,9 +56,19 @@ type invocation struct {
 	// warnings are what is allowed but probably wrong in the connection
 	// flags (SASL without TLS), for stderr.
 	warnings []string
-	list     listOptions
-	redrive  redriveOptions
-	get      getOptions
+	// timeout is --timeout.
+	timeout time.Duration
+	// confirms is set for a command that asks for confirmation unless
+	// --yes is given; yes is --yes.
+	confirms, yes bool
+
+	list       listOptions
+	show       showOptions
+	redrive    redriveOptions
+	get        getOptions
+	sagaList   sagaListOptions
+	compensate compensateOptions
+	auditList  auditListOptions
 }
 
 // globals are the flags every command accepts, before or after its name.
@@ -110,8 +137,7 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		return inv, flag.ErrHelp
 	}
 	if len(rest) < 2 || rest[1] == "-h" || rest[1] == "-help" || rest[1] == "--help" {
-		switch rest[0] {
-		case "dlq", "saga":
+		if isGroup(rest[0]) {
 			if len(rest) < 2 {
 				return inv, fmt.Errorf("%s: missing subcommand: want one of %s (sagactl -help shows usage)", rest[0], subcommands(rest[0]))
 			}
@@ -134,12 +160,12 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	addGlobals(fs, &g)
 	var c cmdFlags
 	if !defineCommandFlags(fs, name, &c) {
-		if rest[0] == "dlq" || rest[0] == "saga" {
+		if isGroup(rest[0]) {
 			return inv, fmt.Errorf("%s: unknown subcommand %q: want one of %s (sagactl -help shows usage)", rest[0], rest[1], subcommands(rest[0]))
 		}
 		return inv, fmt.Errorf("unknown command %q: want one of %s (sagactl -help shows usage)", rest[0], strings.Join(commands, ", "))
 	}
-	pos, err := parseInterspersed(fs, rest[2:])
+	posArgs, err := parseInterspersed(fs, rest[2:])
 	if err != nil {
 		return inv, flagError(err, "sagactl "+name+" -help")
 	}
@@ -161,56 +187,135 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		}
 		return "--" + flagName
 	}
+	usageErr := func(format string, a ...any) error {
+		return fmt.Errorf("%s: %s", name, fmt.Sprintf(format, a...))
+	}
 
 	// Validate, in the order a user would fix things.
 	sagaType := c.sagaType
 	if sagaType == "" {
-		return inv, fmt.Errorf("%s: --saga is required: the saga type, e.g. --saga order", name)
+		return inv, usageErr("--saga is required: the saga type, e.g. --saga order")
 	}
 	if !sagaTypeRE.MatchString(sagaType) {
-		return inv, fmt.Errorf("%s: --saga %q: a saga type is letters, digits, '_' and '-' only", name, sagaType)
+		return inv, usageErr("--saga %q: a saga type is letters, digits, '_' and '-' only", sagaType)
 	}
 	if g.timeout <= 0 {
-		return inv, fmt.Errorf("%s: --timeout must be positive, got %s", name, g.timeout)
+		return inv, usageErr("--timeout must be positive, got %s", g.timeout)
+	}
+	inv.timeout = g.timeout
+	switch c.output {
+	case outTable, outJSON, outYAML:
+	default:
+		return inv, usageErr("-o %q: want table, json or yaml", c.output)
+	}
+	if c.limit < 0 {
+		return inv, usageErr("--limit must be 0 (all) or more, got %d", c.limit)
 	}
 	inv.brokers = splitList(g.kafkaBrokers)
 	inv.redisAddrs = splitList(g.redisAddr)
+
+	// Positional arguments.
+	var id string
+	var at pos
 	switch name {
-	case cmdDLQList, cmdDLQRedrive:
-		if len(pos) > 0 {
-			return inv, fmt.Errorf("%s: unexpected argument %q: the command takes flags only (sagactl %s -help lists them)", name, pos[0], name)
+	case cmdDLQShow:
+		if len(posArgs) != 1 {
+			return inv, usageErr("want one PARTITION:OFFSET of saga.%s.inbox-dlt (as dlq list shows them), got %d arguments", sagaType, len(posArgs))
 		}
-		if len(inv.brokers) == 0 {
-			if set["kafka-brokers"] || getenv("KSAGA_KAFKA_BROKERS") != "" {
-				return inv, fmt.Errorf("%s: %s is empty: want the Kafka seed brokers, host:port[,host:port…]", name, how("kafka-brokers"))
-			}
-			return inv, fmt.Errorf("%s: Kafka brokers are not set: pass --kafka-brokers host:port[,host:port…] or set KSAGA_KAFKA_BROKERS", name)
+		if at, err = parsePos(posArgs[0]); err != nil {
+			return inv, usageErr("%v", err)
 		}
-	case cmdSagaGet:
+	case cmdSagaGet, cmdSagaCompensate:
 		switch {
-		case len(pos) == 0:
-			return inv, fmt.Errorf("%s: missing saga id: sagactl saga get --saga %s ID", name, sagaType)
-		case len(pos) > 1:
-			return inv, fmt.Errorf("%s: got %d arguments (%s), want one saga id", name, len(pos), strings.Join(pos, " "))
-		case pos[0] == "":
-			return inv, fmt.Errorf("%s: the saga id is empty", name)
+		case len(posArgs) == 0:
+			return inv, usageErr("missing saga id: sagactl %s --saga %s ID", name, sagaType)
+		case len(posArgs) > 1:
+			return inv, usageErr("got %d arguments (%s), want one saga id", len(posArgs), strings.Join(posArgs, " "))
+		case posArgs[0] == "":
+			return inv, usageErr("the saga id is empty")
 		}
-		if len(inv.redisAddrs) == 0 {
-			if set["redis-addr"] || getenv("KSAGA_REDIS_ADDR") != "" {
-				return inv, fmt.Errorf("%s: %s is empty: want the Redis address, host:port[,host:port…]", name, how("redis-addr"))
-			}
-			return inv, fmt.Errorf("%s: Redis is not set: pass --redis-addr host:port or set KSAGA_REDIS_ADDR", name)
-		}
-		if c.parts < 0 || (c.parts == 0 && len(inv.brokers) == 0) {
-			return inv, fmt.Errorf("%s: the inbox's partition count is not known: pass --kafka-brokers host:port (it is read from Kafka) or --partitions N (the partition count of saga.%s.inbox)", name, sagaType)
+		id = posArgs[0]
+	default:
+		if len(posArgs) > 0 {
+			return inv, usageErr("unexpected argument %q: the command takes flags only (sagactl %s -help lists them)", posArgs[0], name)
 		}
 	}
-	if c.limit < 0 {
-		return inv, fmt.Errorf("%s: --limit must be 0 (all) or more, got %d", name, c.limit)
+
+	// Filters and limits.
+	now := time.Now()
+	var f filters
+	f.reason, f.sagaID = c.reason, c.sagaID
+	if c.since != "" {
+		if f.since, err = parseWhen(c.since, now); err != nil {
+			return inv, usageErr("--since %v", err)
+		}
+	}
+	if c.until != "" {
+		if f.until, err = parseWhen(c.until, now); err != nil {
+			return inv, usageErr("--until %v", err)
+		}
+	}
+	if !f.since.IsZero() && !f.until.IsZero() && !f.since.Before(f.until) {
+		return inv, usageErr("--since %s is not before --until %s", formatTime(f.since), formatTime(f.until))
+	}
+	var rate float64
+	if c.rate != "" {
+		if rate, err = parseRate(c.rate); err != nil {
+			return inv, usageErr("--rate %v", err)
+		}
+	}
+	switch c.state {
+	case "", statePending, stateRedriven, stateInvalid:
+	default:
+		return inv, usageErr("--state %q: want pending, redriven or invalid", c.state)
+	}
+	switch c.status {
+	case "", message.StatusRunning, message.StatusCompensating, message.StatusCompleted, message.StatusCompensated, message.StatusFailed:
+	default:
+		return inv, usageErr("--status %q: want running, compensating, completed, compensated or failed", c.status)
+	}
+	if c.olderThan < 0 {
+		return inv, usageErr("--older-than must not be negative, got %s", c.olderThan)
+	}
+	if c.stuck && !set["older-than"] {
+		c.olderThan = defaultStuckAge
+	}
+	action := c.action
+	switch action {
+	case "", message.AuditRedrive, message.AuditCompensate:
+	case "redrive":
+		action = message.AuditRedrive
+	case "compensate":
+		action = message.AuditCompensate
+	default:
+		return inv, usageErr("--action %q: want %s or %s", c.action, message.AuditRedrive, message.AuditCompensate)
+	}
+
+	// The services each command needs.
+	usesKafka, usesRedis := true, false
+	switch name {
+	case cmdSagaGet:
+		usesKafka, usesRedis = c.parts == 0, true
+	case cmdSagaList:
+		usesKafka, usesRedis = false, true
+	}
+	if usesRedis && len(inv.redisAddrs) == 0 {
+		if set["redis-addr"] || getenv("KSAGA_REDIS_ADDR") != "" {
+			return inv, usageErr("%s is empty: want the Redis address, host:port[,host:port…]", how("redis-addr"))
+		}
+		return inv, usageErr("Redis is not set: pass --redis-addr host:port or set KSAGA_REDIS_ADDR")
+	}
+	if name == cmdSagaGet && (c.parts < 0 || (c.parts == 0 && len(inv.brokers) == 0)) {
+		return inv, usageErr("the inbox's partition count is not known: pass --kafka-brokers host:port (it is read from Kafka) or --partitions N (the partition count of saga.%s.inbox)", sagaType)
+	}
+	if usesKafka && name != cmdSagaGet && len(inv.brokers) == 0 {
+		if set["kafka-brokers"] || getenv("KSAGA_KAFKA_BROKERS") != "" {
+			return inv, usageErr("%s is empty: want the Kafka seed brokers, host:port[,host:port…]", how("kafka-brokers"))
+		}
+		return inv, usageErr("Kafka brokers are not set: pass --kafka-brokers host:port[,host:port…] or set KSAGA_KAFKA_BROKERS")
 	}
 	// The connection flags of the services the command talks to: read
 	// their files now, so that a wrong path is a usage error.
-	usesKafka := name != cmdSagaGet || c.parts == 0
 	if usesKafka {
 		if inv.kafka, err = g.kafka.Opts(); err != nil {
 			return inv, fmt.Errorf("%s: %w", name, err)
@@ -218,46 +323,179 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		inv.kafkaConn = g.kafka
 		inv.warnings = append(inv.warnings, g.kafka.Warnings()...)
 	}
-	if name == cmdSagaGet {
+	if usesRedis {
 		if err := g.redis.Apply(&redis.UniversalOptions{}); err != nil {
 			return inv, fmt.Errorf("%s: %w", name, err)
 		}
 		inv.redis = g.redis
 		inv.warnings = append(inv.warnings, g.redis.Warnings()...)
 	}
-	inv.list = listOptions{sagaType: sagaType, kafka: inv.kafka, limit: c.limit, timeout: g.timeout}
-	inv.redrive = redriveOptions{sagaType: sagaType, kafka: inv.kafka, reason: c.reason, dryRun: c.dryRun, timeout: g.timeout}
-	inv.get = getOptions{sagaType: sagaType, id: firstOr(pos, ""), redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts)}
+
+	// Who and why, for the audit record of what changes something.
+	changes := name == cmdSagaCompensate || (name == cmdDLQRedrive && !c.dryRun)
+	by := c.as
+	if changes {
+		if name == cmdSagaCompensate && !sagaNameRE.MatchString(sagaType) {
+			return inv, usageErr("--saga %q is not a saga type's name: lower-case letters, digits and '-'", sagaType)
+		}
+		if strings.TrimSpace(c.note) == "" {
+			return inv, usageErr("--note is required: say why, for the audit record on saga.%s.audit (e.g. --note \"orders db back, INC-123\")", sagaType)
+		}
+		if by == "" {
+			by = cmp(getenv("USER"), getenv("LOGNAME"))
+		}
+		if strings.TrimSpace(by) == "" {
+			return inv, usageErr("cannot tell who you are for the audit record: $USER is not set; pass --as NAME")
+		}
+		inv.confirms, inv.yes = true, c.yes
+	}
+
+	out := c.output
+	inv.list = listOptions{sagaType: sagaType, kafka: inv.kafka, filters: f, state: c.state, limit: c.limit, output: out, timeout: g.timeout}
+	inv.show = showOptions{sagaType: sagaType, kafka: inv.kafka, at: at, output: out, timeout: g.timeout}
+	inv.redrive = redriveOptions{sagaType: sagaType, kafka: inv.kafka, filters: f, limit: c.limit, rate: rate, dryRun: c.dryRun,
+		yes: c.yes, by: by, note: c.note, output: out, timeout: g.timeout}
+	inv.get = getOptions{sagaType: sagaType, id: id, redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts), output: out}
+	inv.sagaList = sagaListOptions{sagaType: sagaType, redisAddrs: inv.redisAddrs, stuck: c.stuck, olderThan: c.olderThan,
+		status: c.status, limit: c.limit, output: out, timeout: g.timeout}
+	inv.compensate = compensateOptions{sagaType: sagaType, id: id, kafka: inv.kafka, yes: c.yes, by: by, note: c.note, output: out, timeout: g.timeout}
+	inv.auditList = auditListOptions{sagaType: sagaType, kafka: inv.kafka, action: action, since: f.since, until: f.until,
+		limit: c.limit, output: out, timeout: g.timeout}
 	return inv, nil
+}
+
+// defaultStuckAge is --older-than of saga list --stuck when not given.
+const defaultStuckAge = 10 * time.Minute
+
+// cmp returns the first of ss that is not empty.
+func cmp(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+// parseWhen parses a point in time: a duration ago (90s, 15m, 2h, 3d) or
+// a time (RFC 3339, "2006-01-02T15:04:05" in UTC, or a day "2006-01-02").
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if days, err := strconv.ParseFloat(n, 64); err == nil && days >= 0 {
+			return now.Add(-time.Duration(days * 24 * float64(time.Hour))), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q: a duration ago must not be negative", s)
+		}
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q: want a duration ago (90m, 2h, 3d) or a time (2025-03-01T10:00:00Z, 2025-03-01)", s)
+}
+
+// parseRate parses --rate: records per second ("50", "50/s"), per minute
+// ("600/m") or per hour ("100/h").
+func parseRate(s string) (float64, error) {
+	num, unit, _ := strings.Cut(s, "/")
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || n <= 0 || math.IsInf(n, 0) || math.IsNaN(n) {
+		return 0, fmt.Errorf("%q: want a positive number of records per second, e.g. 50 or 50/s (or 600/m, 100/h)", s)
+	}
+	switch strings.TrimSpace(unit) {
+	case "", "s", "sec", "second":
+		return n, nil
+	case "m", "min", "minute":
+		return n / 60, nil
+	case "h", "hour":
+		return n / 3600, nil
+	}
+	return 0, fmt.Errorf("%q: unknown unit %q: want /s, /m or /h", s, unit)
 }
 
 // cmdFlags are the flags of one command.
 type cmdFlags struct {
-	sagaType string
-	reason   string
-	limit    int
-	dryRun   bool
-	parts    int
+	sagaType  string
+	output    string
+	reason    string
+	sagaID    string
+	since     string
+	until     string
+	state     string
+	limit     int
+	rate      string
+	dryRun    bool
+	yes       bool
+	as        string
+	note      string
+	parts     int
+	stuck     bool
+	olderThan time.Duration
+	status    string
+	action    string
 }
 
 // defineCommandFlags defines the flags of command name on fs. It reports
 // false for an unknown command.
 func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
-	switch name {
-	case cmdDLQList:
-		fs.StringVar(&c.sagaType, "saga", "", "saga `type` whose dead-letter topic to list, e.g. order (required)")
-		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records; 0 prints all")
-	case cmdDLQRedrive:
-		fs.StringVar(&c.sagaType, "saga", "", "saga `type` whose dead-letter topic to redrive, e.g. order (required)")
-		fs.StringVar(&c.reason, "reason", "", "redrive only records dead-lettered for this `reason`; the others are moved to the end of the DLT for a later run")
-		fs.BoolVar(&c.dryRun, "dry-run", false, "print what would be redriven; produce and commit nothing")
-	case cmdSagaGet:
-		fs.StringVar(&c.sagaType, "saga", "", "saga `type`, e.g. order (required)")
-		fs.IntVar(&c.parts, "partitions", 0, "partition `count` of saga.TYPE.inbox, which places the saga's Redis key; read from Kafka when --kafka-brokers is set")
-	default:
+	if !isCommand(name) {
 		return false
 	}
+	fs.StringVar(&c.sagaType, "saga", "", "saga `type`, e.g. order (required)")
+	fs.StringVar(&c.output, "output", outTable, "output `format`: table, json or yaml; json and yaml print the data alone on stdout")
+	fs.StringVar(&c.output, "o", outTable, "short for --output")
+	dlqFilters := func(what string) {
+		fs.StringVar(&c.reason, "reason", "", what+" only records dead-lettered for this `reason`, e.g. retries-exhausted")
+		fs.StringVar(&c.sagaID, "saga-id", "", what+" only the records of this saga `id` (the record key)")
+		fs.StringVar(&c.since, "since", "", what+" only records dead-lettered at or after `when`: a duration ago (90m, 2h, 3d) or a time (RFC 3339, or 2006-01-02)")
+		fs.StringVar(&c.until, "until", "", what+" only records dead-lettered before `when`, as for --since")
+	}
+	who := func() {
+		fs.StringVar(&c.note, "note", "", "why, in `text`, for the audit record (required)")
+		fs.StringVar(&c.as, "as", "", "who (a `name`), for the audit record (default $USER)")
+		fs.BoolVar(&c.yes, "yes", false, "do not ask for confirmation (required when stdin is not a terminal)")
+	}
+	switch name {
+	case cmdDLQList:
+		dlqFilters("list")
+		fs.StringVar(&c.state, "state", "", "list only records in this `state`: pending, redriven or invalid")
+		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records, oldest first; 0 prints all")
+	case cmdDLQRedrive:
+		dlqFilters("redrive")
+		fs.IntVar(&c.limit, "limit", 0, "redrive at most `N` records, oldest first; 0 redrives all that match")
+		fs.StringVar(&c.rate, "rate", "", "redrive at most `R` records per second: 50 or 50/s (or 600/m, 100/h); default: no limit")
+		fs.BoolVar(&c.dryRun, "dry-run", false, "print what would be redriven; produce and commit nothing")
+		who()
+	case cmdSagaGet:
+		fs.IntVar(&c.parts, "partitions", 0, "partition `count` of saga.TYPE.inbox, which places the saga's Redis key; read from Kafka when --kafka-brokers is set")
+	case cmdSagaList:
+		fs.BoolVar(&c.stuck, "stuck", false, "list only sagas that have not ended (running or compensating) and have not changed for --older-than (default 10m)")
+		fs.DurationVar(&c.olderThan, "older-than", 0, "list only sagas whose updated_at is older than this `duration`, e.g. 10m")
+		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, completed, compensated or failed")
+		fs.IntVar(&c.limit, "limit", 0, "print at most `N` sagas, the longest unchanged first; 0 prints all")
+	case cmdSagaCompensate:
+		who()
+	case cmdAuditList:
+		fs.StringVar(&c.action, "action", "", "list only records of this `action`: dlq-redrive or saga-compensate")
+		fs.StringVar(&c.since, "since", "", "list only records at or after `when`: a duration ago (90m, 2h, 3d) or a time")
+		fs.StringVar(&c.until, "until", "", "list only records before `when`, as for --since")
+		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records, oldest first; 0 prints all")
+	}
 	return true
+}
+
+func isCommand(name string) bool {
+	for _, c := range commands {
+		if c == name {
+			return true
+		}
+	}
+	return false
 }
 
 // parseInterspersed parses flags that may come before, between or after the
@@ -318,41 +556,100 @@ func firstOr(s []string, def string) string {
 	return s[0]
 }
 
+// exitStatusHelp ends every help text.
+const exitStatusHelp = `
+Exit status: 0 on success; 1 when the command failed (Kafka or Redis unreachable or refusing the
+login, no such topic, saga or record, a confirmation answered no); 2 for invalid flags or
+arguments, including a change without --yes when stdin is not a terminal.
+`
+
 // usage writes the help of command, or the general help when command is
 // not one sagactl knows.
 func usage(w io.Writer, command string) {
 	switch command {
 	case cmdDLQList:
-		fmt.Fprint(w, `Usage: sagactl dlq list --saga TYPE [--limit N]
+		fmt.Fprint(w, `Usage: sagactl dlq list --saga TYPE [--reason R] [--saga-id ID] [--since WHEN] [--until WHEN]
+                       [--state pending|redriven|invalid] [--limit N] [-o table|json|yaml]
 
 Reads saga.TYPE.inbox-dlt from the beginning up to the end offsets taken at start (read_committed)
-and prints one line per dead-letter record: its partition/offset in the DLT, the original
-topic/partition/offset, the saga id, the message type, the reason, the attempts, the last failure
-and the error message (shortened). It exits when it reaches those end offsets.
+and the redrive history on saga.TYPE.audit, and prints one row per original record, oldest first:
+a record redriven and dead-lettered again is one row (its newest dead letter, at DLT), with
+DEAD-LETTERED the number of its dead letters and REDRIVES the number of its redrives. STATE is
+pending (never redriven), redriven (sent back to the inbox; if it fails again, its next dead letter
+becomes the row) or invalid (not a dead-letter record). -o json prints an array with every field:
+the history in "redrives" (who, when, why, which run), the earlier dead letters in "earlier".
+The summary goes to stderr.
+
+Flags:
+`)
+	case cmdDLQShow:
+		fmt.Fprint(w, `Usage: sagactl dlq show --saga TYPE PARTITION:OFFSET [-o table|json|yaml]
+
+Prints one record of saga.TYPE.inbox-dlt (as dlq list names it, e.g. 0:42): where it came from,
+why it was dead-lettered, its redrives (from saga.TYPE.audit), its headers decoded (Spring's
+kafka_dlt-original-partition as an int32, -offset and -timestamp as int64, big-endian), its key
+and its value (base64 when not UTF-8 text).
 
 Flags:
 `)
 	case cmdDLQRedrive:
-		fmt.Fprint(w, `Usage: sagactl dlq redrive --saga TYPE [--reason R] [--dry-run]
+		fmt.Fprint(w, `Usage: sagactl dlq redrive --saga TYPE --note WHY [--reason R] [--saga-id ID] [--since WHEN]
+                          [--until WHEN] [--limit N] [--rate R] [--dry-run] [--yes] [--as WHO] [-o ...]
 
-Re-produces the original of each record of saga.TYPE.inbox-dlt (same key, value and headers,
-without the dead-letter headers, plus ksaga-redrive-of: "<dlt-partition>:<dlt-offset>") to its
-original topic and partition. Each batch is a Kafka transaction that also commits the DLT offsets
-of the consumer group ksaga-sagactl-redrive-TYPE: a run continues where the previous one stopped,
-and no DLT record is redriven twice. The run stops at the end offsets taken when it starts.
+Re-produces the original of each matching record of saga.TYPE.inbox-dlt that was never redriven
+(same key, value and headers, without the dead-letter headers, plus ksaga-redrive-of:
+"<dlt-partition>:<dlt-offset>") to its original topic and partition, oldest first, up to the end
+offsets taken at start. Each transaction holds the redriven records and one audit record on
+saga.TYPE.audit: who (--as, default $USER), why (--note), when, the run id and the DLT offsets.
+Those offsets are never redriven again: a second run skips them, and dlq list shows the history.
+Runs of one saga type fence each other (a shared transactional id), so two cannot redrive the same
+record. A redriven record that fails again is dead-lettered again, and can be redriven again.
 
-With --reason, records dead-lettered for another reason are skipped: each is copied, in the same
-transaction, to the end of its DLT partition, where a later run finds it. Records that are not
-dead-letter records at all are skipped for good. Try --dry-run first; it changes nothing.
+It asks for confirmation on a terminal; --yes skips the question, and is required when stdin is
+not a terminal. Try --dry-run first: it lists what would be redriven and changes nothing. --limit
+redrives the N oldest matching records; --rate paces them (a transaction then holds about a
+second's worth). A long run on a terminal draws a progress bar on stderr. Ctrl-C aborts the open
+transaction; what was committed before stays committed and audited.
 
 Flags:
 `)
 	case cmdSagaGet:
-		fmt.Fprint(w, `Usage: sagactl saga get --saga TYPE [--partitions N | --kafka-brokers B] ID
+		fmt.Fprint(w, `Usage: sagactl saga get --saga TYPE [--partitions N | --kafka-brokers B] ID [-o table|json|yaml]
 
 Prints the state of saga ID as the engine last wrote it to Redis (hash ksaga:{TYPE:P}:state:ID,
-where P is the saga's home partition, fields version and state). Redis may lag Kafka by the last few transactions. Exits 1 if there is no such
-saga.
+where P is the saga's home partition): -o table a summary row, -o json and -o yaml the whole state
+(waiting, attempt, deadline_ms, undone, data, trace...). Redis may lag Kafka by the last few
+transactions. Exits 1 if there is no such saga.
+
+Flags:
+`)
+	case cmdSagaList:
+		fmt.Fprint(w, `Usage: sagactl saga list --saga TYPE [--stuck] [--older-than D] [--status S] [--limit N] [-o ...]
+
+Scans the Redis view (keys ksaga:{TYPE:*}:state:*, on every primary of a Redis Cluster) and prints
+the sagas that match, the longest unchanged first. --stuck keeps the sagas that have not ended
+(running or compensating) and whose updated_at is older than --older-than (default 10m): the
+stuck-saga sweep of the KsagaSagaStuck runbook. Needs --redis-addr only.
+
+Flags:
+`)
+	case cmdSagaCompensate:
+		fmt.Fprint(w, `Usage: sagactl saga compensate --saga TYPE ID --note WHY [--as WHO] [--yes] [-o ...]
+
+Sends the documented Compensate message (package client's Compensate, with --note as its reason)
+to the saga's home partition of saga.TYPE.inbox: the saga stops and undoes its completed steps,
+last first. A saga that has ended ignores it; an unknown id is dead-lettered (unknown-saga). Then
+writes an audit record (who, why, when) to saga.TYPE.audit. Asks for confirmation as dlq redrive
+does.
+
+Flags:
+`)
+	case cmdAuditList:
+		fmt.Fprint(w, `Usage: sagactl audit list --saga TYPE [--action A] [--since WHEN] [--until WHEN] [--limit N] [-o ...]
+
+Prints the audit records of saga.TYPE.audit, oldest first: every dlq redrive transaction (the DLT
+offsets it redrove) and every saga compensate, with who, when and why. The summary on stderr
+counts the redrives.
 
 Flags:
 `)
@@ -360,27 +657,32 @@ Flags:
 		fmt.Fprint(w, `sagactl is the ksaga operator CLI.
 
 Usage:
-  sagactl [global flags] dlq list    --saga TYPE [--limit N]            list the dead-letter topic
-  sagactl [global flags] dlq redrive --saga TYPE [--reason R] [--dry-run]
-                                                                        re-produce dead letters
-  sagactl [global flags] saga get    --saga TYPE ID                     print a saga's state
+  sagactl [global flags] dlq list        --saga TYPE [filters]          list the dead-letter topic
+  sagactl [global flags] dlq show        --saga TYPE PARTITION:OFFSET   one dead letter, decoded
+  sagactl [global flags] dlq redrive     --saga TYPE --note WHY [filters] [--limit N] [--rate R]
+                                         [--dry-run] [--yes]            re-produce dead letters, audited
+  sagactl [global flags] saga get        --saga TYPE ID                 a saga's state
+  sagactl [global flags] saga list       --saga TYPE [--stuck] [--older-than D]
+                                                                        sagas in Redis, e.g. stuck ones
+  sagactl [global flags] saga compensate --saga TYPE ID --note WHY      ask a saga to compensate, audited
+  sagactl [global flags] audit list      --saga TYPE                    what operators did
   sagactl help COMMAND                                                  help on one command
 
-Global flags may also come after the command. The dlq commands need --kafka-brokers, saga get
-needs --redis-addr; each can come from its environment variable instead, shown in brackets.
-The --kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password* and --redis-tls* flags
-connect to a Kafka or Redis that wants TLS or a login; a refused login or certificate exits 1 at
-once with one line that says what was refused.
+Every command takes -o table|json|yaml: json and yaml print the data alone on stdout (progress,
+prompts, summaries and errors go to stderr), so "sagactl ... -o json | jq" works.
+
+Global flags may also come after the command. The dlq, audit and saga compensate commands need
+--kafka-brokers, saga get and saga list --redis-addr; each can come from its environment variable
+instead, shown in brackets. The --kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*
+and --redis-tls* flags connect to a Kafka or Redis that wants TLS or a login; a refused login or
+certificate exits 1 at once with one line that says what was refused.
 
 Global flags:
 `)
 		fs := newFlagSet("sagactl")
 		addGlobals(fs, &globals{timeout: defaultTimeout})
 		printFlags(w, fs, false)
-		fmt.Fprint(w, `
-Exit status: 0 on success, 1 when the command failed (Kafka or Redis unreachable or refusing the
-login, no such topic or saga), 2 for invalid flags or arguments.
-`)
+		fmt.Fprint(w, exitStatusHelp)
 		return
 	}
 	fs := newFlagSet("sagactl " + command)
@@ -388,6 +690,7 @@ login, no such topic or saga), 2 for invalid flags or arguments.
 	addGlobals(fs, &globals{timeout: defaultTimeout})
 	printFlags(w, fs, true)
 	fmt.Fprint(w, "\nThe connection flags (--kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*,\n--redis-tls*) are global flags too: sagactl -help lists them.\n")
+	fmt.Fprint(w, exitStatusHelp)
 }
 
 // printFlags prints the flags of fs, each connection flag with its
@@ -398,7 +701,7 @@ func printFlags(w io.Writer, fs *flag.FlagSet, skipConn bool) {
 		isConn[name] = true
 	}
 	fs.VisitAll(func(f *flag.Flag) {
-		if isConn[f.Name] && skipConn {
+		if (isConn[f.Name] && skipConn) || f.Name == "o" {
 			return
 		}
 		arg, help := flag.UnquoteUsage(f)
@@ -406,6 +709,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet, skipConn bool) {
 			help += " [$" + conn.EnvName(f.Name) + "]"
 		}
 		line := "  --" + f.Name
+		if f.Name == "output" && fs.Lookup("o") != nil {
+			line = "  -o, --output"
+		}
 		if arg != "" {
 			line += " " + arg
 		}

@@ -1,50 +1,69 @@
-// Command sagactl is the ksaga operator CLI: it lists and redrives a saga
-// type's dead-letter topic and shows a saga's state.
+// Command sagactl is the ksaga operator CLI: it lists, shows and redrives a
+// saga type's dead letters, lists and shows sagas and asks one to
+// compensate, and lists what operators did.
 //
-//	sagactl dlq list    --saga order [--limit N]
-//	sagactl dlq redrive --saga order [--reason R] [--dry-run]
-//	sagactl saga get    --saga order ID
+//	sagactl dlq list        --saga order [--reason R] [--saga-id ID] [--since 2h] [--until T] [--state S] [--limit N]
+//	sagactl dlq show        --saga order PARTITION:OFFSET
+//	sagactl dlq redrive     --saga order --note WHY [filters] [--limit N] [--rate 50/s] [--dry-run] [--yes] [--as WHO]
+//	sagactl saga get        --saga order ID
+//	sagactl saga list       --saga order [--stuck] [--older-than 10m] [--status S] [--limit N]
+//	sagactl saga compensate --saga order ID --note WHY [--yes] [--as WHO]
+//	sagactl audit list      --saga order [--action A] [--since 2h]
+//
+// Every command takes -o table (the default), -o json or -o yaml. Data goes
+// to stdout alone; summaries, notes, prompts, the progress bar and errors go
+// to stderr, so "sagactl ... -o json | jq" always parses.
 //
 // dlq list reads saga.<type>.inbox-dlt from the beginning up to the end
-// offsets taken when it starts (read_committed) and prints one line per
-// dead-letter record: where it is in the DLT, where it came from, its saga
-// id, message type, dead-letter reason, attempts, last failure and error.
+// offsets taken when it starts (read_committed), and the redrive history on
+// saga.<type>.audit. It prints one row per original record: a record that
+// was redriven and dead-lettered again (its dead letter carries
+// ksaga-redrive-of, copied from the redriven record) is one row with its
+// dead letters and redrives counted, not one pending row per dead letter.
 //
-// dlq redrive re-produces the original of each dead-letter record (the same
-// key, value and headers, without the dead-letter headers, plus
-// ksaga-redrive-of: "<dlt-partition>:<dlt-offset>") to its original topic and
-// partition. Each batch is one Kafka transaction that also commits the DLT
-// offsets of the consumer group ksaga-sagactl-redrive-<type>, so a run picks
-// up where the previous one stopped and no DLT record is redriven twice. A
-// run stops at the end offsets taken when it starts. With --reason it
-// redrives only the records dead-lettered for that reason; each of the others
-// is copied, in the same transaction, to the end of its DLT partition, so a
-// later run still finds it. --dry-run prints what a run would do and changes
-// nothing.
+// dlq redrive re-produces the original of each matching dead-letter record
+// that was never redriven (the same key, value and headers, without the
+// dead-letter headers, plus ksaga-redrive-of: "<dlt-partition>:<dlt-offset>")
+// to its original topic and partition. Each transaction also writes an audit
+// record to saga.<type>.audit that names the DLT offsets it redrives, who
+// (--as or $USER) and why (--note): the records and the audit commit
+// together, and a later run skips every offset the audit names. Runs share
+// the transactional id ksaga-sagactl-redrive-<type>, so a run fences every
+// earlier one before it reads the audit: two runs never redrive one record.
+// (sagactl before the audit topic committed its progress as the offsets of
+// the consumer group of that name; the records below them count as
+// redriven.) It asks for confirmation on a terminal, unless --yes, which is
+// required when stdin is not a terminal. --dry-run changes nothing.
 //
 // saga get prints the saga's state as the engine last wrote it to Redis
-// (hash ksaga:<type>:state:<id>, fields version and state). Redis is a view
-// that may lag Kafka by the last few transactions.
+// (hash ksaga:{<type>:<partition>}:state:<id>, fields version and state).
+// Redis is a view that may lag Kafka by the last few transactions. saga list
+// scans those keys; --stuck keeps the sagas that have not ended and have not
+// changed for --older-than (default 10m). saga compensate sends the
+// Compensate message of package client to the saga's home partition, then
+// writes its audit record.
 //
 // Global flags, accepted before or after the command: --kafka-brokers
-// (KSAGA_KAFKA_BROKERS; required by the dlq commands), --redis-addr
-// (KSAGA_REDIS_ADDR; required by saga get) and --timeout, how long to wait
-// for Kafka or Redis to answer the first request (default 10s); and the
-// connection flags of package conn, each with its KSAGA_* twin: --kafka-tls,
-// --kafka-tls-ca, --kafka-tls-cert, --kafka-tls-key, --kafka-tls-server-name,
-// --kafka-sasl-mechanism, --kafka-sasl-username, --kafka-sasl-password,
-// --kafka-sasl-password-file, --redis-username, --redis-password,
-// --redis-password-file, --redis-tls, --redis-tls-ca, --redis-tls-cert,
-// --redis-tls-key, --redis-tls-server-name. A flag wins over its twin. What
-// conn finds allowed but risky (SASL or a Redis password without TLS) is
-// printed to stderr as "sagactl: warning: ...". A refused login, a missing
-// ACL or a certificate that does not verify stops the command at once with
-// one line on stderr that says what to check, and exit status 1.
+// (KSAGA_KAFKA_BROKERS; required by the dlq, audit and compensate
+// commands), --redis-addr (KSAGA_REDIS_ADDR; required by saga get and saga
+// list) and --timeout, how long to wait for Kafka or Redis to answer the
+// first request (default 10s); and the connection flags of package conn,
+// each with its KSAGA_* twin: --kafka-tls, --kafka-tls-ca, --kafka-tls-cert,
+// --kafka-tls-key, --kafka-tls-server-name, --kafka-sasl-mechanism,
+// --kafka-sasl-username, --kafka-sasl-password, --kafka-sasl-password-file,
+// --redis-username, --redis-password, --redis-password-file, --redis-tls,
+// --redis-tls-ca, --redis-tls-cert, --redis-tls-key, --redis-tls-server-name.
+// A flag wins over its twin. What conn finds allowed but risky (SASL or a
+// Redis password without TLS) is printed to stderr as "sagactl: warning:
+// ...". A refused login, a missing ACL or a certificate that does not
+// verify stops the command at once with one line on stderr that says what
+// to check, and exit status 1.
 //
-// Exit status: 0 on success, 1 when the work failed (unreachable broker,
-// refused login, a missing topic or saga), 2 for invalid flags or
-// arguments (a connection flag naming a file that cannot be read
-// included).
+// Exit status: 0 on success; 1 when the work failed (unreachable broker,
+// refused login, a missing topic, saga or record, a confirmation answered
+// no); 2 for invalid flags or arguments (a connection flag naming a file
+// that cannot be read included, and a change without --yes when stdin is
+// not a terminal).
 package main
 
 import (
@@ -69,7 +88,7 @@ func main() {
 	// error once, with what to check.
 	redis.SetLogger(quietLogger{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	code := runStreams(ctx, os.Args[1:], os.Getenv, osStreams())
 	stop()
 	os.Exit(code)
 }
@@ -77,7 +96,7 @@ func main() {
 // Exit codes.
 const (
 	exitOK    = 0
-	exitError = 1 // the command failed: Kafka or Redis unreachable, no such topic or saga
+	exitError = 1 // the command failed: Kafka or Redis unreachable, no such topic or saga, not confirmed
 	exitUsage = 2 // invalid flags or arguments
 )
 
@@ -85,57 +104,89 @@ const (
 // unreachable address fails fast instead of retrying forever.
 const defaultTimeout = 10 * time.Second
 
-// run is sagactl without the process around it: it returns the exit code.
-// Cancelling ctx stops the command; a redrive aborts its open transaction.
+// run is runStreams with an empty stdin that is not a terminal.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	return runStreams(ctx, args, getenv, streams{in: strings.NewReader(""), out: stdout, errw: stderr})
+}
+
+// runStreams is sagactl without the process around it: it returns the exit
+// code. Cancelling ctx stops the command; a redrive aborts its open
+// transaction.
+func runStreams(ctx context.Context, args []string, getenv func(string) string, st streams) int {
 	inv, err := parseArgs(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		usage(stdout, inv.command)
+		usage(st.out, inv.command)
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "sagactl: %v\n", err)
+		fmt.Fprintf(st.errw, "sagactl: %v\n", err)
+		return exitUsage
+	}
+	if inv.confirms && !inv.yes && !st.inTerminal {
+		hint := ""
+		if inv.command == cmdDLQRedrive {
+			hint = " (--dry-run shows what it would do)"
+		}
+		fmt.Fprintf(st.errw, "sagactl: %s: stdin is not a terminal, so sagactl cannot ask for confirmation: pass --yes to go ahead without asking%s\n",
+			inv.command, hint)
 		return exitUsage
 	}
 	for _, w := range inv.warnings {
-		fmt.Fprintf(stderr, "sagactl: warning: %s\n", w)
+		fmt.Fprintf(st.errw, "sagactl: warning: %s\n", w)
 	}
 	switch inv.command {
 	case cmdDLQList:
-		_, err = listDLQ(ctx, inv.brokers, stdout, inv.list)
+		_, err = listDLQ(ctx, inv.brokers, st, inv.list)
+	case cmdDLQShow:
+		_, err = showDLQ(ctx, inv.brokers, st, inv.show)
 	case cmdDLQRedrive:
-		_, err = redriveDLQ(ctx, inv.brokers, stdout, inv.redrive)
+		_, err = redriveDLQ(ctx, inv.brokers, st, inv.redrive)
+	case cmdSagaCompensate:
+		_, err = compensateSaga(ctx, inv.brokers, st, inv.compensate)
+	case cmdAuditList:
+		_, err = listAudit(ctx, inv.brokers, st, inv.auditList)
 	case cmdSagaGet:
 		if inv.get.partitions == 0 {
 			if inv.get.partitions, err = inboxPartitions(ctx, inv.brokers, inv.kafka, inv.get.sagaType, inv.get.timeout); err != nil {
 				break
 			}
 		}
-		opts := &redis.UniversalOptions{
-			Addrs:       inv.redisAddrs,
-			DialTimeout: inv.get.timeout,
-			// Let the request's context bound reads and writes too, so
-			// that --timeout holds for a Redis that accepts and is silent.
-			ContextTimeoutEnabled: true,
-		}
-		if err = inv.redis.Apply(opts); err != nil {
-			break
-		}
-		rdb := redis.NewUniversalClient(opts)
-		err = getSaga(ctx, rdb, stdout, inv.get)
-		if cerr := rdb.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("close redis client: %w", cerr)
-		}
+		err = withRedis(inv, func(rdb redis.UniversalClient) error { return getSaga(ctx, rdb, st.out, inv.get) })
+	case cmdSagaList:
+		err = withRedis(inv, func(rdb redis.UniversalClient) error {
+			_, err := listSagas(ctx, rdb, st, inv.sagaList)
+			return err
+		})
 	}
 	if err != nil {
 		if _, hinted := errors.AsType[*refusedError](err); conn.IsAuthError(err) && !hinted {
 			// Not a first request: a dlq command's later request, to Kafka.
 			err = &refusedError{service: "Kafka", err: err}
 		}
-		fmt.Fprintf(stderr, "sagactl %s: %v\n", inv.command, err)
+		fmt.Fprintf(st.errw, "sagactl %s: %v\n", inv.command, err)
 		return exitError
 	}
 	return exitOK
+}
+
+// withRedis runs fn with a client of the Redis of inv, and closes it.
+func withRedis(inv invocation, fn func(redis.UniversalClient) error) error {
+	opts := &redis.UniversalOptions{
+		Addrs:       inv.redisAddrs,
+		DialTimeout: inv.timeout,
+		// Let the request's context bound reads and writes too, so
+		// that --timeout holds for a Redis that accepts and is silent.
+		ContextTimeoutEnabled: true,
+	}
+	if err := inv.redis.Apply(opts); err != nil {
+		return err
+	}
+	rdb := redis.NewUniversalClient(opts)
+	err := fn(rdb)
+	if cerr := rdb.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close redis client: %w", cerr)
+	}
+	return err
 }
 
 // refusedError is an error of service that conn.IsAuthError recognises:

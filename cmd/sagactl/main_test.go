@@ -12,32 +12,48 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/dlq"
-	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/topic"
 )
 
 var (
 	inbox = message.Inbox("order")
 	dlt   = message.DLT("order")
+	audit = topic.Audit("order")
 )
 
 // newCluster starts an in-process Kafka with the order saga's inbox (one
-// partition) and dead-letter topic (two, to exercise the partition loop).
+// partition), dead-letter topic (two, to exercise the partition loop) and
+// audit topic (two).
 func newCluster(t *testing.T) []string {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, inbox), kfake.SeedTopics(2, dlt))
+	return newClusterWith(t, kfake.SeedTopics(1, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+}
+
+func newClusterWith(t *testing.T, opts ...kfake.Opt) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1)}, opts...)...)
 	if err != nil {
 		t.Fatalf("start kfake: %v", err)
 	}
 	t.Cleanup(c.Close)
 	return c.ListenAddrs()
+}
+
+// testIO is the standard streams of a command under test.
+type testIO struct {
+	out, err bytes.Buffer
+	in       string
+	terminal bool
+}
+
+func (b *testIO) streams() streams {
+	return streams{in: strings.NewReader(b.in), out: &b.out, errw: &b.err, inTerminal: b.terminal}
 }
 
 func testContext(t *testing.T) context.Context {
@@ -108,13 +124,19 @@ func produceTxn(t *testing.T, brokers []string, commit bool, recs ...*kgo.Record
 	}
 }
 
-// writeDeadLetters writes dls to the DLT as the engine would, plus an
-// aborted transaction in the middle, which no command may show or redrive.
+// deadLetteredAt is when the i-th record of testLetter was dead-lettered:
+// an hour apart, so that oldest first is testLetter's order.
+func deadLetteredAt(i int) time.Time { return failedAt.Add(time.Duration(i+1) * time.Hour) }
+
+// writeDeadLetters writes dls to the DLT as the engine would, dead-lettered
+// at deadLetteredAt, plus an aborted transaction in the middle, which no
+// command may show or redrive.
 func writeDeadLetters(t *testing.T, brokers []string, dls []deadLetter) {
 	t.Helper()
 	for i, d := range dls {
 		r := dlq.New(d.src, dlt, d.failure)
 		r.Partition = d.dltPartition
+		r.Timestamp = deadLetteredAt(i)
 		produceTxn(t, brokers, true, r)
 		if i == 0 {
 			aborted := dlq.New(&kgo.Record{Topic: inbox, Key: []byte("aborted")}, dlt, dlq.Failure{Reason: "aborted"})
@@ -149,291 +171,6 @@ func consumeAll(t *testing.T, brokers []string, topic string, want int) []*kgo.R
 	defer cancel2()
 	got = append(got, cl.PollFetches(short).Records()...)
 	return got
-}
-
-func TestListDLQ(t *testing.T) {
-	brokers := newCluster(t)
-	writeDeadLetters(t, brokers, testLetter)
-
-	tests := []struct {
-		name      string
-		limit     int
-		wantRows  int
-		wantFinal string
-	}{
-		{"all", 0, 3, "3 records of saga.order.inbox-dlt"},
-		{"limit", 2, 2, "2 records of saga.order.inbox-dlt (stopped at --limit 2)"},
-		{"limit above the count", 10, 3, "3 records of saga.order.inbox-dlt"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			res, err := listDLQ(testContext(t), brokers, &out, listOptions{sagaType: "order", limit: tt.limit, timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatalf("listDLQ: %v", err)
-			}
-			lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
-			if got, want := len(lines), tt.wantRows+2; got != want {
-				t.Fatalf("output: got %d lines, want %d:\n%s", got, want, out.String())
-			}
-			if res.records != tt.wantRows {
-				t.Errorf("records: got %d, want %d", res.records, tt.wantRows)
-			}
-			if got := strings.Fields(lines[0]); !slices.Equal(got[:3], []string{"DLT", "ORIGINAL", "SAGA"}) {
-				t.Errorf("header: got %q, want it to start with DLT ORIGINAL SAGA", lines[0])
-			}
-			if got := lines[len(lines)-1]; got != tt.wantFinal {
-				t.Errorf("last line: got %q, want %q", got, tt.wantFinal)
-			}
-			if tt.limit == 0 {
-				checkListRows(t, lines[1:len(lines)-1], "pending")
-			}
-		})
-	}
-}
-
-// checkListRows checks one dlq list row per testLetter, in any order
-// across DLT partitions.
-func checkListRows(t *testing.T, rows []string, state string) {
-	t.Helper()
-	// DLT offsets: partition 0 holds o-1 at 0 (marker 1), the aborted
-	// record at 2 (marker 3), o-3 at 4; partition 1 holds o-2 at 0.
-	want := map[string][]string{
-		"o-1": {"0/0", "saga.order.inbox/0/10", "o-1", "StartSaga", "undecodable", "1", "2025-03-01T10:00:00Z", state, "unexpected", "end", "of", "JSON", "input"},
-		"o-2": {"1/0", "saga.order.inbox/0/11", "o-2", "Timeout", "retries-exhausted", "3", "2025-03-01T10:01:00Z", state},
-		"o-3": {"0/4", "saga.order.inbox/0/12", "o-3", "StartSaga", "undecodable", "1", "2025-03-01T10:00:00Z", state, "validate:", "no", "items"},
-	}
-	seen := map[string]bool{}
-	for _, row := range rows {
-		f := strings.Fields(row)
-		if len(f) < 3 {
-			t.Errorf("row %q: too few columns", row)
-			continue
-		}
-		w, ok := want[f[2]]
-		if !ok {
-			t.Errorf("row %q: unexpected saga id %q", row, f[2])
-			continue
-		}
-		seen[f[2]] = true
-		if f[2] == "o-2" {
-			// The long error is cut to maxErrorWidth runes.
-			i := strings.Index(row, "orders store:")
-			if i < 0 {
-				t.Errorf("row %q: got no error message, want one starting with %q", row, "orders store:")
-				continue
-			}
-			msg := row[i:]
-			if n := utf8.RuneCountInString(msg); n != maxErrorWidth || !strings.HasSuffix(msg, "…") {
-				t.Errorf("error column: got %q (%d runes), want %d runes ending in …", msg, n, maxErrorWidth)
-			}
-			f = f[:len(w)]
-		}
-		if !slices.Equal(f, w) {
-			t.Errorf("row for %s: got %q, want %q", f[2], f, w)
-		}
-	}
-	if len(seen) != len(want) {
-		t.Errorf("rows: got saga ids %v, want o-1, o-2 and o-3", seen)
-	}
-}
-
-func TestRedriveDLQ(t *testing.T) {
-	brokers := newCluster(t)
-	writeDeadLetters(t, brokers, testLetter)
-	ctx := testContext(t)
-
-	// A dry run changes nothing.
-	var out bytes.Buffer
-	res, err := redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", dryRun: true, timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("dry run: %v", err)
-	}
-	if res.redriven != 3 || res.skipped != 0 {
-		t.Errorf("dry run: got redriven %d skipped %d, want 3 and 0\n%s", res.redriven, res.skipped, out.String())
-	}
-
-	out.Reset()
-	res, err = redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", timeout: 5 * time.Second, batch: 2})
-	if err != nil {
-		t.Fatalf("redrive: %v\n%s", err, out.String())
-	}
-	if res != (redriveResult{redriven: 3}) {
-		t.Errorf("redrive: got %+v, want 3 redriven\n%s", res, out.String())
-	}
-	if !strings.Contains(out.String(), "redriven 3, skipped 0, invalid 0\n") {
-		t.Errorf("output: got\n%s\nwant a line %q", out.String(), "redriven 3, skipped 0, invalid 0")
-	}
-
-	got := consumeAll(t, brokers, inbox, 3)
-	if len(got) != 3 {
-		t.Fatalf("inbox: got %d records, want 3 (no duplicates)", len(got))
-	}
-	wantRedriveOf := map[string]string{"o-1": "0:0", "o-2": "1:0", "o-3": "0:4"}
-	for _, r := range got {
-		key := string(r.Key)
-		var src *kgo.Record
-		for _, d := range testLetter {
-			if string(d.src.Key) == key {
-				src = d.src
-			}
-		}
-		if src == nil {
-			t.Errorf("inbox: unexpected record with key %q", key)
-			continue
-		}
-		if r.Partition != src.Partition {
-			t.Errorf("%s: partition: got %d, want %d", key, r.Partition, src.Partition)
-		}
-		if !bytes.Equal(r.Value, src.Value) {
-			t.Errorf("%s: value: got %q, want %q", key, r.Value, src.Value)
-		}
-		var orig []kgo.RecordHeader
-		redriveOf := ""
-		for _, h := range r.Headers {
-			switch {
-			case strings.HasPrefix(h.Key, "kafka_dlt-"), h.Key == dlq.HeaderAttempts, h.Key == dlq.HeaderFirstFailure,
-				h.Key == dlq.HeaderLastFailure, h.Key == dlq.HeaderReason:
-				t.Errorf("%s: got dead-letter header %s, want none", key, h.Key)
-			case h.Key == headerRedriveOf:
-				redriveOf = string(h.Value)
-			default:
-				orig = append(orig, h)
-			}
-		}
-		if redriveOf != wantRedriveOf[key] {
-			t.Errorf("%s: %s: got %q, want %q", key, headerRedriveOf, redriveOf, wantRedriveOf[key])
-		}
-		if !slices.EqualFunc(orig, src.Headers, func(a, b kgo.RecordHeader) bool { return a.Key == b.Key && bytes.Equal(a.Value, b.Value) }) {
-			t.Errorf("%s: headers: got %v, want %v", key, orig, src.Headers)
-		}
-	}
-
-	// The group's offsets are committed: a second run has nothing to do,
-	// and dlq list shows the records as handled.
-	out.Reset()
-	res, err = redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("second redrive: %v", err)
-	}
-	if res != (redriveResult{}) {
-		t.Errorf("second redrive: got %+v, want nothing redriven\n%s", res, out.String())
-	}
-	out.Reset()
-	if _, err := listDLQ(ctx, brokers, &out, listOptions{sagaType: "order", timeout: 5 * time.Second}); err != nil {
-		t.Fatalf("listDLQ: %v", err)
-	}
-	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
-	checkListRows(t, lines[1:len(lines)-1], "handled")
-
-	// A new dead letter: the next run redrives it alone.
-	writeDeadLetters(t, brokers, []deadLetter{{1, &kgo.Record{Topic: inbox, Offset: 13, Key: []byte("o-4"), Value: []byte(`{}`)}, dlq.Failure{Reason: "undecodable"}}})
-	out.Reset()
-	res, err = redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("third redrive: %v", err)
-	}
-	if res != (redriveResult{redriven: 1}) {
-		t.Errorf("third redrive: got %+v, want 1 redriven\n%s", res, out.String())
-	}
-	if got := consumeAll(t, brokers, inbox, 4); len(got) != 4 || string(got[3].Key) != "o-4" {
-		t.Errorf("inbox after the third run: got %d records, want 4, the last o-4", len(got))
-	}
-}
-
-func TestRedriveDLQReason(t *testing.T) {
-	brokers := newCluster(t)
-	writeDeadLetters(t, brokers, testLetter)
-	ctx := testContext(t)
-
-	var out bytes.Buffer
-	res, err := redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", reason: "undecodable", timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("redrive: %v\n%s", err, out.String())
-	}
-	if res != (redriveResult{redriven: 2, skipped: 1}) {
-		t.Errorf("redrive --reason undecodable: got %+v, want 2 redriven, 1 skipped\n%s", res, out.String())
-	}
-	got := consumeAll(t, brokers, inbox, 2)
-	var keys []string
-	for _, r := range got {
-		keys = append(keys, string(r.Key))
-	}
-	slices.Sort(keys)
-	if !slices.Equal(keys, []string{"o-1", "o-3"}) {
-		t.Errorf("inbox: got keys %v, want [o-1 o-3]", keys)
-	}
-
-	// The skipped record is still there for a run without --reason.
-	out.Reset()
-	res, err = redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("second redrive: %v", err)
-	}
-	if res != (redriveResult{redriven: 1}) {
-		t.Errorf("second redrive: got %+v, want 1 redriven\n%s", res, out.String())
-	}
-	if got := consumeAll(t, brokers, inbox, 3); len(got) != 3 || string(got[2].Key) != "o-2" {
-		t.Errorf("inbox: got %d records, want 3, the last o-2", len(got))
-	}
-}
-
-// TestRedrivePartitionStopsAtEnd has the end offset fall inside a poll: the
-// records past it must be neither redriven nor committed.
-func TestRedrivePartitionStopsAtEnd(t *testing.T) {
-	brokers := newCluster(t)
-	writeDeadLetters(t, brokers, testLetter)
-	ctx := testContext(t)
-
-	sess, err := newRedriveSession(brokers, nil, "order", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Partition 0 holds o-1 at 0, markers at 1 and 3, an aborted record at
-	// 2 and o-3 at 4. An end of 4 makes the first poll (4 records: 0, 1, 3
-	// and 4) reach past it.
-	sess.Client().PauseFetchPartitions(map[string][]int32{dlt: {1}})
-	var out bytes.Buffer
-	var res redriveResult
-	idled, err := redrivePartition(ctx, sess, &out, dlt, 0, span{0, 4}, 500, 5*time.Second, "", &res)
-	sess.Close()
-	if err != nil || idled {
-		t.Fatalf("redrivePartition: got idled %v, error %v, want false, nil", idled, err)
-	}
-	if res != (redriveResult{redriven: 1}) {
-		t.Errorf("redrivePartition: got %+v, want 1 redriven (o-1)\n%s", res, out.String())
-	}
-
-	// o-3, past that end, is still to be redriven, with o-2.
-	out.Reset()
-	res, err = redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "order", timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("redrive: %v", err)
-	}
-	if res != (redriveResult{redriven: 2}) {
-		t.Errorf("redrive: got %+v, want 2 redriven (o-2, o-3)\n%s", res, out.String())
-	}
-	got := consumeAll(t, brokers, inbox, 3)
-	var keys []string
-	for _, r := range got {
-		keys = append(keys, string(r.Key))
-	}
-	slices.Sort(keys)
-	if !slices.Equal(keys, []string{"o-1", "o-2", "o-3"}) {
-		t.Errorf("inbox: got keys %v, want [o-1 o-2 o-3]", keys)
-	}
-}
-
-func TestDLQMissingTopic(t *testing.T) {
-	brokers := newCluster(t)
-	ctx := testContext(t)
-	var out bytes.Buffer
-	if _, err := listDLQ(ctx, brokers, &out, listOptions{sagaType: "nosuch", timeout: 5 * time.Second}); !errors.Is(err, errNoTopic) {
-		t.Errorf("list: got error %v, want errNoTopic", err)
-	}
-	if _, err := redriveDLQ(ctx, brokers, &out, redriveOptions{sagaType: "nosuch", timeout: 5 * time.Second}); !errors.Is(err, errNoTopic) {
-		t.Errorf("redrive: got error %v, want errNoTopic", err)
-	}
 }
 
 // closedAddr returns a loopback address nothing listens on.
@@ -486,10 +223,14 @@ func TestUnreachableBroker(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, cmd := range [][]string{{"dlq", "list"}, {"dlq", "redrive"}} {
+			for _, cmd := range [][]string{
+				{"dlq", "list"}, {"dlq", "show", "0:0"}, {"dlq", "redrive", "--dry-run"},
+				{"dlq", "redrive", "--yes", "--note", "n", "--as", "t"}, {"audit", "list"},
+				{"saga", "compensate", "o-1", "--yes", "--note", "n", "--as", "t"},
+			} {
 				start := time.Now()
 				var stdout, stderr bytes.Buffer
-				args := append(cmd, "--saga", "order", "--kafka-brokers", tt.addr, "--timeout", "1s")
+				args := append(slices.Clone(cmd), "--saga", "order", "--kafka-brokers", tt.addr, "--timeout", "1s")
 				code := run(testContext(t), args, func(string) string { return "" }, &stdout, &stderr)
 				if code != exitError {
 					t.Errorf("%s: exit code: got %d, want %d", cmd, code, exitError)
@@ -505,50 +246,6 @@ func TestUnreachableBroker(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestGetSaga(t *testing.T) {
-	addr := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { rdb.Close() })
-	ctx := testContext(t)
-	// With 6 inbox partitions, o-1 and o-404 live on partition 0.
-	if err := rdb.HSet(ctx, "ksaga:{order:0}:state:o-1", "version", "7", "state", `{"id":"o-1","status":"running","step":2}`).Err(); err != nil {
-		t.Fatal(err)
-	}
-
-	var out bytes.Buffer
-	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1", partitions: 6}); err != nil {
-		t.Fatalf("getSaga: %v", err)
-	}
-	want := `saga order/o-1 version 7 (Redis key ksaga:{order:0}:state:o-1)
-{
-  "id": "o-1",
-  "status": "running",
-  "step": 2
-}
-`
-	if out.String() != want {
-		t.Errorf("output: got\n%s\nwant\n%s", out.String(), want)
-	}
-
-	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-404", partitions: 6}); !errors.Is(err, errSagaNotFound) {
-		t.Errorf("missing saga: got error %v, want errSagaNotFound", err)
-	}
-
-	var stdout, stderr bytes.Buffer
-	code := run(ctx, []string{"saga", "get", "o-404", "--saga", "order", "--partitions", "6"}, func(k string) string {
-		if k == "KSAGA_REDIS_ADDR" {
-			return addr
-		}
-		return ""
-	}, &stdout, &stderr)
-	if code != exitError {
-		t.Errorf("run saga get of a missing saga: got exit code %d, want %d", code, exitError)
-	}
-	if !strings.Contains(stderr.String(), "ksaga:{order:0}:state:o-404") {
-		t.Errorf("stderr: got %q, want it to name the key", stderr.String())
 	}
 }
 
@@ -585,17 +282,75 @@ func TestParseArgs(t *testing.T) {
 		},
 		{
 			name:   "brokers from the environment",
-			args:   []string{"dlq", "list", "--saga", "order", "--limit", "5"},
+			args:   []string{"dlq", "list", "--saga", "order", "--limit", "5", "-o", "json"},
 			getenv: env("KSAGA_KAFKA_BROKERS", "k1:9092, k2:9092"),
 			want: invocation{command: cmdDLQList, brokers: []string{"k1:9092", "k2:9092"},
-				list: listOptions{sagaType: "order", limit: 5, timeout: defaultTimeout}},
+				list: listOptions{sagaType: "order", limit: 5, output: outJSON, timeout: defaultTimeout}},
+		},
+		{
+			name: "dlq list filters",
+			args: []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--reason", "invalid", "--saga-id", "o-1",
+				"--since", "2025-03-01T10:00:00Z", "--until", "2025-03-02", "--state", "pending", "--output", "yaml"},
+			getenv: none,
+			want: invocation{command: cmdDLQList, brokers: []string{"k:9092"},
+				list: listOptions{sagaType: "order", filters: filters{reason: "invalid", sagaID: "o-1", since: failedAt, until: failedAt.Add(14 * time.Hour)},
+					state: "pending", output: outYAML, timeout: defaultTimeout}},
 		},
 		{
 			name:   "flag wins over the environment, global flag before the command",
 			args:   []string{"--kafka-brokers", "flag:9092", "dlq", "redrive", "--saga", "order", "--reason", "undecodable", "--dry-run"},
 			getenv: env("KSAGA_KAFKA_BROKERS", "env:9092"),
 			want: invocation{command: cmdDLQRedrive, brokers: []string{"flag:9092"},
-				redrive: redriveOptions{sagaType: "order", reason: "undecodable", dryRun: true, timeout: defaultTimeout}},
+				redrive: redriveOptions{sagaType: "order", filters: filters{reason: "undecodable"}, dryRun: true, output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "redrive: who from $USER, rate per minute",
+			args:   []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "db back", "--limit", "10", "--rate", "600/m", "--yes"},
+			getenv: env("USER", "alice"),
+			want: invocation{command: cmdDLQRedrive, brokers: []string{"k:9092"}, confirms: true, yes: true,
+				redrive: redriveOptions{sagaType: "order", limit: 10, rate: 10, yes: true, by: "alice", note: "db back", output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "redrive: --as wins over $USER",
+			args:   []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "bob", "--rate", "50/s"},
+			getenv: env("USER", "alice"),
+			want: invocation{command: cmdDLQRedrive, brokers: []string{"k:9092"}, confirms: true,
+				redrive: redriveOptions{sagaType: "order", rate: 50, by: "bob", note: "n", output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "dlq show",
+			args:   []string{"dlq", "show", "1:42", "--saga", "order", "--kafka-brokers", "k:9092"},
+			getenv: none,
+			want: invocation{command: cmdDLQShow, brokers: []string{"k:9092"},
+				show: showOptions{sagaType: "order", at: pos{1, 42}, output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "saga list --stuck: --older-than defaults to 10m",
+			args:   []string{"saga", "list", "--saga", "order", "--redis-addr", "r:6379", "--stuck", "-o", "json"},
+			getenv: none,
+			want: invocation{command: cmdSagaList, redisAddrs: []string{"r:6379"},
+				sagaList: sagaListOptions{sagaType: "order", redisAddrs: []string{"r:6379"}, stuck: true, olderThan: 10 * time.Minute, output: outJSON, timeout: defaultTimeout}},
+		},
+		{
+			name:   "saga list --older-than",
+			args:   []string{"saga", "list", "--saga", "order", "--redis-addr", "r:6379", "--stuck", "--older-than", "1h", "--status", "compensating"},
+			getenv: none,
+			want: invocation{command: cmdSagaList, redisAddrs: []string{"r:6379"},
+				sagaList: sagaListOptions{sagaType: "order", redisAddrs: []string{"r:6379"}, stuck: true, olderThan: time.Hour, status: "compensating", output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "saga compensate",
+			args:   []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "customer called"},
+			getenv: env("LOGNAME", "carol"),
+			want: invocation{command: cmdSagaCompensate, brokers: []string{"k:9092"}, confirms: true,
+				compensate: compensateOptions{sagaType: "order", id: "o-1", by: "carol", note: "customer called", output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			name:   "audit list",
+			args:   []string{"audit", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--action", "redrive", "--since", "2025-03-01"},
+			getenv: none,
+			want: invocation{command: cmdAuditList, brokers: []string{"k:9092"},
+				auditList: auditListOptions{sagaType: "order", action: message.AuditRedrive, since: failedAt.Add(-10 * time.Hour), output: outTable, timeout: defaultTimeout}},
 		},
 		{
 			name:   "saga get with the id before the flags",
@@ -611,6 +366,20 @@ func TestParseArgs(t *testing.T) {
 			want: invocation{command: cmdSagaGet, redisAddrs: []string{"r:6379"}, brokers: []string{"k:9092"},
 				get: getOptions{sagaType: "order", id: "-x", redisAddrs: []string{"r:6379"}, timeout: defaultTimeout}},
 		},
+		{"redrive without --note", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092"}, env("USER", "alice"), invocation{}, []string{"--note is required", "saga.order.audit"}},
+		{"redrive without a user", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n"}, none, invocation{}, []string{"$USER", "--as NAME"}},
+		{"compensate without --note", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092"}, env("USER", "alice"), invocation{}, []string{"--note is required"}},
+		{"compensate of a type no saga can have", []string{"saga", "compensate", "o-1", "--saga", "Order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "a"}, none, invocation{}, []string{"lower-case"}},
+		{"bad --rate", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--dry-run", "--rate", "fast"}, none, invocation{}, []string{"--rate", "50/s"}},
+		{"bad --rate unit", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--dry-run", "--rate", "5/d"}, none, invocation{}, []string{"unknown unit"}},
+		{"bad --since", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--since", "yesterday"}, none, invocation{}, []string{"--since", "duration ago"}},
+		{"--since after --until", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--since", "1h", "--until", "2h"}, none, invocation{}, []string{"is not before --until"}},
+		{"bad -o", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "-o", "xml"}, none, invocation{}, []string{`-o "xml"`, "table, json or yaml"}},
+		{"bad --state", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--state", "done"}, none, invocation{}, []string{"--state"}},
+		{"dlq show without a position", []string{"dlq", "show", "--saga", "order", "--kafka-brokers", "k:9092"}, none, invocation{}, []string{"PARTITION:OFFSET"}},
+		{"dlq show with a bad position", []string{"dlq", "show", "0-4", "--saga", "order", "--kafka-brokers", "k:9092"}, none, invocation{}, []string{"PARTITION:OFFSET"}},
+		{"saga list without Redis", []string{"saga", "list", "--saga", "order", "--kafka-brokers", "k:9092"}, none, invocation{}, []string{"--redis-addr"}},
+		{"bad --status", []string{"saga", "list", "--saga", "order", "--redis-addr", "r:6379", "--status", "stuck"}, none, invocation{}, []string{"--status"}},
 		{"saga get without a partition count", []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379", "o-1"}, none, invocation{}, []string{"--partitions N", "--kafka-brokers"}},
 		{"missing --redis-addr", []string{"saga", "get", "--saga", "order", "o-1"}, none, invocation{}, []string{"--redis-addr", "KSAGA_REDIS_ADDR"}},
 		{"missing saga id", []string{"saga", "get", "--saga", "order", "--redis-addr", "r:6379"}, none, invocation{}, []string{"missing saga id"}},
@@ -622,7 +391,7 @@ func TestParseArgs(t *testing.T) {
 		{"flag of another command", []string{"dlq", "list", "--saga", "order", "--dry-run"}, none, invocation{}, []string{"-dry-run", "sagactl dlq list -help"}},
 		{"no command", nil, none, invocation{}, []string{"missing command", "dlq list"}},
 		{"unknown command", []string{"dlx", "list"}, none, invocation{}, []string{`unknown command "dlx"`}},
-		{"unknown subcommand", []string{"dlq", "purge"}, none, invocation{}, []string{`unknown subcommand "purge"`, "list, redrive"}},
+		{"unknown subcommand", []string{"dlq", "purge"}, none, invocation{}, []string{`unknown subcommand "purge"`, "list, show, redrive"}},
 		{"missing subcommand", []string{"saga"}, none, invocation{}, []string{"missing subcommand", "get"}},
 		{"stray argument", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "extra"}, none, invocation{}, []string{`unexpected argument "extra"`}},
 		{"bad --timeout", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--timeout", "0s"}, none, invocation{}, []string{"--timeout"}},
@@ -648,14 +417,33 @@ func TestParseArgs(t *testing.T) {
 				t.Errorf("got command %q brokers %q redis %q, want %q %q %q",
 					got.command, got.brokers, got.redisAddrs, tt.want.command, tt.want.brokers, tt.want.redisAddrs)
 			}
+			if got.confirms != tt.want.confirms || got.yes != tt.want.yes {
+				t.Errorf("got confirms %v yes %v, want %v %v", got.confirms, got.yes, tt.want.confirms, tt.want.yes)
+			}
 			switch got.command {
 			case cmdDLQList:
 				if got.list.kafka = nil; !reflect.DeepEqual(got.list, tt.want.list) {
 					t.Errorf("list options: got %+v, want %+v", got.list, tt.want.list)
 				}
+			case cmdDLQShow:
+				if got.show.kafka = nil; !reflect.DeepEqual(got.show, tt.want.show) {
+					t.Errorf("show options: got %+v, want %+v", got.show, tt.want.show)
+				}
 			case cmdDLQRedrive:
 				if got.redrive.kafka = nil; !reflect.DeepEqual(got.redrive, tt.want.redrive) {
 					t.Errorf("redrive options: got %+v, want %+v", got.redrive, tt.want.redrive)
+				}
+			case cmdSagaList:
+				if !reflect.DeepEqual(got.sagaList, tt.want.sagaList) {
+					t.Errorf("saga list options: got %+v, want %+v", got.sagaList, tt.want.sagaList)
+				}
+			case cmdSagaCompensate:
+				if got.compensate.kafka = nil; !reflect.DeepEqual(got.compensate, tt.want.compensate) {
+					t.Errorf("compensate options: got %+v, want %+v", got.compensate, tt.want.compensate)
+				}
+			case cmdAuditList:
+				if got.auditList.kafka = nil; !reflect.DeepEqual(got.auditList, tt.want.auditList) {
+					t.Errorf("audit list options: got %+v, want %+v", got.auditList, tt.want.auditList)
 				}
 			case cmdSagaGet:
 				g, w := got.get, tt.want.get
@@ -678,6 +466,10 @@ func TestHelp(t *testing.T) {
 		{[]string{"help", "dlq", "redrive"}, "Usage: sagactl dlq redrive"},
 		{[]string{"dlq", "list", "-h"}, "Usage: sagactl dlq list"},
 		{[]string{"saga", "get", "--help"}, "Usage: sagactl saga get"},
+		{[]string{"saga", "list", "-h"}, "Usage: sagactl saga list"},
+		{[]string{"help", "saga", "compensate"}, "Usage: sagactl saga compensate"},
+		{[]string{"dlq", "show", "-h"}, "Usage: sagactl dlq show"},
+		{[]string{"audit", "list", "-h"}, "Usage: sagactl audit list"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -692,8 +484,14 @@ func TestHelp(t *testing.T) {
 			if !strings.Contains(stdout.String(), tt.want) {
 				t.Errorf("stdout: got\n%s\nwant it to contain %q", stdout.String(), tt.want)
 			}
-			if !strings.Contains(stdout.String(), "--kafka-brokers") {
-				t.Errorf("stdout: got\n%s\nwant it to list --kafka-brokers", stdout.String())
+			wants := []string{"--kafka-brokers", "Exit status: 0 on success; 1 when", "2 for invalid flags"}
+			if strings.HasPrefix(tt.want, "Usage:") {
+				wants = append(wants, "-o, --output")
+			}
+			for _, want := range wants {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("stdout: got\n%s\nwant it to contain %q", stdout.String(), want)
+				}
 			}
 		})
 	}

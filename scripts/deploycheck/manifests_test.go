@@ -170,6 +170,7 @@ type (
 		VolumeMounts []struct {
 			Name      string `yaml:"name"`
 			MountPath string `yaml:"mountPath"`
+			SubPath   string `yaml:"subPath"`
 			ReadOnly  bool   `yaml:"readOnly"`
 		} `yaml:"volumeMounts"`
 	}
@@ -228,6 +229,16 @@ type (
 	}
 	configMap struct {
 		Data map[string]string `yaml:"data"`
+	}
+	service struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+			Ports    []struct {
+				Name       string `yaml:"name"`
+				Port       int    `yaml:"port"`
+				TargetPort any    `yaml:"targetPort"`
+			} `yaml:"ports"`
+		} `yaml:"spec"`
 	}
 )
 
@@ -424,6 +435,90 @@ func TestManifestsRender(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAPIManifests checks the HTTP API's parts of the rendered manifests
+// (issue 11): the container port and KSAGA_API_ADDR agree, the tokens come
+// from the optional Secret ksaga-api-tokens mounted as a directory (so that
+// a changed Secret reaches the pod), authentication is not turned off, the
+// Service sagad-api reaches the port, and the NetworkPolicy lets callers in.
+func TestAPIManifests(t *testing.T) {
+	objs := render(t, "deploy/k8s")
+	var sts statefulSet
+	find(t, objs, "StatefulSet", "sagad").decode(t, &sts)
+	pod := sts.Spec.Template.Spec
+	c := pod.Containers[0]
+	env := map[string]string{}
+	for _, e := range c.Env {
+		if e.Value != nil {
+			env[e.Name] = *e.Value
+		}
+	}
+	var cm configMap
+	find(t, objs, "ConfigMap", "sagad-config").decode(t, &cm)
+
+	apiPort := 0
+	for _, p := range c.Ports {
+		if p.Name == "api" {
+			apiPort = p.ContainerPort
+		}
+	}
+	if want := ":" + strconv.Itoa(apiPort); apiPort == 0 || env["KSAGA_API_ADDR"] != want {
+		t.Errorf("container port api %d, KSAGA_API_ADDR %q: they must agree", apiPort, env["KSAGA_API_ADDR"])
+	}
+	for _, k := range []string{"KSAGA_API_INSECURE_NO_AUTH"} {
+		if env[k] != "" || cm.Data[k] != "" {
+			t.Errorf("%s is set: the API must require tokens", k)
+		}
+	}
+	file := env["KSAGA_API_TOKEN_FILE"]
+	if file == "" {
+		t.Error("KSAGA_API_TOKEN_FILE is not set in the container's env")
+	} else {
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			if m.MountPath != filepath.Dir(file) {
+				continue
+			}
+			i := slices.IndexFunc(pod.Volumes, func(v volume) bool { return v.Name == m.Name })
+			mounted = m.ReadOnly && m.SubPath == "" && i >= 0 && pod.Volumes[i].Secret != nil &&
+				pod.Volumes[i].Secret.SecretName == "ksaga-api-tokens" && pod.Volumes[i].Secret.Optional != nil && *pod.Volumes[i].Secret.Optional
+		}
+		if !mounted {
+			t.Errorf("%s is not in the optional Secret ksaga-api-tokens mounted read-only as a directory (no subPath)", file)
+		}
+	}
+
+	var svc service
+	find(t, objs, "Service", "sagad-api").decode(t, &svc)
+	reaches := false
+	for _, p := range svc.Spec.Ports {
+		if tp := fmt.Sprint(p.TargetPort); tp == "api" || tp == strconv.Itoa(apiPort) {
+			reaches = true
+		}
+	}
+	if !reaches {
+		t.Error("the Service sagad-api does not target the api port")
+	}
+	for k, v := range svc.Spec.Selector {
+		if sts.Spec.Template.Metadata.Labels[k] != v {
+			t.Errorf("the Service sagad-api selects %s=%s, which the sagad pods do not have", k, v)
+		}
+	}
+
+	var np networkPolicy
+	find(t, objs, "NetworkPolicy", "sagad").decode(t, &np)
+	allowed := false
+	for _, r := range np.Spec.Ingress {
+		for _, p := range r.Ports {
+			if fmt.Sprint(p.Port) == "api" || fmt.Sprint(p.Port) == strconv.Itoa(apiPort) {
+				allowed = true
+			}
+		}
+	}
+	if !allowed {
+		t.Error("the NetworkPolicy has no ingress rule for the api port")
+	}
 }
 
 // TestOverlaysRender renders every kustomize overlay of the examples (they

@@ -212,8 +212,8 @@ func queried(t *testing.T) map[string][]string {
 	return out
 }
 
-// TestScrape starts sagad (the embedded demo, kept serving) with
-// --metrics-addr on a free port, scrapes /metrics once the demo's orders
+// TestScrape starts sagad (the embedded demo, kept serving, relaying its
+// Redis outbox) with --metrics-addr on a free port, scrapes /metrics once the demo's orders
 // went through, and fails when an alert or a dashboard query names a
 // metric that sagad does not export, or promtool check metrics finds
 // fault with the exposition. KSAGA_SAGAD_BIN names a sagad binary to test
@@ -226,8 +226,9 @@ func TestScrape(t *testing.T) {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// --outbox-relay: the outbox metrics exist only where a relay runs.
 	cmd := exec.CommandContext(ctx, bin, "--serve", "--demo-orders", "50", "--metrics-addr", addr,
-		"--data-dir", t.TempDir(), "--log-format", "json")
+		"--data-dir", t.TempDir(), "--log-format", "json", "--outbox-relay", "redis")
 	// A tracing endpoint nobody listens on: tracing is on, and its exports,
 	// tried every 100ms, fail; sagad runs on and logs that as JSON too.
 	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:1", "OTEL_BSP_SCHEDULE_DELAY=100")

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/ksaga/ksaga/internal/redistest"
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+)
+
+// putState writes a saga's state to Redis as the engine does, for an inbox
+// of 6 partitions.
+func putState(t *testing.T, rdb redis.UniversalClient, s orchestrator.State) {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := orchestrator.StateKey(s.Type, message.HomePartition(s.ID, 6), s.ID)
+	if err := rdb.HSet(testContext(t), key, "version", s.Version, "state", b).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGetSaga(t *testing.T) {
+	addr := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := testContext(t)
+	updated := time.Now().Add(-5 * time.Minute).UTC().Truncate(time.Millisecond)
+	putState(t, rdb, orchestrator.State{ID: "o-1", Type: "order", Version: 7, Status: message.StatusRunning, Step: 2, Undoing: -1,
+		Waiting: "o-1/schedule-shipping/1", Attempt: 1, Deadline: 1767225600000, Data: json.RawMessage(`{"order_id":"o-1"}`),
+		Created: updated.Add(-time.Minute), Updated: updated})
+
+	// -o json prints the state alone: a script pipes it to jq.
+	var out bytes.Buffer
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1", partitions: 6, output: outJSON}); err != nil {
+		t.Fatalf("getSaga: %v", err)
+	}
+	var s orchestrator.State
+	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+		t.Fatalf("saga get -o json: %v\n%s", err, out.String())
+	}
+	if s.ID != "o-1" || s.Version != 7 || s.Status != message.StatusRunning || s.Waiting != "o-1/schedule-shipping/1" || !s.Updated.Equal(updated) {
+		t.Errorf("saga get -o json: got %+v", s)
+	}
+
+	out.Reset()
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1", partitions: 6, output: outTable, now: func() time.Time { return updated.Add(5 * time.Minute) }}); err != nil {
+		t.Fatalf("getSaga: %v", err)
+	}
+	want := "SAGA-ID  STATUS   STEP  UNDOING  ATTEMPT  DEADLINE              UPDATED  VERSION  REASON\n" +
+		"o-1      running  2     -        1        2026-01-01T00:00:00Z  5m ago   7        -\n"
+	if out.String() != want {
+		t.Errorf("saga get:\ngot\n%s\nwant\n%s", out.String(), want)
+	}
+
+	out.Reset()
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-1", partitions: 6, output: outYAML}); err != nil {
+		t.Fatalf("getSaga: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), "saga_id: o-1\nsaga_type: order\nversion: 7\nstatus: running\n") {
+		t.Errorf("saga get -o yaml:\n%s", out.String())
+	}
+
+	if err := getSaga(ctx, rdb, &out, getOptions{sagaType: "order", id: "o-404", partitions: 6}); !errors.Is(err, errSagaNotFound) {
+		t.Errorf("missing saga: got error %v, want errSagaNotFound", err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"saga", "get", "o-404", "--saga", "order", "--partitions", "6"}, envOf("KSAGA_REDIS_ADDR", addr), &stdout, &stderr)
+	if code != exitError {
+		t.Errorf("run saga get of a missing saga: got exit code %d, want %d", code, exitError)
+	}
+	if !strings.Contains(stderr.String(), "ksaga:{order:0}:state:o-404") {
+		t.Errorf("stderr: got %q, want it to name the key", stderr.String())
+	}
+}
+
+// sagaIDs returns the saga ids of rows.
+func sagaIDs(rows []sagaRow) []string {
+	var out []string
+	for _, r := range rows {
+		out = append(out, r.SagaID)
+	}
+	return out
+}
+
+// TestListSagasStuck finds the sagas that have not ended and have not
+// changed for 10 minutes, and not those that ended or moved recently, on
+// one Redis and on a Redis Cluster (SCAN on every primary).
+func TestListSagasStuck(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	states := []orchestrator.State{
+		{ID: "o-stuck", Status: message.StatusRunning, Step: 1, Undoing: -1, Updated: now.Add(-time.Hour)},
+		{ID: "o-undo", Status: message.StatusCompensating, Step: 2, Undoing: 1, Updated: now.Add(-30 * time.Minute), Reason: "PAYMENT_DECLINED"},
+		{ID: "o-fresh", Status: message.StatusRunning, Step: 0, Undoing: -1, Updated: now.Add(-time.Minute)},
+		{ID: "o-done", Status: message.StatusCompleted, Step: 3, Undoing: -1, Updated: now.Add(-2 * time.Hour)},
+		{ID: "o-failed", Status: message.StatusFailed, Step: 3, Undoing: -1, Updated: now.Add(-3 * time.Hour)},
+	}
+	servers := map[string]func(t *testing.T) (redis.UniversalClient, string){
+		"redis": func(t *testing.T) (redis.UniversalClient, string) {
+			addr := redistest.Start(t)
+			return redis.NewClient(&redis.Options{Addr: addr}), addr
+		},
+		"cluster": func(t *testing.T) (redis.UniversalClient, string) {
+			var addrs []string
+			for _, s := range redistest.StartCluster(t, 3) {
+				addrs = append(addrs, s.Addr)
+			}
+			return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs}), strings.Join(addrs, ",")
+		},
+	}
+	for name, start := range servers {
+		t.Run(name, func(t *testing.T) {
+			rdb, addr := start(t)
+			t.Cleanup(func() { rdb.Close() })
+			for i, s := range states {
+				s.Type, s.Version = "order", int64(i+1)
+				putState(t, rdb, s)
+			}
+			// Another saga type's, and a key that holds no state.
+			putState(t, rdb, orchestrator.State{ID: "t-1", Type: "trip", Status: message.StatusRunning, Updated: now.Add(-time.Hour)})
+			if err := rdb.HSet(testContext(t), "ksaga:{order:5}:state:junk", "state", "not json").Err(); err != nil {
+				t.Fatal(err)
+			}
+
+			var io testIO
+			rows, err := listSagas(testContext(t), rdb, io.streams(), sagaListOptions{sagaType: "order", stuck: true, olderThan: 10 * time.Minute,
+				output: outTable, timeout: testTimeout, now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatalf("listSagas: %v", err)
+			}
+			if got := sagaIDs(rows); !slices.Equal(got, []string{"o-stuck", "o-undo"}) {
+				t.Errorf("--stuck --older-than 10m: got %v, want [o-stuck o-undo]", got)
+			}
+			if want := "2 stuck sagas (not ended) unchanged for more than 10m0s of type order in Redis, of 5 scanned\n" +
+				"1 keys matching ksaga:{order:*}:state:* hold no readable state (skipped)\n"; io.err.String() != want {
+				t.Errorf("stderr: got %q, want %q", io.err.String(), want)
+			}
+			lines := strings.Split(strings.TrimRight(io.out.String(), "\n"), "\n")
+			if len(lines) != 3 || !strings.HasPrefix(lines[1], "o-stuck  running       1     -") || !strings.Contains(lines[1], "60m ago") ||
+				!strings.Contains(lines[2], "PAYMENT_DECLINED") {
+				t.Errorf("table:\n%s", io.out.String())
+			}
+
+			// Through run, as a script: stdout is JSON alone.
+			var stdout, stderr bytes.Buffer
+			code := run(testContext(t), []string{"saga", "list", "--saga", "order", "--redis-addr", addr, "--stuck", "--older-than", "45m", "-o", "json"},
+				envOf(), &stdout, &stderr)
+			var got []sagaRow
+			if err := json.Unmarshal(stdout.Bytes(), &got); code != exitOK || err != nil {
+				t.Fatalf("saga list -o json: exit code %d, %v\nstdout %s\nstderr %s", code, err, stdout.String(), stderr.String())
+			}
+			if len(got) != 1 || got[0].SagaID != "o-stuck" || got[0].Status != message.StatusRunning || got[0].Partition != message.HomePartition("o-stuck", 6) ||
+				got[0].IdleSeconds < 3600 || got[0].RedisKey != orchestrator.StateKey("order", got[0].Partition, "o-stuck") {
+				t.Errorf("saga list --stuck --older-than 45m -o json: got %+v, want o-stuck alone", got)
+			}
+
+			// Without --stuck, every saga, the longest unchanged first.
+			rows, err = listSagas(testContext(t), rdb, io.streams(), sagaListOptions{sagaType: "order", output: outJSON, timeout: testTimeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sagaIDs(rows); !slices.Equal(got, []string{"o-failed", "o-done", "o-stuck", "o-undo", "o-fresh"}) {
+				t.Errorf("saga list: got %v", got)
+			}
+		})
+	}
+}
+
+func TestCompensateSaga(t *testing.T) {
+	brokers := newClusterWith(t, kfake.SeedTopics(3, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+	ctx := testContext(t)
+	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--note", "customer cancelled by phone", "--as", "alice"}
+
+	// Not a terminal, no --yes: nothing is sent.
+	var stdout, stderr bytes.Buffer
+	if code := run(ctx, args, envOf(), &stdout, &stderr); code != exitUsage || !strings.Contains(stderr.String(), "pass --yes") {
+		t.Errorf("without --yes: exit code %d, stderr %q; want %d and a hint", code, stderr.String(), exitUsage)
+	}
+	if n := endOffsets(t, brokers, inbox) + endOffsets(t, brokers, audit); n != 0 {
+		t.Errorf("without --yes: end offsets sum to %d, want nothing written", n)
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(ctx, append(args, "--yes", "-o", "json"), envOf(), &stdout, &stderr); code != exitOK {
+		t.Fatalf("saga compensate: exit code %d, stderr %s", code, stderr.String())
+	}
+	var printed auditRecord
+	if err := json.Unmarshal(stdout.Bytes(), &printed); err != nil {
+		t.Fatalf("saga compensate -o json: %v\n%s", err, stdout.String())
+	}
+	home := message.HomePartition("o-7", 3)
+	recs := consumeAll(t, brokers, inbox, 1)
+	if len(recs) != 1 {
+		t.Fatalf("inbox: got %d records, want the Compensate message", len(recs))
+	}
+	r := recs[0]
+	if r.Partition != home || string(r.Key) != "o-7" || headerValue(r, message.HeaderMessageType) != message.TypeCompensate ||
+		headerValue(r, message.HeaderSagaID) != "o-7" || headerValue(r, message.HeaderReason) != "customer cancelled by phone" ||
+		headerValue(r, message.HeaderMessageID) == "" {
+		t.Errorf("Compensate message: got partition %d key %q headers %v, want partition %d", r.Partition, r.Key, r.Headers, home)
+	}
+	audits := auditRecords(t, brokers, 1)
+	if len(audits) != 1 {
+		t.Fatalf("audit records: got %d, want 1", len(audits))
+	}
+	a := audits[0]
+	if a.Action != message.AuditCompensate || a.SagaID != "o-7" || a.By != "alice" || a.Note != "customer cancelled by phone" ||
+		a.Inbox != inbox || a.Partition == nil || *a.Partition != home || a.Run != printed.Run {
+		t.Errorf("audit record: got %+v (printed %+v)", a, printed)
+	}
+
+	// audit list shows it.
+	stdout.Reset()
+	stderr.Reset()
+	run(ctx, []string{"audit", "list", "--saga", "order", "--kafka-brokers", brokers[0], "--action", "compensate"}, envOf(), &stdout, &stderr)
+	if lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n"); len(lines) != 2 || !slices.Equal(strings.Fields(lines[1])[1:5], []string{"saga-compensate", "alice", "1", "o-7"}) {
+		t.Errorf("audit list:\n%s", stdout.String())
+	}
+}

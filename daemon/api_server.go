@@ -1,0 +1,185 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/metrics"
+	"github.com/ksaga/ksaga/saga"
+)
+
+// apiMaxBufferedBytes bounds the records the API's Kafka client holds while
+// Kafka is slow or down; a request that finds it full waits (at most
+// --api-produce-timeout) and then answers 503.
+const apiMaxBufferedBytes = 64 << 20
+
+// startAPI serves the HTTP API on --api-addr until the returned stop is
+// called; stop waits for the requests in progress (at most shutdownTimeout)
+// and closes the API's Kafka client. Without --api-addr it serves nothing.
+// It fails when the inboxes cannot be described or the address cannot be
+// bound.
+func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (stop func(), err error) {
+	c := a.cfg.API
+	if !c.Enabled() {
+		return func() {}, nil
+	}
+	if len(defs) == 0 {
+		return nil, errors.New("--api-addr: no saga type is registered, so the HTTP API has nothing to serve")
+	}
+	requests, err := newAPIRequests(env.Registry)
+	if err != nil {
+		return nil, err
+	}
+	opts := append(env.KafkaOpts(),
+		// The API picks each record's partition: the saga's home.
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		// Both are kgo's defaults; a 202 depends on them.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.MaxBufferedBytes(apiMaxBufferedBytes),
+		metrics.Kafka(env.Registry, defs[0].Name(), "api"),
+	)
+	kc, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP API Kafka client: %w", err)
+	}
+	sagas, err := apiSagas(ctx, kc, defs)
+	if err != nil {
+		kc.Close()
+		return nil, err
+	}
+	h := &api{sagas: sagas, rdb: env.rdb, kc: kc, timeout: c.ProduceTimeout, log: a.log, requests: requests}
+	reloadCtx, stopReload := context.WithCancel(context.Background())
+	var loads []func()
+	if c.TokenFile != "" {
+		h.tokens = newTokenSet(c.TokenFile, a.log)
+		loads = append(loads, h.tokens.load)
+	} else {
+		a.log.Warn("HTTP API without authentication (--api-insecure-no-auth): anyone who reaches " + c.Addr + " can start and compensate sagas")
+	}
+	srv := &http.Server{
+		Handler:           h.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      c.ProduceTimeout + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	if c.TLSCert != "" {
+		certs, err := newCertReloader(c.TLSCert, c.TLSKey, a.log)
+		if err != nil {
+			stopReload()
+			kc.Close()
+			return nil, fmt.Errorf("--api-tls-cert %s, --api-tls-key %s: %w", c.TLSCert, c.TLSKey, err)
+		}
+		loads = append(loads, certs.load)
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.getCertificate}
+	}
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		stopReload()
+		kc.Close()
+		return nil, fmt.Errorf("cannot listen on --api-addr %s: %w; choose another address, or \"\" to disable the HTTP API", c.Addr, err)
+	}
+	useTLS := srv.TLSConfig != nil
+	done := make(chan struct{}, 2)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		reload(reloadCtx, reloadInterval, loads...)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		serve := srv.Serve
+		if useTLS {
+			// The certificate comes from TLSConfig.GetCertificate.
+			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("HTTP API server", "err", err)
+		}
+	}()
+	auth := "bearer tokens from " + c.TokenFile
+	if h.tokens == nil {
+		auth = "none"
+	}
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	a.log.Info("serving the HTTP API", "addr", ln.Addr().String(), "scheme", scheme, "auth", auth)
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			a.log.Warn("HTTP API shutdown", "err", err)
+		}
+		stopReload()
+		<-done
+		<-done
+		kc.Close()
+	}, nil
+}
+
+// apiSagas reads the partition count of every saga type's inbox, which the
+// daemon has created or checked by now. A topic created a moment ago may
+// be unknown to the broker's metadata for a moment: it asks again until
+// kafkaPingTimeout.
+func apiSagas(ctx context.Context, cl *kgo.Client, defs []*saga.Definition) (map[string]apiSaga, error) {
+	ctx, cancel := context.WithTimeout(ctx, kafkaPingTimeout)
+	defer cancel()
+	sagas := make(map[string]apiSaga, len(defs))
+	for _, def := range defs {
+		inbox := message.Inbox(def.Name())
+		for {
+			n, err := inboxPartitions(ctx, cl, inbox)
+			if err == nil {
+				sagas[def.Name()] = apiSaga{def: def, partitions: n}
+				break
+			}
+			if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+				return nil, fmt.Errorf("HTTP API: read the partitions of %s: %w", inbox, err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return sagas, nil
+}
+
+// inboxPartitions asks the broker for the partition count of topic, with a
+// metadata request of its own: kadm's ListTopics would answer from the
+// client's metadata cache, which may still remember the topic as missing.
+func inboxPartitions(ctx context.Context, cl *kgo.Client, topic string) (int32, error) {
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = &topic
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range resp.Topics {
+		if t.Topic == nil || *t.Topic != topic {
+			continue
+		}
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			return 0, err
+		}
+		if len(t.Partitions) == 0 {
+			return 0, kerr.UnknownTopicOrPartition
+		}
+		return int32(len(t.Partitions)), nil
+	}
+	return 0, kerr.UnknownTopicOrPartition
+}
