@@ -155,11 +155,20 @@ func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, er
 }
 
 // advance makes step i current: it runs local steps until it reaches a
-// participant step (and sends its command) or the end of the saga.
+// participant step (and sends its command) or the end of the saga. Steps
+// that the saga's data skips (saga.Step.Skip) are passed over without an
+// event.
 func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 	st := out.state
 	for ; i < len(m.steps); i++ {
 		step := m.steps[i]
+		skip, err := m.def.Skip(ctx, i, out.data)
+		if err != nil {
+			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("skip: %w", err)}
+		}
+		if skip {
+			continue
+		}
 		st.Step, st.StepStarted = i, m.now().UnixMilli()
 		if !step.Local {
 			cmd, err := m.def.Do(ctx, i, out.data)
@@ -170,7 +179,7 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		}
 		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
 		lctx, end := m.traceLocal(ctx, step.Name, false)
-		err := m.def.RunLocal(lctx, i, out.data, key)
+		err = m.def.RunLocal(lctx, i, out.data, key)
 		end(err)
 		if err != nil {
 			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
@@ -227,7 +236,7 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 		return nil, inputErr(ReasonUnknownSaga, "reply %s for saga %s, which does not exist", in.msgID, in.sagaID)
 	}
 	if st.Terminal() || in.inReplyTo != st.Waiting {
-		if m.sent(st, in.inReplyTo) {
+		if m.sent(ctx, st, data, in.inReplyTo) {
 			return &outcome{drop: DropStaleReply}, nil
 		}
 		return nil, inputErr(ReasonNotWaiting, "reply to %q, but saga %s waits on %q", in.inReplyTo, st.ID, st.Waiting)
@@ -265,7 +274,8 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 }
 
 // sent reports whether id names a command that the saga has sent before.
-func (m *machine) sent(st *State, id string) bool {
+// data is the saga's data: a step it skips sent nothing.
+func (m *machine) sent(ctx context.Context, st *State, data any, id string) bool {
 	rest, ok := strings.CutPrefix(id, st.ID+"/")
 	if !ok {
 		return false
@@ -279,7 +289,7 @@ func (m *machine) sent(st *State, id string) bool {
 	case i < 0:
 		return false
 	case kind == "do":
-		return i <= st.Step && !m.steps[i].Local
+		return i <= st.Step && !m.steps[i].Local && !m.skipped(ctx, i, data)
 	case strings.HasPrefix(kind, "undo"):
 		return i == st.Undoing || slices.Contains(st.Undone, i)
 	}
@@ -395,9 +405,21 @@ func (m *machine) abort(ctx context.Context, st *State, data any, reason string,
 func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {
 	st := out.state
 	st.Status, st.Step, st.Reason = message.StatusCompensating, failed, reason
-	st.Plan = compensation.Plan(m.undo, failed, o)
+	st.Plan = slices.DeleteFunc(compensation.Plan(m.undo, failed, o), func(i int) bool { return m.skipped(ctx, i, out.data) })
 	m.event(out, message.EventCompensationStarted, "", reason)
 	return m.nextUndo(ctx, out)
+}
+
+// skipped reports whether data skips step i (saga.Step.Skip). When Skip
+// fails (a panic, a call that outlives its Timeout), the step counts as not
+// skipped: its compensation is then sent, which a participant answers as
+// done for an effect it never made.
+func (m *machine) skipped(ctx context.Context, i int, data any) bool {
+	if !m.steps[i].Optional {
+		return false
+	}
+	skip, err := m.def.Skip(ctx, i, data)
+	return err == nil && skip
 }
 
 func (m *machine) nextUndo(ctx context.Context, out *outcome) error {

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"regexp"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/ksaga/ksaga/retry"
@@ -100,12 +101,23 @@ type Step[T any] struct {
 	// Deadline is how long one attempt of a Do step waits for its reply.
 	// Zero means DefaultDeadline.
 	Deadline time.Duration
+	// Skip, when set, says whether the saga passes over this step for its
+	// data: a skipped step runs nothing (no command, no Local call), writes
+	// no event and is never compensated. Nil means the step always runs.
+	// The engine calls it whenever it needs the answer (when the step is
+	// reached, when a compensation is planned, when a reply names the
+	// step), so it must depend on data alone and be quick. Like the other
+	// calls into saga code it runs under Timeout with a recover; its error
+	// or panic fails the step as a Local step's error does.
+	Skip func(data *T) bool
 }
 
 // StepInfo describes a step to the engine.
 type StepInfo struct {
 	Name  string
 	Local bool
+	// Optional is set when the step has a Skip.
+	Optional bool
 	// Undoable is set when the step has a compensation: Undo for a
 	// participant step, UndoLocal for a Local one.
 	Undoable bool
@@ -167,6 +179,7 @@ type Definition struct {
 	local   []func(context.Context, any) error
 	// undoLocal compensates local steps.
 	undoLocal []func(context.Context, any) error
+	skip      []func(any) bool
 }
 
 // Validator is implemented by saga data that checks itself. Decode calls it
@@ -214,7 +227,7 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 			return nil, fmt.Errorf("saga %s step %s: Timeout must not be negative", name, s.Name)
 		}
 		seen[s.Name] = true
-		info := StepInfo{Name: s.Name, Local: s.Local != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
+		info := StepInfo{Name: s.Name, Local: s.Local != nil, Optional: s.Skip != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
 			Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
 		if info.Deadline <= 0 {
 			info.Deadline = DefaultDeadline
@@ -227,6 +240,7 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 		d.undo = append(d.undo, typed(s.Undo))
 		d.local = append(d.local, typedLocal(s.Local))
 		d.undoLocal = append(d.undoLocal, typedLocal(s.UndoLocal))
+		d.skip = append(d.skip, typedSkip(s.Skip))
 	}
 	return d, nil
 }
@@ -236,6 +250,13 @@ func typedLocal[T any](fn func(context.Context, *T) error) func(context.Context,
 		return nil
 	}
 	return func(ctx context.Context, data any) error { return fn(ctx, data.(*T)) }
+}
+
+func typedSkip[T any](fn func(*T) bool) func(any) bool {
+	if fn == nil {
+		return nil
+	}
+	return func(data any) bool { return fn(data.(*T)) }
 }
 
 func typed[T any](fn func(context.Context, *T) (Command, error)) func(context.Context, any) (Command, error) {
@@ -358,6 +379,23 @@ func (d *Definition) Undo(ctx context.Context, i int, data any) (cmd Command, er
 		return err
 	})
 	return cmd, err
+}
+
+// Skip reports whether step i is skipped for data (Step.Skip), within the
+// step's Timeout (see Call). It returns false at once for a step without
+// Skip. An error is a panic or a call that outlived the Timeout.
+func (d *Definition) Skip(ctx context.Context, i int, data any) (bool, error) {
+	if d.skip[i] == nil {
+		return false, nil
+	}
+	// An abandoned call may still finish after Call returned: it must not
+	// write a variable the caller reads.
+	var skip atomic.Bool
+	err := Call(ctx, d.steps[i].Timeout, func(context.Context) error {
+		skip.Store(d.skip[i](data))
+		return nil
+	})
+	return err == nil && skip.Load(), err
 }
 
 // RunLocal runs local step i for data within the step's Timeout, with k in

@@ -71,3 +71,44 @@ func TestDecodeStored(t *testing.T) {
 		t.Errorf("Decode with a panicking Validate: %v, want ErrInvalidData", err)
 	}
 }
+
+type gift struct {
+	ID   string `json:"id"`
+	Wrap bool   `json:"wrap"`
+}
+
+// TestSkip: Skip answers for the data, contained like the rest of the
+// saga's code; a step without Skip always runs.
+func TestSkip(t *testing.T) {
+	noop := func(context.Context, *gift) error { return nil }
+	def := saga.New("gift",
+		saga.Step[gift]{Name: "wrap", Local: noop, Skip: func(g *gift) bool { return !g.Wrap }},
+		saga.Step[gift]{Name: "send", Local: noop},
+		saga.Step[gift]{Name: "bug", Local: noop, Skip: func(*gift) bool { panic("skip bug") }},
+	)
+	if got := []bool{def.Steps()[0].Optional, def.Steps()[1].Optional}; got[0] != true || got[1] != false {
+		t.Errorf("Optional = %v, want [true false]", got)
+	}
+	for _, tt := range []struct {
+		value string
+		step  int
+		want  bool
+	}{
+		{`{"id":"g-1","wrap":true}`, 0, false},
+		{`{"id":"g-1","wrap":false}`, 0, true},
+		{`{"id":"g-1"}`, 1, false},
+	} {
+		data, err := def.Decode([]byte(tt.value))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := def.Skip(context.Background(), tt.step, data); got != tt.want || err != nil {
+			t.Errorf("Skip(%d) of %s = %v, %v; want %v, nil", tt.step, tt.value, got, err, tt.want)
+		}
+	}
+	data, _ := def.Decode([]byte(`{"id":"g-1"}`))
+	var pe *saga.PanicError
+	if got, err := def.Skip(context.Background(), 2, data); got || !errors.As(err, &pe) {
+		t.Errorf("a panicking Skip = %v, %v; want false and a *PanicError", got, err)
+	}
+}

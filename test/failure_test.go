@@ -241,7 +241,7 @@ func (e *env) assertOnce(evs map[string][]message.Event, sagaIDs ...string) {
 			}
 		}
 	}
-	for _, p := range []string{order.Inventory, order.Payment, order.Shipping} {
+	for _, p := range order.Participants {
 		for id, n := range e.commands(p) {
 			if n != 1 {
 				e.t.Errorf("command %s sent %d times, want 1", id, n)

@@ -41,10 +41,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	topics := []string{
-		message.Inbox(order.Name), message.State(order.Name), message.Events(order.Name), message.DLT(order.Name),
-		message.Commands(order.Inventory), message.Commands(order.Payment), message.Commands(order.Shipping),
-		message.Commands(order.Inventory) + "-dlt", message.Commands(order.Payment) + "-dlt", message.Commands(order.Shipping) + "-dlt",
+	topics := []string{message.Inbox(order.Name), message.State(order.Name), message.Events(order.Name), message.DLT(order.Name)}
+	for _, p := range order.Participants {
+		topics = append(topics, message.Commands(p), message.Commands(p)+"-dlt")
 	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics...),
 		kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": "900000"}))
@@ -131,8 +130,8 @@ func (e *env) startEngine(def *saga.Definition, opts ...orchestrator.Opt) *runni
 	return r
 }
 
-// startParticipants runs the three reference participants until the test
-// ends.
+// startParticipants runs the reference participants (all of them, or
+// those named) until the test ends.
 func (e *env) startParticipants(names ...string) (stop func()) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -16,6 +16,10 @@
 //	payments           authorized - cancelled = Σ amounts of completed orders; one payment per order
 //	shipments          a shipment exactly for each completed order
 //	orders-store       an order is completed in the orders store exactly when its saga completed
+//	coupons            per code: never more issued than its limit; the issued count, the number
+//	                   of completed orders holding the coupon and the size of the customer set
+//	                   are equal; no customer holds it twice; every claim of an order that did not
+//	                   complete is released; an order without a coupon has no claim
 //	dlq                each poison record dead-lettered once with its reason; nothing else but
 //	                   the orders that ran out of retries; no participant dead letters
 //	no-stray-saga      no saga, command or ledger entry for an id that is not an order
@@ -58,6 +62,14 @@ const (
 	// KindPoison is a bad record: it must be dead-lettered exactly once,
 	// with the reason in Poison, found by its Marker header.
 	KindPoison = "poison"
+	// KindCoupon is a complete order that carries a coupon of a code with
+	// a small limit: it must end SagaCompleted holding its coupon, or
+	// SagaCompensated because the coupon participant refused it
+	// (order.ReasonCouponExhausted or order.ReasonCouponAlreadyUsed).
+	KindCoupon = "coupon"
+	// KindCouponUnknown is an order whose coupon code has no limit: it
+	// must end SagaCompensated for order.ReasonCouponUnknown.
+	KindCouponUnknown = "coupon-unknown"
 	// KindCompensate is an order that was sent a Compensate (with
 	// ksaga-reason CompensateReason) soon after its start. If the
 	// Compensate found it running, it must end SagaCompensated with an
@@ -104,7 +116,7 @@ func outcome(kind string) (string, bool) {
 	switch kind {
 	case KindComplete, KindDupStart, KindDupReply:
 		return message.EventSagaCompleted, true
-	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage:
+	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage, KindCouponUnknown:
 		return message.EventSagaCompensated, true
 	}
 	return "", false
@@ -121,12 +133,13 @@ const (
 	InvPayments    = "payments"
 	InvShipments   = "shipments"
 	InvOrders      = "orders-store"
+	InvCoupons     = "coupons"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 11
+	invariantCount = 12
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvDLQ, InvStray}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -224,6 +237,30 @@ type Data struct {
 	// Orders is the orders store: hash ksaga:sim:order:<order_id> of each
 	// order that complete-order recorded.
 	Orders map[string]map[string]string
+	// Coupons is the coupon ledger of each code found in Redis (keys
+	// ksaga:sim:coupon:<code>:limit, :issued, :customers).
+	Coupons map[string]CouponLedger
+	// CouponClaims is the hash ksaga:sim:coupon-claim:<order_id> of each
+	// order that has one.
+	CouponClaims map[string]map[string]string
+}
+
+// CouponLedger is one coupon code's keys.
+type CouponLedger struct {
+	// Limit is the limit key; HasLimit is false when it is missing.
+	Limit    int64
+	HasLimit bool
+	// Issued is the issued count (missing = 0).
+	Issued int64
+	// Customers are the members of the customer set.
+	Customers []string
+}
+
+// Initial is what the participants' ledgers held before the run.
+type Initial struct {
+	Stock map[string]int64
+	// Coupons are the coupon limits seeded, by code.
+	Coupons map[string]int64
 }
 
 // RedisState is a saga's hash in the engine's Redis.
@@ -256,8 +293,8 @@ type CommandKey struct {
 	Topic, SagaID, MessageID, Attempt string
 }
 
-// Analyze checks d against the expectations and the initial stock.
-func Analyze(expect []Expectation, initialStock map[string]int64, d *Data) *Report {
+// Analyze checks d against the expectations and the initial ledgers.
+func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a := &analysis{
 		rep:    &Report{Checked: make(map[string]int), Outcomes: make(map[string]int)},
 		d:      d,
@@ -278,10 +315,11 @@ func Analyze(expect []Expectation, initialStock map[string]int64, d *Data) *Repo
 	a.states()
 	a.redis()
 	a.home()
-	a.stock(initialStock)
+	a.stock(initial.Stock)
 	a.payments()
 	a.shipments()
 	a.orders()
+	a.coupons(initial.Coupons)
 	a.deadLetters()
 	a.strays()
 	return a.rep
@@ -324,8 +362,17 @@ func (a *analysis) terminal() {
 		}
 		a.ended[id] = ends[0]
 		a.rep.Outcomes[ends[0]]++
-		if a.sagas[id].Kind == KindCompensate {
+		switch a.sagas[id].Kind {
+		case KindCompensate:
 			a.compensated(id, ends[0])
+			continue
+		case KindCoupon:
+			if ends[0] != message.EventSagaCompleted {
+				a.couponRefused(id, ends[0], order.ReasonCouponExhausted, order.ReasonCouponAlreadyUsed)
+			}
+			continue
+		case KindCouponUnknown:
+			a.couponRefused(id, ends[0], order.ReasonCouponUnknown)
 			continue
 		}
 		want, ok := outcome(a.sagas[id].Kind)
@@ -353,6 +400,21 @@ func (a *analysis) compensated(id, end string) {
 		a.fail(InvTerminal, id, "compensate order applied the requested compensation (%q) but ended %s", CompensateReason, end)
 	case end != message.EventSagaCompensated && end != message.EventSagaCompleted:
 		a.fail(InvTerminal, id, "compensate order ended %s, want %s or %s", end, message.EventSagaCompensated, message.EventSagaCompleted)
+	}
+}
+
+// couponRefused checks that a coupon order ended SagaCompensated because
+// its reserve-coupon step failed for one of reasons.
+func (a *analysis) couponRefused(id, end string, reasons ...string) {
+	got := ""
+	for _, ev := range a.d.Events[id] {
+		if ev.Type == message.EventStepFailed && ev.Step == order.StepReserveCoupon {
+			got = ev.Reason
+		}
+	}
+	if end != message.EventSagaCompensated || !slices.Contains(reasons, got) {
+		a.fail(InvTerminal, id, "%s order ended %s with reserve-coupon failed for %q, want %s after %s",
+			a.sagas[id].Kind, end, got, message.EventSagaCompensated, strings.Join(reasons, " or "))
 	}
 }
 
@@ -629,6 +691,80 @@ func (a *analysis) orders() {
 	}
 }
 
+// coupons checks the coupon ledger against the sagas' outcomes: per code,
+// the count and the customer set are exactly the completed orders holding
+// it, within its limit; the claims agree with the outcomes; and orders
+// without a coupon left no trace in it.
+func (a *analysis) coupons(limits map[string]int64) {
+	// holders: code → customer → the completed orders holding it.
+	holders := make(map[string]map[string][]string)
+	for _, id := range a.ids() {
+		o, claim := a.sagas[id].Order, a.d.CouponClaims[id]
+		if o == nil {
+			continue
+		}
+		a.rep.Checked[InvCoupons]++
+		switch {
+		case o.Coupon == "":
+			if claim != nil {
+				a.fail(InvCoupons, id, "order has no coupon but a coupon claim %v", claim)
+			}
+		case a.completed(id):
+			if claim["status"] != "issued" || claim["code"] != o.Coupon || claim["customer_id"] != o.CustomerID {
+				a.fail(InvCoupons, id, "order completed with coupon %s for customer %s but its claim is %v", o.Coupon, o.CustomerID, claim)
+			}
+			if holders[o.Coupon] == nil {
+				holders[o.Coupon] = make(map[string][]string)
+			}
+			holders[o.Coupon][o.CustomerID] = append(holders[o.Coupon][o.CustomerID], id)
+		case claim != nil && claim["status"] != "released":
+			a.fail(InvCoupons, id, "order did not complete (%s) but its claim of coupon %s is %v, not released", a.endOf(id), o.Coupon, claim)
+		}
+	}
+	codes := make(map[string]bool)
+	for _, m := range []map[string]bool{keys(limits), keys(a.d.Coupons), keys(holders)} {
+		maps.Copy(codes, m)
+	}
+	for _, code := range slices.Sorted(maps.Keys(codes)) {
+		a.rep.Checked[InvCoupons]++
+		l, limit := a.d.Coupons[code], limits[code]
+		if _, seeded := limits[code]; seeded && (!l.HasLimit || l.Limit != limit) {
+			a.fail(InvCoupons, code, "limit key is %d (set: %v), but %d was seeded", l.Limit, l.HasLimit, limit)
+		}
+		held := 0
+		for _, customer := range slices.Sorted(maps.Keys(holders[code])) {
+			ids := holders[code][customer]
+			held += len(ids)
+			if len(ids) > 1 {
+				a.fail(InvCoupons, code, "customer %s holds it twice: completed orders %s", customer, strings.Join(ids, ", "))
+			}
+			if !slices.Contains(l.Customers, customer) {
+				a.fail(InvCoupons, code, "customer %s holds it (order %s) but is not in its customer set", customer, ids[0])
+			}
+		}
+		for _, c := range slices.Sorted(slices.Values(l.Customers)) {
+			if _, ok := holders[code][c]; !ok {
+				a.fail(InvCoupons, code, "customer %s is in its customer set but no completed order holds it", c)
+			}
+		}
+		if l.Issued > limit {
+			a.fail(InvCoupons, code, "%d issued, more than its limit %d", l.Issued, limit)
+		}
+		if l.Issued != int64(held) || len(l.Customers) != held {
+			a.fail(InvCoupons, code, "issued count %d, %d customers in its set, but %d completed orders hold it", l.Issued, len(l.Customers), held)
+		}
+	}
+}
+
+// keys returns the keys of m as a set.
+func keys[V any](m map[string]V) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
 func (a *analysis) deadLetters() {
 	byMarker := make(map[string][]DeadLetter)
 	exhausted := make(map[string]int)
@@ -699,7 +835,8 @@ func (a *analysis) strays() {
 	for _, l := range []struct {
 		name string
 		m    map[string]map[string]string
-	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}, {"an orders-store entry", a.d.Orders}} {
+	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}, {"an orders-store entry", a.d.Orders},
+		{"a coupon claim", a.d.CouponClaims}} {
 		for _, id := range slices.Sorted(maps.Keys(l.m)) {
 			stray(id, l.name)
 		}

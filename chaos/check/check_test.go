@@ -22,10 +22,12 @@ func home(id string) int32 { return message.HomePartition(id, partitions) }
 func elsewhere(id string) int32 { return (home(id) + 1) % partitions }
 
 // run is a consistent run: a completed order, a declined one, an
-// undeliverable one, an outage, an order compensated on request, a poison
-// record and a stray reply that landed off its home partition and was
-// moved there.
-func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
+// undeliverable one, an outage, an order compensated on request, coupon
+// orders (one that got the last coupon of its code, one refused because the
+// code ran out, one of an unknown code, and a declined one whose coupon was
+// given back), a poison record and a stray reply that landed off its home
+// partition and was moved there.
+func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	t.Helper()
 	ord := func(id string, amount int64, qty int64) *order.Order {
 		return &order.Order{OrderID: id, AmountCents: amount, Items: []order.Item{{SKU: "sku-1", Qty: qty}}}
@@ -36,6 +38,10 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 		{ID: "o-3", Kind: KindUndeliverable, Order: ord("o-3", 700, 1)},
 		{ID: "o-4", Kind: KindOutage, Order: ord("o-4", 300, 3)},
 		{ID: "o-5", Kind: KindCompensate, Order: ord("o-5", 400, 1)},
+		{ID: "o-6", Kind: KindCoupon, Order: coupon(ord("o-6", 100, 1), "c-6", "C1")},
+		{ID: "o-7", Kind: KindCoupon, Order: coupon(ord("o-7", 100, 1), "c-7", "C1")},
+		{ID: "o-8", Kind: KindCouponUnknown, Order: coupon(ord("o-8", 100, 1), "c-8", "NOPE")},
+		{ID: "o-9", Kind: KindDeclined, Order: coupon(ord("o-9", 900000, 1), "c-9", "C1")},
 		{ID: "p-1", Kind: KindPoison, Poison: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{ID: "s-1", Kind: KindPoison, Poison: orchestrator.ReasonUnknownSaga, Marker: "m-2",
 			Landed: &Landing{Partition: elsewhere("s-1"), Offset: 17}},
@@ -45,11 +51,13 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 		Events:     make(map[string][]message.Event), States: make(map[string][]byte),
 		StatePartitions: make(map[string][]int32),
 		Redis:           make(map[string]RedisState), Commands: make(map[CommandKey]int),
-		Stock:        map[string]int64{"sku-1": 98},
+		Stock:        map[string]int64{"sku-1": 97},
 		Reservations: make(map[string]map[string]string),
 		Payments:     make(map[string]map[string]string),
 		Shipments:    make(map[string]map[string]string),
 		Orders:       make(map[string]map[string]string),
+		Coupons:      map[string]CouponLedger{"C1": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-6"}}},
+		CouponClaims: make(map[string]map[string]string),
 	}
 	end := func(id, event, status string) {
 		d.Events[id] = []message.Event{
@@ -84,17 +92,39 @@ func run(t *testing.T) ([]Expectation, map[string]int64, *Data) {
 	d.Events["o-5"] = slices.Insert(d.Events["o-5"], 1, message.Event{SagaID: "o-5", Type: message.EventCompensationStarted,
 		Version: 3, Reason: "compensation requested: " + CompensateReason})
 	d.Reservations["o-5"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	end("o-6", message.EventSagaCompleted, message.StatusCompleted)
+	d.CouponClaims["o-6"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-6"}
+	d.Reservations["o-6"] = map[string]string{"status": "reserved", "item:sku-1": "1"}
+	d.Payments["o-6"] = map[string]string{"status": "authorized", "amount_cents": "100"}
+	d.Shipments["o-6"] = map[string]string{"status": "scheduled"}
+	d.Orders["o-6"] = map[string]string{"status": "completed", "amount_cents": "100", "fence": "9"}
+	refused := func(id, reason string) {
+		end(id, message.EventSagaCompensated, message.StatusCompensated)
+		d.Events[id] = slices.Insert(d.Events[id], 1, message.Event{SagaID: id, Type: message.EventStepFailed,
+			Step: order.StepReserveCoupon, Version: 2, Reason: reason})
+	}
+	refused("o-7", order.ReasonCouponExhausted)
+	refused("o-8", order.ReasonCouponUnknown)
+	end("o-9", message.EventSagaCompensated, message.StatusCompensated)
+	d.CouponClaims["o-9"] = map[string]string{"status": "released", "code": "C1", "customer_id": "c-9"}
+	d.Reservations["o-9"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.DeadLetters = []DeadLetter{
 		{Key: "p-1", Reason: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{Key: "o-4", Reason: orchestrator.ReasonExhausted, Exception: "complete order: connection refused"},
 		{Key: "s-1", Reason: orchestrator.ReasonUnknownSaga, Marker: "m-2", ForwardedFrom: fmt.Sprintf("%d/17", elsewhere("s-1"))},
 	}
-	return exp, map[string]int64{"sku-1": 100}, d
+	return exp, Initial{Stock: map[string]int64{"sku-1": 100}, Coupons: map[string]int64{"C1": 1}}, d
+}
+
+// coupon gives o a coupon of code, for customer.
+func coupon(o *order.Order, customer, code string) *order.Order {
+	o.CustomerID, o.Coupon = customer, code
+	return o
 }
 
 func TestConsistentRunPasses(t *testing.T) {
-	exp, stock, d := run(t)
-	rep := Analyze(exp, stock, d)
+	exp, initial, d := run(t)
+	rep := Analyze(exp, initial, d)
 	if !rep.OK() {
 		t.Fatalf("a consistent run has anomalies:\n%s", rep)
 	}
@@ -103,8 +133,8 @@ func TestConsistentRunPasses(t *testing.T) {
 			t.Errorf("invariant %s checked nothing", inv)
 		}
 	}
-	if got := rep.Outcomes[message.EventSagaCompleted]; got != 1 {
-		t.Errorf("report counts %d completed sagas, want 1", got)
+	if got := rep.Outcomes[message.EventSagaCompleted]; got != 2 {
+		t.Errorf("report counts %d completed sagas, want 2", got)
 	}
 }
 
@@ -267,12 +297,72 @@ func TestAnomalies(t *testing.T) {
 			d.Events["o-5"][2].Type = message.EventSagaCompleted
 			return e
 		}, InvTerminal, "o-5"},
+		{"more coupons issued than the limit", func(e []Expectation, d *Data) []Expectation {
+			d.Coupons["C1"] = CouponLedger{Limit: 1, HasLimit: true, Issued: 2, Customers: []string{"c-6", "c-7"}}
+			d.CouponClaims["o-7"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-7"}
+			return e
+		}, InvCoupons, "C1"},
+		{"issued count off the completed orders", func(e []Expectation, d *Data) []Expectation {
+			l := d.Coupons["C1"]
+			l.Issued = 0
+			d.Coupons["C1"] = l
+			return e
+		}, InvCoupons, "C1"},
+		{"customer set holds a customer who holds no coupon", func(e []Expectation, d *Data) []Expectation {
+			l := d.Coupons["C1"]
+			l.Customers = append(l.Customers, "c-9")
+			d.Coupons["C1"] = l
+			return e
+		}, InvCoupons, "C1"},
+		{"customer missing from the set", func(e []Expectation, d *Data) []Expectation {
+			l := d.Coupons["C1"]
+			l.Customers = nil
+			d.Coupons["C1"] = l
+			return e
+		}, InvCoupons, "C1"},
+		{"one customer holds the coupon twice", func(e []Expectation, d *Data) []Expectation {
+			e[6].Order.CustomerID = "c-6"
+			d.Events["o-7"] = []message.Event{{SagaID: "o-7", Type: message.EventSagaStarted, Version: 1}, {SagaID: "o-7", Type: message.EventSagaCompleted, Version: 5}}
+			d.CouponClaims["o-7"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-6"}
+			return e
+		}, InvCoupons, "C1"},
+		{"limit key changed", func(e []Expectation, d *Data) []Expectation {
+			l := d.Coupons["C1"]
+			l.Limit = 5
+			d.Coupons["C1"] = l
+			return e
+		}, InvCoupons, "C1"},
+		{"coupon of a compensated order not released", func(e []Expectation, d *Data) []Expectation {
+			d.CouponClaims["o-9"]["status"] = "issued"
+			return e
+		}, InvCoupons, "o-9"},
+		{"completed coupon order without its claim", func(e []Expectation, d *Data) []Expectation {
+			delete(d.CouponClaims, "o-6")
+			return e
+		}, InvCoupons, "o-6"},
+		{"order without a coupon touched the coupon ledger", func(e []Expectation, d *Data) []Expectation {
+			d.CouponClaims["o-1"] = map[string]string{"status": "released"}
+			return e
+		}, InvCoupons, "o-1"},
+		{"coupon order compensated for another reason", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-7"][1].Reason = order.ReasonOutOfStock
+			return e
+		}, InvTerminal, "o-7"},
+		{"unknown coupon issued", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-8"] = d.Events["o-8"][:1]
+			d.Events["o-8"] = append(d.Events["o-8"], message.Event{SagaID: "o-8", Type: message.EventSagaCompleted, Version: 5})
+			return e
+		}, InvTerminal, "o-8"},
+		{"poison claimed a coupon", func(e []Expectation, d *Data) []Expectation {
+			d.CouponClaims["p-1"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-1"}
+			return e
+		}, InvStray, "p-1"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			exp, stock, d := run(t)
+			exp, initial, d := run(t)
 			exp = c.break_(exp, d)
-			rep := Analyze(exp, stock, d)
+			rep := Analyze(exp, initial, d)
 			found := false
 			for _, a := range rep.Anomalies {
 				if a.Invariant == c.inv && a.ID == c.id {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,7 +31,9 @@ type Config struct {
 	// SagaType names the topics and the engine's keys ("order").
 	SagaType     string
 	InitialStock map[string]int64
-	Expect       []Expectation
+	// InitialCoupons are the coupon limits seeded, by code.
+	InitialCoupons map[string]int64
+	Expect         []Expectation
 	// Idle is how long the topics must be quiet before they are read to
 	// the end (default DefaultIdle).
 	Idle time.Duration
@@ -44,7 +47,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := Analyze(cfg.Expect, cfg.InitialStock, d)
+	rep := Analyze(cfg.Expect, Initial{Stock: cfg.InitialStock, Coupons: cfg.InitialCoupons}, d)
 	rep.Read = read
 	return rep, nil
 }
@@ -52,7 +55,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // Read gathers the Data of a run: every committed record of the saga's
 // state, events and dead-letter topics and of the participants' command and
 // dead-letter topics, the engine's saga states in Redis, the participants'
-// ledgers and the orders store. It returns a line saying what it read.
+// ledgers (coupons included) and the orders store. It returns a line saying what it read.
 func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 	if cfg.OrdersRedis == "" {
 		return nil, "", errors.New("check: Config.OrdersRedis is required")
@@ -70,7 +73,8 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		Commands: make(map[CommandKey]int),
 		Stock:    make(map[string]int64), Reservations: make(map[string]map[string]string),
 		Payments: make(map[string]map[string]string), Shipments: make(map[string]map[string]string),
-		Orders: make(map[string]map[string]string),
+		Orders:  make(map[string]map[string]string),
+		Coupons: make(map[string]CouponLedger), CouponClaims: make(map[string]map[string]string),
 	}
 	counts, err := readTopics(ctx, cfg, d)
 	if err != nil {
@@ -112,6 +116,7 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		{sim.ReservationKey(""), d.Reservations},
 		{sim.PaymentKey(""), d.Payments},
 		{sim.ShipmentKey(""), d.Shipments},
+		{sim.CouponClaimKey(""), d.CouponClaims},
 	} {
 		n, err := scanHashes(ctx, rdb, l.prefix+"*", func(key string, h map[string]string) {
 			l.m[strings.TrimPrefix(key, l.prefix)] = h
@@ -133,7 +138,51 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		}
 		d.Stock[strings.TrimPrefix(k, stockPrefix)] = v
 	}
+	if err := readCoupons(ctx, rdb, d); err != nil {
+		return nil, "", fmt.Errorf("participants' redis %s: %w", cfg.SimRedis, err)
+	}
+	var issued []string
+	for _, code := range slices.Sorted(maps.Keys(d.Coupons)) {
+		l := d.Coupons[code]
+		issued = append(issued, fmt.Sprintf("%s %d/%d", code, l.Issued, l.Limit))
+	}
+	counts = append(counts, fmt.Sprintf("%d coupon claims, coupons issued/limit: %s", len(d.CouponClaims), strings.Join(issued, " ")))
 	return d, strings.Join(counts, ", "), nil
+}
+
+// readCoupons reads the coupon ledger: the keys
+// ksaga:sim:coupon:<code>:limit|issued|customers of every code.
+func readCoupons(ctx context.Context, rdb *redis.Client, d *Data) error {
+	prefix := strings.TrimSuffix(sim.CouponLimitKey(""), ":limit")
+	keys, err := scanKeys(ctx, rdb, prefix+"*")
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		i := strings.LastIndexByte(k, ':')
+		code, field := strings.TrimPrefix(k[:i], prefix), k[i+1:]
+		l := d.Coupons[code]
+		switch field {
+		case "limit", "issued":
+			v, err := rdb.Get(ctx, k).Int64()
+			if err != nil {
+				return fmt.Errorf("coupon %s: %s: %w", code, field, err)
+			}
+			if field == "limit" {
+				l.Limit, l.HasLimit = v, true
+			} else {
+				l.Issued = v
+			}
+		case "customers":
+			if l.Customers, err = rdb.SMembers(ctx, k).Result(); err != nil {
+				return fmt.Errorf("coupon %s: customers: %w", code, err)
+			}
+		default:
+			return fmt.Errorf("unexpected coupon ledger key %s", k)
+		}
+		d.Coupons[code] = l
+	}
+	return nil
 }
 
 // readTopics reads the topics of a run with read_committed, once they have

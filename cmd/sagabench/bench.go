@@ -156,6 +156,9 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err := sim.SeedStock(ctx, b.rdb, stock()); err != nil {
 		return err
 	}
+	if err := sim.SeedCoupons(ctx, b.rdb, map[string]int64{couponCode: couponLimit}); err != nil {
+		return err
+	}
 	b.producer, err = kgo.NewClient(
 		kgo.SeedBrokers(b.brokers...),
 		kgo.ProducerLinger(0),

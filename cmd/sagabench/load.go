@@ -48,9 +48,22 @@ func (l *load) failing() int {
 	return l.n / l.failEvery
 }
 
+// withCoupon reports whether saga i carries a coupon: one in ten, half of
+// them among the sagas that are declined in a failure scenario, whose
+// coupon is then released by the compensation.
+func withCoupon(i int) bool { return i%20 == 9 || i%20 == 14 }
+
+// couponCode is the coupon of the benchmark's coupon orders; its limit
+// (couponLimit) never runs out, so they complete like the others.
+const (
+	couponCode  = "bench-coupon"
+	couponLimit = 1 << 50
+)
+
 // startRecord returns saga i's start request: one or two items of plentiful
 // stock, shipped to a deliverable country, with an amount over the payment
-// limit when the saga is to fail.
+// limit when the saga is to fail, and for one in ten a coupon (withCoupon)
+// with a customer of its own, so that it is issued.
 func (l *load) startRecord(i int) *kgo.Record {
 	id := l.prefix + strconv.Itoa(i)
 	amount := int64(100 + (i*7919)%50_000)
@@ -64,6 +77,9 @@ func (l *load) startRecord(i int) *kgo.Record {
 	}
 	if i%4 == 0 {
 		o.Items = append(o.Items, order.Item{SKU: skus[(i+1)%len(skus)], Qty: 1})
+	}
+	if withCoupon(i) {
+		o.Coupon, o.CustomerID = couponCode, "coupon-"+id
 	}
 	v, _ := json.Marshal(o) // an Order always encodes
 	return &kgo.Record{

@@ -8,12 +8,16 @@
 //
 // In one run it starts an in-process Kafka (kfake) and a redis-server child
 // on free ports (or uses --kafka-brokers and --redis-addr), builds sagad, and
-// runs the engine (sagad --participants none) and the three reference
+// runs the engine (sagad --participants none) and the four reference
 // participants (sagad --engine=false --participants all) as child processes.
+// One order in ten carries a coupon (a code whose limit never runs out, a
+// customer of its own), so it takes the saga's reserve-coupon step too.
 // Then:
 //
 //  1. full speed: --sagas order sagas offered at once, with 0% and then 10%
-//     business failures (payments declined: the amount is over the limit);
+//     business failures (payments declined: the amount is over the limit;
+//     half of the coupon orders are among them, so their coupon is given
+//     back);
 //  2. fixed rate: the same at half the best full-speed rate (or --rate);
 //  3. the bare loop: a kgo.GroupTransactSession loop that reads the inbox
 //     records of those runs again and produces, per record, the engine's

@@ -16,7 +16,8 @@ import (
 )
 
 // TestChaos runs the short (CI) chaos run: 2,000 sagas with the full mix
-// of orders and bad input, sent through five partitioners (murmur2, CRC32,
+// of orders (coupon orders racing for three codes with small limits
+// included) and bad input, sent through five partitioners (murmur2, CRC32,
 // FNV-1a, random, round-robin), with bursts of large orders; two engine
 // SIGKILLs, a participant SIGKILL, a participant crash-loop, a SIGSTOP past
 // the transaction timeout, a Redis FLUSHALL, a Redis restart, a Redis
@@ -81,6 +82,32 @@ func TestPlan(t *testing.T) {
 		if got := kinds[m.kind]; got < want/2 || got > want*2 {
 			t.Errorf("got %d %s orders, want about %d", got, m.kind, want)
 		}
+	}
+	// Coupon orders outnumber each code's coupons, so that the codes run
+	// out; some declined and undeliverable orders hold a coupon too.
+	perCode := make(map[string]int)
+	compensatedWithCoupon := 0
+	for _, e := range p.sagas {
+		switch {
+		case e.Kind == kindCoupon:
+			perCode[e.Order.Coupon]++
+		case e.Kind == kindCouponUnknown:
+			if e.Order.Coupon != couponUnknown {
+				t.Errorf("coupon-unknown order %s carries %q, want %s", e.ID, e.Order.Coupon, couponUnknown)
+			}
+		case (e.Kind == kindDeclined || e.Kind == kindUndeliverable) && e.Order.Coupon != "":
+			compensatedWithCoupon++
+		case e.Kind != kindCoupon && e.Order.Coupon != "":
+			t.Errorf("%s order %s carries a coupon", e.Kind, e.ID)
+		}
+	}
+	for code, limit := range p.coupons {
+		if int64(perCode[code]) <= limit {
+			t.Errorf("coupon %s: %d orders for %d coupons, want more orders than coupons", code, perCode[code], limit)
+		}
+	}
+	if compensatedWithCoupon < n/50 {
+		t.Errorf("only %d declined or undeliverable orders hold a coupon", compensatedWithCoupon)
 	}
 	// Every duplicate start is sent twice, the second time after the first.
 	starts := make(map[string][]int)

@@ -15,20 +15,21 @@ type checkResult struct {
 }
 
 // check runs chaos/check on the run's topics and Redis servers.
-func (h *harness) check(ctx context.Context, exps []*expectation) (checkResult, error) {
-	ex := make([]check.Expectation, 0, len(exps))
-	for _, e := range exps {
+func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
+	ex := make([]check.Expectation, 0, len(p.exps))
+	for _, e := range p.exps {
 		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
 	}
 	rep, err := check.Run(ctx, check.Config{
-		Brokers:      []string{h.kafkaAddr},
-		EngineRedis:  h.redisAddr[redisEngine],
-		SimRedis:     h.redisAddr[redisSim],
-		OrdersRedis:  h.redisAddr[redisOrders],
-		SagaType:     order.Name,
-		InitialStock: initialStock,
-		Expect:       ex,
-		Idle:         checkIdle,
+		Brokers:        []string{h.kafkaAddr},
+		EngineRedis:    h.redisAddr[redisEngine],
+		SimRedis:       h.redisAddr[redisSim],
+		OrdersRedis:    h.redisAddr[redisOrders],
+		SagaType:       order.Name,
+		InitialStock:   initialStock,
+		InitialCoupons: p.coupons,
+		Expect:         ex,
+		Idle:           checkIdle,
 	})
 	if err != nil {
 		return checkResult{}, err

@@ -31,6 +31,8 @@ const (
 	kindDupStart      = check.KindDupStart
 	kindDupReply      = check.KindDupReply
 	kindCompensate    = check.KindCompensate
+	kindCoupon        = check.KindCoupon
+	kindCouponUnknown = check.KindCouponUnknown
 )
 
 // expectation is what one saga or one poison record must come to; it is
@@ -85,15 +87,33 @@ type plan struct {
 	// rotate counts the records of each use that rotates over the
 	// partitioners.
 	rotate map[string]int
+	// coupons are the coupon limits to seed, by code (couponLimits).
+	coupons map[string]int64
 }
 
-// The mix of orders, in percent.
+// The mix of orders, in percent. Besides the coupon orders, half of the
+// declined and undeliverable orders carry a coupon (couponCodes): it is
+// issued, or refused, and given back by their compensation.
 var mix = []struct {
 	kind   string
 	weight int
 }{
-	{kindComplete, 63}, {kindDeclined, 10}, {kindOutOfStock, 10}, {kindUndeliverable, 10}, {kindDupStart, 5},
-	{kindCompensate, 2},
+	{kindComplete, 54}, {kindCoupon, 8}, {kindCouponUnknown, 1}, {kindDeclined, 10}, {kindOutOfStock, 10},
+	{kindUndeliverable, 10}, {kindDupStart, 5}, {kindCompensate, 2},
+}
+
+// couponCodes are the coupon codes of the load, whose limits
+// (couponLimits) are small so that they run out during the run; the
+// customers (500 of them) collide, so that some orders are refused
+// COUPON_ALREADY_USED. couponUnknown is a code with no limit.
+var couponCodes = []string{"CHAOS-A", "CHAOS-B", "CHAOS-C"}
+
+const couponUnknown = "CHAOS-NONE"
+
+// couponLimits returns the limits of couponCodes for a load of n orders,
+// which has about n/10 orders holding a coupon at some time.
+func couponLimits(n int) map[string]int64 {
+	return map[string]int64{"CHAOS-A": int64(max(5, n/50)), "CHAOS-B": int64(max(3, n/200)), "CHAOS-C": 5}
 }
 
 // The share of start requests that go through franz-go's murmur2, in
@@ -158,6 +178,7 @@ func newPlan(n int, rng *rand.Rand) *plan {
 		sagas: make(map[string]*expectation), kinds: make(map[string]int), variants: make(map[string]int),
 		after: make(map[int]int), landing: make(map[*kgo.Record]*expectation),
 		partitioners: make(map[string]int), rotate: make(map[string]int),
+		coupons: couponLimits(n),
 	}
 	variants := poisonVariants
 	poisons := max(len(variants), n/100)
@@ -350,12 +371,19 @@ func newOrder(id, kind string, rng *rand.Rand) order.Order {
 		o.Items = append(o.Items, order.Item{SKU: fmt.Sprintf("sku-%d", 1+rng.IntN(5)), Qty: 1 + rng.Int64N(3)})
 	}
 	switch kind {
+	case kindCoupon:
+		o.Coupon = couponCodes[rng.IntN(len(couponCodes))]
+	case kindCouponUnknown:
+		o.Coupon = couponUnknown
 	case kindDeclined:
 		o.AmountCents = sim.DefaultPaymentLimitCents + 1 + rng.Int64N(10*sim.DefaultPaymentLimitCents)
 	case kindOutOfStock:
 		o.Items = append(o.Items, order.Item{SKU: skuScarce, Qty: scarceStock + 1 + rng.Int64N(10)})
 	case kindUndeliverable:
 		o.ShipTo = order.Address{Country: "XX", City: "Nowhere"}
+	}
+	if (kind == kindDeclined || kind == kindUndeliverable) && rng.IntN(2) == 0 {
+		o.Coupon = couponCodes[rng.IntN(len(couponCodes))]
 	}
 	return o
 }

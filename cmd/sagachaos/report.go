@@ -22,11 +22,23 @@ func (h *harness) summary(res *result) {
 		}
 	}
 	fmt.Fprintf(tw, "sagas sent\t%d\t(%d records at %.1f/s)\n", len(p.sagas), len(p.recs), res.rate)
-	for _, k := range []string{kindComplete, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply, kindCompensate} {
+	for _, k := range []string{kindComplete, kindCoupon, kindCouponUnknown, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply, kindCompensate} {
 		note := ""
 		switch k {
 		case kindComplete:
 			note = fmt.Sprintf("%d of them large (a %d KiB ship_to.city), in %d bursts of %d sharing a home partition", p.large, largeField>>10, p.bursts, largeBurst)
+		case kindCoupon:
+			note = fmt.Sprintf("race for the coupons %v (completed, or refused exhausted/already used)", p.coupons)
+		case kindCouponUnknown:
+			note = "carry a coupon with no limit (refused unknown)"
+		case kindDeclined, kindUndeliverable:
+			n := 0
+			for _, e := range p.exps {
+				if e.Kind == k && e.Order != nil && e.Order.Coupon != "" {
+					n++
+				}
+			}
+			note = fmt.Sprintf("%d of them with a coupon, given back by the compensation", n)
 		case kindCompensate:
 			note = fmt.Sprintf("sent a Compensate soon after their start (%d sent)", p.compensates)
 		case kindOutage:

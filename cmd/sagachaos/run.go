@@ -182,6 +182,10 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5eed))
 	p := newPlan(cfg.Sagas, rng)
 	res := &result{plan: p}
+	if err := sim.SeedCoupons(ctx, h.simRdb, p.coupons); err != nil {
+		return res, err
+	}
+	h.logf("seeded coupons: %v (and %s unknown)", p.coupons, couponUnknown)
 
 	faults, need := schedule(cfg.counts(), cfg.FaultSpacing, rng)
 	rate := cfg.Rate
@@ -247,7 +251,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	}
 	h.logf("running chaos/check on %d expectations", len(p.exps))
 	t := time.Now()
-	rep, err := h.check(ctx, p.exps)
+	rep, err := h.check(ctx, p)
 	if err != nil {
 		return res, fmt.Errorf("chaos/check: %w", err)
 	}
@@ -362,14 +366,14 @@ func (h *harness) drainMarkers(ctx context.Context, p *plan, post []string, time
 }
 
 // markOutages turns orders that should have completed (complete,
-// dup-start and compensate orders) but ended compensated because their
+// dup-start, compensate and coupon orders) but ended compensated because their
 // complete-order step ran out of retries and was dead-lettered (the orders
 // store was down, hung or panicked) into outage sagas. It returns how many.
 func (h *harness) markOutages(p *plan) int {
 	n := 0
 	for _, id := range p.ids {
 		e := p.sagas[id]
-		if (e.Kind != kindComplete && e.Kind != kindDupStart && e.Kind != kindCompensate) || !slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompensated}) {
+		if (e.Kind != kindComplete && e.Kind != kindDupStart && e.Kind != kindCompensate && e.Kind != kindCoupon) || !slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompensated}) {
 			continue
 		}
 		for _, d := range h.track.dlqOf(id) {

@@ -10,7 +10,7 @@ import (
 )
 
 // allParticipants are the reference participants sagad runs.
-var allParticipants = []string{order.Inventory, order.Payment, order.Shipping}
+var allParticipants = order.Participants
 
 // TestFlagErrors checks sagad's own flags (the daemon checks its own): an
 // invalid one exits 2 with one line that says what to fix, before
@@ -60,7 +60,7 @@ func TestFlagErrors(t *testing.T) {
 		{
 			name: "unknown participant",
 			args: []string{"--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--participants", "invntory"},
-			want: `--participants: unknown participant "invntory" (want inventory, payment, shipping, all or none)`,
+			want: `--participants: unknown participant "invntory" (want coupon, inventory, payment, shipping, all or none)`,
 		},
 		{
 			name: "require-config",

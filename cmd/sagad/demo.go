@@ -41,6 +41,7 @@ var commonSKUs = []string{"sku-1", "sku-2", "sku-3", "sku-4", "sku-5", "sku-6"}
 // Kinds of demo orders, by how they are meant to end.
 const (
 	kindComplete      = "complete"
+	kindCoupon        = "coupon"        // carries the first-come coupon; about half get it
 	kindDeclined      = "declined"      // amount above the payment limit
 	kindScarce        = "scarce"        // buys scarceSKU; most run out of stock
 	kindUndeliverable = "undeliverable" // ships to country XX
@@ -57,20 +58,32 @@ type demoPlan struct {
 	orders      []order.Order
 	kinds       []string
 	scarceStock int64
+	// first is the first-come coupon code (limit firstLimit), which the
+	// coupon orders race for; welcome the code that every other declined
+	// order carries, with a coupon for each, so that the compensation
+	// gives it back. Both are unique per run.
+	first, welcome          string
+	firstLimit, welcomeSent int64
 }
 
-// newDemoPlan plans n orders: ~70% that complete, ~10% declined, ~10% for
-// the scarce sku, ~10% undeliverable. Order ids are unique per run
-// (o-<run id>-<n>), so runs on one --data-dir do not collide.
+// newDemoPlan plans n orders: ~60% that complete, ~10% with the first-come
+// coupon (the customers of half of them get it; the rest fail
+// COUPON_EXHAUSTED or COUPON_ALREADY_USED), ~10% declined (every other one
+// with the welcome coupon, issued then released), ~10% for the scarce sku,
+// ~10% undeliverable. Order ids are unique per run (o-<run id>-<n>), and so
+// are the coupon codes, so runs on one --data-dir do not collide.
 func newDemoPlan(n int, paymentLimit int64) *demoPlan {
 	var id [4]byte
 	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
 	p := &demoPlan{runID: hex.EncodeToString(id[:])}
+	p.first, p.welcome = "FIRST-"+p.runID, "WELCOME-"+p.runID
 	rnd := mrand.New(mrand.NewPCG(uint64(n), uint64(paymentLimit)))
-	scarce := 0
+	scarce, coupons := 0, 0
 	for i := range n {
 		kind := kindComplete
 		switch i % 10 {
+		case 1:
+			kind = kindCoupon
 		case 3:
 			kind = kindDeclined
 		case 6:
@@ -87,8 +100,17 @@ func newDemoPlan(n int, paymentLimit int64) *demoPlan {
 			ShipTo:      destinations[rnd.IntN(len(destinations))],
 		}
 		switch kind {
+		case kindCoupon:
+			o.Coupon = p.first
+			coupons++
 		case kindDeclined:
 			o.AmountCents = min(paymentLimit+1+rnd.Int64N(100_000), order.MaxAmountCents)
+			if i%20 == 3 {
+				// A customer of its own, so that the coupon is issued
+				// (and given back when the payment is declined).
+				o.Coupon, o.CustomerID = p.welcome, fmt.Sprintf("c-welcome-%d", i+1)
+				p.welcomeSent++
+			}
 		case kindScarce:
 			// Reserving is all or nothing: the common item is not taken
 			// when the scarce one is short.
@@ -101,7 +123,13 @@ func newDemoPlan(n int, paymentLimit int64) *demoPlan {
 		p.kinds = append(p.kinds, kind)
 	}
 	p.scarceStock = int64(max(1, scarce/5))
+	p.firstLimit = int64(max(1, coupons/2))
 	return p
+}
+
+// coupons returns the coupon limits to seed before the run.
+func (p *demoPlan) coupons() map[string]int64 {
+	return map[string]int64{p.first: p.firstLimit, p.welcome: max(1, p.welcomeSent)}
 }
 
 // prefix is what the saga ids of this run start with.
@@ -286,6 +314,9 @@ func (s *sagad) demo(ctx context.Context, env *daemon.Env) error {
 
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := sim.SeedStock(setupCtx, rdb, plan.stock())
+	if err == nil {
+		err = sim.SeedCoupons(setupCtx, rdb, plan.coupons())
+	}
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -299,8 +330,8 @@ func (s *sagad) demo(ctx context.Context, env *daemon.Env) error {
 	}
 	defer cl.Close()
 	recs := plan.records()
-	fmt.Fprintf(out, "sending %d orders (~70%% complete, ~10%% payment declined, ~10%% short of %s, ~10%% undeliverable) and 1 poison record\n",
-		len(plan.orders), scarceSKU)
+	fmt.Fprintf(out, "sending %d orders (~60%% complete, ~10%% racing for %d coupons %s, ~10%% payment declined (half of them holding a coupon %s), ~10%% short of %s, ~10%% undeliverable) and 1 poison record\n",
+		len(plan.orders), plan.firstLimit, plan.first, plan.welcome, scarceSKU)
 	start := time.Now()
 	for chunk := range slices.Chunk(recs, produceChunk) {
 		if err := cl.ProduceSync(ctx, chunk...).FirstErr(); err != nil {
@@ -363,9 +394,12 @@ func printProgress(w io.Writer, elapsed time.Duration, s metrics.Snapshot, rate 
 
 // reasonLabels names the reference participants' failure reasons.
 var reasonLabels = map[string]string{
-	order.ReasonPaymentDeclined: "payment declined",
-	order.ReasonOutOfStock:      "out of stock",
-	order.ReasonUndeliverable:   "undeliverable",
+	order.ReasonPaymentDeclined:   "payment declined",
+	order.ReasonOutOfStock:        "out of stock",
+	order.ReasonUndeliverable:     "undeliverable",
+	order.ReasonCouponExhausted:   "coupons exhausted",
+	order.ReasonCouponAlreadyUsed: "coupon already used",
+	order.ReasonCouponUnknown:     "coupon unknown",
 }
 
 func (r demoResult) print(w io.Writer) {
@@ -392,6 +426,9 @@ func (r demoResult) print(w io.Writer) {
 	}
 	row("failed", r.failed)
 	row("dead-lettered", r.deadLettered)
+	if r.ledger.couponLimit > 0 {
+		row("coupons issued", fmt.Sprintf("%d/%d", r.ledger.couponsIssued, r.ledger.couponLimit))
+	}
 	row("elapsed", r.elapsed.Round(time.Millisecond))
 	if secs := r.elapsed.Seconds(); secs > 0 {
 		row("sagas/s", strconv.FormatFloat(float64(r.completed+r.compensated+r.failed)/secs, 'f', 0, 64))
@@ -406,7 +443,9 @@ func (r demoResult) print(w io.Writer) {
 		if r.ledger.stockSkipped {
 			stock = "stock not checked: sagas of an earlier, interrupted run took some"
 		}
-		fmt.Fprintf(w, "    (%d orders against their reservation, payment, shipment and order records; %s)\n", r.ledger.checked, stock)
+		fmt.Fprintf(w, "    (%d orders against their reservation, payment, shipment and order records and %d against their coupon claims; %s;\n",
+			r.ledger.checked, r.ledger.couponOrders, stock)
+		fmt.Fprintf(w, "    coupon counts and customer sets equal to the completed orders that hold them, none over its limit)\n")
 	}
 }
 
@@ -415,7 +454,12 @@ type ledgerCheck struct {
 	checked      int
 	skus         int
 	stockSkipped bool
-	problems     []string
+	// couponOrders counts the orders with a coupon checked against their
+	// claims; couponsIssued is the first-come code's issued count at the
+	// end, couponLimit its limit.
+	couponOrders               int
+	couponsIssued, couponLimit int64
+	problems                   []string
 }
 
 func (l ledgerCheck) ok() bool { return len(l.problems) == 0 }
@@ -429,7 +473,10 @@ const maxProblems = 5
 // one has none of these (its order record is missing, or cancelled when
 // complete-order ran out of attempts); and each sku's stock is the seeded stock minus the
 // completed orders' quantities (every effect happened once, every undo put
-// it back once).
+// it back once). For the coupons: a completed order with a coupon holds its
+// claim, any other order's claim is released or absent, and each code's
+// issued count and customer set are exactly the completed orders holding
+// it (so none is over its limit, no customer holds two).
 func checkLedgers(ctx context.Context, rdb redis.UniversalClient, p *demoPlan, t *tracker) ledgerCheck {
 	t.mu.Lock()
 	completed := maps.Clone(t.completed)
@@ -441,20 +488,29 @@ func checkLedgers(ctx context.Context, rdb redis.UniversalClient, p *demoPlan, t
 			lc.problems = append(lc.problems, fmt.Sprintf(format, args...))
 		}
 	}
-	type statuses struct{ reservation, payment, shipment, order *redis.StringCmd }
+	type statuses struct{ reservation, payment, shipment, order, claim *redis.StringCmd }
+	type couponLedger struct {
+		issued    *redis.StringCmd
+		customers *redis.StringSliceCmd
+	}
 	got := make([]statuses, len(p.orders))
 	stock := make(map[string]*redis.StringCmd)
+	coupons := make(map[string]couponLedger)
 	_, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, o := range p.orders {
 			got[i] = statuses{
-				pipe.HGet(ctx, sim.ReservationKey(o.OrderID), "status"),
-				pipe.HGet(ctx, sim.PaymentKey(o.OrderID), "status"),
-				pipe.HGet(ctx, sim.ShipmentKey(o.OrderID), "status"),
-				pipe.HGet(ctx, sim.OrderKey(o.OrderID), "status"),
+				reservation: pipe.HGet(ctx, sim.ReservationKey(o.OrderID), "status"),
+				payment:     pipe.HGet(ctx, sim.PaymentKey(o.OrderID), "status"),
+				shipment:    pipe.HGet(ctx, sim.ShipmentKey(o.OrderID), "status"),
+				order:       pipe.HGet(ctx, sim.OrderKey(o.OrderID), "status"),
+				claim:       pipe.HGet(ctx, sim.CouponClaimKey(o.OrderID), "status"),
 			}
 		}
 		for sku := range p.stock() {
 			stock[sku] = pipe.Get(ctx, sim.StockKey(sku))
+		}
+		for code := range p.coupons() {
+			coupons[code] = couponLedger{pipe.Get(ctx, sim.CouponIssuedKey(code)), pipe.SMembers(ctx, sim.CouponCustomersKey(code))}
 		}
 		return nil
 	})
@@ -463,9 +519,27 @@ func checkLedgers(ctx context.Context, rdb redis.UniversalClient, p *demoPlan, t
 		return lc
 	}
 	want := p.stock()
+	holders := make(map[string]map[string]int) // code → customer → completed orders holding it
 	for i, o := range p.orders {
 		lc.checked++
 		s := got[i]
+		if o.Coupon != "" {
+			lc.couponOrders++
+			claim := s.claim.Val()
+			switch {
+			case completed[o.OrderID] && claim != "issued":
+				problem("completed order %s with coupon %s: claim %q, want issued", o.OrderID, o.Coupon, claim)
+			case completed[o.OrderID]:
+				if holders[o.Coupon] == nil {
+					holders[o.Coupon] = make(map[string]int)
+				}
+				holders[o.Coupon][o.CustomerID]++
+			case claim != "" && claim != "released":
+				problem("compensated order %s with coupon %s: claim %q, want released or none", o.OrderID, o.Coupon, claim)
+			}
+		} else if claim := s.claim.Val(); claim != "" {
+			problem("order %s has no coupon but a coupon claim %q", o.OrderID, claim)
+		}
 		have := [4]string{s.reservation.Val(), s.payment.Val(), s.shipment.Val(), s.order.Val()}
 		if completed[o.OrderID] {
 			if have != [4]string{"reserved", "authorized", "scheduled", "completed"} {
@@ -478,6 +552,34 @@ func checkLedgers(ctx context.Context, rdb redis.UniversalClient, p *demoPlan, t
 		}
 		if have[0] == "reserved" || have[1] == "authorized" || have[2] == "scheduled" || (have[3] != "" && have[3] != "cancelled") {
 			problem("compensated order %s: reservation %q, payment %q, shipment %q, order %q", o.OrderID, have[0], have[1], have[2], have[3])
+		}
+	}
+	limits := p.coupons()
+	for _, code := range slices.Sorted(maps.Keys(coupons)) {
+		c := coupons[code]
+		issued, err := c.issued.Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			problem("coupon %s: issued count: %v", code, err)
+			continue
+		}
+		held := 0
+		for customer, n := range holders[code] {
+			held += n
+			if n > 1 {
+				problem("coupon %s: customer %s holds it through %d completed orders", code, customer, n)
+			}
+			if !slices.Contains(c.customers.Val(), customer) {
+				problem("coupon %s: customer %s holds it but is not in its customer set", code, customer)
+			}
+		}
+		switch {
+		case issued > limits[code]:
+			problem("coupon %s: %d issued, over its limit %d", code, issued, limits[code])
+		case issued != int64(held) || len(c.customers.Val()) != held:
+			problem("coupon %s: %d issued and %d customers in its set, but %d completed orders hold it", code, issued, len(c.customers.Val()), held)
+		}
+		if code == p.first {
+			lc.couponsIssued, lc.couponLimit = issued, limits[code]
 		}
 	}
 	if foreign > 0 {

@@ -1,5 +1,5 @@
 // Command sagad runs the ksaga order saga: the engine and, optionally, the
-// reference participants (inventory, payment, shipping). It is a thin main
+// reference participants (coupon, inventory, payment, shipping). It is a thin main
 // over package daemon, which does the flags, the logging, the topics, the
 // HTTP server and the shutdown.
 //
@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		daemon.BuildSaga(s.buildOrder, s.hooks()),
 		daemon.Demo(s.demo),
 	}
-	for _, name := range []string{order.Inventory, order.Payment, order.Shipping} {
+	for _, name := range order.Participants {
 		opts = append(opts, daemon.BuildParticipant(name, s.handler(name)))
 	}
 	return daemon.Run(ctx, args, opts...)

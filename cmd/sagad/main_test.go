@@ -103,6 +103,15 @@ func TestEmbeddedDemo(t *testing.T) {
 			if failed != 0 {
 				t.Errorf("failed: got %d, want 0", failed)
 			}
+			// Each tenth order races for half as many coupons as there
+			// are such orders: they run out.
+			m := regexp.MustCompile(`(?m)^  coupons issued\s+(\d+)/(\d+)$`).FindStringSubmatch(out)
+			if m == nil || m[1] != m[2] || m[1] != strconv.Itoa(orders/20) {
+				t.Errorf("coupons issued: got %q, want all %d of them", m, orders/20)
+			}
+			if got := summaryCount(t, out, "  coupons exhausted"); got == 0 {
+				t.Errorf("coupons exhausted: got %d, want some", got)
+			}
 			if !strings.Contains(out, "ledger check                     ok") {
 				t.Errorf("ledger check not ok:\n%s", out)
 			}
@@ -116,7 +125,7 @@ func TestRunUsage(t *testing.T) {
 		t.Errorf("-help: exit %d, output %q; want 0 and the flags", code, out)
 	}
 	code, _, errs := runSagad(context.Background(), t, "--participants", "invntory", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379")
-	want := `sagad: --participants: unknown participant "invntory" (want inventory, payment, shipping, all or none)` + "\n"
+	want := `sagad: --participants: unknown participant "invntory" (want coupon, inventory, payment, shipping, all or none)` + "\n"
 	if code != exitUsage || errs != want {
 		t.Errorf("bad participant: exit %d, stderr %q; want %d and %q", code, errs, exitUsage, want)
 	}

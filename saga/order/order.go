@@ -1,12 +1,13 @@
-// Package order is the reference order saga: reserve the stock, authorize
-// the payment, schedule the shipment, then record the completed order. A
-// failure at any step undoes the steps before it, last first; recording the
-// order is undone by cancelling it in the store when its attempts run out.
+// Package order is the reference order saga: issue the order's coupon (only
+// for an order that names one), reserve the stock, authorize the payment,
+// schedule the shipment, then record the completed order. A failure at any
+// step undoes the steps before it, last first; recording the order is undone
+// by cancelling it in the store when its attempts run out.
 //
 //	def := order.New(store) // store records completed and cancelled orders
 //
-// Its participants (inventory, payment, shipping) and the Redis order store
-// live in package sim.
+// Its participants (coupon, inventory, payment, shipping) and the Redis
+// order store live in package sim.
 package order
 
 import (
@@ -23,13 +24,19 @@ const Name = "order"
 
 // Participant names; their topics are <name>.commands.
 const (
+	Coupon    = "coupon"
 	Inventory = "inventory"
 	Payment   = "payment"
 	Shipping  = "shipping"
 )
 
+// Participants lists the participants of the order saga, in step order.
+var Participants = []string{Coupon, Inventory, Payment, Shipping}
+
 // Command types sent to the participants.
 const (
+	ReserveCoupon    = "ReserveCoupon"
+	ReleaseCoupon    = "ReleaseCoupon"
 	ReserveInventory = "ReserveInventory"
 	ReleaseInventory = "ReleaseInventory"
 	AuthorizePayment = "AuthorizePayment"
@@ -43,7 +50,18 @@ const (
 	ReasonOutOfStock      = "OUT_OF_STOCK"
 	ReasonPaymentDeclined = "PAYMENT_DECLINED"
 	ReasonUndeliverable   = "UNDELIVERABLE"
+	// ReasonCouponUnknown: the coupon code has no limit set.
+	ReasonCouponUnknown = "COUPON_UNKNOWN"
+	// ReasonCouponExhausted: as many coupons of the code are issued as
+	// its limit allows.
+	ReasonCouponExhausted = "COUPON_EXHAUSTED"
+	// ReasonCouponAlreadyUsed: the customer holds a coupon of the code
+	// already (through another order).
+	ReasonCouponAlreadyUsed = "COUPON_ALREADY_USED"
 )
+
+// MaxCouponLen bounds the length of a coupon code.
+const MaxCouponLen = 64
 
 // MaxAmountCents bounds an order's amount; larger amounts are rejected as
 // invalid input rather than declined.
@@ -57,6 +75,10 @@ type Order struct {
 	Currency    string  `json:"currency"`
 	Items       []Item  `json:"items"`
 	ShipTo      Address `json:"ship_to"`
+	// Coupon is the code of a coupon to apply, or empty. Each code is
+	// issued up to its limit, once per customer (package sim). An order
+	// without one never reaches the coupon participant.
+	Coupon string `json:"coupon,omitempty"`
 }
 
 // Item is a line of an order.
@@ -91,7 +113,27 @@ func (o *Order) Validate() error {
 			return fmt.Errorf("item %d: needs a sku and a qty in 1..1000000", i)
 		}
 	}
+	if o.Coupon != "" && !validCoupon(o.Coupon) {
+		return fmt.Errorf("coupon %q: want 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", o.Coupon, MaxCouponLen)
+	}
 	return nil
+}
+
+// validCoupon reports whether code is a coupon code: it becomes part of
+// Redis keys, so it is kept to a plain alphabet.
+func validCoupon(code string) bool {
+	if len(code) > MaxCouponLen {
+		return false
+	}
+	for i, c := range code {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Store records completed orders: the saga's local last step. An error
@@ -118,11 +160,19 @@ type Store interface {
 
 // Step names. They are stored in headers, events and state.
 const (
+	StepReserveCoupon    = "reserve-coupon"
 	StepReserveInventory = "reserve-inventory"
 	StepAuthorizePayment = "authorize-payment"
 	StepScheduleShipping = "schedule-shipping"
 	StepCompleteOrder    = "complete-order"
 )
+
+// CouponCommand is the payload of ReserveCoupon and ReleaseCoupon.
+type CouponCommand struct {
+	OrderID    string `json:"order_id"`
+	CustomerID string `json:"customer_id"`
+	Code       string `json:"code"`
+}
 
 // InventoryCommand is the payload of ReserveInventory and ReleaseInventory.
 type InventoryCommand struct {
@@ -147,8 +197,16 @@ type ShippingCommand struct {
 
 // New returns the order saga, recording completed orders in store and
 // cancelling them there when the saga compensates after complete-order.
+//
+// Its first step, reserve-coupon, is skipped for an order without a
+// coupon: no command, no event, no compensation. Steps are stored by index
+// in the state of running sagas; the coupon step moved every other step
+// one place down, so sagas started by a version without it must end before
+// this one runs.
 func New(store Store) *saga.Definition {
 	return saga.New(Name,
+		saga.Step[Order]{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
+			Skip: func(o *Order) bool { return o.Coupon == "" }},
 		saga.Step[Order]{Name: StepReserveInventory, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
 		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment)},
 		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping)},
@@ -160,6 +218,10 @@ func command[P any](participant, typ string, payload func(*Order) P) func(contex
 	return func(_ context.Context, o *Order) (saga.Command, error) {
 		return saga.Command{Participant: participant, Type: typ, Payload: payload(o)}, nil
 	}
+}
+
+func coupon(o *Order) CouponCommand {
+	return CouponCommand{OrderID: o.OrderID, CustomerID: o.CustomerID, Code: o.Coupon}
 }
 
 func inventory(o *Order) InventoryCommand {

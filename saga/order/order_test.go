@@ -3,6 +3,7 @@ package order_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ksaga/ksaga/saga"
@@ -48,5 +49,72 @@ func TestCompleteOrderIsUndone(t *testing.T) {
 	want := []string{"complete o-1 o-1/complete-order/4", "cancel o-1 o-1/complete-order/7"}
 	if !slices.Equal(store.calls, want) {
 		t.Errorf("store calls: got %q, want %q", store.calls, want)
+	}
+}
+
+// TestCouponStep checks that reserve-coupon comes first, is undone by
+// ReleaseCoupon, and is skipped for an order without a coupon.
+func TestCouponStep(t *testing.T) {
+	def := order.New(&recorder{})
+	first := def.Steps()[0]
+	if first.Name != order.StepReserveCoupon || first.Local || !first.Undoable || !first.Optional {
+		t.Fatalf("first step: got %+v, want %s, a participant step, undoable and optional", first, order.StepReserveCoupon)
+	}
+	if second := def.Steps()[1]; second.Name != order.StepReserveInventory {
+		t.Errorf("second step: got %s, want %s", second.Name, order.StepReserveInventory)
+	}
+	ctx := context.Background()
+	base := `"customer_id":"c-1","amount_cents":4599,"currency":"USD","items":[{"sku":"sku-1","qty":2}]`
+	for _, tt := range []struct {
+		value string
+		skip  bool
+	}{
+		{`{"order_id":"o-1",` + base + `}`, true},
+		{`{"order_id":"o-2",` + base + `,"coupon":""}`, true},
+		{`{"order_id":"o-3",` + base + `,"coupon":"SPRING-26"}`, false},
+	} {
+		data, err := def.Decode([]byte(tt.value))
+		if err != nil {
+			t.Fatalf("Decode(%s): %v", tt.value, err)
+		}
+		if skip, err := def.Skip(ctx, 0, data); skip != tt.skip || err != nil {
+			t.Errorf("Skip of %s = %v, %v; want %v", tt.value, skip, err, tt.skip)
+		}
+		if tt.skip {
+			continue
+		}
+		for _, c := range []struct {
+			do   func(context.Context, int, any) (saga.Command, error)
+			want string
+		}{{def.Do, order.ReserveCoupon}, {def.Undo, order.ReleaseCoupon}} {
+			cmd, err := c.do(ctx, 0, data)
+			want := order.CouponCommand{OrderID: "o-3", CustomerID: "c-1", Code: "SPRING-26"}
+			if err != nil || cmd.Participant != order.Coupon || cmd.Type != c.want || cmd.Payload != want {
+				t.Errorf("command: got %+v, %v; want %s to %s with %+v", cmd, err, c.want, order.Coupon, want)
+			}
+		}
+	}
+}
+
+func TestValidateCoupon(t *testing.T) {
+	for _, tt := range []struct {
+		code string
+		ok   bool
+	}{
+		{"", true},
+		{"SPRING", true},
+		{"spring-2026_v1.2", true},
+		{strings.Repeat("a", order.MaxCouponLen), true},
+		{strings.Repeat("a", order.MaxCouponLen+1), false},
+		{"-SPRING", false},
+		{"SPR:ING", false},
+		{"SPR ING", false},
+		{"SPRÏNG", false},
+	} {
+		o := order.Order{OrderID: "o-1", CustomerID: "c-1", AmountCents: 1, Currency: "USD",
+			Items: []order.Item{{SKU: "s", Qty: 1}}, Coupon: tt.code}
+		if err := o.Validate(); (err == nil) != tt.ok {
+			t.Errorf("Validate with coupon %q: got %v, want ok=%v", tt.code, err, tt.ok)
+		}
 	}
 }

@@ -1,9 +1,10 @@
-// Package sim holds the reference participants of the order saga
-// (inventory, payment, shipping) and its order store, with their ledgers in
+// Package sim holds the reference participants of the order saga (coupon,
+// inventory, payment, shipping) and its order store, with their ledgers in
 // Redis so that a checker can verify conservation laws from outside.
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"})
 //	_ = sim.SeedStock(ctx, rdb, map[string]int64{"sku-1": 10})
+//	_ = sim.SeedCoupons(ctx, rdb, map[string]int64{"SPRING": 500})
 //	for name, h := range sim.Handlers(rdb, sim.DefaultPaymentLimitCents) {
 //		p, err := participant.New(name, h, participant.Brokers("localhost:9092"))
 //		// … go p.Run(ctx); defer p.Close()
@@ -12,6 +13,11 @@
 //
 // The Redis keys are an external contract (DESIGN.md, "Participants"):
 //
+//	ksaga:sim:coupon:<code>:limit         integer: how many coupons of the code may be
+//	                                      issued (missing: the code is unknown)
+//	ksaga:sim:coupon:<code>:issued        integer: how many are issued now (missing = 0)
+//	ksaga:sim:coupon:<code>:customers     set: the customers who hold one now
+//	ksaga:sim:coupon-claim:<order_id>     hash: status issued|released, code, customer_id
 //	ksaga:sim:stock:<sku>                 integer units in stock (missing = 0)
 //	ksaga:sim:reservation:<order_id>      hash: status reserved|released, item:<sku> = qty
 //	ksaga:sim:payment:<order_id>          hash: status authorized|cancelled, amount_cents
@@ -36,6 +42,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,6 +79,8 @@ const (
 
 // Key prefixes; see the package documentation.
 const (
+	keyCoupon      = "ksaga:sim:coupon:"
+	keyCouponClaim = "ksaga:sim:coupon-claim:"
 	keyStock       = "ksaga:sim:stock:"
 	keyReservation = "ksaga:sim:reservation:"
 	keyPayment     = "ksaga:sim:payment:"
@@ -79,6 +88,20 @@ const (
 	keyOrder       = "ksaga:sim:order:"
 	keyDedupe      = "ksaga:sim:dedupe:"
 )
+
+// CouponLimitKey returns the Redis key of the limit of coupon code.
+func CouponLimitKey(code string) string { return keyCoupon + code + ":limit" }
+
+// CouponIssuedKey returns the Redis key of the count of coupons of code
+// issued.
+func CouponIssuedKey(code string) string { return keyCoupon + code + ":issued" }
+
+// CouponCustomersKey returns the Redis key of the set of customers who hold
+// a coupon of code.
+func CouponCustomersKey(code string) string { return keyCoupon + code + ":customers" }
+
+// CouponClaimKey returns the Redis key of the coupon claim of an order.
+func CouponClaimKey(orderID string) string { return keyCouponClaim + orderID }
 
 // StockKey returns the Redis key of the stock of sku.
 func StockKey(sku string) string { return keyStock + sku }
@@ -246,19 +269,76 @@ end
 reply = success
 ` + luaTail)
 
+// scriptIssueCoupon issues a coupon to an order: the first-come admission
+// of write-up 004 (Redis INCR for the count, SADD for one per customer)
+// made one atomic step with the order's claim and the dedupe record, so
+// that the count, the customers and the claims always agree. KEYS[2] =
+// claim, KEYS[3] = limit, KEYS[4] = issued, KEYS[5] = customers; ARGV[2] =
+// customer, ARGV[3] = code. A claim already issued is success (the order
+// holds it); a released one refuses a late issue with ReasonCancelled.
+// Failures write nothing but the dedupe record.
+var scriptIssueCoupon = redis.NewScript(luaHead + `
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'released' then
+  reply = failure('` + ReasonCancelled + `')
+elseif status == 'issued' then
+  reply = success
+elseif not redis.call('GET', KEYS[3]) then
+  reply = failure('` + order.ReasonCouponUnknown + `')
+else
+  local limit = integer(KEYS[3])
+  local issued = integer(KEYS[4])
+  if redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 1 then
+    reply = failure('` + order.ReasonCouponAlreadyUsed + `')
+  elseif issued >= limit then
+    reply = failure('` + order.ReasonCouponExhausted + `')
+  else
+    redis.call('INCR', KEYS[4])
+    redis.call('SADD', KEYS[5], ARGV[2])
+    redis.call('HSET', KEYS[2], 'status', 'issued', 'code', ARGV[3], 'customer_id', ARGV[2])
+    reply = success
+  end
+end
+` + luaTail)
+
+// scriptReleaseCoupon gives back the coupon an order holds, once: the count
+// goes down and the customer leaves the set. With no claim it leaves a
+// released tombstone, so that a late issue is refused. KEYS[2] = claim;
+// ARGV[2] = the coupon key prefix. The code and the customer come from the
+// claim itself, so the count and set keys are not in KEYS: see the package
+// documentation on Cluster.
+var scriptReleaseCoupon = redis.NewScript(luaHead + `
+local claim = redis.call('HMGET', KEYS[2], 'status', 'code', 'customer_id')
+if claim[1] == 'issued' then
+  local issued = ARGV[2] .. claim[2] .. ':issued'
+  integer(issued) -- check before the first write
+  redis.call('DECR', issued)
+  redis.call('SREM', ARGV[2] .. claim[2] .. ':customers', claim[3])
+  redis.call('HSET', KEYS[2], 'status', 'released')
+elseif not claim[1] then
+  redis.call('HSET', KEYS[2], 'status', 'released')
+end
+reply = success
+` + luaTail)
+
 var allScripts = []*redis.Script{
 	scriptRecord, scriptReserve, scriptRelease, scriptAuthorize,
 	scriptCancelPayment, scriptSchedule, scriptCancelShipment,
+	scriptIssueCoupon, scriptReleaseCoupon,
 }
 
 // call is one script invocation; keys and args exclude the dedupe key and
 // its TTL, which every script takes first. A call without a script has no
-// effect and replies BAD_COMMAND without storing it.
+// effect and replies reply, or BAD_COMMAND when reply is empty, without
+// touching Redis.
 type call struct {
 	script *redis.Script
 	keys   []string
 	args   []any
+	reply  string
 }
+
+const successReply = `{"outcome":"success"}`
 
 const badCommandReply = `{"outcome":"failure","reason":"` + ReasonBadCommand + `"}`
 
@@ -342,7 +422,7 @@ func (h *handler) exec(ctx context.Context, cmds []participant.Request, calls []
 	results := make([]string, len(out))
 	for i, c := range out {
 		if c == nil {
-			results[i] = badCommandReply
+			results[i] = cmp.Or(calls[i].reply, badCommandReply)
 			continue
 		}
 		s, err := c.Text()
@@ -414,6 +494,43 @@ func planInventory(c participant.Request) call {
 	return bad()
 }
 
+// NewCoupon returns the coupon participant's handler. ReserveCoupon issues
+// a coupon of the command's code to the order: it fails with
+// order.ReasonCouponUnknown when the code has no limit key,
+// order.ReasonCouponAlreadyUsed when the customer holds one already and
+// order.ReasonCouponExhausted when the limit is reached. ReleaseCoupon gives
+// back what the order's claim holds. A command whose code is empty (an
+// order without a coupon; the saga skips the step for those, so it sends
+// none) is answered success without touching Redis at all.
+func NewCoupon(rdb redis.UniversalClient) participant.Handler {
+	return &handler{name: order.Coupon, rdb: rdb, plan: planCoupon}
+}
+
+func planCoupon(c participant.Request) call {
+	cmd, ok := decode(c.Payload, func(v *order.CouponCommand) bool { return v.OrderID != "" })
+	if !ok {
+		return bad()
+	}
+	switch c.Type {
+	case order.ReserveCoupon:
+		if cmd.Code == "" {
+			return call{reply: successReply}
+		}
+		if cmd.CustomerID == "" {
+			return bad()
+		}
+		return call{script: scriptIssueCoupon, keys: []string{
+			CouponClaimKey(cmd.OrderID), CouponLimitKey(cmd.Code), CouponIssuedKey(cmd.Code), CouponCustomersKey(cmd.Code),
+		}, args: []any{cmd.CustomerID, cmd.Code}}
+	case order.ReleaseCoupon:
+		if cmd.Code == "" {
+			return call{reply: successReply}
+		}
+		return call{script: scriptReleaseCoupon, keys: []string{CouponClaimKey(cmd.OrderID)}, args: []any{keyCoupon}}
+	}
+	return bad()
+}
+
 // NewPayment returns the payment participant's handler. AuthorizePayment
 // fails with order.ReasonPaymentDeclined, writing nothing, when the amount
 // exceeds limitCents; zero or less means DefaultPaymentLimitCents.
@@ -461,11 +578,12 @@ func NewShipping(rdb redis.UniversalClient) participant.Handler {
 	}}
 }
 
-// Handlers returns the three participants' handlers keyed by participant
-// name (order.Inventory, order.Payment, order.Shipping), for
+// Handlers returns the four participants' handlers keyed by participant
+// name (order.Coupon, order.Inventory, order.Payment, order.Shipping), for
 // participant.New.
 func Handlers(rdb redis.UniversalClient, limitCents int64) map[string]participant.Handler {
 	return map[string]participant.Handler{
+		order.Coupon:    NewCoupon(rdb),
 		order.Inventory: NewInventory(rdb),
 		order.Payment:   NewPayment(rdb, limitCents),
 		order.Shipping:  NewShipping(rdb),
@@ -486,6 +604,27 @@ func SeedStock(ctx context.Context, rdb redis.UniversalClient, stock map[string]
 	})
 	if err != nil {
 		return fmt.Errorf("seed stock: %w", err)
+	}
+	return nil
+}
+
+// SeedCoupons sets the limit of each coupon code, overwriting the limit that
+// was there and leaving what was issued as it is: a code may be raised or
+// lowered while orders flow (lowering it below the issued count stops
+// issuing, it takes nothing back). A code with no limit is unknown to the
+// coupon participant.
+func SeedCoupons(ctx context.Context, rdb redis.UniversalClient, limits map[string]int64) error {
+	if len(limits) == 0 {
+		return nil
+	}
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for code, n := range limits {
+			p.Set(ctx, CouponLimitKey(code), strconv.FormatInt(n, 10), 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("seed coupons: %w", err)
 	}
 	return nil
 }

@@ -431,13 +431,13 @@ func TestBadCommand(t *testing.T) {
 
 func TestHandlers(t *testing.T) {
 	hs := sim.Handlers(newRedis(t), 0)
-	for _, name := range []string{order.Inventory, order.Payment, order.Shipping} {
+	for _, name := range order.Participants {
 		if hs[name] == nil {
 			t.Errorf("Handlers()[%q]: got nil, want a handler", name)
 		}
 	}
-	if len(hs) != 3 {
-		t.Errorf("Handlers: got %d handlers, want 3", len(hs))
+	if len(hs) != len(order.Participants) {
+		t.Errorf("Handlers: got %d handlers, want %d", len(hs), len(order.Participants))
 	}
 }
 
