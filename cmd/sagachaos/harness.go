@@ -149,14 +149,27 @@ func (h *harness) build(ctx context.Context, dir string) error {
 	return nil
 }
 
-// freeAddr returns a loopback address with a port that is free now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddrs returns n distinct loopback addresses whose ports are free now.
+// The listeners stay open until all n are picked: closed one by one, the
+// kernel may hand out the same port twice, and two processes of the run
+// would then fight for it.
+func freeAddrs(n int) ([]string, error) {
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return addrs, nil
 }
 
 func (h *harness) newProc(name, path string, supervise bool, args ...string) *proc {
@@ -171,13 +184,9 @@ func (h *harness) setUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("redis-server not found (apt-get install redis-server, or ./scripts/test-deps.sh): %w", err)
 	}
-	addrs := make([]string, 0, 9)
-	for range 9 {
-		a, err := freeAddr()
-		if err != nil {
-			return fmt.Errorf("find a free port: %w", err)
-		}
-		addrs = append(addrs, a)
+	addrs, err := freeAddrs(9)
+	if err != nil {
+		return fmt.Errorf("find free ports: %w", err)
 	}
 	h.kafkaAddr, h.controlAddr = addrs[0], addrs[1]
 	for i := range h.redis {
