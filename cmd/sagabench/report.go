@@ -71,6 +71,7 @@ func (b *bench) printTable(rows []row) {
 			fmt.Sprintf("%.2f", c.bench), fmt.Sprintf("%.2f", c.engine+c.parts+c.redis+c.bench), fmt.Sprint(r.aborted)})
 	}
 	writeTable(b.out, cpu)
+	writeTable(b.out, cpuPerSaga(rows))
 	for _, r := range rows {
 		for _, w := range r.warnings {
 			fmt.Fprintf(b.out, "WARNING: %s\n", w)
@@ -137,4 +138,25 @@ func mib(n uint64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20))
+}
+
+// cpuPerSaga is the CPU one saga costs, per process, in microseconds: cores
+// divided by sagas per second. The engine-alone row counts a saga as its four
+// inbox records (a start and three replies). sagabench holds the in-process
+// broker (kfake) and the load generator.
+func cpuPerSaga(rows []row) [][]string {
+	cells := [][]string{{"CPU per saga (µs)", "engine", "participants", "redis", "broker+load", "total"}}
+	for _, r := range rows {
+		perSec := r.sagasPerSec
+		if r.engineOnly {
+			perSec = r.inboxPerSec / 4
+		}
+		if !r.cpu.ok || perSec <= 0 {
+			continue
+		}
+		c := r.cpu
+		us := func(cores float64) string { return fmt.Sprintf("%.0f", cores*1e6/perSec) }
+		cells = append(cells, []string{r.name, us(c.engine), us(c.parts), us(c.redis), us(c.bench), us(c.engine + c.parts + c.redis + c.bench)})
+	}
+	return cells
 }
