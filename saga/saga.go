@@ -360,25 +360,33 @@ func Call(ctx context.Context, timeout time.Duration, fn func(context.Context) e
 
 // Do builds the command of participant step i for data, which must come
 // from Decode or DecodeStored, within the step's Timeout (see Call).
-func (d *Definition) Do(ctx context.Context, i int, data any) (cmd Command, err error) {
-	err = Call(ctx, d.steps[i].Timeout, func(ctx context.Context) error {
-		c, err := d.do[i](ctx, data)
-		cmd = c
+func (d *Definition) Do(ctx context.Context, i int, data any) (Command, error) {
+	return callCommand(ctx, d.steps[i].Timeout, d.do[i], data)
+}
+
+// callCommand runs a command builder through Call. The command is read
+// only when the call returned: an abandoned call may still finish later and
+// must not write anything the caller reads.
+func callCommand(ctx context.Context, timeout time.Duration, fn func(context.Context, any) (Command, error), data any) (Command, error) {
+	var out atomic.Pointer[Command]
+	err := Call(ctx, timeout, func(ctx context.Context) error {
+		c, err := fn(ctx, data)
+		if err == nil {
+			out.Store(&c)
+		}
 		return err
 	})
-	return cmd, err
+	if err != nil {
+		return Command{}, err
+	}
+	return *out.Load(), nil
 }
 
 // Undo builds the compensation command of participant step i for data
 // within the step's Timeout. Call it only for a step that is not Local and
 // whose StepInfo.Undoable is true.
-func (d *Definition) Undo(ctx context.Context, i int, data any) (cmd Command, err error) {
-	err = Call(ctx, d.steps[i].Timeout, func(ctx context.Context) error {
-		c, err := d.undo[i](ctx, data)
-		cmd = c
-		return err
-	})
-	return cmd, err
+func (d *Definition) Undo(ctx context.Context, i int, data any) (Command, error) {
+	return callCommand(ctx, d.steps[i].Timeout, d.undo[i], data)
 }
 
 // Skip reports whether step i is skipped for data (Step.Skip), within the
