@@ -9,7 +9,7 @@ GO ?= go
 VERSION ?= 0.1.0
 IMAGE ?= ghcr.io/ksaga/sagad
 
-.PHONY: demo test vet unit chaos chaos-short bench image manifests deploy-check
+.PHONY: demo test vet unit chaos chaos-short bench image image-tripd manifests deploy-check
 
 demo:
 	$(GO) run ./cmd/sagad
@@ -57,6 +57,12 @@ bench:
 # build/image/sagad-$(VERSION).tar (docker load -i).
 image:
 	VERSION=$(VERSION) IMAGE=$(IMAGE) ./scripts/image.sh
+
+# image-tripd builds examples/trip's daemon the same way, as
+# ghcr.io/ksaga/tripd:$(VERSION) in build/image-tripd (the image the
+# examples/trip/deploy overlay runs).
+image-tripd:
+	VERSION=$(VERSION) NAME=tripd PKG=./examples/trip/cmd/tripd IMAGE_DIR=build/image-tripd ./scripts/image.sh
 
 # manifests prints deploy/k8s rendered by kustomize (kubectl kustomize
 # deploy/k8s prints the same).

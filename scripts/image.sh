@@ -19,15 +19,18 @@
 #   sagad-<version>.tar      docker-style tarball tagged $IMAGE:<version>: docker load -i / podman load -i
 #   config.json, digest      the image config (as `crane config` prints it) and the OCI manifest's digest
 #
-# Environment: VERSION (the tag; make passes the Makefile's), IMAGE (default
-# ghcr.io/ksaga/sagad), GOARCH (default the Go toolchain's), IMAGE_DIR,
+# Environment: VERSION (the tag; make passes the Makefile's), NAME and PKG
+# (the daemon: default sagad and ./cmd/sagad; make image-tripd builds
+# examples/trip's tripd), IMAGE (default ghcr.io/ksaga/$NAME), GOARCH (default the Go toolchain's), IMAGE_DIR,
 # SOURCE_DATE_EPOCH (file times in the layer; default the last commit's time,
 # so an unchanged tree gives the same layer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION="${VERSION:-dev}"
-IMAGE="${IMAGE:-ghcr.io/ksaga/sagad}"
+NAME="${NAME:-sagad}"
+PKG="${PKG:-./cmd/sagad}"
+IMAGE="${IMAGE:-ghcr.io/ksaga/$NAME}"
 OUT="${IMAGE_DIR:-build/image}"
 GOARCH="${GOARCH:-$(go env GOARCH)}"
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
@@ -58,22 +61,22 @@ run_crane() {
 root="$work/root"
 mkdir -p "$root/etc/ssl/certs" "$root/tmp"
 ldflags="-s -w"
-# Stamp the version if sagad has a variable for it (it has none yet).
-if grep -qE '^[[:space:]]*(var[[:space:]]+)?version[[:space:]]+(string|=)' cmd/sagad/*.go; then
+# Stamp the version if the daemon has a variable for it (none has yet).
+if grep -qE '^[[:space:]]*(var[[:space:]]+)?version[[:space:]]+(string|=)' "$PKG"/*.go; then
   ldflags="$ldflags -X main.version=$VERSION"
 fi
-echo "building sagad $VERSION for linux/$GOARCH" >&2
-CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH" go build -trimpath -ldflags="$ldflags" -o "$root/sagad" ./cmd/sagad
+echo "building $NAME $VERSION for linux/$GOARCH" >&2
+CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH" go build -trimpath -ldflags="$ldflags" -o "$root/$NAME" "$PKG"
 cp "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
 printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
 find "$root" -type d -exec chmod 0755 {} +
 find "$root" -type f -exec chmod 0644 {} +
-chmod 0755 "$root/sagad"
+chmod 0755 "$root/$NAME"
 chmod 1777 "$root/tmp"
 tar --create --file="$work/layer.tar" --directory="$root" --format=gnu --sort=name \
-  --owner=0 --group=0 --numeric-owner --mtime="@$epoch" etc sagad tmp
+  --owner=0 --group=0 --numeric-owner --mtime="@$epoch" etc "$NAME" tmp
 
 # crane's registry, in memory, on a free port of the loopback.
 "$crane" registry serve --address 127.0.0.1:0 2>"$work/registry.log" &
@@ -90,18 +93,18 @@ if [ -z "$port" ]; then
   cat "$work/registry.log" >&2
   exit 1
 fi
-ref="127.0.0.1:$port/ksaga/sagad:$VERSION"
+ref="127.0.0.1:$port/ksaga/$NAME:$VERSION"
 
 run_crane append --oci-empty-base --new_layer "$work/layer.tar" --new_tag "$ref" >/dev/null
 run_crane mutate "$ref" --tag "$ref" \
-  --entrypoint /sagad \
+  --entrypoint "/$NAME" \
   --user 65532:65532 \
   --workdir / \
   --env KSAGA_REQUIRE_CONFIG=true \
   --env KSAGA_LOG_FORMAT=json \
   --exposed-ports 9090/tcp \
   --set-platform "linux/$GOARCH" \
-  --label org.opencontainers.image.title=sagad \
+  --label "org.opencontainers.image.title=$NAME" \
   --label "org.opencontainers.image.version=$VERSION" \
   --label "org.opencontainers.image.revision=$revision" \
   --label org.opencontainers.image.source=https://github.com/ksaga/ksaga >/dev/null
@@ -111,7 +114,7 @@ mkdir -p "$OUT"
 run_crane pull --format=oci "$ref" "$OUT/oci"
 # The same config and layer, under the image's public name, as a
 # docker-style tarball (Docker media types, so another manifest digest).
-run_crane mutate "$ref" --tag "$IMAGE:$VERSION" --output "$OUT/sagad-$VERSION.tar" >/dev/null
+run_crane mutate "$ref" --tag "$IMAGE:$VERSION" --output "$OUT/$NAME-$VERSION.tar" >/dev/null
 digest="$(run_crane digest "$ref")"
 run_crane config "$ref" >"$OUT/config.json"
 echo "$digest" >"$OUT/digest"
