@@ -112,3 +112,27 @@ func TestSkip(t *testing.T) {
 		t.Errorf("a panicking Skip = %v, %v; want false and a *PanicError", got, err)
 	}
 }
+
+// TestAbandonedBuilderFinishingLate: a Do that outlives its Timeout is
+// abandoned; when it returns later it must not write anything the caller
+// already read (go test -race tells).
+func TestAbandonedBuilderFinishingLate(t *testing.T) {
+	release := make(chan struct{})
+	done := make(chan struct{})
+	def := saga.New("late", saga.Step[v2]{Name: "s", Timeout: 20 * time.Millisecond,
+		Do: func(context.Context, *v2) (saga.Command, error) {
+			defer close(done)
+			<-release
+			return saga.Command{Participant: "p", Type: "T"}, nil
+		}})
+	data, err := def.DecodeStored([]byte(`{"id":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := def.Do(context.Background(), 0, data)
+	if !errors.Is(err, saga.ErrTimeout) || cmd != (saga.Command{}) {
+		t.Fatalf("Do = %+v, %v; want the zero command and ErrTimeout", cmd, err)
+	}
+	close(release)
+	<-done
+}
