@@ -571,11 +571,8 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 // it is moved exactly once. A record that cannot be routed (no key, a key
 // that is not UTF-8) is left where it is; handle dead-letters it.
 func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) bool {
-	if len(r.Key) == 0 || !utf8.Valid(r.Key) || e.nparts == 0 {
-		return false
-	}
-	home := message.HomePartition(string(r.Key), e.nparts)
-	if home == r.Partition {
+	home, off := e.misplaced(r)
+	if !off {
 		return false
 	}
 	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+1)
@@ -591,6 +588,17 @@ func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce f
 	b.Forwarded++
 	e.log.Debug("moved to the home partition", "saga_id", string(r.Key), "partition", r.Partition, "offset", r.Offset, "home", home)
 	return true
+}
+
+// misplaced reports whether r arrived off its saga's home partition, and
+// which partition that is. A record that cannot be routed (no key, a key
+// that is not UTF-8) is never misplaced.
+func (e *Engine) misplaced(r *kgo.Record) (home int32, off bool) {
+	if len(r.Key) == 0 || !utf8.Valid(r.Key) || e.nparts == 0 {
+		return r.Partition, false
+	}
+	home = message.HomePartition(string(r.Key), e.nparts)
+	return home, home != r.Partition
 }
 
 // rearm puts back timers whose Timeout messages were not committed.
@@ -624,6 +632,13 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 		}
 		id := string(r.Key)
 		if id == "" || seen[id] {
+			continue
+		}
+		if _, off := e.misplaced(r); off {
+			// Moved to its home partition, not handled here: its saga's
+			// state lives under the home partition's keys and is loaded
+			// with the record that is handled there, in a later batch
+			// or further on in this one.
 			continue
 		}
 		seen[id] = true

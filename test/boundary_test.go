@@ -427,3 +427,88 @@ func TestBadKeysAndTombstones(t *testing.T) {
 		t.Errorf("deleted saga is back in Redis at version %d", st.Version)
 	}
 }
+
+// TestMisplacedDuplicateBesideReply hands a restarted engine, in one
+// batch, the reply a saga waits for on its home partition and duplicates
+// of its start request on every other partition, while the saga's state is
+// only in Redis. The duplicates are moved home and dropped there; the reply
+// finds the saga (its state is read under the home partition's keys, not
+// under those of the partition a duplicate landed on), and every saga
+// completes with nothing dead-lettered.
+func TestMisplacedDuplicateBesideReply(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 100000})
+	sagas := ids("beside", 12)
+	eng := e.startEngine(nil)
+	for _, id := range sagas {
+		e.start(newOrder(id))
+	}
+	for _, id := range sagas {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if st, err := e.redisState(id); err == nil && st != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("saga %s: no state in Redis after 30s", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	eng.stop(t)
+
+	// The replies reach the inbox while no engine runs.
+	stop := e.startParticipants("inventory")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := 0
+		for _, r := range e.readAll(message.Inbox(order.Name), 200*time.Millisecond) {
+			if header(r, message.HeaderMessageType) == message.TypeReply {
+				n++
+			}
+		}
+		if n == len(sagas) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d replies in the inbox after 30s", n, len(sagas))
+		}
+	}
+	stop()
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, id := range sagas {
+		v, _ := json.Marshal(newOrder(id))
+		for p := range int32(partitions) {
+			if p == message.HomePartition(id, partitions) {
+				continue
+			}
+			r := &kgo.Record{Topic: message.Inbox(order.Name), Partition: p, Key: []byte(id), Value: v,
+				Headers: []kgo.RecordHeader{
+					{Key: message.HeaderMessageType, Value: []byte(message.TypeStartSaga)},
+					{Key: message.HeaderMessageID, Value: []byte("start-" + id)},
+				}}
+			if err := cl.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	e.startParticipants()
+	eng = e.startEngine(nil)
+	defer eng.stop(t)
+	evs := e.waitTerminal(sagas, 60*time.Second)
+	for _, id := range sagas {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want %s", id, got, message.EventSagaCompleted)
+		}
+	}
+	e.assertOnce(evs, sagas...)
+	for _, r := range e.readAll(message.DLT(order.Name), 300*time.Millisecond) {
+		t.Errorf("dead-lettered %s: %s", r.Key, header(r, dlq.HeaderReason))
+	}
+}

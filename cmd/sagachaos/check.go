@@ -11,7 +11,9 @@ import (
 type checkResult struct {
 	ok        bool
 	anomalies int
-	text      string
+	// first holds the first few anomalies, one line each.
+	first []string
+	text  string
 }
 
 // check runs chaos/check on the run's topics and Redis servers.
@@ -34,5 +36,9 @@ func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 	if err != nil {
 		return checkResult{}, err
 	}
-	return checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String()}, nil
+	res := checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String()}
+	for _, a := range rep.Anomalies[:min(len(rep.Anomalies), 5)] {
+		res.first = append(res.first, a.String())
+	}
+	return res, nil
 }

@@ -63,6 +63,7 @@ type result struct {
 	checkOK       bool
 	checkRan      bool
 	anomalies     int
+	firstAnomaly  []string
 	crashLines    []string
 	elapsed       time.Duration
 	// panics and hangs count the complete-order calls that panicked and
@@ -94,7 +95,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 			return fmt.Errorf("--work-dir %s is not empty: the broker's data and the logs of an earlier run would mix with this one", h.work)
 		}
 	}
-	h.logf("sagachaos: work dir %s (logs, faults.log, expectations.jsonl)", h.work)
+	h.logf("sagachaos: work dir %s (logs, faults.log, expectations.jsonl, report.txt)", h.work)
 	defer func() {
 		if err == nil && tempWork && !cfg.Keep {
 			os.RemoveAll(h.work)
@@ -148,7 +149,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 		problems = append(problems, fmt.Sprintf("%d sagas did not end within --drain-timeout %v and %d poison records were not dead-lettered", len(res.missing), cfg.DrainTimeout, len(res.missingMarker)))
 	}
 	if res.checkRan && !res.checkOK {
-		problems = append(problems, fmt.Sprintf("the checker found %d anomalies", res.anomalies))
+		// The first anomalies go in the error: it is the last thing a
+		// CI log shows, and the report may be cut from the middle.
+		problems = append(problems, fmt.Sprintf("the checker found %d anomalies (report.txt in the work dir has them all); the first: %s",
+			res.anomalies, strings.Join(res.firstAnomaly, "; ")))
 	}
 	if len(res.crashLines) > 0 || h.crashes() > 0 {
 		problems = append(problems, fmt.Sprintf("%d process crashes", max(len(res.crashLines), h.crashes())))
@@ -255,7 +259,10 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	if err != nil {
 		return res, fmt.Errorf("chaos/check: %w", err)
 	}
-	res.checkRan, res.checkOK, res.report, res.anomalies = true, rep.ok, rep.text, rep.anomalies
+	res.checkRan, res.checkOK, res.report, res.anomalies, res.firstAnomaly = true, rep.ok, rep.text, rep.anomalies, rep.first
+	if err := os.WriteFile(filepath.Join(h.work, "report.txt"), []byte(rep.text), 0o644); err != nil {
+		h.logf("writing report.txt: %v", err)
+	}
 	h.logf("chaos/check took %.1fs", time.Since(t).Seconds())
 	return res, nil
 }
