@@ -105,8 +105,8 @@ type Metrics struct {
 	redisErrors  prometheus.Counter
 
 	// pending is the last Redis lag the engine reported; the gauge reads
-	// it rather than mirroring it. behind is when Redis fell behind (Unix
-	// ns; 0 while up to date).
+	// it rather than mirroring it. behind is when the oldest state not in
+	// Redis was committed (Unix ns; 0 while up to date).
 	pending atomic.Int64
 	behind  atomic.Int64
 	now     func() time.Time
@@ -270,17 +270,14 @@ func (m *Metrics) AfterCompletion(_ context.Context, _ *orchestrator.Batch, comm
 // OnRetry counts a failed processing attempt.
 func (m *Metrics) OnRetry(*kgo.Record, int, error) { m.retries.Inc() }
 
-// OnRedisLag records the number of states waiting for Redis and counts a
-// failed attempt to write them.
-func (m *Metrics) OnRedisLag(pending int, err error) {
+// OnRedisLag records the number of states waiting for Redis and the age of
+// the oldest, and counts a failed write.
+func (m *Metrics) OnRedisLag(pending int, oldest time.Time, err error) {
 	m.pending.Store(int64(pending))
-	// The engine writes every commit's states to Redis at once: states
-	// wait only once a write failed, and the first failure is when the
-	// oldest waiting state was committed, give or take one commit.
-	if pending == 0 {
+	if pending == 0 || oldest.IsZero() {
 		m.behind.Store(0)
 	} else {
-		m.behind.CompareAndSwap(0, m.now().UnixNano())
+		m.behind.Store(oldest.UnixNano())
 	}
 	if err != nil {
 		m.redisErrors.Inc()

@@ -162,8 +162,8 @@ func TestRetryAndRedisLag(t *testing.T) {
 	m, reg := newMetrics(t)
 	m.OnRetry(nil, 1, errors.New("boom"))
 	m.OnRetry(nil, 2, errors.New("boom"))
-	m.OnRedisLag(12, errors.New("connection refused"))
-	m.OnRedisLag(5, nil)
+	m.OnRedisLag(12, time.Now(), errors.New("connection refused"))
+	m.OnRedisLag(5, time.Now(), nil)
 	if got := testutil.ToFloat64(m.retries); got != 2 {
 		t.Errorf("retries: got %v, want 2", got)
 	}
@@ -277,11 +277,15 @@ ksaga_redis_lag_seconds{saga="order"} `
 		}
 	}
 	check("0")
-	m.OnRedisLag(3, errors.New("refused")) // behind since 1000
+	m.OnRedisLag(3, now, errors.New("refused")) // behind since 1000
 	now = now.Add(40 * time.Second)
-	m.OnRedisLag(9, errors.New("refused")) // still behind since 1000
+	m.OnRedisLag(9, now.Add(-40*time.Second), errors.New("refused")) // still behind since 1000
 	now = now.Add(20 * time.Second)
 	check("60")
-	m.OnRedisLag(0, nil)
+	// Under load a few states are always on their way: the lag is the
+	// age of the oldest, not how long some have been pending.
+	m.OnRedisLag(4, now.Add(-2*time.Millisecond), nil)
+	check("0.002")
+	m.OnRedisLag(0, time.Time{}, nil)
 	check("0")
 }

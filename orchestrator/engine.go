@@ -34,7 +34,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -79,6 +78,12 @@ type Engine struct {
 	timers timers
 
 	redisChecked time.Time
+	// writing is the Redis write in progress (nil: none); pendingSince is
+	// when the oldest state in the partitions' pending lists was
+	// committed; lost marks partitions to rebuild (see redis.go).
+	writing      *redisWrite
+	pendingSince time.Time
+	lost         map[int32]bool
 
 	// flight indexes the running sagas of the owned partitions, for
 	// InFlight: the loop writes it, InFlight reads it from other
@@ -147,7 +152,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
 		closed: make(chan struct{}), limits: newLimits(),
-		flight: make(map[string]flying),
+		flight: make(map[string]flying), lost: make(map[int32]bool),
 	}
 	for _, h := range cfg.hooks {
 		if t, ok := h.(HookTrace); ok {
@@ -259,7 +264,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	e.flushRedis(context.WithoutCancel(ctx))
+	e.flushRedis()
 	return nil
 }
 
@@ -664,10 +669,10 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 	}
 	if len(got.lost) > 0 {
 		for _, p := range got.lost {
-			e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic", "partition", p)
-			if err := e.restore(ctx, p); err != nil {
-				return fmt.Errorf("%w: rebuild partition %d: %w", errInfra, p, err)
-			}
+			e.lost[p] = true
+		}
+		if err := e.rebuildLost(ctx); err != nil {
+			return fmt.Errorf("%w: %w", errInfra, err)
 		}
 		return e.preload(ctx, b, recs)
 	}
@@ -1099,6 +1104,7 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 		}
 		e.fly(ent.partition, ent.state)
 		rec := stateRecs[id]
+		e.notePending()
 		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: ent.raw})
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
@@ -1119,7 +1125,8 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 			h.AfterCommit(ctx, &b.Batch)
 		}
 	}
-	e.flushRedis(ctx)
+	e.finishRedisWrite(false)
+	e.startRedisWrite()
 	e.afterCompletion(ctx, b, true)
 }
 
@@ -1127,117 +1134,6 @@ func (e *Engine) afterCompletion(ctx context.Context, b *batch, committed bool) 
 	for _, h := range e.cfg.hooks {
 		if h, ok := h.(HookAfterCompletion); ok {
 			h.AfterCompletion(ctx, &b.Batch, committed)
-		}
-	}
-}
-
-// redisCheckInterval is how often an idle engine checks that Redis still
-// holds its checkpoints.
-const redisCheckInterval = time.Second
-
-// maintainRedis retries pending Redis writes left by an earlier failure and,
-// once a second, checks that Redis did not lose data or go back in time
-// while the engine had nothing to write (a FLUSHALL, a restart from an older
-// snapshot, a failover to a lagging or empty replica): such a partition is
-// rebuilt from the state topic.
-func (e *Engine) maintainRedis(ctx context.Context) {
-	for _, part := range e.parts {
-		if len(part.pending) > 0 || len(part.cleared) > 0 {
-			e.flushRedis(ctx)
-			return
-		}
-	}
-	if time.Since(e.redisChecked) < redisCheckInterval {
-		return
-	}
-	e.redisChecked = time.Now()
-	var ps []int32
-	for p, part := range e.parts {
-		if part.checkpoint > 0 {
-			ps = append(ps, p)
-		}
-	}
-	if len(ps) == 0 {
-		return
-	}
-	got, err := e.store.checkpoints(ctx, ps)
-	if err != nil {
-		e.log.Warn("redis check failed", "err", err)
-		return
-	}
-	for i, p := range ps {
-		if got[i] >= e.parts[p].checkpoint {
-			continue
-		}
-		e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic",
-			"partition", p, "checkpoint", got[i], "expected", e.parts[p].checkpoint)
-		if err := e.restore(ctx, p); err != nil {
-			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
-		}
-	}
-}
-
-// flushRedis writes every partition's pending states to Redis, then moves
-// the checkpoints past them and forgets the states Redis now holds, one
-// script per partition in one round trip. On a failure the states stay
-// pending (and in memory) for the next try.
-func (e *Engine) flushRedis(ctx context.Context) {
-	var fs []flush
-	pending := 0
-	for p, part := range e.parts {
-		if len(part.pending) == 0 && len(part.cleared) == 0 {
-			continue
-		}
-		f := flush{p: p, expect: part.checkpoint, states: part.pending, cleared: part.cleared}
-		if n := len(part.pending); n > 0 {
-			f.checkpoint = part.pending[n-1].offset + 1
-		}
-		fs = append(fs, f)
-		pending += len(part.pending)
-	}
-	var err error
-	defer func() {
-		for _, h := range e.cfg.hooks {
-			if h, ok := h.(HookRedisLag); ok {
-				h.OnRedisLag(pending, err)
-			}
-		}
-	}()
-	if len(fs) == 0 {
-		return
-	}
-	var lost []int32
-	if lost, err = e.store.put(ctx, fs); err != nil {
-		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", pending, "err", err)
-		return
-	}
-	for _, f := range fs {
-		if slices.Contains(lost, f.p) {
-			continue
-		}
-		part := e.parts[f.p]
-		for _, o := range f.cleared {
-			delete(part.attempts, o)
-		}
-		part.cleared = part.cleared[:0]
-		part.checkpoint = max(part.checkpoint, f.checkpoint)
-		for _, w := range part.pending {
-			// An ended saga leaves memory once Redis holds its last state.
-			if ent, ok := e.sagas[w.state.ID]; ok && ent.state.Version == w.state.Version && ent.state.Terminal() {
-				delete(e.sagas, w.state.ID)
-			}
-		}
-		part.pending = part.pending[:0]
-	}
-	pending = 0
-	for _, part := range e.parts {
-		pending += len(part.pending)
-	}
-	for _, p := range lost {
-		// The rebuild writes the partition's view back (and flushes again).
-		e.log.Warn("redis lost data or went back in time; rebuilding its view from the state topic", "partition", p)
-		if err = e.restore(ctx, p); err != nil {
-			e.log.Warn("rebuild failed; will retry", "partition", p, "err", err)
 		}
 	}
 }

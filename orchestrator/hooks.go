@@ -64,10 +64,13 @@ type HookRetry interface {
 	OnRetry(r *kgo.Record, attempts int, err error)
 }
 
-// HookRedisLag is called after each attempt to bring Redis up to date with
-// the number of committed states not yet in Redis.
+// HookRedisLag is called after each write that brings Redis up to date,
+// with the number of committed states Redis has not acknowledged yet, when
+// the oldest of them was committed (zero when there are none) and the
+// write's error, if it failed. The engine writes after each commit without
+// waiting, so under load a few states are always on their way.
 type HookRedisLag interface {
-	OnRedisLag(pending int, err error)
+	OnRedisLag(pending int, oldest time.Time, err error)
 }
 
 func isHook(h Hook) bool {

@@ -54,10 +54,13 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 	if !ok {
 		return
 	}
-	if len(part.pending) > 0 {
-		e.flushRedis(ctx)
+	// One last try to bring Redis up to date with it: its next owner
+	// then replays less.
+	if len(part.pending) > 0 || len(part.cleared) > 0 || e.writing != nil {
+		e.flushRedis()
 	}
 	delete(e.parts, p)
+	delete(e.lost, p)
 	for id, ent := range e.sagas {
 		if ent.partition == p {
 			delete(e.sagas, id)
@@ -78,6 +81,9 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 // supplies the rest.
 func (e *Engine) restore(ctx context.Context, p int32) error {
 	start := time.Now()
+	// A write in progress may move p's checkpoint: take it in first.
+	e.finishRedisWrite(true)
+	delete(e.lost, p)
 	from, err := e.store.readCheckpoint(ctx, p)
 	if err != nil {
 		return err
@@ -131,7 +137,10 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	}
 	e.indexFlight(ctx, p, replayed, others, from)
 	e.parts[p] = part
-	e.flushRedis(ctx)
+	if len(part.pending) > 0 {
+		e.notePending()
+	}
+	e.startRedisWrite()
 	e.log.Info("partition restored", "partition", p, "from", from, "to", end, "states", len(replayed), "took", time.Since(start))
 	return nil
 }

@@ -579,3 +579,96 @@ func TestPoisonKeyedByRunningSaga(t *testing.T) {
 	}
 	e.assertOnce(evs, "live")
 }
+
+// lagHook records what the engine reports of Redis's lag.
+type lagHook struct {
+	mu       sync.Mutex
+	failures int
+	last     int
+}
+
+func (h *lagHook) OnRedisLag(pending int, oldest time.Time, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.last = pending
+	if err != nil {
+		h.failures++
+		if oldest.IsZero() {
+			panic("a failed write left states pending with no commit time")
+		}
+	}
+}
+
+// TestRedisRefusesWrites makes the engine's Redis refuse every write (as a
+// primary that lost its replicas does with min-replicas-to-write) while
+// sagas run. The engine goes on from memory: every saga completes once,
+// the states wait in memory and are reported pending, and once Redis takes
+// writes again it holds every saga's last state.
+func TestRedisRefusesWrites(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 100000})
+	e.startParticipants()
+	hook := &lagHook{}
+	eng := e.startEngine(nil, orchestrator.Hooks(hook))
+	defer eng.stop(t)
+
+	warm := ids("warm", 5)
+	for _, id := range warm {
+		e.start(newOrder(id))
+	}
+	e.waitTerminal(warm, 30*time.Second)
+	e.waitRedis(warm, 30*time.Second)
+
+	ctx := context.Background()
+	if err := e.eng.ConfigSet(ctx, "min-replicas-to-write", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	refused := ids("refused", 30)
+	for _, id := range refused {
+		e.start(newOrder(id))
+	}
+	evs := e.waitTerminal(refused, 60*time.Second)
+	// The engine does not wait for Redis: the sagas may end before a
+	// write has failed.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		hook.mu.Lock()
+		failures, last := hook.failures, hook.last
+		hook.mu.Unlock()
+		if failures > 0 && last > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Redis refused writes but the engine reported %d failed writes and %d pending states", failures, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, id := range refused {
+		if st, err := e.redisState(id); err != nil || (st != nil && st.Terminal()) {
+			t.Fatalf("saga %s: Redis holds %v (err %v) while refusing writes", id, st, err)
+		}
+	}
+	if err := e.eng.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRedis(append(warm, refused...), 30*time.Second)
+	e.assertOnce(evs, refused...)
+	for _, id := range refused {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want %s", id, got, message.EventSagaCompleted)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		hook.mu.Lock()
+		last := hook.last
+		hook.mu.Unlock()
+		if last == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the engine still reports %d states pending for Redis", last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
