@@ -593,9 +593,9 @@ func (h *lagHook) OnRedisLag(pending int, oldest time.Time, err error) {
 	h.last = pending
 	if err != nil {
 		h.failures++
-		if oldest.IsZero() {
-			panic("a failed write left states pending with no commit time")
-		}
+	}
+	if pending > 0 && oldest.IsZero() {
+		panic("states pending for Redis with no commit time")
 	}
 }
 
