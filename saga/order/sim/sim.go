@@ -640,13 +640,17 @@ func SeedCoupons(ctx context.Context, rdb redis.UniversalClient, limits map[stri
 // refused with ErrStale. A late Complete of an older attempt therefore
 // cannot bring back an order that was cancelled, nor overwrite a newer one.
 type OrderStore struct {
-	rdb redis.UniversalClient
+	rdb   redis.UniversalClient
+	batch *batcher
 }
 
 var _ order.Store = (*OrderStore)(nil)
 
 // NewOrderStore returns an OrderStore writing to rdb.
-func NewOrderStore(rdb redis.UniversalClient) *OrderStore { return &OrderStore{rdb: rdb} }
+// Concurrent writes share pipelines (see batcher).
+func NewOrderStore(rdb redis.UniversalClient) *OrderStore {
+	return &OrderStore{rdb: rdb, batch: &batcher{rdb: rdb}}
+}
 
 // ErrStale is wrapped by the error of a write whose Fence is lower than one
 // the order's record has seen: it comes from an older attempt, and a newer
@@ -727,10 +731,11 @@ func (s *OrderStore) write(ctx context.Context, op, orderID string, script *redi
 	if !ok {
 		return retry.Permanent(fmt.Errorf("%s order %s: no saga.Key in ctx: the engine passes one to the step", op, orderID))
 	}
-	res, err := script.Run(ctx, s.rdb, []string{OrderKey(orderID)}, append([]any{k.Fence}, args...)...).Slice()
+	v, err := s.batch.run(ctx, script, []string{OrderKey(orderID)}, append([]any{k.Fence}, args...)...)
 	if err != nil {
 		return fmt.Errorf("%s order %s: %w", op, orderID, err)
 	}
+	res, _ := v.([]any)
 	if len(res) == 3 && res[0] == int64(0) {
 		status, _ := res[1].(string)
 		seen, _ := res[2].(string)

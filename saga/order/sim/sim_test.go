@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"reflect"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -699,4 +703,69 @@ func TestParticipantEndToEnd(t *testing.T) {
 		}
 	}
 	wantStock(t, rdb, map[string]int64{"sku-1": 3})
+}
+
+// pipelineCounter counts the round trips a client makes.
+type pipelineCounter struct{ single, pipelines atomic.Int64 }
+
+func (h *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, c redis.Cmder) error { h.single.Add(1); return next(ctx, c) }
+}
+func (h *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cs []redis.Cmder) error { h.pipelines.Add(1); return next(ctx, cs) }
+}
+
+// TestOrderStoreSharesRoundTrips completes 64 orders at once, as the
+// engine's workers do: each is written once, with its own fence checked,
+// in fewer round trips than orders; and after Redis forgot the scripts
+// (SCRIPT FLUSH, as after a restart) the writes still go through.
+func TestOrderStoreSharesRoundTrips(t *testing.T) {
+	rdb := newRedis(t)
+	hook := &pipelineCounter{}
+	rdb.AddHook(hook)
+	s := sim.NewOrderStore(rdb)
+	const n = 64
+	complete := func(prefix string, fence int64) []error {
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id := fmt.Sprintf("%s-%d", prefix, i)
+				errs[i] = s.Complete(fenced(id, fence), &order.Order{OrderID: id, AmountCents: int64(i), CustomerID: "c"})
+			}()
+		}
+		wg.Wait()
+		return errs
+	}
+	for i, err := range complete("o", 2) {
+		if err != nil {
+			t.Fatalf("Complete o-%d: %v", i, err)
+		}
+	}
+	trips := hook.single.Load() + hook.pipelines.Load()
+	for i := range n {
+		wantHash(t, rdb, sim.OrderKey(fmt.Sprintf("o-%d", i)), map[string]string{
+			"status": "completed", "amount_cents": strconv.Itoa(i), "customer_id": "c", "fence": "2"})
+	}
+	if trips >= n {
+		t.Errorf("%d orders took %d round trips, want fewer", n, trips)
+	}
+	t.Logf("%d orders in %d round trips", n, trips)
+	// An older attempt is refused, each on its own.
+	for i, err := range complete("o", 1) {
+		if !errors.Is(err, sim.ErrStale) {
+			t.Errorf("Complete o-%d with a lower fence: got %v, want ErrStale", i, err)
+		}
+	}
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range complete("p", 1) {
+		if err != nil {
+			t.Fatalf("Complete p-%d after SCRIPT FLUSH: %v", i, err)
+		}
+	}
 }
