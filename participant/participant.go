@@ -576,7 +576,14 @@ func (p *Participant) batch(ctx context.Context, recs []*kgo.Record) (committed 
 	}
 	committed, err = p.sess.End(endCtx, kgo.TryCommit)
 	if err != nil {
-		return false, fmt.Errorf("commit transaction: %w", err)
+		// The commit's outcome is unknown (the broker went away, the
+		// request timed out) or the commit was refused. kgo leaves the
+		// session inside the transaction and asks for a TryAbort, which
+		// fences whatever is still open broker-side. Whether or not the
+		// commit went through, the batch is then safe to redo: if it
+		// did, its offsets moved and nothing comes back; if not, the
+		// commands come back and the handler's dedupe answers them again.
+		return abort(fmt.Errorf("commit transaction: %w", err))
 	}
 	return committed, nil
 }

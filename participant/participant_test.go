@@ -640,3 +640,44 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestCommitOutcomeUnknown drops the connection of every EndTxn commit (a
+// broker restart, a network cut: the participant cannot know whether it
+// committed) until the participant gives up on it. The participant then
+// aborts, as kgo asks (a new producer epoch), and goes on instead of
+// stopping: the command is answered once, by a later transaction.
+func TestCommitOutcomeUnknown(t *testing.T) {
+	c := newCluster(t)
+	var dropped atomic.Int32
+	var recovered atomic.Bool
+	c.ControlKey(kmsg.EndTxn.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !kr.(*kmsg.EndTxnRequest).Commit || recovered.Load() {
+			return nil, nil, false
+		}
+		dropped.Add(1)
+		return nil, errors.New("connection dropped"), true
+	})
+	c.ControlKey(kmsg.InitProducerID.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if dropped.Load() > 0 {
+			recovered.Store(true) // the abort after the lost commit
+		}
+		return nil, nil, false
+	})
+	h := &counting{}
+	// Its cleanup fails the test if Run returned an error.
+	start(t, c, h, participant.KafkaOpts(kgo.FetchMaxWait(100*time.Millisecond), kgo.RequestRetries(1)))
+	replies := newReader(t, c, inbox)
+
+	produce(t, c, command("m-1", "o-1"))
+	replies.waitFor(1)
+	if got := replies.settle(300 * time.Millisecond); len(got) != 1 {
+		t.Fatalf("got %d committed replies, want 1", len(got))
+	}
+	if !recovered.Load() {
+		t.Fatal("the commit was never given up on: the test proves nothing")
+	}
+	produce(t, c, command("m-2", "o-2"))
+	replies.waitFor(2)
+}
