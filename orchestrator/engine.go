@@ -80,10 +80,14 @@ type Engine struct {
 	redisChecked time.Time
 	// writing is the Redis write in progress (nil: none); pendingSince is
 	// when the oldest state in the partitions' pending lists was
-	// committed; lost marks partitions to rebuild (see redis.go).
+	// committed; lost marks partitions whose Redis view to rebuild (see
+	// redis.go). stale marks partitions whose memory may be behind the
+	// state topic (a commit whose outcome is unknown): they are rebuilt
+	// before the next transaction.
 	writing      *redisWrite
 	pendingSince time.Time
 	lost         map[int32]bool
+	stale        map[int32]bool
 
 	// flight indexes the running sagas of the owned partitions, for
 	// InFlight: the loop writes it, InFlight reads it from other
@@ -152,7 +156,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
 		closed: make(chan struct{}), limits: newLimits(),
-		flight: make(map[string]flying), lost: make(map[int32]bool),
+		flight: make(map[string]flying), lost: make(map[int32]bool), stale: make(map[int32]bool),
 	}
 	for _, h := range cfg.hooks {
 		if t, ok := h.(HookTrace); ok {
@@ -319,6 +323,9 @@ func (e *Engine) step(ctx context.Context) error {
 		return err
 	}
 	e.maintainRedis(ctx)
+	if err := e.rebuildStale(ctx); err != nil {
+		return err
+	}
 
 	if ctx.Err() != nil {
 		return nil
@@ -452,7 +459,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	}
 	ok, err := e.sess.End(endCtx, kgo.TryCommit)
 	if err != nil {
-		return fmt.Errorf("end transaction: %w", err)
+		return e.commitUnknown(endCtx, b, due, err)
 	}
 	if !ok {
 		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
@@ -463,6 +470,28 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	e.afterCommit(endCtx, b)
 	committed = true
 	return nil
+}
+
+// commitUnknown recovers from a commit that failed with its outcome unknown
+// (the broker went away, the request timed out). kgo keeps the session in
+// the transaction and asks for a TryAbort, which fences whatever is still
+// open broker-side: the transaction is then either committed or aborted
+// for good, and the session re-consumes from the committed offsets. Memory
+// may lack the transaction's states (it committed) or not: every owned
+// partition is rebuilt from the state topic before the next transaction,
+// as a restart would. When the abort fails too, the session cannot go on:
+// Run returns the error and the instance restarts.
+func (e *Engine) commitUnknown(ctx context.Context, b *batch, due []timer, err error) error {
+	if _, aerr := e.sess.End(ctx, kgo.TryAbort); aerr != nil {
+		return fmt.Errorf("end transaction: %w (the abort after it failed too: %w)", err, aerr)
+	}
+	e.afterCompletion(ctx, b, false)
+	e.rearm(due)
+	for p := range e.parts {
+		e.stale[p] = true
+	}
+	e.log.Warn("the commit's outcome is unknown; aborted, rebuilding the partitions from the state topic", "err", err)
+	return fmt.Errorf("%w: end transaction: %w", errInfra, err)
 }
 
 // maxParallelSagas bounds the sagas of a batch handled at once.

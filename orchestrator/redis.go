@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -197,6 +198,26 @@ func (e *Engine) rebuildLost(ctx context.Context) error {
 		if err := e.restore(ctx, p); err != nil {
 			e.lost[p] = true
 			return err
+		}
+	}
+	return nil
+}
+
+// rebuildStale rebuilds, from the state topic, each partition whose memory
+// may be behind it (see commitUnknown). No transaction runs until it has
+// succeeded: it returns an infrastructure error to retry after a backoff.
+func (e *Engine) rebuildStale(ctx context.Context) error {
+	for len(e.stale) > 0 {
+		var p int32
+		for p = range e.stale {
+			break
+		}
+		if e.parts[p] == nil {
+			delete(e.stale, p) // revoked meanwhile: its next owner restores it
+			continue
+		}
+		if err := e.restore(ctx, p); err != nil {
+			return fmt.Errorf("%w: rebuild partition %d after a commit with an unknown outcome: %w", errInfra, p, err)
 		}
 	}
 	return nil

@@ -61,6 +61,7 @@ func (e *Engine) drop(ctx context.Context, p int32) {
 	}
 	delete(e.parts, p)
 	delete(e.lost, p)
+	delete(e.stale, p)
 	for id, ent := range e.sagas {
 		if ent.partition == p {
 			delete(e.sagas, id)
@@ -137,6 +138,7 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	}
 	e.indexFlight(ctx, p, replayed, others, from)
 	e.parts[p] = part
+	delete(e.stale, p)
 	if len(part.pending) > 0 {
 		e.notePending()
 	}

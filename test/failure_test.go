@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -670,5 +672,92 @@ func TestRedisRefusesWrites(t *testing.T) {
 			t.Fatalf("the engine still reports %d states pending for Redis", last)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cutConn fails every read while cut is set, closing the connection: the
+// responses that were on their way are lost.
+type cutConn struct {
+	net.Conn
+	cut *atomic.Bool
+}
+
+func (c *cutConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.cut.Load() {
+		c.Conn.Close()
+		return 0, errors.New("connection cut")
+	}
+	return n, err
+}
+
+// TestCommitOutcomeUnknown loses the outcome of the engine's commits: in one
+// case the broker never sees them (the connection drops on the way), in the
+// other it commits and the answer is lost (the network is cut as the broker
+// answers), and every retry of the commit is dropped until the engine gives
+// up on it. The engine aborts, rebuilds its partitions from the state topic
+// (memory may lack a transaction that did commit) and goes on in the same
+// process: every saga completes once, with nothing dead-lettered.
+func TestCommitOutcomeUnknown(t *testing.T) {
+	for _, committed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("committed=%v", committed), func(t *testing.T) {
+			e := newEnv(t)
+			e.seed(map[string]int64{"sku-1": 100000})
+			e.startParticipants()
+			var cut, recovered atomic.Bool
+			var commits atomic.Int32
+			e.cluster.ControlKey(kmsg.EndTxn.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+				e.cluster.KeepControl()
+				req := kr.(*kmsg.EndTxnRequest)
+				if req.TransactionalID != "engine-0" || !req.Commit || recovered.Load() {
+					return nil, nil, false
+				}
+				if commits.Add(1) == 3 && committed {
+					// This one commits; its answer is lost.
+					cut.Store(true)
+					time.AfterFunc(200*time.Millisecond, func() { cut.Store(false) })
+					return nil, nil, false
+				}
+				if commits.Load() < 3 {
+					return nil, nil, false // the first commits go through
+				}
+				return nil, errors.New("connection cut"), true
+			})
+			e.cluster.ControlKey(kmsg.InitProducerID.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+				e.cluster.KeepControl()
+				if id := kr.(*kmsg.InitProducerIDRequest).TransactionalID; id != nil && *id == "engine-0" && commits.Load() >= 3 {
+					recovered.Store(true) // the abort after the lost commit
+				}
+				return nil, nil, false
+			})
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &cutConn{Conn: c, cut: &cut}, nil
+			}
+			eng := e.startEngine(nil, orchestrator.KafkaOpts(append(fastKafka, kgo.RequestRetries(1), kgo.Dialer(dial))...))
+			defer eng.stop(t) // fails the test if Run returned an error
+
+			sagas := ids("unknown", 20)
+			for _, id := range sagas {
+				e.start(newOrder(id))
+			}
+			evs := e.waitTerminal(sagas, 60*time.Second)
+			if !recovered.Load() {
+				t.Fatal("the engine never gave up on a commit: the test proves nothing")
+			}
+			e.assertOnce(evs, sagas...)
+			for _, id := range sagas {
+				if got := terminal(evs[id]); got != message.EventSagaCompleted {
+					t.Errorf("saga %s ended %s, want %s", id, got, message.EventSagaCompleted)
+				}
+			}
+			if dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond); len(dead) != 0 {
+				t.Errorf("%d records dead-lettered (first: %s), want none", len(dead), header(dead[0], dlq.HeaderReason))
+			}
+			e.waitRedis(sagas, 30*time.Second)
+		})
 	}
 }
