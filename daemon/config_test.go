@@ -348,3 +348,23 @@ func testOptions() *options {
 	}).apply(o)
 	return o
 }
+
+// TestSeparateAPIConfig parses the settings of the API-only pods of
+// deploy/overlays/separate-api (deployment.yaml's env over the ConfigMap's):
+// no engine, no participants, the API on :8080, no transactional id given.
+// scripts/deploycheck checks that the overlay still sets these.
+func TestSeparateAPIConfig(t *testing.T) {
+	env := map[string]string{
+		"KSAGA_KAFKA_BROKERS": "k:9092", "KSAGA_REDIS_ADDR": "r:6379", "KSAGA_PARTICIPANTS": "none",
+		"KSAGA_REQUIRE_CONFIG": "true", "KSAGA_ENGINE": "false", "KSAGA_API_ADDR": ":8080",
+		// /etc/ksaga/api-tokens/tokens in the pod: its directory must exist.
+		"KSAGA_API_TOKEN_FILE": filepath.Join(t.TempDir(), "tokens"),
+	}
+	c, err := testOptions().parseConfig(nil, mapEnv(env))
+	if err != nil {
+		t.Fatalf("parseConfig: %v", err)
+	}
+	if c.Engine || len(c.Participants) > 0 || c.API.Addr != ":8080" || c.API.TokenFile != env["KSAGA_API_TOKEN_FILE"] {
+		t.Errorf("got engine %v, participants %v, API %+v: want the API alone", c.Engine, c.Participants, c.API)
+	}
+}

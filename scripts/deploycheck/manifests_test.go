@@ -570,3 +570,102 @@ func parseGoMemLimit(s string) (int64, error) {
 	}
 	return strconv.ParseInt(s, 10, 64)
 }
+
+// TestSeparateAPIOverlay renders deploy/overlays/separate-api: the HTTP API
+// in a Deployment of its own. Its pods run sagad with the engine and the
+// participants off and the API on its container port (the settings
+// daemon.TestSeparateAPIConfig parses), with the tokens mounted as in the
+// engine pods; the Service sagad-api selects them and not the engine pods;
+// the engine pods no longer serve the API; a NetworkPolicy lets callers in.
+func TestSeparateAPIOverlay(t *testing.T) {
+	objs := render(t, "deploy/overlays/separate-api")
+	for _, o := range objs {
+		if o.Kind != "Namespace" && o.Metadata.Namespace != "ksaga" {
+			t.Errorf("%s %s: namespace %q, want ksaga", o.Kind, o.Metadata.Name, o.Metadata.Namespace)
+		}
+	}
+	var api, sts statefulSet // a Deployment's template reads the same
+	find(t, objs, "Deployment", "sagad-api").decode(t, &api)
+	find(t, objs, "StatefulSet", "sagad").decode(t, &sts)
+	envOf := func(c container) map[string]string {
+		env := map[string]string{}
+		for _, e := range c.Env {
+			if e.Value != nil {
+				env[e.Name] = *e.Value
+			}
+		}
+		return env
+	}
+	pod := api.Spec.Template.Spec
+	c := pod.Containers[0]
+	env := envOf(c)
+	want := map[string]string{"KSAGA_REQUIRE_CONFIG": "true", "KSAGA_ENGINE": "false", "KSAGA_PARTICIPANTS": "none", "KSAGA_API_ADDR": ":8080",
+		"KSAGA_API_TOKEN_FILE": "/etc/ksaga/api-tokens/tokens"}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("sagad-api: %s=%q, want %q", k, env[k], v)
+		}
+	}
+	if _, ok := env["KSAGA_TRANSACTIONAL_ID"]; ok {
+		t.Error("sagad-api sets KSAGA_TRANSACTIONAL_ID: the API takes none, and replicas must not share one")
+	}
+	ports := map[string]int{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["api"] != 8080 || ports["metrics"] == 0 {
+		t.Errorf("sagad-api container ports %v: want api 8080 and metrics", ports)
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Error("sagad-api has no /readyz readiness probe")
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		i := slices.IndexFunc(pod.Volumes, func(v volume) bool { return v.Name == m.Name })
+		if m.MountPath == "/etc/ksaga/api-tokens" && m.SubPath == "" && i >= 0 && pod.Volumes[i].Secret != nil {
+			mounted = pod.Volumes[i].Secret.SecretName == "ksaga-api-tokens"
+		}
+	}
+	if !mounted {
+		t.Error("sagad-api does not mount the Secret ksaga-api-tokens at /etc/ksaga/api-tokens")
+	}
+	for _, k := range []string{"KSAGA_API_ADDR", "KSAGA_API_TOKEN_FILE"} {
+		if _, ok := envOf(sts.Spec.Template.Spec.Containers[0])[k]; ok {
+			t.Errorf("the engine pods still set %s", k)
+		}
+	}
+
+	var svc service
+	find(t, objs, "Service", "sagad-api").decode(t, &svc)
+	selects := func(labels map[string]string) bool {
+		for k, v := range svc.Spec.Selector {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return len(svc.Spec.Selector) > 0
+	}
+	if !selects(api.Spec.Template.Metadata.Labels) {
+		t.Errorf("the Service sagad-api (selector %v) does not select the sagad-api pods", svc.Spec.Selector)
+	}
+	if selects(sts.Spec.Template.Metadata.Labels) {
+		t.Errorf("the Service sagad-api (selector %v) still selects the engine pods", svc.Spec.Selector)
+	}
+
+	var np networkPolicy
+	find(t, objs, "NetworkPolicy", "sagad-api").decode(t, &np)
+	for k, v := range np.Spec.PodSelector.MatchLabels {
+		if api.Spec.Template.Metadata.Labels[k] != v {
+			t.Errorf("the NetworkPolicy sagad-api selects %s=%s, which the sagad-api pods do not have", k, v)
+		}
+	}
+	allowed := false
+	for _, r := range np.Spec.Ingress {
+		for _, p := range r.Ports {
+			allowed = allowed || fmt.Sprint(p.Port) == "api"
+		}
+	}
+	if !allowed {
+		t.Error("the NetworkPolicy sagad-api has no ingress rule for the api port")
+	}
+}
