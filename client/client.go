@@ -101,20 +101,42 @@ func (c *Client) StartRaw(ctx context.Context, sagaType, id string, value []byte
 // not exist is dead-lettered (reason unknown-saga). Compensate returns once
 // the request is durable in Kafka.
 func (c *Client) Compensate(ctx context.Context, def *saga.Definition, id, reason string) error {
-	msgID, err := randomID()
+	r, err := c.CompensateRecord(ctx, def, id, reason)
 	if err != nil {
 		return err
 	}
-	return c.produce(ctx, def.Name(), id, message.TypeCompensate, "compensate-"+id+"-"+msgID, nil, reason)
+	return c.send(ctx, r)
+}
+
+// CompensateRecord returns the record Compensate produces, without
+// producing it: for a caller that writes it together with records of its
+// own in one Kafka transaction (sagactl writes its audit record so). The
+// record names its partition (the saga's home): produce it with
+// kgo.ManualPartitioner. Each call gets a new message id.
+func (c *Client) CompensateRecord(ctx context.Context, def *saga.Definition, id, reason string) (*kgo.Record, error) {
+	msgID, err := randomID()
+	if err != nil {
+		return nil, err
+	}
+	return c.record(ctx, def.Name(), id, message.TypeCompensate, "compensate-"+id+"-"+msgID, nil, reason)
 }
 
 func (c *Client) produce(ctx context.Context, sagaType, id, typ, msgID string, value []byte, reason string) error {
+	r, err := c.record(ctx, sagaType, id, typ, msgID, value, reason)
+	if err != nil {
+		return err
+	}
+	return c.send(ctx, r)
+}
+
+// record builds a message for saga id's home partition of the inbox.
+func (c *Client) record(ctx context.Context, sagaType, id, typ, msgID string, value []byte, reason string) (*kgo.Record, error) {
 	if id == "" || !utf8.ValidString(id) {
-		return fmt.Errorf("%s %s saga %q: the id must be non-empty UTF-8", typ, sagaType, id)
+		return nil, fmt.Errorf("%s %s saga %q: the id must be non-empty UTF-8", typ, sagaType, id)
 	}
 	n, err := c.partitions(ctx, sagaType)
 	if err != nil {
-		return fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
+		return nil, fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
 	}
 	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	r := &kgo.Record{
@@ -129,10 +151,23 @@ func (c *Client) produce(ctx context.Context, sagaType, id, typ, msgID string, v
 	if reason != "" {
 		r.Headers = append(r.Headers, hdr(message.HeaderReason, reason))
 	}
+	return r, nil
+}
+
+func (c *Client) send(ctx context.Context, r *kgo.Record) error {
 	if err := c.cl.ProduceSync(ctx, r).FirstErr(); err != nil {
-		return fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
+		return fmt.Errorf("%s %s saga %s: %w", header(r, message.HeaderMessageType), header(r, message.HeaderSagaType), r.Key, err)
 	}
 	return nil
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
 
 // partitions returns the partition count of sagaType's inbox, asking the

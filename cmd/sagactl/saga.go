@@ -337,13 +337,12 @@ var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
 // compensateSaga asks saga opt.id to compensate (client.Compensate: the
 // documented Compensate message, with the note as its reason, on the saga's
-// home partition of saga.<type>.inbox), then writes its audit record. A
+// home partition of saga.<type>.inbox), with its audit record. A
 // saga that has ended ignores the request; one that does not exist has it
 // dead-lettered (unknown-saga).
 //
-// The two records are two writes: client.Compensate produces on its own,
-// outside any transaction. When the audit record cannot be written, the
-// error says that the request was sent.
+// The request and the audit record are written in one Kafka transaction:
+// both or neither.
 func compensateSaga(ctx context.Context, brokers []string, st streams, opt compensateOptions) (auditRecord, error) {
 	timeout := orDefault(opt.timeout, defaultTimeout)
 	n, err := inboxPartitions(ctx, brokers, opt.kafka, opt.sagaType, timeout)
@@ -372,25 +371,25 @@ func compensateSaga(ctx context.Context, brokers []string, st streams, opt compe
 		return auditRecord{}, err
 	}
 	defer c.Close()
-	// client.Compensate reads only the definition's name.
+	// client.CompensateRecord reads only the definition's name.
 	def := saga.New(opt.sagaType, saga.Step[struct{}]{Name: "sagactl", Local: func(context.Context, *struct{}) error { return nil }})
-	if err := c.Compensate(ctx, def, opt.id, opt.note); err != nil {
+	req, err := c.CompensateRecord(ctx, def, opt.id, opt.note)
+	if err != nil {
 		return auditRecord{}, err
 	}
-
-	a := newAuditRecord(message.AuditCompensate, opt.sagaType, newRun(opt.clock.Now()), opt.by, opt.note, opt.clock.Now())
+	run := newRun(opt.clock.Now())
+	a := newAuditRecord(message.AuditCompensate, opt.sagaType, run, opt.by, opt.note, opt.clock.Now())
 	a.SagaID, a.Inbox, a.Partition = opt.id, message.Inbox(opt.sagaType), &home
-	r, err := a.kafkaRecord(opt.id, auditParts)
-	if err == nil {
-		var pc *kgo.Client
-		if pc, err = kgo.NewClient(append(clientOpts(brokers, opt.kafka, timeout), kgo.RecordPartitioner(kgo.ManualPartitioner()))...); err == nil {
-			err = pc.ProduceSync(ctx, r).FirstErr()
-			pc.Close()
-		}
-	}
+	rec, err := a.kafkaRecord(opt.id, auditParts)
 	if err != nil {
-		return a, fmt.Errorf("the Compensate request for saga %s was sent, but its audit record could not be written to %s (record it by hand): %w",
-			opt.id, topic.Audit(opt.sagaType), err)
+		return auditRecord{}, err
+	}
+	// The request and its audit record commit together or not at all. The
+	// transactional id is this run's: two operators do not fence each other.
+	if err := produceInTransaction(ctx, append(clientOpts(brokers, opt.kafka, timeout),
+		kgo.TransactionalID("sagactl-compensate-"+opt.sagaType+"-"+run),
+		kgo.RecordPartitioner(kgo.ManualPartitioner())), timeout, req, rec); err != nil {
+		return auditRecord{}, fmt.Errorf("compensate saga %s: nothing was sent: %w", opt.id, err)
 	}
 	if opt.output != outTable {
 		return a, writeData(st.out, opt.output, a)
@@ -398,6 +397,31 @@ func compensateSaga(ctx context.Context, brokers []string, st streams, opt compe
 	fmt.Fprintf(st.out, "compensate requested: saga %s/%s on %s partition %d, by %s, note %q; audited in %s\n",
 		opt.sagaType, opt.id, message.Inbox(opt.sagaType), home, opt.by, opt.note, topic.Audit(opt.sagaType))
 	return a, nil
+}
+
+// produceInTransaction produces rs in one Kafka transaction of a client
+// made with opts (which name a transactional id), and commits it.
+func produceInTransaction(ctx context.Context, opts []kgo.Opt, timeout time.Duration, rs ...*kgo.Record) error {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if err := cl.BeginTransaction(); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, orDefault(timeout, defaultTimeout))
+	defer cancel()
+	if err := cl.ProduceSync(pctx, rs...).FirstErr(); err != nil {
+		// kgo: abort whatever the failed produce left in the transaction.
+		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), orDefault(timeout, defaultTimeout))
+		defer cancel()
+		_ = cl.AbortBufferedRecords(endCtx)
+		return errors.Join(err, cl.EndTransaction(endCtx, kgo.TryAbort))
+	}
+	endCtx, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), orDefault(timeout, defaultTimeout))
+	defer cancel2()
+	return cl.EndTransaction(endCtx, kgo.TryCommit)
 }
 
 // inboxPartitions reads the partition count of saga.<sagaType>.inbox, which

@@ -2,15 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/message"
@@ -227,5 +233,70 @@ func TestCompensateSaga(t *testing.T) {
 	run(ctx, []string{"audit", "list", "--saga", "order", "--kafka-brokers", brokers[0], "--action", "compensate"}, envOf(), &stdout, &stderr)
 	if lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n"); len(lines) != 2 || !slices.Equal(strings.Fields(lines[1])[1:5], []string{"saga-compensate", "alice", "1", "o-7"}) {
 		t.Errorf("audit list:\n%s", stdout.String())
+	}
+}
+
+// TestCompensateSagaAuditRefused makes the broker refuse every write to the
+// audit topic: saga compensate fails, and the Compensate request, written
+// in the same transaction, is not committed either — no compensation
+// without its audit record.
+func TestCompensateSagaAuditRefused(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tds, err := adm.ListTopics(testContext(t), audit)
+	adm.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditID := tds[audit].ID // Produce names topics by id since v13
+	var refused atomic.Int32
+	c.ControlKey(kmsg.Produce.Int16(), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := kr.(*kmsg.ProduceRequest)
+		if !slices.ContainsFunc(req.Topics, func(rt kmsg.ProduceRequestTopic) bool { return rt.Topic == audit || rt.TopicID == auditID }) {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	brokers := c.ListenAddrs()
+	ctx := testContext(t)
+	var stdout, stderr bytes.Buffer
+	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--note", "n", "--as", "alice", "--yes"}
+	if code := run(ctx, args, envOf(), &stdout, &stderr); code == exitOK || !strings.Contains(stderr.String(), "nothing was sent") {
+		t.Errorf("saga compensate with the audit topic refused: exit code %d, stderr %q; want a failure that says nothing was sent", code, stderr.String())
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no write to the audit topic was refused: the test proves nothing")
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(inbox),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if n := cl.PollFetches(pctx).NumRecords(); n != 0 {
+		t.Errorf("the inbox holds %d committed records, want none: the request went out without its audit record", n)
 	}
 }
