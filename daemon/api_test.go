@@ -29,6 +29,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/daemon"
+	"github.com/ksaga/ksaga/internal/kfaketest"
 	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/internal/tlstest"
 	"github.com/ksaga/ksaga/message"
@@ -275,20 +276,7 @@ func failAPIProduces(cluster *kfake.Cluster, fail *atomic.Bool) {
 		if !fail.Load() || pr.TransactionID != nil {
 			return nil, nil, false
 		}
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		resp.Version = pr.Version
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.NotEnoughReplicas.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
+		return kfaketest.ProduceError(pr, kerr.NotEnoughReplicas.Code), nil, true
 	})
 }
 
