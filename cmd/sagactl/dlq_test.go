@@ -748,3 +748,37 @@ func TestDLQMissingTopic(t *testing.T) {
 		t.Errorf("show: got error %v, want errNoTopic", err)
 	}
 }
+
+// TestRedriveMaxRedrives redrives a record that fails every time: each
+// redrive's dead letter is redriven by the next run until the original has
+// been redriven --max-redrives times; then it stays in the DLQ, counted,
+// and --max-redrives 0 lifts the limit.
+func TestRedriveMaxRedrives(t *testing.T) {
+	brokers := newCluster(t)
+	writeDeadLetters(t, brokers, testLetter[:1])
+	failAgain := func(n int) {
+		t.Helper()
+		back := consumeAll(t, brokers, inbox, n)[n-1]
+		again := dlq.New(back, dlt, dlq.Failure{Group: "ksaga-order", Err: errors.New("still broken"), Reason: "retries-exhausted", Attempts: 3, First: failedAt, Last: failedAt})
+		again.Timestamp = deadLetteredAt(10 + n)
+		produceTxn(t, brokers, true, again)
+	}
+	for n := 1; n <= 2; n++ {
+		res, _ := redrive(t, brokers, redriveOptions{maxRedrives: 2})
+		if len(res.Redriven) != 1 || res.OverMaxRedrives != 0 {
+			t.Fatalf("redrive %d: got %d redriven, %d over the limit; want 1, 0", n, len(res.Redriven), res.OverMaxRedrives)
+		}
+		failAgain(n)
+	}
+	res, _ := redrive(t, brokers, redriveOptions{maxRedrives: 2})
+	if len(res.Redriven) != 0 || res.OverMaxRedrives != 1 {
+		t.Errorf("third run with --max-redrives 2: got %d redriven, %d over the limit; want 0, 1", len(res.Redriven), res.OverMaxRedrives)
+	}
+	if r := listJSON(t, brokers)[0]; r.State != statePending || r.RedriveCount != 2 {
+		t.Errorf("dlq list: got %+v, want pending, redriven twice", r)
+	}
+	res, _ = redrive(t, brokers, redriveOptions{})
+	if len(res.Redriven) != 1 {
+		t.Errorf("--max-redrives 0: got %d redriven, want 1", len(res.Redriven))
+	}
+}

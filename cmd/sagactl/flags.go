@@ -211,6 +211,9 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	if c.limit < 0 {
 		return inv, usageErr("--limit must be 0 (all) or more, got %d", c.limit)
 	}
+	if c.maxRedrives < 0 {
+		return inv, usageErr("--max-redrives must be 0 (no limit) or more, got %d", c.maxRedrives)
+	}
 	inv.brokers = splitList(g.kafkaBrokers)
 	inv.redisAddrs = splitList(g.redisAddr)
 
@@ -353,7 +356,7 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	out := c.output
 	inv.list = listOptions{sagaType: sagaType, kafka: inv.kafka, filters: f, state: c.state, limit: c.limit, output: out, timeout: g.timeout}
 	inv.show = showOptions{sagaType: sagaType, kafka: inv.kafka, at: at, output: out, timeout: g.timeout}
-	inv.redrive = redriveOptions{sagaType: sagaType, kafka: inv.kafka, filters: f, limit: c.limit, rate: rate, dryRun: c.dryRun,
+	inv.redrive = redriveOptions{sagaType: sagaType, kafka: inv.kafka, filters: f, limit: c.limit, maxRedrives: c.maxRedrives, rate: rate, dryRun: c.dryRun,
 		yes: c.yes, by: by, note: c.note, output: out, timeout: g.timeout}
 	inv.get = getOptions{sagaType: sagaType, id: id, redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts), output: out}
 	inv.sagaList = sagaListOptions{sagaType: sagaType, redisAddrs: inv.redisAddrs, stuck: c.stuck, olderThan: c.olderThan,
@@ -420,24 +423,26 @@ func parseRate(s string) (float64, error) {
 
 // cmdFlags are the flags of one command.
 type cmdFlags struct {
-	sagaType  string
-	output    string
-	reason    string
-	sagaID    string
-	since     string
-	until     string
-	state     string
-	limit     int
-	rate      string
-	dryRun    bool
-	yes       bool
-	as        string
-	note      string
-	parts     int
-	stuck     bool
-	olderThan time.Duration
-	status    string
-	action    string
+	sagaType string
+	output   string
+	reason   string
+	sagaID   string
+	since    string
+	until    string
+	state    string
+	limit    int
+	// maxRedrives is dlq redrive's --max-redrives.
+	maxRedrives int
+	rate        string
+	dryRun      bool
+	yes         bool
+	as          string
+	note        string
+	parts       int
+	stuck       bool
+	olderThan   time.Duration
+	status      string
+	action      string
 }
 
 // defineCommandFlags defines the flags of command name on fs. It reports
@@ -468,6 +473,7 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 	case cmdDLQRedrive:
 		dlqFilters("redrive")
 		fs.IntVar(&c.limit, "limit", 0, "redrive at most `N` records, oldest first; 0 redrives all that match")
+		fs.IntVar(&c.maxRedrives, "max-redrives", defaultMaxRedrives, "skip a record whose original was redriven `N` times already, failing each time; 0: no limit")
 		fs.StringVar(&c.rate, "rate", "", "redrive at most `R` records per second: 50 or 50/s (or 600/m, 100/h); default: no limit")
 		fs.BoolVar(&c.dryRun, "dry-run", false, "print what would be redriven; produce and commit nothing")
 		who()
@@ -594,7 +600,8 @@ Flags:
 `)
 	case cmdDLQRedrive:
 		fmt.Fprint(w, `Usage: sagactl dlq redrive --saga TYPE --note WHY [--reason R] [--saga-id ID] [--since WHEN]
-                          [--until WHEN] [--limit N] [--rate R] [--dry-run] [--yes] [--as WHO] [-o ...]
+                          [--until WHEN] [--limit N] [--max-redrives N] [--rate R] [--dry-run] [--yes]
+                          [--as WHO] [-o ...]
 
 Re-produces the original of each matching record of saga.TYPE.inbox-dlt that was never redriven
 (same key, value and headers, without the dead-letter headers, plus ksaga-redrive-of:
@@ -603,7 +610,9 @@ offsets taken at start. Each transaction holds the redriven records and one audi
 saga.TYPE.audit: who (--as, default $USER), why (--note), when, the run id and the DLT offsets.
 Those offsets are never redriven again: a second run skips them, and dlq list shows the history.
 Runs of one saga type fence each other (a shared transactional id), so two cannot redrive the same
-record. A redriven record that fails again is dead-lettered again, and can be redriven again.
+record. A redriven record that fails again is dead-lettered again, and can be redriven again, up to
+--max-redrives times (default 3): a record that keeps failing is then left in the DLQ instead of
+going round with every run (dlq list shows its redrives; --max-redrives 0 lifts the limit).
 
 It asks for confirmation on a terminal; --yes skips the question, and is required when stdin is
 not a terminal. Try --dry-run first: it lists what would be redriven and changes nothing. --limit
@@ -722,3 +731,8 @@ func printFlags(w io.Writer, fs *flag.FlagSet, skipConn bool) {
 		fmt.Fprintf(w, "%s\n        %s%s\n", line, help, def)
 	})
 }
+
+// defaultMaxRedrives is how many times dlq redrive sends a record that
+// keeps failing before it leaves it in the DLQ, as the engine gives a
+// record three attempts.
+const defaultMaxRedrives = 3

@@ -64,6 +64,9 @@ type redriveOptions struct {
 	filters filters
 	// limit is the most records to redrive, oldest first; 0: all.
 	limit int
+	// maxRedrives skips a record whose original was redriven that many
+	// times already (each time it failed again); 0: no limit.
+	maxRedrives int
 	// rate is the most records redriven per second; 0: no limit.
 	rate float64
 	// dryRun prints what would be done and changes nothing.
@@ -98,6 +101,9 @@ type redriveResult struct {
 	NotMatching int `json:"not_matching"`
 	// OverLimit counts the records that matched but --limit left.
 	OverLimit int `json:"over_limit"`
+	// OverMaxRedrives counts the records that matched but whose original
+	// was redriven --max-redrives times already.
+	OverMaxRedrives int `json:"over_max_redrives"`
 	// Invalid counts records that are not dead-letter records.
 	Invalid int `json:"invalid"`
 	// Missing counts records selected but gone when their turn came
@@ -195,6 +201,8 @@ func redriveDLQ(ctx context.Context, brokers []string, st streams, opt redriveOp
 			res.AlreadyRedriven++
 		case !opt.filters.match(e):
 			res.NotMatching++
+		case opt.maxRedrives > 0 && e.RedriveCount >= opt.maxRedrives:
+			res.OverMaxRedrives++
 		default:
 			sel = append(sel, e)
 		}
@@ -391,6 +399,9 @@ func finishRedrive(st streams, opt redriveOptions, topic string, res redriveResu
 	skipped := fmt.Sprintf("%d already redriven, %d not matching the filters, %d invalid", res.AlreadyRedriven, res.NotMatching, res.Invalid)
 	if res.OverLimit > 0 {
 		skipped += fmt.Sprintf(", %d more left by --limit %d", res.OverLimit, opt.limit)
+	}
+	if res.OverMaxRedrives > 0 {
+		skipped += fmt.Sprintf(", %d redriven %d times already and failing each time (--max-redrives %d; 0 lifts it)", res.OverMaxRedrives, opt.maxRedrives, opt.maxRedrives)
 	}
 	switch {
 	case opt.dryRun:
