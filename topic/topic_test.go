@@ -9,27 +9,11 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/internal/kfaketest"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/topic"
 )
-
-func newAdmin(t *testing.T, brokers int) (*kfake.Cluster, *kadm.Client) {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(brokers))
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatalf("admin client: %v", err)
-	}
-	t.Cleanup(adm.Close)
-	return c, adm
-}
 
 // topicConfig returns a topic's config key as the broker reports it.
 func topicConfig(t *testing.T, adm *kadm.Client, topic, key string) string {
@@ -90,7 +74,7 @@ func TestCreateTopicsConfigs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, adm := newAdmin(t, 3)
+			_, adm := kfaketest.NewAdmin(t, 3)
 			if err := topic.Create(context.Background(), adm, tt.spec, orderTopics(tt.spec), discard); err != nil {
 				t.Fatalf("Create: %v", err)
 			}
@@ -151,7 +135,7 @@ func TestCreateTopicsChecksExisting(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, adm := newAdmin(t, 1)
+			_, adm := kfaketest.NewAdmin(t, 1)
 			ctx := context.Background()
 			for _, tp := range tt.existing {
 				if _, err := adm.CreateTopic(ctx, tp.partitions, 1, tp.configs, tp.name); err != nil {

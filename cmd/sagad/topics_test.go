@@ -8,36 +8,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
-
+	"github.com/ksaga/ksaga/internal/kfaketest"
 	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga/order"
 )
-
-func newAdmin(t *testing.T, brokers int) (*kfake.Cluster, *kadm.Client) {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(brokers))
-	if err != nil {
-		t.Fatalf("kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	adm, err := kadm.NewOptClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatalf("admin client: %v", err)
-	}
-	t.Cleanup(adm.Close)
-	return c, adm
-}
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // TestRunTopicMismatch runs sagad against a Kafka whose state topic is not
 // compacted: it must exit 1 at once with the one message, not retry.
 func TestRunTopicMismatch(t *testing.T) {
-	c, adm := newAdmin(t, 1)
+	c, adm := kfaketest.NewAdmin(t, 1)
 	state := message.State(order.Name)
 	if _, err := adm.CreateTopic(context.Background(), 6, 1, nil, state); err != nil {
 		t.Fatal(err)
