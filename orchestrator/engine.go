@@ -30,7 +30,6 @@ package orchestrator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,9 +72,10 @@ type Engine struct {
 	changes []assignment
 
 	// Owned by the loop goroutine.
-	parts  map[int32]*partition
-	sagas  map[string]*entry
-	timers timers
+	workers *workers // started with the first batch of several sagas
+	parts   map[int32]*partition
+	sagas   map[string]*entry
+	timers  timers
 
 	redisChecked time.Time
 	// writing is the Redis write in progress (nil: none); pendingSince is
@@ -132,6 +132,8 @@ type entry struct {
 	partition int32
 	// raw is state encoded, once the batch that changed it is done.
 	raw []byte
+	// rec is the state record of raw, while its batch is not committed.
+	rec *kgo.Record
 	// bad is set when the stored data no longer decodes into the saga's
 	// data type (the type changed incompatibly): every record of the saga
 	// is dead-lettered with it.
@@ -243,6 +245,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		return errors.New("orchestrator: Run called twice")
 	}
 	defer close(e.closed)
+	defer func() {
+		if e.workers != nil {
+			e.workers.stop()
+		}
+	}()
 	if err := e.store.load(ctx); err != nil {
 		e.log.Warn("redis unavailable at start; will retry", "err", err)
 	}
@@ -376,8 +383,7 @@ type batch struct {
 	order   []string          // changed saga ids, in first-change order
 	dead    []deadLetter
 	// cleared lists records whose attempt counts go once committed.
-	cleared  []deadLetter
-	produced []*kgo.Record
+	cleared []deadLetter
 }
 
 type deadLetter struct {
@@ -418,7 +424,6 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	}
 	var produceErr atomic.Value
 	produce := func(r *kgo.Record) {
-		b.produced = append(b.produced, r)
 		e.sess.Produce(ctx, r, func(r *kgo.Record, err error) {
 			if err != nil {
 				produceErr.CompareAndSwap(nil, fmt.Errorf("produce to %s: %w", r.Topic, err))
@@ -433,10 +438,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	failed, failErr := e.handleAll(ctx, b, recs, produce)
 	if failed == nil {
 		for _, id := range b.order {
-			ent := b.overlay[id]
-			rec := &kgo.Record{Topic: e.stateTopic, Partition: ent.partition, Key: []byte(id), Value: ent.raw}
-			setTrace(rec, ent.state.Trace)
-			produce(rec)
+			produce(b.overlay[id].rec)
 		}
 	}
 	if failErr == nil {
@@ -538,9 +540,9 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		next     atomic.Int64
 	)
 	// work handles groups, taken in batch order, until none is left or a
-	// failure cancelled the batch. A bounded pool of workers runs it: a
-	// goroutine per saga cost a stack and its growth for each of up to
-	// a thousand sagas a batch.
+	// failure cancelled the batch. The engine's long-lived workers run it:
+	// a goroutine per saga, or per batch, cost a stack and its growth
+	// (saga code and its I/O run deep) again and again.
 	work := func() {
 		for {
 			i := int(next.Add(1)) - 1
@@ -562,14 +564,17 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		}
 	}
 	if workers := min(maxParallelSagas, len(groups)); workers <= 1 {
-		work() // one saga: no goroutine on the latency path
+		work() // one saga: no hand-over on the latency path
 	} else {
+		if e.workers == nil {
+			e.workers = newWorkers(maxParallelSagas)
+		}
 		for range workers {
 			wg.Add(1)
-			go func() {
+			e.workers.run(func() {
 				defer wg.Done()
 				work()
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -861,8 +866,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	for _, ev := range out.events {
 		recs = append(recs, e.eventRecord(ev, out.state.Trace))
 	}
-	state := &kgo.Record{Topic: e.stateTopic, Key: []byte(id), Value: raw}
-	setTrace(state, out.state.Trace)
+	state := e.stateRecord(out.state, r.Partition, raw)
 	for _, rec := range append(recs, state) {
 		if ok, n, limit := e.fits(ctx, rec); !ok {
 			e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit), 1, produce)
@@ -873,7 +877,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	if _, had := b.overlay[id]; !had {
 		b.order = append(b.order, id)
 	}
-	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw}
+	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw, rec: state}
 	for _, rec := range recs {
 		produce(rec)
 	}
@@ -1045,13 +1049,18 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 		}
 		in.attempt = n
 	}
-	if in.typ == message.TypeStartSaga && !json.Valid(r.Value) {
-		return nil, inputErr(ReasonUndecodable, "start request value is not JSON")
-	}
-	if in.typ == message.TypeStartSaga && !utf8.Valid(r.Value) {
-		// encoding/json would replace the bad bytes and start the saga
-		// with data its sender never sent.
-		return nil, inputErr(ReasonUndecodable, "start request value is not valid UTF-8")
+	if in.typ == message.TypeStartSaga {
+		// Compacting checks the JSON too: one scan for both.
+		data, err := compact(r.Value)
+		if err != nil {
+			return nil, inputErr(ReasonUndecodable, "start request value is not JSON")
+		}
+		if !utf8.Valid(r.Value) {
+			// encoding/json would replace the bad bytes and start the
+			// saga with data its sender never sent.
+			return nil, inputErr(ReasonUndecodable, "start request value is not valid UTF-8")
+		}
+		in.data = data
 	}
 	if in.typ == message.TypeReply && in.inReplyTo == "" {
 		return nil, inputErr(ReasonUndecodable, "reply has no %s header", message.HeaderInReplyTo)
@@ -1059,34 +1068,84 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 	return in, nil
 }
 
+// The record builders below put a record's key and header values in one
+// allocation (see packed): a transition writes three records, each with up
+// to nine headers.
+
 func (e *Engine) commandRecord(st *State, c command) *kgo.Record {
-	hs := []kgo.RecordHeader{
-		{Key: message.HeaderSagaID, Value: []byte(st.ID)},
-		{Key: message.HeaderSagaType, Value: []byte(st.Type)},
-		{Key: message.HeaderMessageType, Value: []byte(c.msgType)},
-		{Key: message.HeaderMessageID, Value: []byte(c.msgID)},
-		{Key: message.HeaderStep, Value: []byte(c.step)},
-		{Key: message.HeaderStepAttempt, Value: []byte(strconv.Itoa(c.attempt))},
-		{Key: message.HeaderReplyTo, Value: []byte(e.inbox)},
-	}
-	rec := &kgo.Record{Topic: c.topic, Key: []byte(st.ID), Value: c.value, Headers: hs}
+	tc := st.Trace
 	if st.StepTrace != nil {
-		setTrace(rec, st.StepTrace)
-	} else {
-		setTrace(rec, st.Trace)
+		tc = st.StepTrace
 	}
-	return rec
+	attempt := strconv.Itoa(c.attempt)
+	p := newPacked(len(st.ID)+len(st.Type)+len(c.msgType)+len(c.msgID)+len(c.step)+len(attempt)+len(e.inbox)+traceLen(tc), 9)
+	id := p.value(message.HeaderSagaID, st.ID)
+	p.value(message.HeaderSagaType, st.Type)
+	p.value(message.HeaderMessageType, c.msgType)
+	p.value(message.HeaderMessageID, c.msgID)
+	p.value(message.HeaderStep, c.step)
+	p.value(message.HeaderStepAttempt, attempt)
+	p.value(message.HeaderReplyTo, e.inbox)
+	p.trace(tc)
+	return &kgo.Record{Topic: c.topic, Key: id, Value: c.value, Headers: p.headers}
 }
 
 func (e *Engine) eventRecord(ev message.Event, tc *TraceContext) *kgo.Record {
 	value, _ := appendEventJSON(make([]byte, 0, 256), &ev) // an Event always encodes
-	rec := &kgo.Record{Topic: e.events, Key: []byte(ev.SagaID), Value: value, Headers: []kgo.RecordHeader{
-		{Key: message.HeaderSagaID, Value: []byte(ev.SagaID)},
-		{Key: message.HeaderSagaType, Value: []byte(ev.SagaType)},
-		{Key: message.HeaderMessageType, Value: []byte(ev.Type)},
-	}}
-	setTrace(rec, tc)
-	return rec
+	p := newPacked(len(ev.SagaID)+len(ev.SagaType)+len(ev.Type)+traceLen(tc), 5)
+	id := p.value(message.HeaderSagaID, ev.SagaID)
+	p.value(message.HeaderSagaType, ev.SagaType)
+	p.value(message.HeaderMessageType, ev.Type)
+	p.trace(tc)
+	return &kgo.Record{Topic: e.events, Key: id, Value: value, Headers: p.headers}
+}
+
+// stateRecord is the record of st, encoded as raw, on inbox partition p's
+// state partition.
+func (e *Engine) stateRecord(st *State, p int32, raw []byte) *kgo.Record {
+	pk := newPacked(len(st.ID)+traceLen(st.Trace), 2)
+	key := pk.str(st.ID)
+	pk.trace(st.Trace)
+	return &kgo.Record{Topic: e.stateTopic, Partition: p, Key: key, Value: raw, Headers: pk.headers}
+}
+
+// packed builds a record's headers with their values in one buffer.
+type packed struct {
+	buf     []byte
+	headers []kgo.RecordHeader
+}
+
+func newPacked(size, headers int) *packed {
+	return &packed{buf: make([]byte, 0, size), headers: make([]kgo.RecordHeader, 0, headers)}
+}
+
+// str appends s to the buffer and returns its bytes.
+func (p *packed) str(s string) []byte {
+	start := len(p.buf)
+	p.buf = append(p.buf, s...)
+	return p.buf[start:len(p.buf):len(p.buf)]
+}
+
+// value adds header key with value v and returns the value's bytes.
+func (p *packed) value(key, v string) []byte {
+	b := p.str(v)
+	p.headers = append(p.headers, kgo.RecordHeader{Key: key, Value: b})
+	return b
+}
+
+// trace adds the traceparent and tracestate headers of tc, when set.
+func (p *packed) trace(tc *TraceContext) {
+	if tc != nil {
+		p.value(message.HeaderTraceParent, tc.Parent)
+		p.value(message.HeaderTraceState, tc.State)
+	}
+}
+
+func traceLen(tc *TraceContext) int {
+	if tc == nil {
+		return 0
+	}
+	return len(tc.Parent) + len(tc.State)
 }
 
 func (e *Engine) timeoutRecord(t timer) *kgo.Record {
@@ -1115,12 +1174,6 @@ func (e *Engine) timeoutRecord(t timer) *kgo.Record {
 // afterCommit moves the batch's states into memory, runs the after-commit
 // hooks, brings Redis up to date and runs the after-completion hooks.
 func (e *Engine) afterCommit(ctx context.Context, b *batch) {
-	stateRecs := make(map[string]*kgo.Record, len(b.order))
-	for _, r := range b.produced {
-		if r.Topic == e.stateTopic {
-			stateRecs[string(r.Key)] = r
-		}
-	}
 	e.flightMu.Lock()
 	for _, id := range b.order {
 		ent := b.overlay[id]
@@ -1132,9 +1185,9 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 			continue
 		}
 		e.fly(ent.partition, ent.state)
-		rec := stateRecs[id]
 		e.notePending()
-		part.pending = append(part.pending, write{partition: ent.partition, offset: rec.Offset, state: ent.state, raw: ent.raw})
+		part.pending = append(part.pending, write{partition: ent.partition, offset: ent.rec.Offset, state: ent.state, raw: ent.raw})
+		ent.rec = nil // kept in memory: only its offset was needed
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})
 		} else {

@@ -66,6 +66,8 @@ type input struct {
 	outcome   string
 	reason    string
 	value     []byte
+	// data is a start request's value, compacted (see compact).
+	data json.RawMessage
 	// trace is the trace context of the record's saga (see
 	// Engine.traceRecord): a saga it starts gets it.
 	trace *TraceContext
@@ -143,10 +145,16 @@ func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, er
 	if err != nil {
 		return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
 	}
+	stored := in.data
+	if stored == nil { // not through Engine.decode, which compacts it
+		if stored, err = compact(in.value); err != nil {
+			return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
+		}
+	}
 	now := m.now()
 	next := &State{
 		ID: in.sagaID, Type: m.def.Name(), Status: message.StatusRunning, Undoing: -1,
-		StartID: in.msgID, StartHash: hash, Data: compact(in.value),
+		StartID: in.msgID, StartHash: hash, Data: stored,
 		Created: now, Updated: now,
 	}
 	out := &outcome{state: next, data: data}
@@ -501,13 +509,14 @@ var undoBackoff = retry.Policy{InitialInterval: time.Second, MaxInterval: time.M
 // fault.
 var errInfra = errors.New("engine dependency unavailable")
 
-// compact returns value without insignificant space: the state encoder
-// appends a saga's data as it is, so it is compacted once, at the start.
-func compact(value []byte) json.RawMessage {
+// compact returns value without insignificant space, or an error when it
+// is not JSON: the state encoder appends a saga's data as it is, so it is
+// compacted once, when its start request is decoded.
+func compact(value []byte) (json.RawMessage, error) {
 	var b bytes.Buffer
 	b.Grow(len(value))
 	if err := json.Compact(&b, value); err != nil {
-		return json.RawMessage(value) // Decode accepted it: cannot happen
+		return nil, err
 	}
-	return b.Bytes()
+	return b.Bytes(), nil
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"regexp"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -285,7 +286,7 @@ func (d *Definition) Decode(value []byte) (any, error) {
 		return nil, err
 	}
 	if v, ok := data.(Validator); ok {
-		err := Call(context.Background(), DefaultTimeout, func(context.Context) error { return v.Validate() })
+		err := callPure(context.Background(), DefaultTimeout, v.Validate)
 		if err != nil {
 			return nil, retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, err))
 		}
@@ -335,27 +336,106 @@ func Call(ctx context.Context, timeout time.Duration, fn func(context.Context) e
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- &PanicError{Value: v, Stack: debug.Stack()}
-			}
-		}()
-		done <- fn(ctx)
-	}()
+	return call(ctx, timeout, false, fn)
+}
+
+// callPure is Call for saga code that takes no ctx (Skip, Validate): it
+// needs no ctx of its own, only a bound on the wait. It gives up, as Call
+// does, when ctx is done.
+func callPure(ctx context.Context, timeout time.Duration, fn func() error) error {
+	return call(ctx, timeout, true, func(context.Context) error { return fn() })
+}
+
+// call runs fn(ctx) on a parked goroutine and waits for it until ctx is
+// done or, when timed, for at most timeout. Goroutines are reused: a call
+// into saga code, several per saga, costs neither a goroutine's start nor
+// the growth of a fresh stack.
+func call(ctx context.Context, timeout time.Duration, timed bool, fn func(context.Context) error) error {
+	j := jobs.Get().(*job)
+	j.ctx, j.fn = ctx, fn
+	var w *caller
 	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		// fn may have returned at the same moment: prefer its answer.
-		select {
-		case err := <-done:
-			return err
-		default:
-		}
-		return fmt.Errorf("%w (%s)", ErrTimeout, timeout)
+	case w = <-idle:
+	default:
+		w = &caller{jobs: make(chan *job, 1)}
+		go w.run()
 	}
+	w.jobs <- j
+	var expired <-chan time.Time
+	if timed {
+		if j.timer == nil {
+			j.timer = time.NewTimer(timeout)
+		} else {
+			j.timer.Reset(timeout)
+		}
+		expired = j.timer.C
+	}
+	select {
+	case err := <-j.done:
+		return j.finish(err)
+	case <-expired:
+	case <-ctx.Done():
+	}
+	// fn may have returned at the same moment: prefer its answer.
+	select {
+	case err := <-j.done:
+		return j.finish(err)
+	default:
+	}
+	// The job is abandoned with its goroutine, which still owns it: it is
+	// not put back in the pool.
+	return fmt.Errorf("%w (%s)", ErrTimeout, timeout)
+}
+
+// job is one call into saga code. The caller owns it until it hands it to
+// a goroutine and again once it has read done; an abandoned job belongs to
+// its goroutine for good.
+type job struct {
+	ctx   context.Context
+	fn    func(context.Context) error
+	done  chan error
+	timer *time.Timer
+}
+
+// finish puts j, whose call returned err, back in the pool.
+func (j *job) finish(err error) error {
+	if j.timer != nil {
+		j.timer.Stop()
+	}
+	j.ctx, j.fn = nil, nil
+	jobs.Put(j)
+	return err
+}
+
+var jobs = sync.Pool{New: func() any { return &job{done: make(chan error, 1)} }}
+
+// caller is a goroutine that runs calls into saga code one after another.
+// Between calls it parks in idle; when idle is full it exits.
+type caller struct{ jobs chan *job }
+
+// idle holds the parked callers: enough for the engine's parallel sagas and
+// the participants' handlers, a bound on the goroutines kept.
+var idle = make(chan *caller, 256)
+
+func (w *caller) run() {
+	for j := range w.jobs {
+		j.done <- safely(j.ctx, j.fn)
+		select {
+		case idle <- w:
+		default:
+			return
+		}
+	}
+}
+
+// safely runs fn, turning its panic into a *PanicError.
+func safely(ctx context.Context, fn func(context.Context) error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return fn(ctx)
 }
 
 // Do builds the command of participant step i for data, which must come
@@ -399,7 +479,7 @@ func (d *Definition) Skip(ctx context.Context, i int, data any) (bool, error) {
 	// An abandoned call may still finish after Call returned: it must not
 	// write a variable the caller reads.
 	var skip atomic.Bool
-	err := Call(ctx, d.steps[i].Timeout, func(context.Context) error {
+	err := callPure(ctx, d.steps[i].Timeout, func() error {
 		skip.Store(d.skip[i](data))
 		return nil
 	})

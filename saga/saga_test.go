@@ -136,3 +136,50 @@ func TestAbandonedBuilderFinishingLate(t *testing.T) {
 	close(release)
 	<-done
 }
+
+// TestCallsAfterAbandonedOnes: calls run on reused goroutines; a goroutine
+// whose call hangs is not handed another one, and a hung Skip does not
+// hold up the calls after it. Once the hung calls return, their
+// goroutines serve calls again.
+func TestCallsAfterAbandonedOnes(t *testing.T) {
+	release := make(chan struct{})
+	def := saga.New("hung", saga.Step[v2]{Name: "s", Timeout: 20 * time.Millisecond,
+		Do:   func(context.Context, *v2) (saga.Command, error) { return saga.Command{Participant: "p", Type: "T"}, nil },
+		Skip: func(d *v2) bool { <-release; return false }})
+	data, err := def.DecodeStored([]byte(`{"id":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if _, err := def.Skip(context.Background(), 0, data); !errors.Is(err, saga.ErrTimeout) {
+			t.Fatalf("Skip that hangs = %v, want ErrTimeout", err)
+		}
+	}
+	check := func() {
+		start := time.Now()
+		for i := range 1000 {
+			if cmd, err := def.Do(context.Background(), 0, data); err != nil || cmd.Type != "T" {
+				t.Fatalf("call %d: Do = %+v, %v", i, cmd, err)
+			}
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("1000 quick calls took %v", d)
+		}
+	}
+	check()
+	close(release)
+	check()
+
+	// A cancelled ctx ends the wait for a Skip, as it does for Call.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	block := make(chan struct{})
+	defer close(block)
+	slow := saga.New("slow", saga.Step[v2]{Name: "s", Timeout: time.Minute,
+		Do:   func(context.Context, *v2) (saga.Command, error) { return saga.Command{}, nil },
+		Skip: func(*v2) bool { <-block; return true }})
+	start := time.Now()
+	if _, err := slow.Skip(ctx, 0, data); !errors.Is(err, saga.ErrTimeout) || time.Since(start) > time.Second {
+		t.Errorf("Skip with a cancelled ctx = %v after %v, want ErrTimeout at once", err, time.Since(start))
+	}
+}

@@ -31,7 +31,7 @@ const partitions = 3
 // env is one test's world: a kfake cluster, a Redis for the engine and one
 // for the participants and the orders store.
 type env struct {
-	t                  *testing.T
+	t                  testing.TB
 	cluster            *kfake.Cluster
 	brokers            []string
 	engRedis, simRedis *redistest.Server
@@ -39,7 +39,7 @@ type env struct {
 	client             *kgo.Client
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	topics := []string{message.Inbox(order.Name), message.State(order.Name), message.Events(order.Name), message.DLT(order.Name)}
 	for _, p := range order.Participants {
@@ -66,7 +66,7 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	level := slog.LevelWarn
 	if os.Getenv("KSAGA_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
@@ -90,7 +90,7 @@ type running struct {
 }
 
 // stop cancels the engine and waits for Run to return.
-func (r *running) stop(t *testing.T) {
+func (r *running) stop(t testing.TB) {
 	t.Helper()
 	r.cancel()
 	select {
