@@ -20,6 +20,7 @@
 //	ksaga_sagas_started_total                    sagas started (SagaStarted events committed)
 //	ksaga_sagas_finished_total{outcome}          sagas ended: completed, compensated or failed
 //	ksaga_transactions_total{result}             engine transactions: committed or aborted
+//	ksaga_transaction_phase_seconds{phase}       how long committed transactions spent in each phase
 //	ksaga_inbox_records_total                    inbox records consumed in committed transactions
 //	ksaga_retries_total                          failed processing attempts that will be retried
 //	ksaga_dlq_records_total{reason}              inbox records dead-lettered, by reason
@@ -82,6 +83,19 @@ const (
 // out a minute of deadlines.
 var StepBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
+// PhaseBuckets are the bounds, in seconds, of
+// ksaga_transaction_phase_seconds: from a sub-millisecond round trip to a
+// transaction near its timeout.
+var PhaseBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Label values of ksaga_transaction_phase_seconds (orchestrator.Phases).
+const (
+	PhasePreload = "preload"
+	PhaseHandle  = "handle"
+	PhaseFlush   = "flush"
+	PhaseCommit  = "commit"
+)
+
 var (
 	_ orchestrator.HookAfterCommit     = (*Metrics)(nil)
 	_ orchestrator.HookAfterCompletion = (*Metrics)(nil)
@@ -95,6 +109,7 @@ type Metrics struct {
 	started      prometheus.Counter
 	finished     *prometheus.CounterVec
 	transactions *prometheus.CounterVec
+	phases       *prometheus.HistogramVec
 	inbox        prometheus.Counter
 	retries      prometheus.Counter
 	dlq          *prometheus.CounterVec
@@ -154,10 +169,14 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 		started:      counter("sagas_started_total", "Sagas started (SagaStarted events committed)."),
 		finished:     counterVec("sagas_finished_total", "Sagas ended, by outcome: completed, compensated (failed and fully undone) or failed (a compensation could not be completed; needs a human).", "outcome"),
 		transactions: counterVec("transactions_total", "Engine transactions, by result: committed or aborted.", "result"),
-		inbox:        counter("inbox_records_total", "Inbox records consumed in committed transactions."),
-		retries:      counter("retries_total", "Failed processing attempts of inbox records, whose transaction was aborted to retry them."),
-		dlq:          counterVec("dlq_records_total", "Inbox records dead-lettered, by reason.", "reason"),
-		dropped:      counterVec("dropped_messages_total", "Duplicate or stale inbox records dropped, by reason.", "reason"),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "ksaga", Name: "transaction_phase_seconds", ConstLabels: labels, Buckets: PhaseBuckets,
+			Help: "How long committed engine transactions spent in each phase: preload (reading sagas from Redis), handle (applying the records), flush (waiting for the records to be written), commit (offsets and EndTxn).",
+		}, []string{"phase"}),
+		inbox:   counter("inbox_records_total", "Inbox records consumed in committed transactions."),
+		retries: counter("retries_total", "Failed processing attempts of inbox records, whose transaction was aborted to retry them."),
+		dlq:     counterVec("dlq_records_total", "Inbox records dead-lettered, by reason.", "reason"),
+		dropped: counterVec("dropped_messages_total", "Duplicate or stale inbox records dropped, by reason.", "reason"),
 		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "ksaga", Name: "step_duration_seconds", ConstLabels: labels, Buckets: StepBuckets,
 			Help: "How long a step or compensation took, from its start to its success, failure or compensation.",
@@ -190,6 +209,9 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 	for _, r := range []string{ResultCommitted, ResultAborted} {
 		m.transactions.WithLabelValues(r)
 	}
+	for _, p := range []string{PhasePreload, PhaseHandle, PhaseFlush, PhaseCommit} {
+		m.phases.WithLabelValues(p)
+	}
 	for _, r := range orchestrator.DeadLetterReasons() {
 		m.dlq.WithLabelValues(r)
 	}
@@ -198,7 +220,7 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 	}
 
 	for _, c := range []prometheus.Collector{
-		m.started, m.finished, m.transactions, m.inbox, m.retries, m.dlq,
+		m.started, m.finished, m.transactions, m.phases, m.inbox, m.retries, m.dlq,
 		m.dropped, m.steps, m.timeouts, m.forwarded, m.redisErrors, pending, redisLag,
 	} {
 		if err := reg.Register(c); err != nil {
@@ -231,6 +253,10 @@ func (m *Metrics) AfterCommit(_ context.Context, b *orchestrator.Batch) {
 	m.inbox.Add(float64(b.Records))
 	m.timeouts.Add(float64(b.Timeouts))
 	m.forwarded.Add(float64(b.Forwarded))
+	m.phases.WithLabelValues(PhasePreload).Observe(b.Phases.Preload.Seconds())
+	m.phases.WithLabelValues(PhaseHandle).Observe(b.Phases.Handle.Seconds())
+	m.phases.WithLabelValues(PhaseFlush).Observe(b.Phases.Flush.Seconds())
+	m.phases.WithLabelValues(PhaseCommit).Observe(b.Phases.Commit.Seconds())
 	for _, s := range b.StepLatencies {
 		m.steps.WithLabelValues(s.Step).Observe(s.Duration.Seconds())
 	}

@@ -51,6 +51,7 @@ func batch() *orchestrator.Batch {
 		DeadLettered: []string{orchestrator.ReasonUndecodable},
 		Dropped:      []string{orchestrator.DropDuplicateStart, orchestrator.DropStaleReply, orchestrator.DropStaleReply},
 		Timeouts:     2,
+		Phases:       orchestrator.Phases{Preload: time.Second / 512, Handle: time.Second / 64, Flush: time.Second / 128, Commit: time.Second / 256},
 	}
 }
 
@@ -82,6 +83,35 @@ func TestAfterCommit(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
+	}
+
+	// One observation per phase, in seconds.
+	phases := map[string]float64{PhasePreload: 1.0 / 512, PhaseHandle: 1.0 / 64, PhaseFlush: 1.0 / 128, PhaseCommit: 1.0 / 256}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, mf := range mfs {
+		if mf.GetName() != "ksaga_transaction_phase_seconds" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			var phase string
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "phase" {
+					phase = l.GetValue()
+				}
+			}
+			h := s.GetHistogram()
+			if h.GetSampleCount() != 1 || h.GetSampleSum() != phases[phase] {
+				t.Errorf("transaction_phase_seconds{phase=%q}: %d observations, sum %v; want 1, %v", phase, h.GetSampleCount(), h.GetSampleSum(), phases[phase])
+			}
+			seen++
+		}
+	}
+	if seen != len(phases) {
+		t.Errorf("transaction_phase_seconds: %d series, want %d", seen, len(phases))
 	}
 
 	// One histogram series per step.
@@ -190,9 +220,9 @@ func TestRegistration(t *testing.T) {
 	}
 	// started, inbox, retries, timeouts, forwarded, redis errors,
 	// pending, redis lag: 1 each; finished: 3 outcomes; transactions: 2
-	// results; every dead-letter and drop reason. Only the step histogram
-	// has no series yet.
-	if want := 8 + 3 + 2 + len(orchestrator.DeadLetterReasons()) + len(orchestrator.DropReasons()); n != want {
+	// results; transaction phases: 4; every dead-letter and drop reason.
+	// Only the step histogram has no series yet.
+	if want := 8 + 3 + 2 + 4 + len(orchestrator.DeadLetterReasons()) + len(orchestrator.DropReasons()); n != want {
 		t.Errorf("series at start: got %d, want %d", n, want)
 	}
 	// A dead letter of any reason, the first after a start included,

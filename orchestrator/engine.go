@@ -405,7 +405,14 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
 	defer endCancel()
 	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
-	if err := e.preload(ctx, b, recs); err != nil {
+	start := time.Now()
+	phase := func(d *time.Duration) {
+		now := time.Now()
+		*d, start = now.Sub(start), now
+	}
+	err := e.preload(ctx, b, recs)
+	phase(&b.Phases.Preload)
+	if err != nil {
 		e.rewind(endCtx)
 		e.rearm(due)
 		return err
@@ -441,12 +448,14 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 			produce(b.overlay[id].rec)
 		}
 	}
+	phase(&b.Phases.Handle)
 	if failErr == nil {
 		if err := e.sess.Client().Flush(ctx); err != nil {
 			failErr = fmt.Errorf("%w: flush: %w", errInfra, err)
 		} else if v := produceErr.Load(); v != nil {
 			failErr = fmt.Errorf("%w: %w", errInfra, v.(error))
 		}
+		phase(&b.Phases.Flush)
 	}
 	if failErr != nil {
 		if _, err := e.sess.End(endCtx, kgo.TryAbort); err != nil {
@@ -460,6 +469,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		return failErr
 	}
 	ok, err := e.sess.End(endCtx, kgo.TryCommit)
+	phase(&b.Phases.Commit)
 	if err != nil {
 		return e.commitUnknown(endCtx, b, due, err)
 	}

@@ -36,6 +36,22 @@ type Batch struct {
 	// Changes lists the records that changed a saga, with the saga's state
 	// before and after each, in the order of the batch per saga.
 	Changes []Change
+	// Phases is how long the transaction spent in each of its phases.
+	Phases Phases
+}
+
+// Phases splits a transaction's time, from the records polled to the
+// commit's answer. A phase it did not reach is zero.
+type Phases struct {
+	// Preload reads the batch's sagas that are not in memory from Redis.
+	Preload time.Duration
+	// Handle applies the records: saga code, and encoding the records
+	// to produce, which kgo starts sending as they come.
+	Handle time.Duration
+	// Flush waits until every record of the transaction is written.
+	Flush time.Duration
+	// Commit commits the consumed offsets and ends the transaction.
+	Commit time.Duration
 }
 
 // StepLatency is the duration of one step or compensation.

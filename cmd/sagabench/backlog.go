@@ -85,6 +85,7 @@ func (b *bench) backlog(ctx context.Context) (row, error) {
 	if committed > 0 {
 		r.recsPerTxn = inbox / committed
 		r.redisRT = d("ksaga_redis_round_trips_total", "client", "engine") / committed
+		r.phases = meanPhases(d, committed)
 	}
 	if memErr == nil {
 		r.peakRSS = mem.hwm

@@ -72,12 +72,32 @@ func (b *bench) printTable(rows []row) {
 	}
 	writeTable(b.out, cpu)
 	writeTable(b.out, cpuPerSaga(rows))
+	fmt.Fprintln(b.out, "\nEngine transactions (ms, mean per committed transaction; busy: the share of the time the loop spent in them):")
+	writeTable(b.out, txnPhases(rows))
 	for _, r := range rows {
 		for _, w := range r.warnings {
 			fmt.Fprintf(b.out, "WARNING: %s\n", w)
 		}
 	}
 	fmt.Fprintln(b.out)
+}
+
+// txnPhases splits the engine's committed transactions into their phases.
+func txnPhases(rows []row) [][]string {
+	cells := [][]string{append(append([]string{"scenario"}, phaseNames[:]...), "total", "busy")}
+	for _, r := range rows {
+		if r.bare || r.txnPerSec == 0 {
+			continue
+		}
+		line := []string{r.name}
+		total := 0.0
+		for _, p := range r.phases {
+			line = append(line, fmt.Sprintf("%.2f", p*1e3))
+			total += p
+		}
+		cells = append(cells, append(line, fmt.Sprintf("%.2f", total*1e3), fmt.Sprintf("%.0f%%", 100*total*r.txnPerSec)))
+	}
+	return cells
 }
 
 // writeTable writes cells as aligned columns: the first left-aligned, the

@@ -30,9 +30,12 @@ type row struct {
 	// transaction: the engine's own client, and the orders store's (the
 	// saga's local complete-order step).
 	redisRT, ordersRT float64
-	aborted           float64
-	cpu               cpuUse
-	bare              bool
+	// phases is the mean time of a committed engine transaction in each
+	// of its phases (ksaga_transaction_phase_seconds), in seconds.
+	phases  [len(phaseNames)]float64
+	aborted float64
+	cpu     cpuUse
+	bare    bool
 	// engineOnly is the backlog row: no sagas/s or latencies.
 	engineOnly bool
 	warnings   []string
@@ -231,12 +234,26 @@ func (b *bench) scenario(ctx context.Context, l *load, profile string) (row, err
 		r.recsPerTxn = d("ksaga_inbox_records_total") / committed
 		r.redisRT = d("ksaga_redis_round_trips_total", "client", "engine") / committed
 		r.ordersRT = d("ksaga_redis_round_trips_total", "client", "orders") / committed
+		r.phases = meanPhases(d, committed)
 	}
 	if memErr == nil {
 		r.peakRSS = mem.hwm
 	}
 	b.logf("%s: %.0f sagas/s, p99 %v, engine peak RSS %s", l.name, r.sagasPerSec, r.p99.Round(time.Millisecond), mib(r.peakRSS))
 	return r, nil
+}
+
+// phaseNames are the phases of ksaga_transaction_phase_seconds, in order.
+var phaseNames = [...]string{"preload", "handle", "flush", "commit"}
+
+// meanPhases returns the mean time per committed transaction of each phase,
+// from d, the change of a metric over the scenario.
+func meanPhases(d func(name string, match ...string) float64, committed float64) [len(phaseNames)]float64 {
+	var out [len(phaseNames)]float64
+	for i, p := range phaseNames {
+		out[i] = d("ksaga_transaction_phase_seconds_sum", "phase", p) / committed
+	}
+	return out
 }
 
 // offering is a load being offered by its own goroutine.
