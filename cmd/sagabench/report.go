@@ -72,8 +72,10 @@ func (b *bench) printTable(rows []row) {
 	}
 	writeTable(b.out, cpu)
 	writeTable(b.out, cpuPerSaga(rows))
-	fmt.Fprintln(b.out, "\nEngine transactions (ms, mean per committed transaction; busy: the share of the time the loop spent in them):")
-	writeTable(b.out, txnPhases(rows))
+	if phases := txnPhases(rows); len(phases) > 1 {
+		fmt.Fprintln(b.out, "\nEngine transactions (ms, mean per committed transaction; busy: the share of the time the loop spent in them):")
+		writeTable(b.out, phases)
+	}
 	for _, r := range rows {
 		for _, w := range r.warnings {
 			fmt.Fprintf(b.out, "WARNING: %s\n", w)
@@ -83,10 +85,12 @@ func (b *bench) printTable(rows []row) {
 }
 
 // txnPhases splits the engine's committed transactions into their phases.
+// Rows without them (a sagad from before ksaga_transaction_phase_seconds)
+// are left out.
 func txnPhases(rows []row) [][]string {
 	cells := [][]string{append(append([]string{"scenario"}, phaseNames[:]...), "total", "busy")}
 	for _, r := range rows {
-		if r.bare || r.txnPerSec == 0 {
+		if r.bare || r.txnPerSec == 0 || r.phases == [len(phaseNames)]float64{} {
 			continue
 		}
 		line := []string{r.name}
