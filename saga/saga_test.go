@@ -144,7 +144,9 @@ func TestAbandonedBuilderFinishingLate(t *testing.T) {
 func TestCallsAfterAbandonedOnes(t *testing.T) {
 	release := make(chan struct{})
 	def := saga.New("hung", saga.Step[v2]{Name: "s", Timeout: 20 * time.Millisecond,
-		Do:   func(context.Context, *v2) (saga.Command, error) { return saga.Command{Participant: "p", Type: "T"}, nil },
+		Do: func(context.Context, *v2) (saga.Command, error) {
+			return saga.Command{Participant: "p", Type: "T"}, nil
+		},
 		Skip: func(d *v2) bool { <-release; return false }})
 	data, err := def.DecodeStored([]byte(`{"id":"x"}`))
 	if err != nil {
