@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -264,10 +265,28 @@ func (w *watcher) waitEnded(t testing.TB, n int, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sagas ended within %v, want %d", got, timeout, n)
+			t.Fatalf("%d sagas ended within %v, want %d; %s", got, timeout, n, w.missing())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// missing describes the sagas whose start reached the inbox but which did
+// not end, and the dead letters, for a test that gave up waiting.
+func (w *watcher) missing() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for id, n := range w.starts {
+		if w.ended[id] == 0 {
+			out = append(out, fmt.Sprintf("%s (%d start requests, %d SagaStarted)", id, n, w.started[id]))
+		}
+	}
+	slices.Sort(out)
+	if len(out) > 10 {
+		out = append(out[:10], "...")
+	}
+	return fmt.Sprintf("%d start requests read from the inbox; not ended: [%s]; %d dead letters", len(w.starts), strings.Join(out, ", "), len(w.dead))
 }
 
 // check verifies that exactly the sagas ids started, each once, and
