@@ -90,7 +90,7 @@ const (
 
 // DefaultGCPercent is the garbage collector's target (GOGC) that TuneGC
 // sets. At Go's default of 100 the engine spent about a fifth of its CPU
-// collecting; at 300 it spends 16% less CPU per saga for a heap up to
+// collecting; at 300 it spends 5-18% less CPU per saga for a heap up to
 // three times as large (docs/PERFORMANCE.md). GOMEMLIMIT still bounds it:
 // the collector works harder as the heap nears the limit.
 const DefaultGCPercent = 300
