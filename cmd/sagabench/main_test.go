@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,12 +133,50 @@ func TestBench(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), log.String())
 	}
-	for _, want := range []string{"bare loop", "full speed, 0% failures", "full speed, 10% failures", "RSS after 200 sagas", "Restart after SIGKILL"} {
+	for _, want := range []string{"bare loop", "full speed, 0% failures", "full speed, 10% failures", "RSS after 200 sagas", "Restart after SIGKILL", "Where a saga's time goes"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 	if strings.Contains(out.String(), "WARNING") {
 		t.Errorf("output has warnings:\n%s", out.String())
+	}
+}
+
+func TestHopsSplit(t *testing.T) {
+	at := func(ms int) time.Time { return time.UnixMilli(int64(1000 + ms)) }
+	var h hops
+	// A start, the engine's event and command 20 ms later, a reply 5 ms
+	// after the command, a duplicate of it, the terminal event 18 ms after
+	// the first reply; listed out of order, as topics are read.
+	h.add([]point{
+		{at(25), false}, {at(20), true}, {at(0), false}, {at(43), true}, {at(20), true}, {at(30), false},
+	})
+	// A saga seen from the middle only: left out.
+	h.add([]point{{at(5), true}, {at(9), false}})
+	if h.sagas != 1 || h.total != 43*time.Millisecond {
+		t.Fatalf("got %d sagas, %v in all; want 1 saga of 43ms", h.sagas, h.total)
+	}
+	if want := []time.Duration{20 * time.Millisecond, 18 * time.Millisecond}; !slices.Equal(h.engine, want) {
+		t.Errorf("engine hops: got %v, want %v", h.engine, want)
+	}
+	if want := []time.Duration{5 * time.Millisecond}; !slices.Equal(h.part, want) {
+		t.Errorf("participant hops: got %v, want %v", h.part, want)
+	}
+	// Records of the same millisecond are taken in the chain's order: a
+	// saga starts with an inbox record, the engine answers an inbox
+	// record, a reply follows the engine's record.
+	for _, tc := range []struct {
+		pts          []point
+		engine, part []time.Duration
+	}{
+		{[]point{{at(0), true}, {at(0), false}, {at(5), false}, {at(8), true}}, []time.Duration{0, 3 * time.Millisecond}, []time.Duration{5 * time.Millisecond}},
+		{[]point{{at(0), false}, {at(3), false}, {at(3), true}, {at(9), true}}, []time.Duration{3 * time.Millisecond, 6 * time.Millisecond}, []time.Duration{0}},
+	} {
+		var h hops
+		h.add(tc.pts)
+		if !slices.Equal(h.engine, tc.engine) || !slices.Equal(h.part, tc.part) {
+			t.Errorf("%v: got engine hops %v and participant hops %v; want %v and %v", tc.pts, h.engine, h.part, tc.engine, tc.part)
+		}
 	}
 }

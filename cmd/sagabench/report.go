@@ -76,6 +76,11 @@ func (b *bench) printTable(rows []row) {
 		fmt.Fprintln(b.out, "\nEngine transactions (ms, mean per committed transaction; busy: the share of the time the loop spent in them):")
 		writeTable(b.out, phases)
 	}
+	if hops := hopTable(rows); len(hops) > 1 {
+		fmt.Fprintln(b.out, "\nWhere a saga's time goes (ms per saga, mean; an engine hop: an inbox record produced to the engine's first record")
+		fmt.Fprintln(b.out, "produced for it; a participant hop: the engine's last record before a reply to the reply produced; record timestamps):")
+		writeTable(b.out, hops)
+	}
 	for _, r := range rows {
 		for _, w := range r.warnings {
 			fmt.Fprintf(b.out, "WARNING: %s\n", w)

@@ -35,7 +35,10 @@ type row struct {
 	phases  [len(phaseNames)]float64
 	aborted float64
 	cpu     cpuUse
-	bare    bool
+	// hops splits the sagas' time between the engine and the
+	// participants; nil when it could not be read.
+	hops *hops
+	bare bool
 	// engineOnly is the backlog row: no sagas/s or latencies.
 	engineOnly bool
 	warnings   []string
@@ -177,6 +180,7 @@ func (b *bench) scenario(ctx context.Context, l *load, profile string) (row, err
 		return row{}, err
 	}
 	defer t.close()
+	mark, markErr := b.markHops(ctx)
 	var prof *profiler
 	if profile != "" {
 		prof = b.startProfiles(ctx, profile)
@@ -238,6 +242,12 @@ func (b *bench) scenario(ctx context.Context, l *load, profile string) (row, err
 	}
 	if memErr == nil {
 		r.peakRSS = mem.hwm
+	}
+	if markErr == nil {
+		r.hops, markErr = b.readHops(ctx, mark, l.prefix)
+	}
+	if markErr != nil {
+		b.logf("%s: cannot split the sagas' time into hops: %v", l.name, markErr)
 	}
 	b.logf("%s: %.0f sagas/s, p99 %v, engine peak RSS %s", l.name, r.sagasPerSec, r.p99.Round(time.Millisecond), mib(r.peakRSS))
 	return r, nil
