@@ -352,8 +352,13 @@ func (e *Engine) step(ctx context.Context) error {
 	var recs []*kgo.Record
 	fetches.EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
 	// Assignments seen during the poll are applied before any of their
-	// records is handled.
+	// records is handled. When one cannot be (its partition's restore
+	// failed), the polled records are not handled either: the session
+	// must consume them again, or the next commit would pass over them.
 	if err := e.applyChanges(ctx); err != nil {
+		if len(recs) > 0 {
+			e.rewind(ctx)
+		}
 		return err
 	}
 	due := e.dueTimers(e.cfg.now())

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -759,5 +760,56 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 			}
 			e.waitRedis(sagas, 30*time.Second)
 		})
+	}
+}
+
+// TestRedisUnreadableAtTakeover has an idle engine take over the partitions
+// of one that left while Redis refuses reads (an ACL change, a failover
+// under way): it cannot restore them, and the poll that brought the
+// assignment may also have brought the records waiting on them. Those
+// records must be consumed again once the restore succeeds, not skipped:
+// every saga started meanwhile ends, once.
+func TestRedisUnreadableAtTakeover(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 100000})
+	e.startParticipants()
+	a := e.startEngine(nil)
+	defer a.stop(t)
+	b := e.startEngine(nil, orchestrator.TransactionalID("engine-1"))
+	warm := ids("warm", 20)
+	for _, id := range warm {
+		e.start(newOrder(id))
+	}
+	e.waitTerminal(warm, 30*time.Second)
+	owned := e.assigned(b.eng)
+	if len(owned) == 0 || len(owned) == partitions {
+		t.Fatalf("engine b owns partitions %v of %d; want some, not all", owned, partitions)
+	}
+
+	ctx := context.Background()
+	if err := e.eng.Do(ctx, "ACL", "SETUSER", "default", "-@read").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Starts for b's partitions only: b cannot load them and leaves them
+	// uncommitted, a stays idle in its poll until it takes them over.
+	var late []string
+	for i := 0; len(late) < 30; i++ {
+		id := fmt.Sprintf("late-%d", i)
+		if slices.Contains(owned, message.HomePartition(id, partitions)) {
+			late = append(late, id)
+			e.start(newOrder(id))
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	b.stop(t)
+	time.Sleep(3 * time.Second) // a takes b's partitions over and fails to restore them
+	if err := e.eng.Do(ctx, "ACL", "SETUSER", "default", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	evs := e.waitTerminal(late, 30*time.Second)
+	for _, id := range late {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s: terminal event %q, want one %s", id, got, message.EventSagaCompleted)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -346,4 +347,29 @@ func (e *env) hash(key string) map[string]string {
 		e.t.Fatal(err)
 	}
 	return m
+}
+
+// assigned returns the inbox partitions that the group assigns to eng.
+func (e *env) assigned(eng *orchestrator.Engine) []int32 {
+	e.t.Helper()
+	member, _ := eng.Client().GroupMetadata()
+	groups, err := kadm.NewClient(e.client).DescribeGroups(context.Background(), eng.Group())
+	if err != nil {
+		e.t.Fatalf("describe group %s: %v", eng.Group(), err)
+	}
+	for _, m := range groups[eng.Group()].Members {
+		if m.MemberID != member {
+			continue
+		}
+		c, ok := m.Assigned.AsConsumer()
+		if !ok {
+			e.t.Fatalf("member %s of group %s has no consumer assignment", member, eng.Group())
+		}
+		for _, t := range c.Topics {
+			if t.Topic == message.Inbox(order.Name) {
+				return t.Partitions
+			}
+		}
+	}
+	return nil
 }
