@@ -38,6 +38,7 @@ const (
 	faultLocalStepHang       = "local-step-hang"
 	faultSagaPanic           = "saga-panic"
 	faultCrashLoop           = "crash-loop"
+	faultUnreadableTakeover  = "redis-unreadable-takeover"
 )
 
 // faultKinds lists every fault kind in the order of the summary.
@@ -45,7 +46,7 @@ var faultKinds = []string{
 	faultSigkillEngine, faultSigkillParticipants, faultRedisFlushall, faultRedisRestart,
 	faultBrokerRestart, faultSigstopEngine, faultInjectEndTxn, faultInjectTxnOffset,
 	faultInjectProduce, faultOrdersOutage, faultRedisRollback, faultLocalStepHang, faultSagaPanic,
-	faultCrashLoop,
+	faultCrashLoop, faultUnreadableTakeover,
 }
 
 // faultDurations is how long each fault keeps its target down.
@@ -64,6 +65,7 @@ var faultDurations = map[string]time.Duration{
 	faultLocalStepHang:       hangKeyFor,
 	faultSagaPanic:           0,
 	faultCrashLoop:           crashLoopFor,
+	faultUnreadableTakeover:  unreadableFor,
 }
 
 const (
@@ -103,6 +105,10 @@ const (
 	crashLoopKills = 5
 	crashLoopEvery = time.Second
 	crashLoopFor   = crashLoopKills * crashLoopEvery
+	// unreadableFor is how long the engine's Redis refuses reads in a
+	// redis-unreadable-takeover: the engine left running fails to restore
+	// the partitions it took over until then.
+	unreadableFor = 5 * time.Second
 )
 
 // Keys that sagad --chaos-faults reads on the orders store's Redis before
@@ -128,6 +134,7 @@ var shortSchedule = map[string]int{
 	faultSigkillEngine: 2, faultSigkillParticipants: 1, faultRedisFlushall: 1, faultBrokerRestart: 1,
 	faultRedisRestart: 1, faultInjectEndTxn: 1, faultInjectTxnOffset: 1, faultInjectProduce: 1,
 	faultOrdersOutage: 1, faultRedisRollback: 1, faultLocalStepHang: 1, faultSagaPanic: 1, faultCrashLoop: 1,
+	faultUnreadableTakeover: 1,
 }
 
 // counts returns how many faults of each kind the run injects.
@@ -269,6 +276,8 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		return h.armPanics(ctx)
 	case faultCrashLoop:
 		return h.crashLoop(ctx, f.kind, h.parts)
+	case faultUnreadableTakeover:
+		return h.unreadableTakeover(ctx, f)
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()
@@ -369,6 +378,40 @@ func (h *harness) redisDown(ctx context.Context, kind string, i int, down time.D
 		return err
 	}
 	h.faultf("%s: %s is back, %s (pid %d)", kind, p.name, what, p.pid())
+	return nil
+}
+
+// unreadableTakeover makes the engine's Redis refuse reads (ACL SETUSER
+// default -@read: an ACL change, or a failover under way, as a client sees
+// it) and stops one engine with SIGTERM, so that the other takes its
+// partitions over at once and cannot restore them: the poll that brings the
+// assignment may bring their records too, and those must be consumed again
+// rather than skipped. After unreadableFor, Redis is readable again and the
+// stopped engine starts.
+func (h *harness) unreadableTakeover(ctx context.Context, f fault) error {
+	p := h.engines[f.n%2]
+	h.faultf("%s: ACL SETUSER default -@read on the engine's redis %s; SIGTERM %s (pid %d), the other engine takes its partitions over; readable again and %s restarted in %v",
+		f.kind, h.redisAddr[redisEngine], p.name, p.pid(), p.name, unreadableFor)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := h.engRdb.Do(cctx, "ACL", "SETUSER", "default", "-@read").Err(); err != nil {
+		return err
+	}
+	termErr := p.term(30 * time.Second)
+	sleep(ctx, unreadableFor)
+	// Readable again even when the run is ending: the checks read it.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer rcancel()
+	if err := h.engRdb.Do(rctx, "ACL", "SETUSER", "default", "+@all").Err(); err != nil {
+		return err
+	}
+	if termErr != nil {
+		return termErr
+	}
+	if err := p.restart(); err != nil {
+		return err
+	}
+	h.faultf("%s: the engine's redis is readable again; restarted %s (pid %d)", f.kind, p.name, p.pid())
 	return nil
 }
 
