@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,8 @@ type Engine struct {
 	timers  timers
 
 	redisChecked time.Time
+	// polled is when the last poll returned (see catchUp).
+	polled time.Time
 	// writing is the Redis write in progress (nil: none); pendingSince is
 	// when the oldest state in the partitions' pending lists was
 	// committed; lost marks partitions whose Redis view to rebuild (see
@@ -338,8 +341,14 @@ func (e *Engine) step(ctx context.Context) error {
 		return nil
 	}
 	pollCtx, cancel := context.WithTimeout(ctx, e.pollWait())
+	pollStart := time.Now()
 	fetches := e.sess.PollRecords(pollCtx, e.cfg.maxPoll)
 	cancel()
+	prevPoll := e.polled
+	e.polled = time.Now()
+	// Records that were waiting in the client when the poll began were
+	// fetched early in the last transaction (see catchUp).
+	buffered := e.polled.Sub(pollStart) < bufferedPoll && !prevPoll.IsZero() && pollStart.Sub(prevPoll) >= stalePoll
 	if ctx.Err() != nil {
 		return nil // the polled records were not handled; nothing commits them
 	}
@@ -368,8 +377,20 @@ func (e *Engine) step(ctx context.Context) error {
 		}
 		return nil
 	}
-	return e.transact(ctx, recs, due)
+	return e.transact(ctx, recs, due, buffered && len(recs) > 0 && len(recs) < e.cfg.maxPoll)
 }
+
+const (
+	// bufferedPoll is how long a poll that found its records waiting in
+	// the client takes at most; one that waited for a fetch takes longer.
+	bufferedPoll = 250 * time.Microsecond
+	// stalePoll is how long after the last poll a fetch buffered since
+	// then is likely to have missed records committed meanwhile.
+	stalePoll = time.Millisecond
+	// catchUpWait bounds catchUp's wait for the fetch that the poll
+	// started: it usually came during the preload.
+	catchUpWait = 200 * time.Microsecond
+)
 
 // pollWait bounds a poll so that deadlines fire on time.
 func (e *Engine) pollWait() time.Duration {
@@ -396,7 +417,7 @@ type deadLetter struct {
 	offset int64
 }
 
-func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer) error {
+func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer, stale bool) error {
 	// A transaction, once begun, is finished even when Run's context is
 	// cancelled: abandoning it would leave it open on the broker, and the
 	// next owner of its partitions would wait for the transaction timeout
@@ -416,6 +437,16 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		*d, start = now.Sub(start), now
 	}
 	err := e.preload(ctx, b, recs)
+	if err == nil && stale {
+		var ok bool
+		if recs, ok, err = e.catchUp(ctx, b, recs); err == nil && !ok {
+			e.rewind(endCtx)
+			e.rearm(due)
+			return nil // the assignment changed: applied before the records are consumed again
+		}
+		b.CaughtUp = len(recs) - b.Records
+		b.Records = len(recs)
+	}
 	phase(&b.Phases.Preload)
 	if err != nil {
 		e.rewind(endCtx)
@@ -699,6 +730,9 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 		if _, ok := e.sagas[id]; ok {
 			continue
 		}
+		if _, ok := b.loaded[id]; ok {
+			continue
+		}
 		rd := byPart[r.Partition]
 		if rd == nil {
 			rd = &read{p: r.Partition, expect: part.checkpoint}
@@ -725,8 +759,45 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 		}
 		return e.preload(ctx, b, recs)
 	}
-	b.loaded = got.states
+	if b.loaded == nil {
+		b.loaded = got.states
+	} else {
+		maps.Copy(b.loaded, got.states)
+	}
 	return nil
+}
+
+// catchUp adds to a batch the records committed while the last transaction
+// ran. kgo keeps one fetch per broker buffered and sends the next only once
+// the buffered one is polled: the records of a poll that found them waiting
+// were fetched early in the last transaction, and those committed later are
+// fetched only now. Without catchUp they would wait for the transaction
+// after this one, and each hop through the engine would cost about one
+// transaction more. The fetch that the poll started has usually come back
+// during the preload, so catchUp takes it with a short wait, preloads its
+// sagas and returns the batch with its records. It reports false when the
+// poll brought an assignment change: the batch is then rewound so that the
+// change is applied first.
+func (e *Engine) catchUp(ctx context.Context, b *batch, recs []*kgo.Record) ([]*kgo.Record, bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	fetches := e.sess.PollRecords(wctx, e.cfg.maxPoll-len(recs))
+	cancel()
+	e.polled = time.Now()
+	var more []*kgo.Record
+	fetches.EachRecord(func(r *kgo.Record) { more = append(more, r) })
+	if len(more) == 0 {
+		return recs, true, nil
+	}
+	e.mu.Lock()
+	changed := len(e.changes) > 0
+	e.mu.Unlock()
+	if changed {
+		return recs, false, nil
+	}
+	if err := e.preload(ctx, b, more); err != nil {
+		return recs, true, err
+	}
+	return append(recs, more...), true, nil
 }
 
 // lookup returns a saga's current state: changed in this batch, in memory,

@@ -18,6 +18,10 @@ type Hook any
 type Batch struct {
 	// Records counts the inbox records consumed.
 	Records int
+	// CaughtUp counts those of Records that a second, short poll added:
+	// records committed while the previous transaction ran, which would
+	// otherwise have waited for the next one (see the engine's catchUp).
+	CaughtUp int
 	// Events are the saga events produced, in order.
 	Events []message.Event
 	// StepLatencies holds, per step that finished (succeeded, failed or

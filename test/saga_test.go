@@ -4,10 +4,13 @@
 package test
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
 )
 
@@ -43,4 +46,40 @@ func TestHappyPath(t *testing.T) {
 	}
 	e.waitRedis(sagas, 10*time.Second)
 	_ = order.Name
+}
+
+// caughtUp counts the records that the engine's catch-up polls added to its
+// committed transactions.
+type caughtUp struct{ n atomic.Int64 }
+
+func (c *caughtUp) AfterCommit(_ context.Context, b *orchestrator.Batch) { c.n.Add(int64(b.CaughtUp)) }
+
+// TestCatchUpUnderSteadyLoad offers starts one at a time, as a steady stream,
+// so that records keep being committed while the engine's transactions run:
+// its catch-up polls then add those records to the next transaction, with a
+// second preload for their sagas. Every saga completes, once, and Redis ends
+// with every saga's last state.
+func TestCatchUpUnderSteadyLoad(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 10000})
+	e.startParticipants()
+	hook := &caughtUp{}
+	eng := e.startEngine(nil, orchestrator.Hooks(hook))
+	defer eng.stop(t)
+
+	sagas := ids("steady", 400)
+	for _, id := range sagas {
+		e.start(newOrder(id))
+	}
+	evs := e.waitTerminal(sagas, 60*time.Second)
+	for _, id := range sagas {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want one %s", id, got, message.EventSagaCompleted)
+		}
+	}
+	e.waitRedis(sagas, 10*time.Second)
+	if hook.n.Load() == 0 {
+		t.Error("no transaction took records from a catch-up poll: the load did not test it")
+	}
+	t.Logf("records added by catch-up polls: %d", hook.n.Load())
 }
