@@ -87,7 +87,10 @@ type Engine struct {
 	// redis.go). stale marks partitions whose memory may be behind the
 	// state topic (a commit whose outcome is unknown): they are rebuilt
 	// before the next transaction.
-	writing      *redisWrite
+	writing *redisWrite
+	// landed counts the Redis writes taken in (finishRedisWrite): each may
+	// have sent ended sagas out of memory.
+	landed       uint64
 	pendingSince time.Time
 	lost         map[int32]bool
 	stale        map[int32]bool
@@ -442,7 +445,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		if recs, ok, err = e.catchUp(ctx, b, recs); err == nil && !ok {
 			e.rewind(endCtx)
 			e.rearm(due)
-			return nil // the assignment changed: applied before the records are consumed again
+			return nil // consumed again by the next step
 		}
 		b.CaughtUp = len(recs) - b.Records
 		b.Records = len(recs)
@@ -776,8 +779,8 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 // transaction more. The fetch that the poll started has usually come back
 // during the preload, so catchUp takes it with a short wait, preloads its
 // sagas and returns the batch with its records. It reports false when the
-// poll brought an assignment change: the batch is then rewound so that the
-// change is applied first.
+// batch must be consumed again: the poll brought an assignment change, to
+// be applied first, or its preload rebuilt a partition (see below).
 func (e *Engine) catchUp(ctx context.Context, b *batch, recs []*kgo.Record) ([]*kgo.Record, bool, error) {
 	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
 	fetches := e.sess.PollRecords(wctx, e.cfg.maxPoll-len(recs))
@@ -794,8 +797,17 @@ func (e *Engine) catchUp(ctx context.Context, b *batch, recs []*kgo.Record) ([]*
 	if changed {
 		return recs, false, nil
 	}
+	landed := e.landed
 	if err := e.preload(ctx, b, more); err != nil {
 		return recs, true, err
+	}
+	if e.landed != landed {
+		// The preload rebuilt a partition that Redis lost, and took in
+		// a Redis write on the way: ended sagas that the first preload
+		// found in memory, and so did not load, may have left it. Their
+		// records would find no saga. The batch is consumed again, with
+		// one preload over all of it.
+		return recs, false, nil
 	}
 	return append(recs, more...), true, nil
 }
