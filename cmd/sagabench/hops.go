@@ -60,13 +60,11 @@ func (b *bench) markHops(ctx context.Context) (hopMark, error) {
 	return m, nil
 }
 
-// hops is a scenario's hops: per kind, the time of every hop and the sum
-// per saga.
+// hops is a scenario's hops: per kind, the time of every hop.
 type hops struct {
-	sagas              int
-	engine, part       []time.Duration // every hop
-	engineSum, partSum time.Duration
-	total              time.Duration // first record to last, summed over sagas
+	sagas        int
+	engine, part []time.Duration // every hop
+	total        time.Duration   // first record to last, summed over sagas
 }
 
 // readHops reads the records of the sagas whose ids start with prefix,
@@ -187,11 +185,9 @@ func (h *hops) add(pts []point) {
 		case p.engine && !prev.engine:
 			d := p.at.Sub(waiting)
 			h.engine = append(h.engine, d)
-			h.engineSum += d
 		case !p.engine && prev.engine:
 			d := p.at.Sub(prev.at)
 			h.part = append(h.part, d)
-			h.partSum += d
 			waiting = p.at
 		}
 	}
@@ -208,17 +204,21 @@ func hopTable(rows []row) [][]string {
 		}
 		n := float64(h.sagas)
 		total := h.total.Seconds() * 1e3 / n
-		half := func(ds []time.Duration, sum time.Duration) []string {
+		half := func(ds []time.Duration) []string {
 			if len(ds) == 0 {
 				return []string{"0", "-", "-", "-", "-"}
 			}
 			slices.Sort(ds)
+			var sum time.Duration
+			for _, d := range ds {
+				sum += d
+			}
 			ms := sum.Seconds() * 1e3 / n
 			return []string{fmt.Sprintf("%.1f", float64(len(ds))/n), fmt.Sprintf("%.1f", ms), fmt.Sprintf("%.0f%%", 100*ms/total),
 				msOf(ds[len(ds)/2]), msOf(ds[len(ds)*99/100])}
 		}
-		line := append([]string{r.name, fmt.Sprintf("%.1f", total)}, half(h.engine, h.engineSum)...)
-		cells = append(cells, append(line, half(h.part, h.partSum)...))
+		line := append([]string{r.name, fmt.Sprintf("%.1f", total)}, half(h.engine)...)
+		cells = append(cells, append(line, half(h.part)...))
 	}
 	return cells
 }
