@@ -349,6 +349,35 @@ func (e *env) hash(key string) map[string]string {
 	return m
 }
 
+// waitParticipants waits until the consumer group of each named participant
+// is stable with its command partitions assigned: a test whose steps have
+// short deadlines must not count a participant's first join against them.
+func (e *env) waitParticipants(names ...string) {
+	e.t.Helper()
+	adm := kadm.NewClient(e.client)
+	waitFor(e.t, 30*time.Second, func() bool {
+		for _, name := range names {
+			group := "ksaga-participant-" + name
+			groups, err := adm.DescribeGroups(context.Background(), group)
+			if err != nil || groups[group].State != "Stable" {
+				return false
+			}
+			assigned := 0
+			for _, m := range groups[group].Members {
+				if c, ok := m.Assigned.AsConsumer(); ok {
+					for _, t := range c.Topics {
+						assigned += len(t.Partitions)
+					}
+				}
+			}
+			if assigned == 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // assigned returns the inbox partitions that the group assigns to eng.
 func (e *env) assigned(eng *orchestrator.Engine) []int32 {
 	e.t.Helper()
