@@ -807,6 +807,7 @@ func (e *Engine) catchUp(ctx context.Context, b *batch, recs []*kgo.Record) ([]*
 		// found in memory, and so did not load, may have left it. Their
 		// records would find no saga. The batch is consumed again, with
 		// one preload over all of it.
+		e.log.Info("a partition rebuilt by the catch-up's preload took in a Redis write; consuming the batch again", "records", len(recs)+len(more))
 		return recs, false, nil
 	}
 	return append(recs, more...), true, nil
