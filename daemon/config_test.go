@@ -65,6 +65,12 @@ func TestParseConfig(t *testing.T) {
 			want: with(real, func(c *Config) { c.Partitions, c.Group, c.MaxPollRecords = 3, "g", 50 }),
 		},
 		{
+			name: "a transaction interval, from its variable",
+			args: realArgs,
+			env:  map[string]string{"KSAGA_TXN_INTERVAL": "5ms"},
+			want: with(real, func(c *Config) { c.TxnInterval = 5 * time.Millisecond }),
+		},
+		{
 			name: "all participants, replication factor",
 			args: append(realArgs, "--participants", "all", "--replication-factor", "1"),
 			want: with(real, func(c *Config) {
@@ -290,6 +296,16 @@ func TestParseConfigErrors(t *testing.T) {
 			name: "max poll records",
 			args: []string{"--max-poll-records", "0"},
 			want: `--max-poll-records: must be at least 1, got 0`,
+		},
+		{
+			name: "negative transaction interval",
+			args: []string{"--txn-interval", "-1ms"},
+			want: `--txn-interval -1ms: want 0 (none) up to 1s, such as 5ms`,
+		},
+		{
+			name: "transaction interval too long",
+			args: []string{"--txn-interval", "2s"},
+			want: `--txn-interval 2s: want 0 (none) up to 1s, such as 5ms`,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

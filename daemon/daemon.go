@@ -575,6 +575,7 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 				orchestrator.Group(group),
 				orchestrator.Logger(a.compLog),
 				orchestrator.MaxPollRecords(c.MaxPollRecords),
+				orchestrator.TransactionInterval(c.TxnInterval),
 				orchestrator.Hooks(env.metrics[def.Name()], a.tracer),
 				orchestrator.KafkaOpts(append(slices.Clone(base), metrics.Kafka(env.Registry, def.Name(), client))...),
 			}
@@ -607,6 +608,7 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 		opts := []participant.Opt{
 			participant.TransactionalID(c.TransactionalID + "-" + p.name),
 			participant.SessionTimeout(c.SessionTimeout),
+			participant.TransactionInterval(c.TxnInterval),
 			participant.Brokers(env.Brokers...),
 			participant.Logger(a.compLog),
 			participant.KafkaOpts(append(slices.Clone(base), metrics.Kafka(env.Registry, firstSaga, p.name))...),

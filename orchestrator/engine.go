@@ -81,6 +81,10 @@ type Engine struct {
 	redisChecked time.Time
 	// polled is when the last poll returned (see catchUp).
 	polled time.Time
+	// began is when the last transaction began, and full whether its
+	// poll brought MaxPollRecords (see TransactionInterval).
+	began time.Time
+	full  bool
 	// writing is the Redis write in progress (nil: none); pendingSince is
 	// when the oldest state in the partitions' pending lists was
 	// committed; lost marks partitions whose Redis view to rebuild (see
@@ -340,6 +344,9 @@ func (e *Engine) step(ctx context.Context) error {
 		return err
 	}
 
+	if wait := e.intervalWait(); wait > 0 {
+		sleep(ctx, wait)
+	}
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -394,6 +401,23 @@ const (
 	// started: it usually came during the preload.
 	catchUpWait = 200 * time.Microsecond
 )
+
+// intervalWait is how long to wait before polling so that transactions
+// begin at most once per TransactionInterval; not past the next deadline,
+// and not at all after a full batch, which a backlog follows.
+func (e *Engine) intervalWait() time.Duration {
+	if e.cfg.txnInterval <= 0 || e.full || e.began.IsZero() {
+		return 0
+	}
+	wait := e.cfg.txnInterval - time.Since(e.began)
+	if wait <= 0 {
+		return 0
+	}
+	if next, ok := e.timers.next(); ok {
+		wait = min(wait, time.Until(time.UnixMilli(next)))
+	}
+	return wait
+}
 
 // pollWait bounds a poll so that deadlines fire on time.
 func (e *Engine) pollWait() time.Duration {
@@ -459,6 +483,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if err := e.sess.Begin(); err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
+	e.began, e.full = time.Now(), b.Records >= e.cfg.maxPoll
 	// Whatever happens next ends this transaction: the session then
 	// reports revocations again.
 	e.revoked = false

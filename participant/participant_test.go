@@ -681,3 +681,63 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 	produce(t, c, command("m-2", "o-2"))
 	replies.waitFor(2)
 }
+
+// endTxns counts the EndTxn requests a client writes.
+type endTxns struct{ n atomic.Int64 }
+
+func (e *endTxns) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == kmsg.EndTxn.Int16() && err == nil {
+		e.n.Add(1)
+	}
+}
+
+// TestTransactionInterval sends commands one at a time, every 5ms, to a
+// participant with a 50ms TransactionInterval: it ends a transaction at most
+// once per interval, and answers every command once.
+func TestTransactionInterval(t *testing.T) {
+	c := newCluster(t)
+	h := &counting{}
+	ends := &endTxns{}
+	const interval = 50 * time.Millisecond
+	start(t, c, h, participant.TransactionInterval(interval), participant.KafkaOpts(kgo.WithHooks(ends)))
+	replies := newReader(t, c, inbox)
+	produce(t, c, command("warm", "o-warm"))
+	replies.waitFor(1)
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const n = 200
+	before := ends.n.Load()
+	began := time.Now()
+	for i := range n {
+		cl.Produce(context.Background(), command(fmt.Sprintf("m-%d", i), fmt.Sprintf("o-%d", i)), nil)
+		time.Sleep(5 * time.Millisecond)
+	}
+	replies.waitFor(n + 1)
+	elapsed := time.Since(began)
+	once := make(map[string]int)
+	for _, r := range replies.settle(200 * time.Millisecond) {
+		id, _ := header(r, message.HeaderInReplyTo)
+		once[id]++
+	}
+	for i := range n {
+		if id := fmt.Sprintf("m-%d", i); once[id] != 1 {
+			t.Errorf("command %s: %d replies, want 1", id, once[id])
+		}
+	}
+	txns := ends.n.Load() - before
+	if most := int64(elapsed/interval) + 2; txns > most {
+		t.Errorf("%d transactions in %v, want at most %d: one per %v", txns, elapsed.Round(time.Millisecond), most, interval)
+	}
+	t.Logf("%d commands in %d transactions over %v", n, txns, elapsed.Round(time.Millisecond))
+}
+
+func TestTransactionIntervalNegative(t *testing.T) {
+	_, err := participant.New(name, &counting{}, participant.Brokers("k:9092"), participant.TransactionInterval(-time.Millisecond))
+	if err == nil || err.Error() != "participant inventory: TransactionInterval -1ms is negative" {
+		t.Errorf("New with a negative interval: %v, want an error that names it", err)
+	}
+}

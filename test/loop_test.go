@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,4 +140,47 @@ func (l *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (l *logRecorder) WithGroup(name string) slog.Handler {
 	return &logRecorder{Handler: l.Handler.WithGroup(name), msgs: l.msgs}
+}
+
+// committed counts the engine's committed transactions.
+type committed struct{ n atomic.Int64 }
+
+func (c *committed) AfterCommit(context.Context, *orchestrator.Batch) { c.n.Add(1) }
+
+// TestTransactionInterval offers starts one at a time, every 5ms, to an
+// engine with a 50ms TransactionInterval: it begins a transaction at most
+// once per interval, and every saga still completes, once. Without the
+// interval the same load takes about a transaction per start.
+func TestTransactionInterval(t *testing.T) {
+	e := newEnv(t)
+	def := saga.New(order.Name, saga.Step[order.Order]{
+		Name:  "record",
+		Local: func(context.Context, *order.Order) error { return nil },
+	})
+	txns := &committed{}
+	const interval = 50 * time.Millisecond
+	eng := e.startEngine(def, orchestrator.Hooks(txns), orchestrator.TransactionInterval(interval))
+	defer eng.stop(t)
+	e.start(newOrder("warm"))
+	e.waitTerminal([]string{"warm"}, 30*time.Second)
+
+	sagas := ids("paced", 200)
+	before := txns.n.Load()
+	began := time.Now()
+	for _, id := range sagas {
+		e.start(newOrder(id))
+		time.Sleep(5 * time.Millisecond)
+	}
+	evs := e.waitTerminal(sagas, 30*time.Second)
+	elapsed := time.Since(began)
+	for _, id := range sagas {
+		if got := terminal(evs[id]); got != message.EventSagaCompleted {
+			t.Errorf("saga %s ended %s, want one %s", id, got, message.EventSagaCompleted)
+		}
+	}
+	n := txns.n.Load() - before
+	if most := int64(elapsed/interval) + 2; n > most {
+		t.Errorf("%d transactions in %v, want at most %d: one per %v", n, elapsed.Round(time.Millisecond), most, interval)
+	}
+	t.Logf("%d sagas in %d transactions over %v", len(sagas), n, elapsed.Round(time.Millisecond))
 }
