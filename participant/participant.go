@@ -434,12 +434,8 @@ func (p *Participant) initProducer(ctx context.Context) error {
 		}
 		wait := p.cfg.backoff.Backoff(failures + 1)
 		p.log.Warn("cannot register the transactional id; retrying", "failures", failures, "wait", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return nil
-		case <-t.C:
 		}
 	}
 }
@@ -462,6 +458,18 @@ func (p *Participant) Close() {
 	p.closeMu.Do(p.sess.Close)
 }
 
+// sleep waits for d or until ctx ends, and reports whether it waited d.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 func (p *Participant) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed batches; reset by a commit
 	// began is when the last batch began, and full whether it had
@@ -469,14 +477,8 @@ func (p *Participant) loop(ctx context.Context) error {
 	var began time.Time
 	full := false
 	for {
-		if wait := p.cfg.txnInterval - time.Since(began); !full && !began.IsZero() && wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
+		if wait := p.cfg.txnInterval - time.Since(began); !full && !began.IsZero() && wait > 0 && !sleep(ctx, wait) {
+			return nil
 		}
 		if n := p.ownedCount(); n == 0 {
 			p.log.Debug("waiting to join the group: no partitions assigned yet")
@@ -517,12 +519,8 @@ func (p *Participant) loop(ctx context.Context) error {
 		failures++
 		wait := p.cfg.backoff.Backoff(failures + 1)
 		p.log.Warn("batch failed; aborted, retrying", "records", len(recs), "failures", failures, "wait", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return nil
-		case <-t.C:
 		}
 	}
 }
