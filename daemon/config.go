@@ -147,7 +147,7 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.logFormat, "log-format", "", "log `format`: json or text (default text when stderr is a terminal, else json)")
 	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
-	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save most of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
+	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
 	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")

@@ -111,7 +111,7 @@ func StaticMembership() Opt { return opt(func(c *config) { c.static = true }) }
 // (MaxPollRecords): the records that come meanwhile join the next one. A
 // transaction costs the engine, the broker and Redis about as much CPU with
 // one record as with a hundred, so at low rates an interval of a few
-// milliseconds saves most of the engine's CPU, for up to the interval more
+// milliseconds saves much of the engine's CPU, for up to the interval more
 // per hop of a saga. The default, 0, begins a transaction as soon as
 // records are there: the lowest latency. It plays the part of Kafka
 // Streams' commit.interval.ms. Deadlines are not delayed by it.

@@ -171,7 +171,7 @@ func Trace(t Tracer) Opt { return optFunc(func(c *config) { c.tracer = t }) }
 // transaction to the beginning of the next, unless the last one was full
 // (MaxBatch): the commands that come meanwhile join the next one. A
 // transaction costs about as much CPU with one command as with a hundred,
-// so at low rates an interval of a few milliseconds saves most of it, for
+// so at low rates an interval of a few milliseconds saves much of it, for
 // up to the interval more per command. The default, 0, begins a
 // transaction as soon as commands are there.
 func TransactionInterval(d time.Duration) Opt { return optFunc(func(c *config) { c.txnInterval = d }) }
