@@ -403,20 +403,14 @@ const (
 )
 
 // intervalWait is how long to wait before polling so that transactions
-// begin at most once per TransactionInterval; not past the next deadline,
-// and not at all after a full batch, which a backlog follows.
+// begin at most once per TransactionInterval; no longer than a poll may
+// wait (see pollWait), and not at all after a full batch, which a backlog
+// follows. Before the first transaction began is zero and nothing waits.
 func (e *Engine) intervalWait() time.Duration {
-	if e.cfg.txnInterval <= 0 || e.full || e.began.IsZero() {
+	if e.cfg.txnInterval <= 0 || e.full {
 		return 0
 	}
-	wait := e.cfg.txnInterval - time.Since(e.began)
-	if wait <= 0 {
-		return 0
-	}
-	if next, ok := e.timers.next(); ok {
-		wait = min(wait, time.Until(time.UnixMilli(next)))
-	}
-	return wait
+	return min(e.cfg.txnInterval-time.Since(e.began), e.pollWait())
 }
 
 // pollWait bounds a poll so that deadlines fire on time.

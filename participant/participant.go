@@ -472,12 +472,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 func (p *Participant) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed batches; reset by a commit
-	// began is when the last batch began, and full whether it had
-	// MaxBatch records (see TransactionInterval).
+	// began is when the last batch began (zero: none yet, so no wait), and
+	// full whether it had MaxBatch records (see TransactionInterval).
 	var began time.Time
 	full := false
 	for {
-		if wait := p.cfg.txnInterval - time.Since(began); !full && !began.IsZero() && wait > 0 && !sleep(ctx, wait) {
+		if wait := p.cfg.txnInterval - time.Since(began); !full && wait > 0 && !sleep(ctx, wait) {
 			return nil
 		}
 		if n := p.ownedCount(); n == 0 {
