@@ -44,6 +44,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
@@ -280,7 +281,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			failures++
 			wait := e.cfg.infraBackoff.Backoff(failures + 1)
 			e.log.Warn("dependency unavailable; retrying", "err", err, "wait", wait)
-			sleep(ctx, wait)
+			ctxtime.Sleep(ctx, wait)
 		default:
 			return err
 		}
@@ -306,7 +307,7 @@ func (e *Engine) initProducer(ctx context.Context) error {
 		}
 		wait := e.cfg.infraBackoff.Backoff(failures + 1)
 		e.log.Warn("cannot register the transactional id; retrying", "err", err, "wait", wait)
-		sleep(ctx, wait)
+		ctxtime.Sleep(ctx, wait)
 	}
 }
 
@@ -319,15 +320,6 @@ func (e *Engine) Close() {
 		}
 		e.sess.Close()
 	})
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // step is one iteration of the loop: apply assignment changes, poll, run one
@@ -345,7 +337,7 @@ func (e *Engine) step(ctx context.Context) error {
 	}
 
 	if wait := e.intervalWait(); wait > 0 {
-		sleep(ctx, wait)
+		ctxtime.Sleep(ctx, wait)
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -1109,7 +1101,7 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 		wait = 0
 	}
 	e.log.Warn("processing failed; retrying", "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
-	sleep(runCtx, wait)
+	ctxtime.Sleep(runCtx, wait)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/internal/committed"
+	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
 // applyChanges applies the partition assignments and revocations that the
@@ -259,7 +260,7 @@ func (e *Engine) stableEnd(ctx context.Context, p int32) (int64, error) {
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("state partition %d keeps an open transaction (stable offset %d, end %d)", p, lso, hwm)
 		}
-		sleep(ctx, 100*time.Millisecond)
+		ctxtime.Sleep(ctx, 100*time.Millisecond)
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}

@@ -10,6 +10,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
 // ErrTopics is wrapped by Run's error when the saga's topics are missing or
@@ -29,7 +31,7 @@ func (e *Engine) checkTopics(ctx context.Context) error {
 		}
 		wait := e.cfg.infraBackoff.Backoff(failures + 1)
 		e.log.Warn("cannot read the saga's topics; retrying", "err", err, "wait", wait)
-		sleep(ctx, wait)
+		ctxtime.Sleep(ctx, wait)
 	}
 	return nil
 }

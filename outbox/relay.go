@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 )
@@ -352,7 +353,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		case err == nil:
 			failures = 0
 			if n < r.cfg.batch && r.idle > 0 {
-				sleep(ctx, r.idle)
+				ctxtime.Sleep(ctx, r.idle)
 			}
 		case ctx.Err() != nil:
 		case errors.Is(err, errFatal):
@@ -362,7 +363,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.errs.Add(1)
 			wait := r.cfg.backoff.Backoff(failures + 1)
 			r.log.Warn("outbox relay round failed; retrying", "err", err, "wait", wait)
-			sleep(ctx, wait)
+			ctxtime.Sleep(ctx, wait)
 		}
 	}
 	return nil
@@ -565,14 +566,5 @@ func (r *Relay) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }

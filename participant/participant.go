@@ -55,6 +55,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 )
@@ -434,7 +435,7 @@ func (p *Participant) initProducer(ctx context.Context) error {
 		}
 		wait := p.cfg.backoff.Backoff(failures + 1)
 		p.log.Warn("cannot register the transactional id; retrying", "failures", failures, "wait", wait, "err", err)
-		if !sleep(ctx, wait) {
+		if !ctxtime.Sleep(ctx, wait) {
 			return nil
 		}
 	}
@@ -458,18 +459,6 @@ func (p *Participant) Close() {
 	p.closeMu.Do(p.sess.Close)
 }
 
-// sleep waits for d or until ctx ends, and reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 func (p *Participant) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed batches; reset by a commit
 	// began is when the last batch began (zero: none yet, so no wait), and
@@ -477,7 +466,7 @@ func (p *Participant) loop(ctx context.Context) error {
 	var began time.Time
 	full := false
 	for {
-		if wait := p.cfg.txnInterval - time.Since(began); !full && wait > 0 && !sleep(ctx, wait) {
+		if wait := p.cfg.txnInterval - time.Since(began); !full && wait > 0 && !ctxtime.Sleep(ctx, wait) {
 			return nil
 		}
 		if n := p.ownedCount(); n == 0 {
@@ -519,7 +508,7 @@ func (p *Participant) loop(ctx context.Context) error {
 		failures++
 		wait := p.cfg.backoff.Backoff(failures + 1)
 		p.log.Warn("batch failed; aborted, retrying", "records", len(recs), "failures", failures, "wait", wait, "err", err)
-		if !sleep(ctx, wait) {
+		if !ctxtime.Sleep(ctx, wait) {
 			return nil
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"syscall"
 	"time"
+
+	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
 // backlog measures the engine alone at full speed, the number to hold
@@ -63,7 +65,7 @@ func (b *bench) backlog(ctx context.Context) (row, error) {
 		if err := b.alive(); err != nil {
 			return row{}, err
 		}
-		sleepCtx(ctx, 10*time.Millisecond)
+		ctxtime.Sleep(ctx, 10*time.Millisecond)
 	}
 	elapsed := time.Since(start)
 	cpu := b.cpuNow().since(cpu0)

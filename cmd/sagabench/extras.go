@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga/order"
 )
@@ -132,7 +133,7 @@ func (b *bench) restartRun(ctx context.Context) error {
 	b.logf("%s: %.0f sagas/s; SIGKILL of the engine after %v", steady.name, rate, restartLead)
 	o = b.startOffer(ctx, steady, t)
 	defer o.stop()
-	sleepCtx(ctx, restartLead)
+	ctxtime.Sleep(ctx, restartLead)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

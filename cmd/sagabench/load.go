@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga/order"
 	"github.com/ksaga/ksaga/saga/order/sim"
@@ -266,7 +267,7 @@ func (b *bench) offer(ctx context.Context, l *load, t *tracker) error {
 			// falls behind does not hide the delay (coordinated omission).
 			at = start.Add(time.Duration(float64(i) / l.rate * float64(time.Second)))
 			if d := time.Until(at); d > 0 {
-				sleepCtx(ctx, d)
+				ctxtime.Sleep(ctx, d)
 			}
 		}
 		if ctx.Err() != nil {
@@ -390,13 +391,4 @@ func (r result) check(l *load) (warnings []string, err error) {
 		warnings = append(warnings, fmt.Sprintf("%s: %d sagas compensated, want %d", l.name, compensated, l.failing()))
 	}
 	return warnings, nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

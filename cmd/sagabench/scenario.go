@@ -9,6 +9,8 @@ import (
 	"runtime/pprof"
 	"sync"
 	"time"
+
+	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
 // row is one line of the table.
@@ -357,7 +359,7 @@ func (b *bench) startProfiles(ctx context.Context, tag string) *profiler {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		sleepCtx(ctx, time.Duration(secs)*time.Second)
+		ctxtime.Sleep(ctx, time.Duration(secs)*time.Second)
 		pprof.StopCPUProfile()
 		f.Close()
 	}()

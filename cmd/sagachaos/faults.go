@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
 // Fault kinds.
@@ -269,7 +271,7 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		if err := h.ordRdb.Do(cctx, "SET", chaosHangKey, hangFor.Milliseconds(), "PX", hangKeyFor.Milliseconds()).Err(); err != nil {
 			return err
 		}
-		sleep(ctx, hangKeyFor)
+		ctxtime.Sleep(ctx, hangKeyFor)
 		return nil
 	case faultSagaPanic:
 		h.faultf("%s: SET %s %d on the orders store's redis %s: the next %d complete-order calls panic", f.kind, chaosPanicKey, panicCount, h.redisAddr[redisOrders], panicCount)
@@ -292,7 +294,7 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 				return err
 			}
 		}
-		sleep(ctx, restartAfter)
+		ctxtime.Sleep(ctx, restartAfter)
 		if err := h.startKafka(ctx); err != nil {
 			return err
 		}
@@ -304,7 +306,7 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		if err := p.signal(syscall.SIGSTOP); err != nil {
 			return err
 		}
-		sleep(ctx, sigstopFor)
+		ctxtime.Sleep(ctx, sigstopFor)
 		if err := p.signal(syscall.SIGCONT); err != nil {
 			return err
 		}
@@ -338,7 +340,7 @@ func (h *harness) killRestart(ctx context.Context, p *proc, down time.Duration) 
 	if err := p.kill(); err != nil {
 		return err
 	}
-	sleep(ctx, down)
+	ctxtime.Sleep(ctx, down)
 	if err := p.restart(); err != nil {
 		return err
 	}
@@ -373,7 +375,7 @@ func (h *harness) redisDown(ctx context.Context, kind string, i int, down time.D
 			return err
 		}
 	}
-	sleep(ctx, down)
+	ctxtime.Sleep(ctx, down)
 	if err := h.startRedis(ctx, i); err != nil {
 		return err
 	}
@@ -398,7 +400,7 @@ func (h *harness) unreadableTakeover(ctx context.Context, f fault) error {
 		return err
 	}
 	termErr := p.term(30 * time.Second)
-	sleep(ctx, unreadableFor)
+	ctxtime.Sleep(ctx, unreadableFor)
 	// Readable again even when the run is ending: the checks read it.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer rcancel()
@@ -432,7 +434,7 @@ func (h *harness) redisRollback(ctx context.Context, kind string) error {
 		return fmt.Errorf("SAVE: %w", err)
 	}
 	h.faultf("%s: SAVE on the engine's redis %s (%d keys); roll it back to this snapshot in %v", kind, h.redisAddr[redisEngine], before, rollbackAfter)
-	sleep(ctx, rollbackAfter)
+	ctxtime.Sleep(ctx, rollbackAfter)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -505,7 +507,7 @@ func (h *harness) crashLoop(ctx context.Context, kind string, p *proc) error {
 	h.faultf("%s: %d SIGKILLs of %s within %v, each restarted at once", kind, crashLoopKills, p.name, crashLoopFor)
 	start := time.Now()
 	for i := range crashLoopKills {
-		sleep(ctx, time.Until(start.Add(time.Duration(i)*crashLoopEvery)))
+		ctxtime.Sleep(ctx, time.Until(start.Add(time.Duration(i)*crashLoopEvery)))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -518,18 +520,8 @@ func (h *harness) crashLoop(ctx context.Context, kind string, p *proc) error {
 		}
 		h.faultf("%s: SIGKILL %d/%d of %s (pid %d); restarted (pid %d)", kind, i+1, crashLoopKills, p.name, pid, p.pid())
 	}
-	sleep(ctx, time.Until(start.Add(crashLoopFor)))
+	ctxtime.Sleep(ctx, time.Until(start.Add(crashLoopFor)))
 	return nil
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // formatSchedule lists fs for the log.

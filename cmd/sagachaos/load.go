@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/chaos/check"
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
@@ -646,7 +647,7 @@ func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
 	for i, r := range p.recs {
 		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
 		if d := time.Until(due); d > 0 {
-			sleep(ctx, d)
+			ctxtime.Sleep(ctx, d)
 		}
 		if dep, ok := p.after[i]; ok {
 			select {

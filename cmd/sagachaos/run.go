@@ -15,6 +15,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
@@ -247,11 +248,11 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	}
 	if !res.drained {
 		h.logf("the drain did not complete; running the checker anyway")
-		sleep(ctx, redisSettle)
+		ctxtime.Sleep(ctx, redisSettle)
 	} else {
 		wait := max(time.Until(settle), redisSettle)
 		h.logf("waiting %.0fs, past the longest step deadline (%v) after the last saga ended, so that a stale owner's timer would fire before the check", wait.Seconds(), maxDeadline())
-		sleep(ctx, wait)
+		ctxtime.Sleep(ctx, wait)
 	}
 	h.logf("running chaos/check on %d expectations", len(p.exps))
 	t := time.Now()
@@ -287,7 +288,7 @@ func (h *harness) drain(ctx context.Context, p *plan, deadline time.Time, res *r
 			ev, dead := h.track.counts()
 			h.logf("drain: %d/%d sagas ended (%d events, %d dead letters read)", n, len(p.ids), ev, dead)
 		}
-		sleep(ctx, 250*time.Millisecond)
+		ctxtime.Sleep(ctx, 250*time.Millisecond)
 	}
 }
 
@@ -368,7 +369,7 @@ func (h *harness) drainMarkers(ctx context.Context, p *plan, post []string, time
 			h.logf("drain: %d poison records were not dead-lettered: %s", len(missing), strings.Join(missing[:min(20, len(missing))], ", "))
 			return false
 		}
-		sleep(ctx, 250*time.Millisecond)
+		ctxtime.Sleep(ctx, 250*time.Millisecond)
 	}
 }
 
