@@ -23,6 +23,11 @@
 //	dlq                each poison record dead-lettered once with its reason; nothing else but
 //	                   the orders that ran out of retries; no participant dead letters
 //	no-stray-saga      no saga, command or ledger entry for an id that is not an order
+//	history            each saga's events tell a story the engine can tell (a step is compensated
+//	                   only after it succeeded or failed with an unknown outcome, last first, …),
+//	                   and replaying them gives its final state (status, version, steps undone)
+//	                   and what the ledgers hold (an effect stands exactly when its step
+//	                   succeeded and was not compensated); see history.problems
 //
 // The checker is used by cmd/sagachaos; Analyze works on Data read by Read,
 // so that the rules can be tested without a cluster.
@@ -136,10 +141,10 @@ const (
 	InvCoupons     = "coupons"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 12
+	invariantCount = 13
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -322,6 +327,7 @@ func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a.coupons(initial.Coupons)
 	a.deadLetters()
 	a.strays()
+	a.history()
 	return a.rep
 }
 

@@ -59,53 +59,48 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		Coupons:      map[string]CouponLedger{"C1": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-6"}}},
 		CouponClaims: make(map[string]map[string]string),
 	}
-	end := func(id, event, status string) {
-		d.Events[id] = []message.Event{
-			{SagaID: id, Type: message.EventSagaStarted, Version: 1},
-			{SagaID: id, Type: event, Version: 5},
-		}
-		st, err := json.Marshal(orchestrator.State{ID: id, Version: 5, Status: status})
-		if err != nil {
-			t.Fatal(err)
-		}
+	end := func(id string, story ...string) {
+		evs, st := tell(t, id, story...)
+		d.Events[id] = evs
 		d.States[id] = st
 		d.StatePartitions[id] = []int32{home(id)}
-		d.Redis[id] = RedisState{Key: orchestrator.StateKey("order", home(id), id), Partition: home(id), Version: "5", State: st}
+		d.Redis[id] = RedisState{Key: orchestrator.StateKey("order", home(id), id), Partition: home(id), Version: fmt.Sprint(version(st)), State: st}
 		d.Commands[CommandKey{"inventory.commands", id, id + "/reserve-inventory/do", "1"}] = 1
 	}
-	end("o-1", message.EventSagaCompleted, message.StatusCompleted)
+	const (
+		coup, inv, pay, ship, done = order.StepReserveCoupon, order.StepReserveInventory, order.StepAuthorizePayment, order.StepScheduleShipping, order.StepCompleteOrder
+	)
+	end("o-1", "+"+inv, "+"+pay, "+"+ship, "+"+done, message.EventSagaCompleted)
 	d.Reservations["o-1"] = map[string]string{"status": "reserved", "item:sku-1": "2"}
 	d.Payments["o-1"] = map[string]string{"status": "authorized", "amount_cents": "500"}
 	d.Shipments["o-1"] = map[string]string{"status": "scheduled"}
 	d.Orders["o-1"] = map[string]string{"status": "completed", "amount_cents": "500", "fence": "7"}
-	end("o-2", message.EventSagaCompensated, message.StatusCompensated)
+	end("o-2", "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-2"] = map[string]string{"status": "released", "item:sku-1": "1"}
-	end("o-3", message.EventSagaCompensated, message.StatusCompensated)
+	end("o-3", "+"+inv, "+"+pay, "x"+ship+" "+order.ReasonUndeliverable, "!"+order.ReasonUndeliverable, "~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-3"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.Payments["o-3"] = map[string]string{"status": "cancelled", "amount_cents": "700"}
-	end("o-4", message.EventSagaCompensated, message.StatusCompensated)
+	end("o-4", "+"+inv, "+"+pay, "+"+ship, "x"+done+" "+orchestrator.ReasonExhausted, "!"+orchestrator.ReasonExhausted,
+		"~"+done, "~"+ship, "~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-4"] = map[string]string{"status": "released", "item:sku-1": "3"}
 	d.Payments["o-4"] = map[string]string{"status": "cancelled", "amount_cents": "300"}
 	d.Shipments["o-4"] = map[string]string{"status": "cancelled"}
 	d.Orders["o-4"] = map[string]string{"status": "cancelled", "fence": "9"}
-	end("o-5", message.EventSagaCompensated, message.StatusCompensated)
-	d.Events["o-5"] = slices.Insert(d.Events["o-5"], 1, message.Event{SagaID: "o-5", Type: message.EventCompensationStarted,
-		Version: 3, Reason: "compensation requested: " + CompensateReason})
+	end("o-5", "+"+inv, "x"+pay+" compensation requested: "+CompensateReason, "!compensation requested: "+CompensateReason,
+		"~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-5"] = map[string]string{"status": "released", "item:sku-1": "1"}
-	end("o-6", message.EventSagaCompleted, message.StatusCompleted)
+	end("o-6", "+"+coup, "+"+inv, "+"+pay, "+"+ship, "+"+done, message.EventSagaCompleted)
 	d.CouponClaims["o-6"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-6"}
 	d.Reservations["o-6"] = map[string]string{"status": "reserved", "item:sku-1": "1"}
 	d.Payments["o-6"] = map[string]string{"status": "authorized", "amount_cents": "100"}
 	d.Shipments["o-6"] = map[string]string{"status": "scheduled"}
 	d.Orders["o-6"] = map[string]string{"status": "completed", "amount_cents": "100", "fence": "9"}
 	refused := func(id, reason string) {
-		end(id, message.EventSagaCompensated, message.StatusCompensated)
-		d.Events[id] = slices.Insert(d.Events[id], 1, message.Event{SagaID: id, Type: message.EventStepFailed,
-			Step: order.StepReserveCoupon, Version: 2, Reason: reason})
+		end(id, "x"+coup+" "+reason, "!"+reason, message.EventSagaCompensated)
 	}
 	refused("o-7", order.ReasonCouponExhausted)
 	refused("o-8", order.ReasonCouponUnknown)
-	end("o-9", message.EventSagaCompensated, message.StatusCompensated)
+	end("o-9", "+"+coup, "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, "~"+coup, message.EventSagaCompensated)
 	d.CouponClaims["o-9"] = map[string]string{"status": "released", "code": "C1", "customer_id": "c-9"}
 	d.Reservations["o-9"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.DeadLetters = []DeadLetter{
@@ -114,6 +109,44 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		{Key: "s-1", Reason: orchestrator.ReasonUnknownSaga, Marker: "m-2", ForwardedFrom: fmt.Sprintf("%d/17", elsewhere("s-1"))},
 	}
 	return exp, Initial{Stock: map[string]int64{"sku-1": 100}, Coupons: map[string]int64{"C1": 1}}, d
+}
+
+// tell returns the events of saga id told by story, one version each, and
+// its last state. A story is a list of "+step" (StepSucceeded), "xstep
+// reason" (StepFailed), "!reason" (CompensationStarted), "~step"
+// (StepCompensated) and a terminal event type, which names the step whose
+// compensation was given up as "SagaFailed step".
+func tell(t *testing.T, id string, story ...string) ([]message.Event, []byte) {
+	t.Helper()
+	evs := []message.Event{{SagaID: id, Type: message.EventSagaStarted, State: message.StatusRunning, Version: 1}}
+	st := orchestrator.State{ID: id, Status: message.StatusRunning, Undoing: -1}
+	for i, s := range story {
+		ev := message.Event{SagaID: id, Version: int64(i + 2), State: st.Status}
+		switch s[0] {
+		case '+':
+			ev.Type, ev.Step = message.EventStepSucceeded, s[1:]
+		case 'x':
+			ev.Type = message.EventStepFailed
+			ev.Step, ev.Reason, _ = strings.Cut(s[1:], " ")
+		case '!':
+			st.Status = message.StatusCompensating
+			ev.Type, ev.Reason, ev.State = message.EventCompensationStarted, s[1:], st.Status
+		case '~':
+			ev.Type, ev.Step = message.EventStepCompensated, s[1:]
+			st.Undone = append(st.Undone, slices.Index(orderSteps, s[1:]))
+		default:
+			ev.Type, ev.Step, _ = strings.Cut(s, " ")
+			st.Status = statusOf[ev.Type]
+			ev.State = st.Status
+		}
+		evs = append(evs, ev)
+	}
+	st.Version = evs[len(evs)-1].Version
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs, b
 }
 
 // coupon gives o a coupon of code, for customer.
@@ -290,11 +323,14 @@ func TestAnomalies(t *testing.T) {
 			return e
 		}, InvStray, "p-1"},
 		{"compensate order compensated without the request", func(e []Expectation, d *Data) []Expectation {
-			d.Events["o-5"] = slices.Delete(d.Events["o-5"], 1, 2)
+			for i := range d.Events["o-5"] {
+				d.Events["o-5"][i].Reason = ""
+			}
 			return e
 		}, InvTerminal, "o-5"},
 		{"compensate order completed after applying the request", func(e []Expectation, d *Data) []Expectation {
-			d.Events["o-5"][2].Type = message.EventSagaCompleted
+			evs := d.Events["o-5"]
+			evs[len(evs)-1].Type = message.EventSagaCompleted
 			return e
 		}, InvTerminal, "o-5"},
 		{"more coupons issued than the limit", func(e []Expectation, d *Data) []Expectation {
@@ -395,5 +431,130 @@ func TestParseStateKey(t *testing.T) {
 		if id != c.id || p != c.part {
 			t.Errorf("parseStateKey(%q) = %q, %d; want %q, %d", c.key, id, p, c.id, c.part)
 		}
+	}
+}
+
+// The history rule accepts every story the engine tells and names what is
+// wrong with one it cannot tell.
+func TestHistory(t *testing.T) {
+	const (
+		inv, pay, ship, done = order.StepReserveInventory, order.StepAuthorizePayment, order.StepScheduleShipping, order.StepCompleteOrder
+	)
+	completed := []string{"+" + inv, "+" + pay, "+" + ship, "+" + done, message.EventSagaCompleted}
+	declined := []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, "!" + order.ReasonPaymentDeclined, "~" + inv, message.EventSagaCompensated}
+	cases := []struct {
+		name  string
+		story []string
+		// stands lists the steps whose effect stands; nil: exactly those
+		// that succeeded and were not compensated.
+		stands []string
+		change func(h *history)
+		// want is a part of the problem reported; empty: none.
+		want string
+	}{
+		{name: "completed", story: completed},
+		{name: "refused and compensated", story: declined},
+		{name: "running", story: []string{"+" + inv}},
+		{name: "no reply: the step is undone too", story: []string{"+" + inv, "x" + pay + " no reply after 3 attempts", "!no reply after 3 attempts",
+			"~" + pay, "~" + inv, message.EventSagaCompensated}},
+		{name: "local step out of retries: its undo runs", story: []string{"+" + inv, "+" + pay, "+" + ship, "x" + done + " " + orchestrator.ReasonExhausted,
+			"!" + orchestrator.ReasonExhausted, "~" + done, "~" + ship, "~" + pay, "~" + inv, message.EventSagaCompensated}},
+		{name: "compensation requested while a step waits", story: []string{"+" + inv, "x" + pay + " compensation requested: ops", "!compensation requested: ops",
+			"~" + pay, "~" + inv, message.EventSagaCompensated}},
+		{name: "compensation given up: that step is not checked", story: []string{"+" + inv, "+" + pay, "x" + ship + " " + order.ReasonUndeliverable,
+			"!" + order.ReasonUndeliverable, message.EventSagaFailed + " " + pay}, stands: []string{inv}},
+
+		{name: "effect of a completed saga missing", story: completed, stands: []string{inv, pay, ship},
+			want: "step complete-order succeeded and was not compensated, but its effect is not in its ledger"},
+		{name: "effect stands after its compensation", story: declined, stands: []string{inv},
+			want: "step reserve-inventory was compensated but its effect stands"},
+		{name: "effect of a step that never succeeded", story: declined, stands: []string{pay},
+			want: "step authorize-payment never succeeded but its effect stands"},
+		{name: "compensated without succeeding or failing", story: []string{"+" + inv, "!ops", "~" + pay, "~" + inv, message.EventSagaCompensated},
+			want: "step authorize-payment compensated, but it neither succeeded nor failed before"},
+		{name: "refused step compensated", story: []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, "!" + order.ReasonPaymentDeclined,
+			"~" + pay, "~" + inv, message.EventSagaCompensated},
+			want: "its participant refused it (PAYMENT_DECLINED)"},
+		{name: "step ran twice", story: []string{"+" + inv, "+" + inv, "+" + pay, "+" + ship, "+" + done, message.EventSagaCompleted},
+			want: "step reserve-inventory succeeded twice"},
+		{name: "step succeeded after the compensation started", story: []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined,
+			"!" + order.ReasonPaymentDeclined, "+" + pay, "~" + pay, "~" + inv, message.EventSagaCompensated}, stands: []string{},
+			want: "step authorize-payment succeeded (version 5) after the compensation started"},
+		{name: "undone first first", story: []string{"+" + inv, "+" + pay, "x" + ship + " " + order.ReasonUndeliverable, "!" + order.ReasonUndeliverable,
+			"~" + inv, "~" + pay, message.EventSagaCompensated},
+			want: "step authorize-payment compensated after step reserve-inventory: steps are undone last first"},
+		{name: "compensated twice", story: []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, "!" + order.ReasonPaymentDeclined,
+			"~" + inv, "~" + inv, message.EventSagaCompensated},
+			want: "step reserve-inventory compensated twice"},
+		{name: "compensated before the compensation started", story: []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, "~" + inv,
+			"!" + order.ReasonPaymentDeclined, message.EventSagaCompensated},
+			want: "step reserve-inventory compensated (version 4) before any CompensationStarted"},
+		{name: "compensated saga without CompensationStarted", story: []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, message.EventSagaCompensated},
+			stands: []string{inv}, want: "SagaCompensated without a CompensationStarted"},
+		{name: "completed after the compensation started", story: []string{"+" + inv, "!ops", message.EventSagaCompleted},
+			want: "SagaCompleted after the compensation started"},
+		{name: "no SagaStarted first", story: completed, change: func(h *history) { h.events = h.events[1:] },
+			want: "the first event is StepSucceeded, want SagaStarted"},
+		{name: "two SagaStarted", story: completed, change: func(h *history) { h.events = append(h.events[:1], h.events...) },
+			want: "a second SagaStarted"},
+		{name: "version goes down", story: completed, change: func(h *history) { h.events[2].Version = 1 },
+			want: "StepSucceeded of authorize-payment (version 1) comes after version 2"},
+		{name: "event after the terminal one", story: completed, change: func(h *history) {
+			h.events = append(h.events, message.Event{Type: message.EventStepSucceeded, Step: done, Version: 7})
+		}, want: "StepSucceeded of complete-order comes after the terminal SagaCompleted"},
+		{name: "step the saga does not have", story: completed, change: func(h *history) { h.events[1].Step = "reserve-unicorn" },
+			stands: []string{pay, ship, done}, want: "names a step the saga does not have"},
+		{name: "state record ends otherwise", story: completed, change: func(h *history) { h.state.Status = message.StatusCompensated },
+			want: "replaying the events ends completed at version 6, but the last state record is compensated at version 6"},
+		{name: "redis view at another version", story: completed, change: func(h *history) { h.redis.Version = 5 },
+			want: "but the Redis view is completed at version 5"},
+		{name: "state undid other steps", story: declined, change: func(h *history) { h.state.Undone = []int{2} },
+			want: "the events compensate [reserve-inventory], the last state record lists [authorize-payment] as undone"},
+		{name: "terminal event carries another state", story: completed, change: func(h *history) { h.events[5].State = message.StatusRunning },
+			want: `SagaCompleted carries state "running", want "completed"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			evs, raw := tell(t, "o-1", c.story...)
+			stands := make(map[string]bool)
+			if c.stands == nil {
+				for _, ev := range evs {
+					switch ev.Type {
+					case message.EventStepSucceeded:
+						stands[ev.Step] = true
+					case message.EventStepCompensated:
+						stands[ev.Step] = false
+					}
+				}
+			}
+			for _, s := range c.stands {
+				stands[s] = true
+			}
+			h := history{steps: orderSteps, events: evs, state: stateOrNil(raw), redis: stateOrNil(raw),
+				effect: func(step string) (bool, bool) { return stands[step], step != order.StepReserveCoupon }}
+			if c.change != nil {
+				c.change(&h)
+			}
+			got := h.problems()
+			switch {
+			case c.want == "" && len(got) > 0:
+				t.Fatalf("got problems %q, want none", got)
+			case c.want != "" && !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(p, c.want) }):
+				t.Fatalf("got problems %q, want one with %q", got, c.want)
+			}
+		})
+	}
+}
+
+// A run whose histories break the rule reports it under history, naming
+// the saga.
+func TestHistoryInAnalyze(t *testing.T) {
+	exp, initial, d := run(t)
+	d.Events["o-2"] = slices.Insert(d.Events["o-2"], 3, message.Event{SagaID: "o-2", Type: message.EventStepCompensated, Step: order.StepAuthorizePayment, Version: 4})
+	rep := Analyze(exp, initial, d)
+	if !slices.ContainsFunc(rep.Anomalies, func(a Anomaly) bool {
+		return a.Invariant == InvHistory && a.ID == "o-2" && strings.Contains(a.Detail, "refused")
+	}) {
+		t.Fatalf("want a history anomaly about o-2's refused payment being compensated; report:\n%s", rep)
 	}
 }
