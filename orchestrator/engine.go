@@ -93,9 +93,9 @@ type Engine struct {
 	// state topic (a commit whose outcome is unknown): they are rebuilt
 	// before the next transaction.
 	writing *redisWrite
-	// landed counts the Redis writes taken in (finishRedisWrite): each may
-	// have sent ended sagas out of memory.
-	landed       uint64
+	// rebuilds counts the partitions restored from the state topic: a
+	// rebuild replaces a partition's sagas in memory (see catchUp).
+	rebuilds     uint64
 	pendingSince time.Time
 	lost         map[int32]bool
 	stale        map[int32]bool
@@ -781,6 +781,10 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 	return nil
 }
 
+// msgRebuiltMidBatch is logged when a batch is consumed again because a
+// partition was rebuilt while it was read.
+const msgRebuiltMidBatch = "a partition was rebuilt while a batch was read; consuming the batch again"
+
 // catchUp adds to a batch the records committed while the last transaction
 // ran. kgo keeps one fetch per broker buffered and sends the next only once
 // the buffered one is polled: the records of a poll that found them waiting
@@ -808,17 +812,20 @@ func (e *Engine) catchUp(ctx context.Context, b *batch, recs []*kgo.Record) ([]*
 	if changed {
 		return recs, false, nil
 	}
-	landed := e.landed
+	rebuilds := e.rebuilds
 	if err := e.preload(ctx, b, more); err != nil {
 		return recs, true, err
 	}
-	if e.landed != landed {
-		// The preload rebuilt a partition that Redis lost, and took in
-		// a Redis write on the way: ended sagas that the first preload
-		// found in memory, and so did not load, may have left it. Their
-		// records would find no saga. The batch is consumed again, with
-		// one preload over all of it.
-		e.log.Info("a partition rebuilt by the catch-up's preload took in a Redis write; consuming the batch again", "records", len(recs)+len(more))
+	if e.rebuilds != rebuilds {
+		// The preload rebuilt a partition that Redis lost or took back
+		// in time. A rebuild replaces the partition's sagas in memory
+		// with a replay from Redis's checkpoint: sagas that the first
+		// preload found in memory, and so did not load, may have left
+		// it (a running saga whose state Redis holds, an ended one a
+		// write taken in on the way let go). Their records would find
+		// no saga. The batch is consumed again, with one preload over
+		// all of it.
+		e.log.Info(msgRebuiltMidBatch, "records", len(recs)+len(more))
 		return recs, false, nil
 	}
 	return append(recs, more...), true, nil

@@ -33,6 +33,10 @@ type Batch struct {
 	Dropped []string
 	// Timeouts counts Timeout messages produced for expired deadlines.
 	Timeouts int
+	// UndoLocalFailures holds, per failed call of a local step's
+	// UndoLocal in this batch, the step's name. Each is retried after a
+	// backoff; the saga's view keeps the last error (State.LastError).
+	UndoLocalFailures []string
 	// Forwarded counts inbox records that arrived off their saga's home
 	// partition (a producer that hashes keys differently) and were moved
 	// there.

@@ -92,7 +92,6 @@ func (e *Engine) finishRedisWrite(wait bool) bool {
 		}
 	}
 	e.writing = nil
-	e.landed++
 	if res.err != nil {
 		for _, f := range w.fs {
 			if part := e.parts[f.p]; part != nil {

@@ -139,6 +139,7 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	}
 	e.indexFlight(ctx, p, replayed, others, from)
 	e.parts[p] = part
+	e.rebuilds++
 	delete(e.stale, p)
 	if len(part.pending) > 0 {
 		e.notePending()

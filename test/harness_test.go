@@ -183,12 +183,17 @@ func newOrder(id string) order.Order {
 // start produces a start request for o.
 func (e *env) start(o order.Order) {
 	e.t.Helper()
+	e.produce(startRecord(o))
+}
+
+// startRecord is the start request of o.
+func startRecord(o order.Order) *kgo.Record {
 	v, _ := json.Marshal(o)
-	e.produce(&kgo.Record{Topic: message.Inbox(order.Name), Key: []byte(o.OrderID), Value: v,
+	return &kgo.Record{Topic: message.Inbox(order.Name), Key: []byte(o.OrderID), Value: v,
 		Headers: []kgo.RecordHeader{
 			{Key: message.HeaderMessageType, Value: []byte(message.TypeStartSaga)},
 			{Key: message.HeaderMessageID, Value: []byte("start-" + o.OrderID)},
-		}})
+		}}
 }
 
 func (e *env) produce(rs ...*kgo.Record) {
