@@ -934,15 +934,23 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 		st = ent.state
 	}
 	e.deadLetterAt(ctx, b, r, deadLetterTrace(r, st, in.trace), a, produce)
-	if ent == nil || ent.state.Status != message.StatusRunning {
-		return nil
-	}
 	failed := a.step
 	var se *StepError
 	if errors.As(a.err, &se) {
 		failed = se.Index
 	}
-	out, err := e.m.abort(ctx, ent.state, ent.data, deadLetterReason(a.err), failed)
+	var out *outcome
+	var err error
+	switch {
+	case ent == nil && in.typ == message.TypeStartSaga && failed >= 0:
+		// The start's own transaction ran local steps that may have
+		// left effects: the saga is started to compensate them.
+		out, err = e.m.abortStart(ctx, in, deadLetterReason(a.err), failed)
+	case ent == nil || ent.state.Status != message.StatusRunning:
+		return nil
+	default:
+		out, err = e.m.abort(ctx, ent.state, ent.data, in, deadLetterReason(a.err), failed)
+	}
 	if err != nil {
 		// The compensation's first command could not be built (its Undo
 		// failed). The record is in the DLQ; the saga waits for an
@@ -950,7 +958,7 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 		e.log.ErrorContext(ctx, "cannot start compensation", "saga_id", in.sagaID, "err", err)
 		return nil
 	}
-	e.applied(ctx, b, r, in, ent.state, out, produce)
+	e.applied(ctx, b, r, in, st, out, produce)
 	return nil
 }
 

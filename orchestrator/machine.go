@@ -133,14 +133,23 @@ func (m *machine) apply(ctx context.Context, st *State, data any, in *input) (*o
 }
 
 func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, error) {
-	sum := sha256.Sum256(in.value)
-	hash := hex.EncodeToString(sum[:])
+	hash := startHash(in.value)
 	if st != nil {
 		if st.StartHash == hash {
 			return &outcome{drop: DropDuplicateStart}, nil
 		}
 		return nil, inputErr(ReasonConflictingStart, "saga %s already started with a different payload", in.sagaID)
 	}
+	out, err := m.begin(in, hash)
+	if err != nil {
+		return nil, err
+	}
+	return out, m.advance(ctx, out, 0)
+}
+
+// begin returns the first state of the saga that in starts, with its
+// SagaStarted event.
+func (m *machine) begin(in *input, hash string) (*outcome, error) {
 	data, err := m.def.Decode(in.value)
 	if err != nil {
 		return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
@@ -159,7 +168,13 @@ func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, er
 	}
 	out := &outcome{state: next, data: data}
 	m.event(out, message.EventSagaStarted, "", "")
-	return out, m.advance(ctx, out, 0)
+	return out, nil
+}
+
+// startHash identifies a start request's value (see State.StartHash).
+func startHash(value []byte) string {
+	sum := sha256.Sum256(value)
+	return hex.EncodeToString(sum[:])
 }
 
 // advance makes step i current: it runs local steps until it reaches a
@@ -180,10 +195,13 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		st.Step, st.StepStarted = i, m.now().UnixMilli()
 		if !step.Local {
 			cmd, err := m.def.Do(ctx, i, out.data)
+			if err == nil {
+				err = m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
+			}
 			if err != nil {
 				return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("build command: %w", err)}
 			}
-			return m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
+			return nil
 		}
 		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
 		lctx, end := m.traceLocal(ctx, step.Name, false)
@@ -392,11 +410,54 @@ func (m *machine) compensate(ctx context.Context, st *State, data any, in *input
 // failed names the step whose code failed (a StepError's Index), or is -1
 // when the record's failure is not a step's (the current step is then
 // reported).
-func (m *machine) abort(ctx context.Context, st *State, data any, reason string, failed int) (*outcome, error) {
+//
+// in is the record whose failure ran out of attempts. When it is the
+// successful reply that the saga waited on, its step did succeed: the
+// history says so (StepSucceeded) before the step that failed after it, as
+// do the local steps run in between, so that every step compensated
+// succeeded first.
+func (m *machine) abort(ctx context.Context, st *State, data any, in *input, reason string, failed int) (*outcome, error) {
 	out := m.next(st, data)
 	if failed < st.Step || failed >= len(m.steps) {
 		failed = st.Step
 	}
+	if failed > st.Step && st.Undoing < 0 && in.typ == message.TypeReply && in.inReplyTo == st.Waiting && in.outcome == message.OutcomeSuccess {
+		m.event(out, message.EventStepSucceeded, m.steps[st.Step].Name, "")
+		m.reached(ctx, out, st.Step+1, failed)
+	}
+	return out, m.failStep(ctx, out, failed, reason)
+}
+
+// abortStart starts the saga of a start request whose own transaction kept
+// failing at step failed until its attempts ran out, and compensates it:
+// the local steps before failed succeeded in the last attempt (their
+// effects stand), and failed's own may have been made before its
+// transaction aborted. Without a saga nothing could ever undo them.
+func (m *machine) abortStart(ctx context.Context, in *input, reason string, failed int) (*outcome, error) {
+	out, err := m.begin(in, startHash(in.value))
+	if err != nil {
+		return nil, err
+	}
+	if failed < 0 || failed >= len(m.steps) {
+		failed = 0
+	}
+	m.reached(ctx, out, 0, failed)
+	return out, m.failStep(ctx, out, failed, reason)
+}
+
+// reached records, as succeeded, the local steps from up to (not
+// including) to that ran in the record's transaction: those the saga's data
+// does not skip. Only local steps run between two participant steps.
+func (m *machine) reached(ctx context.Context, out *outcome, from, to int) {
+	for i := from; i < to; i++ {
+		if m.steps[i].Local && !m.skipped(ctx, i, out.data) {
+			m.event(out, message.EventStepSucceeded, m.steps[i].Name, "")
+		}
+	}
+}
+
+// failStep reports step failed as failed for reason and compensates.
+func (m *machine) failStep(ctx context.Context, out *outcome, failed int, reason string) error {
 	step := m.steps[failed]
 	m.event(out, message.EventStepFailed, step.Name, reason)
 	// A local step whose attempts ran out may have left its effect behind
@@ -407,7 +468,7 @@ func (m *machine) abort(ctx context.Context, st *State, data any, reason string,
 	if step.Local && !step.Undoable {
 		outcome = compensation.NotApplied
 	}
-	return out, m.startCompensation(ctx, out, failed, outcome, reason)
+	return m.startCompensation(ctx, out, failed, outcome, reason)
 }
 
 func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {

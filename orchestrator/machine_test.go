@@ -204,7 +204,8 @@ func TestMachineLocalStepError(t *testing.T) {
 	r.reply(message.OutcomeSuccess, "")
 	r.reply(message.OutcomeSuccess, "")
 	before := r.st
-	_, err := r.apply(&input{typ: message.TypeReply, sagaID: "o-1", inReplyTo: r.st.Waiting, outcome: message.OutcomeSuccess})
+	reply := &input{typ: message.TypeReply, sagaID: "o-1", inReplyTo: r.st.Waiting, outcome: message.OutcomeSuccess}
+	_, err := r.apply(reply)
 	var se *StepError
 	if !errors.As(err, &se) || se.Step != order.StepCompleteOrder || retry.IsPermanent(err) {
 		t.Fatalf("err %v, want a retryable StepError of %s", err, order.StepCompleteOrder)
@@ -212,13 +213,20 @@ func TestMachineLocalStepError(t *testing.T) {
 	if r.st != before {
 		t.Fatal("a failed apply changed the state")
 	}
-	out, err := r.m.abort(context.Background(), r.st, mustDecode(t, r), "retries-exhausted", se.Index)
+	out, err := r.m.abort(context.Background(), r.st, mustDecode(t, r), reply, "retries-exhausted", se.Index)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.st = out.state
-	if len(out.events) == 0 || out.events[0].Type != message.EventStepFailed || out.events[0].Step != order.StepCompleteOrder {
-		t.Errorf("abort events %+v, want StepFailed of %s first", out.events, order.StepCompleteOrder)
+	// The reply's step succeeded: the history says so before the local
+	// step that failed after it, and before its compensation.
+	want := []string{message.EventStepSucceeded + " " + order.StepScheduleShipping, message.EventStepFailed + " " + order.StepCompleteOrder, message.EventCompensationStarted + " "}
+	var got []string
+	for _, ev := range out.events {
+		got = append(got, ev.Type+" "+ev.Step)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("abort events %q, want %q", got, want)
 	}
 	// complete-order may have left its effect (its outcome is unknown):
 	// its UndoLocal comes first, in a transaction of its own, due now.
