@@ -173,8 +173,16 @@ func (r *Report) OK() bool { return len(r.Anomalies) == 0 }
 // maxListed bounds the anomalies String lists.
 const maxListed = 50
 
-// String is the report as a table of invariants, then the first anomalies.
-func (r *Report) String() string {
+// String is the report as a table of invariants, then the first maxListed
+// anomalies.
+func (r *Report) String() string { return r.Text(maxListed) }
+
+// Text is the report as a table of invariants, then the first limit
+// anomalies; limit <= 0 lists them all.
+func (r *Report) Text(limit int) string {
+	if limit <= 0 {
+		limit = len(r.Anomalies)
+	}
 	var b strings.Builder
 	if r.Read != "" {
 		fmt.Fprintf(&b, "read: %s\n", r.Read)
@@ -200,11 +208,11 @@ func (r *Report) String() string {
 		return b.String()
 	}
 	fmt.Fprintf(&b, "%d anomalies", len(r.Anomalies))
-	if len(r.Anomalies) > maxListed {
-		fmt.Fprintf(&b, " (the first %d)", maxListed)
+	if len(r.Anomalies) > limit {
+		fmt.Fprintf(&b, " (the first %d)", limit)
 	}
 	b.WriteString(":\n")
-	for _, a := range r.Anomalies[:min(maxListed, len(r.Anomalies))] {
+	for _, a := range r.Anomalies[:min(limit, len(r.Anomalies))] {
 		fmt.Fprintf(&b, "  %s\n", a)
 	}
 	return b.String()

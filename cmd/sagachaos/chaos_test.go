@@ -21,10 +21,12 @@ import (
 // FNV-1a, random, round-robin), with bursts of large orders; two engine
 // SIGKILLs, a participant SIGKILL, a participant crash-loop, a SIGSTOP past
 // the transaction timeout, a Redis FLUSHALL, a Redis restart, a Redis
-// rollback to an older snapshot, a broker restart, an orders-store outage,
-// a hung and a panicking complete-order, and injected EndTxn,
-// TxnOffsetCommit and Produce errors; then chaos/check. It takes about
-// three minutes.
+// rollback to an older snapshot, ten rollbacks aimed at the engines' batch
+// reads (in surges of orders), state keys deleted and evicted, a Redis
+// SIGSTOPped past the transaction timeout, a broker restart, an
+// orders-store outage, a hung and a panicking complete-order, and injected
+// EndTxn, TxnOffsetCommit and Produce errors; then chaos/check. It takes
+// about four minutes.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a chaos run takes about two minutes; run without -short")

@@ -14,6 +14,8 @@ type checkResult struct {
 	// first holds the first few anomalies, one line each.
 	first []string
 	text  string
+	// full lists every anomaly (report.txt).
+	full string
 }
 
 // check runs chaos/check on the run's topics and Redis servers.
@@ -36,7 +38,7 @@ func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 	if err != nil {
 		return checkResult{}, err
 	}
-	res := checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String()}
+	res := checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String(), full: rep.Text(0)}
 	for _, a := range rep.Anomalies[:min(len(rep.Anomalies), 5)] {
 		res.first = append(res.first, a.String())
 	}

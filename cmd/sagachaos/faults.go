@@ -41,6 +41,9 @@ const (
 	faultSagaPanic           = "saga-panic"
 	faultCrashLoop           = "crash-loop"
 	faultUnreadableTakeover  = "redis-unreadable-takeover"
+	faultRollbackCatchup     = "redis-rollback-catchup"
+	faultRedisEvict          = "redis-evict"
+	faultRedisHang           = "redis-hang"
 )
 
 // faultKinds lists every fault kind in the order of the summary.
@@ -48,7 +51,7 @@ var faultKinds = []string{
 	faultSigkillEngine, faultSigkillParticipants, faultRedisFlushall, faultRedisRestart,
 	faultBrokerRestart, faultSigstopEngine, faultInjectEndTxn, faultInjectTxnOffset,
 	faultInjectProduce, faultOrdersOutage, faultRedisRollback, faultLocalStepHang, faultSagaPanic,
-	faultCrashLoop, faultUnreadableTakeover,
+	faultCrashLoop, faultUnreadableTakeover, faultRollbackCatchup, faultRedisEvict, faultRedisHang,
 }
 
 // faultDurations is how long each fault keeps its target down.
@@ -68,6 +71,9 @@ var faultDurations = map[string]time.Duration{
 	faultSagaPanic:           0,
 	faultCrashLoop:           crashLoopFor,
 	faultUnreadableTakeover:  unreadableFor,
+	faultRollbackCatchup:     catchupFor,
+	faultRedisEvict:          evictFor,
+	faultRedisHang:           redisHangFor + 5*time.Second,
 }
 
 const (
@@ -136,7 +142,7 @@ var shortSchedule = map[string]int{
 	faultSigkillEngine: 2, faultSigkillParticipants: 1, faultRedisFlushall: 1, faultBrokerRestart: 1,
 	faultRedisRestart: 1, faultInjectEndTxn: 1, faultInjectTxnOffset: 1, faultInjectProduce: 1,
 	faultOrdersOutage: 1, faultRedisRollback: 1, faultLocalStepHang: 1, faultSagaPanic: 1, faultCrashLoop: 1,
-	faultUnreadableTakeover: 1,
+	faultUnreadableTakeover: 1, faultRollbackCatchup: 1, faultRedisEvict: 1, faultRedisHang: 1,
 }
 
 // counts returns how many faults of each kind the run injects.
@@ -280,6 +286,12 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		return h.crashLoop(ctx, f.kind, h.parts)
 	case faultUnreadableTakeover:
 		return h.unreadableTakeover(ctx, f)
+	case faultRollbackCatchup:
+		return h.rollbackCatchup(ctx, f.kind, rand.New(rand.NewPCG(uint64(h.cfg.Seed), uint64(f.n))))
+	case faultRedisEvict:
+		return h.redisEvict(ctx, f.kind, rand.New(rand.NewPCG(uint64(h.cfg.Seed), uint64(f.n))))
+	case faultRedisHang:
+		return h.redisHang(ctx, f.kind)
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()

@@ -58,6 +58,16 @@ type harness struct {
 	// panics counts the complete-order calls that the saga-panic faults
 	// made panic (guarded by outMu).
 	panics int
+	// stats counts what the faults that aim at a window found, by kind
+	// and stat (guarded by outMu; see tally).
+	stats map[string]map[string]int
+	// runAnomalies are the anomalies the run found while it ran (guarded
+	// by outMu; see anomalyf).
+	runAnomalies []string
+	// locals are the daemons of the local-first saga.
+	locals []*proc
+	// plan is the run's load, once made.
+	plan *plan
 }
 
 // Indexes of harness.redis.
@@ -77,6 +87,9 @@ const (
 	// outlast both so that the stopped instance is fenced.
 	sessionTimeout = 6 * time.Second
 	sigstopFor     = 16 * time.Second
+	// engineTxnTimeout is the engines' Kafka transaction timeout: sagad
+	// runs with the engine's default (orchestrator.TransactionTimeout).
+	engineTxnTimeout = 10 * time.Second
 )
 
 // initialStock is what the participants' ledger holds at start: plenty of

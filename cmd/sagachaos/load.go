@@ -90,6 +90,36 @@ type plan struct {
 	rotate map[string]int
 	// coupons are the coupon limits to seed, by code (couponLimits).
 	coupons map[string]int64
+	// surges are batches of start requests kept apart from recs: the
+	// redis-rollback-catchup faults send one each right before a
+	// rollback, so that the engines are reading batches when it lands
+	// (see harness.surge). surged counts those sent.
+	surges [][]*kgo.Record
+	surged int
+}
+
+// surgeSize orders make one surge, sent over surgeOver.
+const (
+	surgeSize = 100
+	surgeOver = 500 * time.Millisecond
+)
+
+// addSurges adds k surges of surgeSize complete orders, sent through
+// murmur2, to p.
+func (p *plan) addSurges(k int, rng *rand.Rand) {
+	for b := range k {
+		var recs []*kgo.Record
+		for i := range surgeSize {
+			id := fmt.Sprintf("o-surge-%03d-%03d", b, i)
+			o := newOrder(id, kindComplete, rng)
+			e := &expectation{ID: id, Kind: kindComplete, Order: &o, Via: viaMurmur2}
+			p.exps = append(p.exps, e)
+			p.sagas[id] = e
+			p.ids = append(p.ids, id)
+			recs = append(recs, startRecord(id, mustJSON(o)))
+		}
+		p.surges = append(p.surges, recs)
+	}
 }
 
 // The mix of orders, in percent. Besides the coupon orders, half of the

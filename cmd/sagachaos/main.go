@@ -10,10 +10,14 @@
 // through five partitioners (murmur2 as ksaga hashes, and CRC32, FNV-1a,
 // random and round-robin as other clients do), injects faults on a schedule
 // it logs (SIGKILL, crash-loops, SIGSTOP past the transaction timeout, Redis
-// FLUSHALL, restarts and rollbacks to an older snapshot, broker restarts,
-// broker-injected errors, an orders-store outage, a hung and a panicking
-// local step), waits until every saga has ended and past the step
-// deadlines, and runs chaos/check on the result.
+// FLUSHALL, restarts and rollbacks to an older snapshot, rollbacks aimed at
+// the engines' batch reads, keys deleted and evicted, a Redis that hangs
+// past the transaction timeout, broker restarts, broker-injected errors, an
+// orders-store outage, a hung and a panicking local step), waits until every
+// saga has ended and past the step deadlines, and runs chaos/check on the
+// result. Some faults check as they run (a Redis hang must not stop an
+// engine, and sagas must end again soon after it), and count how often they
+// hit the window they aim at, from the engines' logs.
 //
 //	go run ./cmd/sagachaos --short     # CI: 2,000 sagas, one or two faults of each kind
 //	go run ./cmd/sagachaos             # make chaos: 100,000 sagas, 20 faults of each kind

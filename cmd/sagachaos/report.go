@@ -27,6 +27,9 @@ func (h *harness) summary(res *result) {
 		switch k {
 		case kindComplete:
 			note = fmt.Sprintf("%d of them large (a %d KiB ship_to.city), in %d bursts of %d sharing a home partition", p.large, largeField>>10, p.bursts, largeBurst)
+			if len(p.surges) > 0 {
+				note += fmt.Sprintf("; %d in %d surges of %d (redis-rollback-catchup)", len(p.surges)*surgeSize, len(p.surges), surgeSize)
+			}
 		case kindCoupon:
 			note = fmt.Sprintf("race for the coupons %v (completed, or refused exhausted/already used)", p.coupons)
 		case kindCouponUnknown:
@@ -72,7 +75,11 @@ func (h *harness) summary(res *result) {
 	fmt.Fprintf(tw, "faults injected\t%d\t\n", sum(res.faults))
 	counts := h.cfg.counts()
 	for _, k := range sortedKinds(counts) {
-		fmt.Fprintf(tw, "  %s\t%d\tof %d scheduled\n", k, res.faults[k], counts[k])
+		note := ""
+		if st := h.statsOf(k); st != "" {
+			note = "; " + st
+		}
+		fmt.Fprintf(tw, "  %s\t%d\tof %d scheduled%s\n", k, res.faults[k], counts[k], note)
 	}
 	h.outMu.Lock()
 	var fired []string
@@ -113,11 +120,16 @@ func (h *harness) summary(res *result) {
 	}
 	fmt.Fprintf(tw, "anomalies\t%s\t\n", anomalies)
 	fmt.Fprintf(tw, "crash lines in logs\t%d\t\n", len(res.crashLines))
+	as := h.anomalies()
+	fmt.Fprintf(tw, "anomalies while running\t%d\t(found by the faults themselves)\n", len(as))
 	fmt.Fprintf(tw, "elapsed\t%s\t\n", res.elapsed.Round(100_000_000))
 	tw.Flush()
 	h.printf("\n=== sagachaos summary ===\n%s", b.String())
 	for _, l := range res.crashLines[:min(20, len(res.crashLines))] {
 		h.printf("  %s\n", l)
+	}
+	for _, a := range as[:min(20, len(as))] {
+		h.printf("  ANOMALY %s\n", a)
 	}
 }
 

@@ -165,6 +165,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	if res.faults[faultLocalStepHang] > 0 && res.hangs == 0 {
 		problems = append(problems, fmt.Sprintf("%d local-step-hang faults made no complete-order hang: no engine logged %q (sagad --chaos-faults reads %s)", res.faults[faultLocalStepHang], hangLogLine, chaosHangKey))
 	}
+	if as := h.anomalies(); len(as) > 0 {
+		problems = append(problems, fmt.Sprintf("%d anomalies found while the run ran (faults.log has them): the first: %s", len(as), strings.Join(as[:min(5, len(as))], "; ")))
+	}
+	if n := res.faults[faultRollbackCatchup]; n >= catchupMustLand && h.stat(faultRollbackCatchup, statLanded) == 0 {
+		problems = append(problems, fmt.Sprintf("%d redis-rollback-catchup faults, but no rollback landed while a batch was read: no engine logged %s or %s", n, logBatchReread, logCatchupReread))
+	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
@@ -186,6 +192,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	cfg := h.cfg
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5eed))
 	p := newPlan(cfg.Sagas, rng)
+	h.plan = p
 	res := &result{plan: p}
 	if err := sim.SeedCoupons(ctx, h.simRdb, p.coupons); err != nil {
 		return res, err
@@ -193,6 +200,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	h.logf("seeded coupons: %v (and %s unknown)", p.coupons, couponUnknown)
 
 	faults, need := schedule(cfg.counts(), cfg.FaultSpacing, rng)
+	p.addSurges(cfg.counts()[faultRollbackCatchup]*catchupRollbacks, rng)
 	rate := cfg.Rate
 	load := time.Duration(float64(len(p.recs)) / rate * float64(time.Second))
 	if want := faultLead + need; len(faults) > 0 && load < want {
@@ -218,6 +226,9 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	}
 	res.faults = <-faultsDone
 	h.countInjected()
+	if loadErr == nil {
+		loadErr = h.sendSurges(ctx)
+	}
 	if loadErr != nil {
 		return res, fmt.Errorf("load: %w", loadErr)
 	}
@@ -261,12 +272,22 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 		return res, fmt.Errorf("chaos/check: %w", err)
 	}
 	res.checkRan, res.checkOK, res.report, res.anomalies, res.firstAnomaly = true, rep.ok, rep.text, rep.anomalies, rep.first
-	if err := os.WriteFile(filepath.Join(h.work, "report.txt"), []byte(rep.text), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.work, "report.txt"), []byte(rep.full), 0o644); err != nil {
 		h.logf("writing report.txt: %v", err)
 	}
 	h.logf("chaos/check took %.1fs", time.Since(t).Seconds())
 	return res, nil
 }
+
+// sagasEnded returns how many sagas of the load have ended so far, and how
+// many have not.
+func (h *harness) sagasEnded() (ended, pending int) {
+	n, missing := h.track.ended(h.plan.ids)
+	return n, len(missing)
+}
+
+// sagaTypes returns the saga types whose engines the run runs.
+func (h *harness) sagaTypes() []string { return []string{order.Name} }
 
 // drain waits until every saga of p has a terminal event or deadline
 // passes.
