@@ -383,6 +383,10 @@ type sagaView struct {
 	Attempt  int        `json:"attempt,omitempty"`
 	Deadline *time.Time `json:"deadline,omitempty"`
 	Reason   string     `json:"reason,omitempty"`
+	// UndoFailures counts the failed tries of the current compensation;
+	// LastError is the last error of a local step's UndoLocal.
+	UndoFailures int    `json:"undo_failures,omitempty"`
+	LastError    string `json:"last_error,omitempty"`
 	// Version grows by one with every change; it is the ETag.
 	Version   int64           `json:"version"`
 	CreatedAt time.Time       `json:"created_at"`
@@ -421,7 +425,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		return ""
 	}
 	v := sagaView{SagaID: st.ID, Type: s.def.Name(), Status: st.Status, Step: name(st.Step), StepIndex: st.Step,
-		Undoing: name(st.Undoing), Attempt: st.Attempt, Reason: st.Reason, Version: version,
+		Undoing: name(st.Undoing), Attempt: st.Attempt, Reason: st.Reason, UndoFailures: st.UndoFailures, LastError: st.LastError, Version: version,
 		CreatedAt: st.Created, UpdatedAt: st.Updated, Data: st.Data}
 	for _, i := range st.Undone {
 		v.Undone = append(v.Undone, name(i))

@@ -48,6 +48,10 @@ func (s *State) appendJSON(b []byte) ([]byte, error) {
 		b = append(b, `,"reason":`...)
 		b = appendString(b, s.Reason)
 	}
+	if s.LastError != "" {
+		b = append(b, `,"last_error":`...)
+		b = appendString(b, s.LastError)
+	}
 	b = append(b, `,"data":`...)
 	if len(s.Data) == 0 {
 		b = append(b, "null"...)

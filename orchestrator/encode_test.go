@@ -17,7 +17,7 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 			Data: json.RawMessage(`{"a":1}`), Created: now, Updated: now},
 		{ID: "o-<2>&\"x\"\n\u2028é\xff", Type: "order", Version: 7, Status: message.StatusCompensating, Step: 3, Undoing: 2,
 			Plan: []int{1, 0}, Undone: []int{3}, Waiting: "o-2/x/undo-1", Attempt: 2, Deadline: 1234567890123,
-			StepStarted: 99, UndoFailures: 1, UndoSends: 2, StartID: "s", StartHash: "h", Reason: "no reply after 3 attempts",
+			StepStarted: 99, UndoFailures: 1, UndoSends: 2, StartID: "s", StartHash: "h", Reason: "no reply after 3 attempts", LastError: "dial tcp: <refused> \"x\"",
 			Data:    json.RawMessage(`{"items":[{"sku":"a","qty":1}],"ship_to":{"city":"Zürich"}}`),
 			Created: now.Add(-time.Hour).In(time.FixedZone("x", 3600)), Updated: now,
 			Trace: &TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", State: "k=v"}},

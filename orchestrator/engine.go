@@ -646,6 +646,7 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 		b.Events = append(b.Events, sub.Events...)
 		b.StepLatencies = append(b.StepLatencies, sub.StepLatencies...)
 		b.DeadLettered = append(b.DeadLettered, sub.DeadLettered...)
+		b.UndoLocalFailures = append(b.UndoLocalFailures, sub.UndoLocalFailures...)
 		b.Dropped = append(b.Dropped, sub.Dropped...)
 		b.Changes = append(b.Changes, sub.Changes...)
 		b.dead = append(b.dead, sub.dead...)
@@ -920,6 +921,11 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 	}
 	if !e.applied(ctx, b, r, in, st, out, produce) {
 		return nil
+	}
+	if out.undoFailed != "" {
+		b.UndoLocalFailures = append(b.UndoLocalFailures, out.undoFailed)
+		e.log.WarnContext(ctx, "UndoLocal failed; retrying after a backoff", "saga_id", in.sagaID, "step", out.undoFailed,
+			"failures", out.state.UndoSends, "err", out.state.LastError)
 	}
 	if out.giveUp != "" {
 		e.deadLetter(ctx, b, r, out.state.Trace, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/message"
@@ -92,6 +93,23 @@ type outcome struct {
 	// giveUp, when set, dead-letters the input with this reason although
 	// it was applied: the saga ended SagaFailed.
 	giveUp string
+	// undoFailed names the local step whose UndoLocal failed (its error
+	// is the state's LastError).
+	undoFailed string
+}
+
+// maxLastError bounds State.LastError.
+const maxLastError = 1024
+
+// truncate returns s cut to at most n bytes, on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // machine applies inbox messages to saga state. It holds no state of its own.
@@ -378,6 +396,8 @@ func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
 		st.Undone = append(st.Undone, i)
 		return m.nextUndo(ctx, out)
 	}
+	st.LastError = truncate(err.Error(), maxLastError)
+	out.undoFailed = name
 	if m.comp.GiveUp(st.UndoSends) {
 		m.fail(out, fmt.Sprintf("compensation of %s failed %d times, last: %v", name, st.UndoSends, err))
 		return nil

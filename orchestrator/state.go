@@ -41,6 +41,9 @@ type State struct {
 	StartID   string          `json:"start_id,omitempty"`
 	StartHash string          `json:"start_hash"`
 	Reason    string          `json:"reason,omitempty"`
+	// LastError is the last error of a call into saga code that the
+	// engine retries on its own (a failed UndoLocal), for operators.
+	LastError string `json:"last_error,omitempty"`
 	Data      json.RawMessage `json:"data"`
 	Created   time.Time       `json:"created_at"`
 	Updated   time.Time       `json:"updated_at"`

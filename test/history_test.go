@@ -3,14 +3,17 @@ package test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/saga/order"
@@ -140,5 +143,59 @@ func TestReplyStepSucceedsBeforeItIsCompensated(t *testing.T) {
 	}
 	if got := history(evs["h-1"]); !slices.Equal(got, want) {
 		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+// undoCounter counts the failed UndoLocal calls the engine reports.
+type undoCounter struct{ n atomic.Int64 }
+
+func (c *undoCounter) AfterCommit(_ context.Context, b *orchestrator.Batch) {
+	c.n.Add(int64(len(b.UndoLocalFailures)))
+}
+
+// TestUndoLocalFailuresAreVisible makes a local step's UndoLocal fail twice:
+// each failure is logged with its error, kept as the saga's last error in
+// its view and reported to hooks, and the compensation then completes.
+func TestUndoLocalFailuresAreVisible(t *testing.T) {
+	e := newEnv(t)
+	var f effects
+	var fails atomic.Int64
+	def := saga.New(order.Name,
+		saga.Step[order.Order]{Name: "hold-budget", Local: f.local("hold", nil), UndoLocal: func(context.Context, *order.Order) error {
+			if fails.Add(1) <= 2 {
+				return errors.New("ledger down")
+			}
+			return nil
+		}},
+		saga.Step[order.Order]{Name: "confirm", Local: f.local("confirm", retry.Permanent(errors.New("rejected")))},
+	)
+	logs := &logRecorder{Handler: testLogger(t).Handler(), msgs: new(messages)}
+	var undos undoCounter
+	eng := e.startEngine(def, orchestrator.Logger(slog.New(logs)), orchestrator.Hooks(&undos))
+	defer eng.stop(t)
+
+	e.start(newOrder("u-1"))
+	var seen *orchestrator.State
+	for deadline := time.Now().Add(30 * time.Second); seen == nil; {
+		if st, err := e.redisState("u-1"); err == nil && st != nil && st.LastError != "" {
+			seen = st
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the view never showed the UndoLocal's error within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if seen.LastError != "ledger down" || seen.UndoFailures < 1 {
+		t.Errorf("view: last error %q, undo failures %d; want %q and at least 1", seen.LastError, seen.UndoFailures, "ledger down")
+	}
+	evs := e.waitTerminal([]string{"u-1"}, 30*time.Second)
+	if got := terminal(evs["u-1"]); got != message.EventSagaCompensated {
+		t.Errorf("saga ended %s, want %s", got, message.EventSagaCompensated)
+	}
+	if !logs.msgs.has("UndoLocal failed") {
+		t.Errorf("no UndoLocal failure was logged; logged %q", logs.msgs.all())
+	}
+	if got := undos.n.Load(); got != 2 {
+		t.Errorf("hooks saw %d UndoLocal failures, want 2", got)
 	}
 }

@@ -48,8 +48,12 @@ type sagaRow struct {
 	Deadline    time.Time `json:"deadline,omitzero"`
 	StepStarted time.Time `json:"step_started,omitzero"`
 	Reason      string    `json:"reason,omitempty"`
-	Created     time.Time `json:"created_at"`
-	Updated     time.Time `json:"updated_at"`
+	// UndoFailures counts the failed tries of the current compensation;
+	// LastError is the last error of a local step's UndoLocal.
+	UndoFailures int       `json:"undo_failures,omitempty"`
+	LastError    string    `json:"last_error,omitempty"`
+	Created      time.Time `json:"created_at"`
+	Updated      time.Time `json:"updated_at"`
 	// IdleSeconds is how long ago the saga last changed (updated_at).
 	IdleSeconds int64  `json:"idle_seconds"`
 	Version     int64  `json:"version"`
@@ -59,7 +63,7 @@ type sagaRow struct {
 // newSagaRow returns the row of the saga whose state is s, at key.
 func newSagaRow(sagaType string, p int32, id, key string, s *orchestrator.State, now time.Time) sagaRow {
 	r := sagaRow{SagaID: id, SagaType: sagaType, Partition: p, Status: s.Status, Step: s.Step, Undoing: s.Undoing,
-		Waiting: s.Waiting, Attempt: s.Attempt, Reason: s.Reason, Created: s.Created.UTC(), Updated: s.Updated.UTC(),
+		Waiting: s.Waiting, Attempt: s.Attempt, Reason: s.Reason, UndoFailures: s.UndoFailures, LastError: s.LastError, Created: s.Created.UTC(), Updated: s.Updated.UTC(),
 		Version: s.Version, RedisKey: key}
 	if s.Deadline > 0 {
 		r.Deadline = time.UnixMilli(s.Deadline).UTC()
