@@ -140,6 +140,13 @@ const (
 // arrived.
 const HeaderForwardedFrom = "ksaga-forwarded-from"
 
+// HeaderOriginalTimestamp is set by the engine on an inbox record it moved
+// to its saga's home partition: the Unix milliseconds of the record as it
+// arrived. The copy itself is timestamped when it is moved, so that a
+// broker that bounds timestamps (message.timestamp.before.max.ms) takes it
+// however long the original waited.
+const HeaderOriginalTimestamp = "ksaga-original-timestamp"
+
 // HomePartition returns the inbox partition that owns saga id when the
 // inbox has n partitions: murmur2 of the id, as Kafka's Java client and
 // franz-go hash keys. The engine handles every message of a saga on this

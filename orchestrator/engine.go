@@ -666,8 +666,9 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 // one, and reports whether it did. Producers are not trusted to hash keys
 // as the engine does (librdkafka hashes with CRC32, kafka-go with FNV-1a or
 // not at all): a saga's messages are handled on one partition only, by one
-// instance, in order. The copy keeps the key, value, headers and timestamp
-// and is produced in this transaction, with the offset of the original:
+// instance, in order. The copy keeps the key, value and headers, adds the
+// original's place and timestamp as headers (its own timestamp is the time
+// it is moved: see message.HeaderOriginalTimestamp), and is produced in this transaction, with the offset of the original:
 // it is moved exactly once. A record that cannot be routed (no key, a key
 // that is not UTF-8) is left where it is; handle dead-letters it.
 func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) bool {
@@ -675,11 +676,12 @@ func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce f
 	if !off {
 		return false
 	}
-	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+1)
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+2)
 	hs = append(hs, r.Headers...)
 	hs = append(hs, kgo.RecordHeader{Key: message.HeaderForwardedFrom,
-		Value: []byte(strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10))})
-	fwd := &kgo.Record{Topic: e.inbox, Partition: home, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
+		Value: []byte(strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10))},
+		kgo.RecordHeader{Key: message.HeaderOriginalTimestamp, Value: []byte(strconv.FormatInt(r.Timestamp.UnixMilli(), 10))})
+	fwd := &kgo.Record{Topic: e.inbox, Partition: home, Key: r.Key, Value: r.Value, Headers: hs}
 	if ok, n, limit := e.fits(ctx, fwd); !ok {
 		e.deadLetter(ctx, b, r, nil, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit), 1, produce)
 		return true
