@@ -22,12 +22,15 @@
 //	                   complete is released; an order without a coupon has no claim
 //	dlq                each poison record dead-lettered once with its reason; nothing else but
 //	                   the orders that ran out of retries; no participant dead letters
-//	no-stray-saga      no saga, command or ledger entry for an id that is not an order
+//	no-stray-saga      no saga, command or ledger entry for an id that is not a saga of the load
 //	history            each saga's events tell a story the engine can tell (a step is compensated
 //	                   only after it succeeded or failed with an unknown outcome, last first, …),
 //	                   and replaying them gives its final state (status, version, steps undone)
 //	                   and what the ledgers hold (an effect stands exactly when its step
 //	                   succeeded and was not compensated); see history.problems
+//	local-ledger       the local-first saga (package localfirst): a hold stands, taken once, exactly
+//	                   for each completed transfer, approved exactly then, and each account's held
+//	                   total is the sum of its completed transfers
 //
 // The checker is used by cmd/sagachaos; Analyze works on Data read by Read,
 // so that the rules can be tested without a cluster.
@@ -42,6 +45,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
@@ -96,8 +100,10 @@ type Expectation struct {
 	// ID is the saga id (the order id); for a poison record, its key.
 	ID   string
 	Kind string
-	// Order is the order of a saga (not poison).
+	// Order is the order of an order saga (not poison).
 	Order *order.Order
+	// Transfer is the transfer of a local-first saga (the Local* kinds).
+	Transfer *localfirst.Transfer
 	// Poison is the dead-letter reason a poison record must get.
 	Poison string
 	// Marker is the value of the poison record's HeaderMarker.
@@ -123,6 +129,10 @@ func outcome(kind string) (string, bool) {
 		return message.EventSagaCompleted, true
 	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage, KindCouponUnknown:
 		return message.EventSagaCompensated, true
+	case KindLocalComplete:
+		return message.EventSagaCompleted, true
+	case KindLocalOutage:
+		return message.EventSagaCompensated, true
 	}
 	return "", false
 }
@@ -141,10 +151,10 @@ const (
 	InvCoupons     = "coupons"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 13
+	invariantCount = 14
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory, InvLocal}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -256,6 +266,12 @@ type Data struct {
 	// CouponClaims is the hash ksaga:sim:coupon-claim:<order_id> of each
 	// order that has one.
 	CouponClaims map[string]map[string]string
+	// Holds, Held and Approvals are the local-first saga's ledgers
+	// (package localfirst): the hold of each transfer that has one, the
+	// held total of each account, the approval of each transfer.
+	Holds     map[string]map[string]string
+	Held      map[string]int64
+	Approvals map[string]map[string]string
 }
 
 // CouponLedger is one coupon code's keys.
@@ -336,6 +352,7 @@ func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a.deadLetters()
 	a.strays()
 	a.history()
+	a.local()
 	return a.rep
 }
 
@@ -355,6 +372,17 @@ func (a *analysis) fail(inv, id, format string, args ...any) {
 // ids returns the saga ids in order, so that the report is stable.
 func (a *analysis) ids() []string { return slices.Sorted(maps.Keys(a.sagas)) }
 
+// orderIDs returns the ids of the order sagas in order.
+func (a *analysis) orderIDs() []string {
+	var ids []string
+	for _, id := range a.ids() {
+		if a.sagas[id].Order != nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 func (a *analysis) completed(id string) bool { return a.ended[id] == message.EventSagaCompleted }
 
 func (a *analysis) terminal() {
@@ -368,7 +396,10 @@ func (a *analysis) terminal() {
 		}
 		switch len(ends) {
 		case 0:
-			a.fail(InvTerminal, id, "no terminal event (%s order, %d events)", a.sagas[id].Kind, len(a.d.Events[id]))
+			if a.sagas[id].Kind == KindLocalOutage && len(a.d.Events[id]) == 0 {
+				continue // its start was dead-lettered: no saga (the dlq rule checks the dead letter)
+			}
+			a.fail(InvTerminal, id, "no terminal event (%s saga, %d events)", a.sagas[id].Kind, len(a.d.Events[id]))
 			continue
 		case 1:
 		default:
@@ -377,16 +408,19 @@ func (a *analysis) terminal() {
 		a.ended[id] = ends[0]
 		a.rep.Outcomes[ends[0]]++
 		switch a.sagas[id].Kind {
-		case KindCompensate:
+		case KindCompensate, KindLocalCompensate:
 			a.compensated(id, ends[0])
 			continue
 		case KindCoupon:
 			if ends[0] != message.EventSagaCompleted {
-				a.couponRefused(id, ends[0], order.ReasonCouponExhausted, order.ReasonCouponAlreadyUsed)
+				a.refused(id, ends[0], order.StepReserveCoupon, order.ReasonCouponExhausted, order.ReasonCouponAlreadyUsed)
 			}
 			continue
 		case KindCouponUnknown:
-			a.couponRefused(id, ends[0], order.ReasonCouponUnknown)
+			a.refused(id, ends[0], order.StepReserveCoupon, order.ReasonCouponUnknown)
+			continue
+		case KindLocalRefused:
+			a.refused(id, ends[0], localfirst.StepApprove, localfirst.ReasonRefused)
 			continue
 		}
 		want, ok := outcome(a.sagas[id].Kind)
@@ -417,18 +451,18 @@ func (a *analysis) compensated(id, end string) {
 	}
 }
 
-// couponRefused checks that a coupon order ended SagaCompensated because
-// its reserve-coupon step failed for one of reasons.
-func (a *analysis) couponRefused(id, end string, reasons ...string) {
+// refused checks that a saga ended SagaCompensated because its step failed
+// for one of reasons (its participant refused it).
+func (a *analysis) refused(id, end, step string, reasons ...string) {
 	got := ""
 	for _, ev := range a.d.Events[id] {
-		if ev.Type == message.EventStepFailed && ev.Step == order.StepReserveCoupon {
+		if ev.Type == message.EventStepFailed && ev.Step == step {
 			got = ev.Reason
 		}
 	}
 	if end != message.EventSagaCompensated || !slices.Contains(reasons, got) {
-		a.fail(InvTerminal, id, "%s order ended %s with reserve-coupon failed for %q, want %s after %s",
-			a.sagas[id].Kind, end, got, message.EventSagaCompensated, strings.Join(reasons, " or "))
+		a.fail(InvTerminal, id, "%s saga ended %s with %s failed for %q, want %s after %s",
+			a.sagas[id].Kind, end, step, got, message.EventSagaCompensated, strings.Join(reasons, " or "))
 	}
 }
 
@@ -479,6 +513,9 @@ func (a *analysis) states() {
 	for _, id := range a.ids() {
 		a.rep.Checked[InvState]++
 		b, ok := a.d.States[id]
+		if !ok && a.sagas[id].Kind == KindLocalOutage && len(a.d.Events[id]) == 0 {
+			continue // no saga: its start was dead-lettered
+		}
 		if !ok {
 			a.fail(InvState, id, "no state record")
 			continue
@@ -594,7 +631,7 @@ func summarize(b []byte) string {
 // its reservation and no other order holds one.
 func (a *analysis) stock(initial map[string]int64) {
 	taken := make(map[string]int64)
-	for _, id := range a.ids() {
+	for _, id := range a.orderIDs() {
 		o := a.sagas[id].Order
 		res := a.d.Reservations[id]
 		a.rep.Checked[InvStock]++
@@ -643,7 +680,7 @@ func (a *analysis) endOf(id string) string {
 
 func (a *analysis) payments() {
 	var authorized, completed int64
-	for _, id := range a.ids() {
+	for _, id := range a.orderIDs() {
 		a.rep.Checked[InvPayments]++
 		p := a.d.Payments[id]
 		amount := a.sagas[id].Order.AmountCents
@@ -672,7 +709,7 @@ func parseInt(s string) int64 {
 }
 
 func (a *analysis) shipments() {
-	for _, id := range a.ids() {
+	for _, id := range a.orderIDs() {
 		a.rep.Checked[InvShipments]++
 		s := a.d.Shipments[id]
 		switch {
@@ -690,7 +727,7 @@ func (a *analysis) shipments() {
 // abandoned attempt, a stale engine), or a compensation that did not undo
 // it, leaves a completed order behind a compensated saga.
 func (a *analysis) orders() {
-	for _, id := range a.ids() {
+	for _, id := range a.orderIDs() {
 		a.rep.Checked[InvOrders]++
 		o := a.d.Orders[id]
 		done := o != nil && o["status"] == "completed"
@@ -712,7 +749,7 @@ func (a *analysis) orders() {
 func (a *analysis) coupons(limits map[string]int64) {
 	// holders: code → customer → the completed orders holding it.
 	holders := make(map[string]map[string][]string)
-	for _, id := range a.ids() {
+	for _, id := range a.orderIDs() {
 		o, claim := a.sagas[id].Order, a.d.CouponClaims[id]
 		if o == nil {
 			continue
@@ -791,7 +828,7 @@ func (a *analysis) deadLetters() {
 			byMarker[d.Marker] = append(byMarker[d.Marker], d)
 			continue
 		}
-		if e := a.sagas[d.Key]; e != nil && e.Kind == KindOutage && d.Reason == orchestrator.ReasonExhausted {
+		if e := a.sagas[d.Key]; e != nil && (e.Kind == KindOutage || e.Kind == KindLocalOutage) && d.Reason == orchestrator.ReasonExhausted {
 			exhausted[d.Key]++
 			continue
 		}
@@ -810,12 +847,12 @@ func (a *analysis) deadLetters() {
 		}
 	}
 	for _, id := range a.ids() {
-		if a.sagas[id].Kind != KindOutage {
+		if k := a.sagas[id].Kind; k != KindOutage && k != KindLocalOutage {
 			continue
 		}
 		a.rep.Checked[InvDLQ]++
 		if n := exhausted[id]; n != 1 {
-			a.fail(InvDLQ, id, "outage order has %d retries-exhausted dead letters, want 1", n)
+			a.fail(InvDLQ, id, "%s saga has %d retries-exhausted dead letters, want 1", a.sagas[id].Kind, n)
 		}
 	}
 	for _, d := range a.d.ParticipantDeadLetters {
@@ -850,7 +887,7 @@ func (a *analysis) strays() {
 		name string
 		m    map[string]map[string]string
 	}{{"a reservation", a.d.Reservations}, {"a payment", a.d.Payments}, {"a shipment", a.d.Shipments}, {"an orders-store entry", a.d.Orders},
-		{"a coupon claim", a.d.CouponClaims}} {
+		{"a coupon claim", a.d.CouponClaims}, {"a hold", a.d.Holds}, {"an approval", a.d.Approvals}} {
 		for _, id := range slices.Sorted(maps.Keys(l.m)) {
 			stray(id, l.name)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga/order"
@@ -42,6 +43,10 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		{ID: "o-7", Kind: KindCoupon, Order: coupon(ord("o-7", 100, 1), "c-7", "C1")},
 		{ID: "o-8", Kind: KindCouponUnknown, Order: coupon(ord("o-8", 100, 1), "c-8", "NOPE")},
 		{ID: "o-9", Kind: KindDeclined, Order: coupon(ord("o-9", 900000, 1), "c-9", "C1")},
+		{ID: "l-1", Kind: KindLocalComplete, Transfer: &localfirst.Transfer{TransferID: "l-1", Account: "a-1", AmountCents: 70}},
+		{ID: "l-2", Kind: KindLocalRefused, Transfer: &localfirst.Transfer{TransferID: "l-2", Account: "a-1", AmountCents: 20, Refuse: true}},
+		{ID: "l-3", Kind: KindLocalOutage, Transfer: &localfirst.Transfer{TransferID: "l-3", Account: "a-2", AmountCents: 30}},
+		{ID: "l-4", Kind: KindLocalCompensate, Transfer: &localfirst.Transfer{TransferID: "l-4", Account: "a-2", AmountCents: 40}},
 		{ID: "p-1", Kind: KindPoison, Poison: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{ID: "s-1", Kind: KindPoison, Poison: orchestrator.ReasonUnknownSaga, Marker: "m-2",
 			Landed: &Landing{Partition: elsewhere("s-1"), Offset: 17}},
@@ -58,6 +63,9 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		Orders:       make(map[string]map[string]string),
 		Coupons:      map[string]CouponLedger{"C1": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-6"}}},
 		CouponClaims: make(map[string]map[string]string),
+		Holds:        make(map[string]map[string]string),
+		Held:         map[string]int64{"a-1": 70, "a-2": 0},
+		Approvals:    make(map[string]map[string]string),
 	}
 	end := func(id string, story ...string) {
 		evs, st := tell(t, id, story...)
@@ -103,10 +111,24 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	end("o-9", "+"+coup, "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, "~"+coup, message.EventSagaCompensated)
 	d.CouponClaims["o-9"] = map[string]string{"status": "released", "code": "C1", "customer_id": "c-9"}
 	d.Reservations["o-9"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	const hold, approve = localfirst.StepHold, localfirst.StepApprove
+	end("l-1", "+"+hold, "+"+approve, message.EventSagaCompleted)
+	d.Holds["l-1"] = map[string]string{"status": "held", "amount_cents": "70", "account": "a-1", "fence": "1", "applies": "1"}
+	d.Approvals["l-1"] = map[string]string{"status": "approved"}
+	end("l-2", "+"+hold, "x"+approve+" "+localfirst.ReasonRefused, "!"+localfirst.ReasonRefused, "~"+hold, message.EventSagaCompensated)
+	d.Holds["l-2"] = map[string]string{"status": "released", "amount_cents": "20", "account": "a-1", "fence": "4", "applies": "1"}
+	// l-3's hold-funds hung on every attempt: its start is dead-lettered,
+	// and the late write of an abandoned attempt met nothing to refuse it
+	// only if it never came.
+	end("l-4", "+"+hold, "x"+approve+" compensation requested: "+CompensateReason, "!compensation requested: "+CompensateReason,
+		"~"+approve, "~"+hold, message.EventSagaCompensated)
+	d.Holds["l-4"] = map[string]string{"status": "released", "amount_cents": "40", "account": "a-2", "fence": "5", "applies": "1"}
+	d.Approvals["l-4"] = map[string]string{"status": "withdrawn"}
 	d.DeadLetters = []DeadLetter{
 		{Key: "p-1", Reason: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{Key: "o-4", Reason: orchestrator.ReasonExhausted, Exception: "complete order: connection refused"},
 		{Key: "s-1", Reason: orchestrator.ReasonUnknownSaga, Marker: "m-2", ForwardedFrom: fmt.Sprintf("%d/17", elsewhere("s-1"))},
+		{Key: "l-3", Reason: orchestrator.ReasonExhausted, Exception: "step hold-funds: saga code did not return in time (3s)"},
 	}
 	return exp, Initial{Stock: map[string]int64{"sku-1": 100}, Coupons: map[string]int64{"C1": 1}}, d
 }
@@ -133,7 +155,11 @@ func tell(t *testing.T, id string, story ...string) ([]message.Event, []byte) {
 			ev.Type, ev.Reason, ev.State = message.EventCompensationStarted, s[1:], st.Status
 		case '~':
 			ev.Type, ev.Step = message.EventStepCompensated, s[1:]
-			st.Undone = append(st.Undone, slices.Index(orderSteps, s[1:]))
+			i := slices.Index(orderSteps, s[1:])
+			if i < 0 {
+				i = slices.Index(localSteps, s[1:])
+			}
+			st.Undone = append(st.Undone, i)
 		default:
 			ev.Type, ev.Step, _ = strings.Cut(s, " ")
 			st.Status = statusOf[ev.Type]
@@ -166,8 +192,8 @@ func TestConsistentRunPasses(t *testing.T) {
 			t.Errorf("invariant %s checked nothing", inv)
 		}
 	}
-	if got := rep.Outcomes[message.EventSagaCompleted]; got != 2 {
-		t.Errorf("report counts %d completed sagas, want 2", got)
+	if got := rep.Outcomes[message.EventSagaCompleted]; got != 3 {
+		t.Errorf("report counts %d completed sagas, want 3", got)
 	}
 }
 
@@ -389,6 +415,40 @@ func TestAnomalies(t *testing.T) {
 			d.Events["o-8"] = append(d.Events["o-8"], message.Event{SagaID: "o-8", Type: message.EventSagaCompleted, Version: 5})
 			return e
 		}, InvTerminal, "o-8"},
+		{"hold of a refused transfer stands", func(e []Expectation, d *Data) []Expectation {
+			d.Holds["l-2"]["status"] = "held"
+			d.Held["a-1"] += 20
+			return e
+		}, InvLocal, "l-2"},
+		{"hold taken twice", func(e []Expectation, d *Data) []Expectation {
+			d.Holds["l-1"]["applies"] = "2"
+			return e
+		}, InvLocal, "l-1"},
+		{"account total off its completed transfers", func(e []Expectation, d *Data) []Expectation {
+			d.Held["a-1"] = 140
+			return e
+		}, InvLocal, "a-1"},
+		{"late hold of a transfer whose start was dead-lettered", func(e []Expectation, d *Data) []Expectation {
+			d.Holds["l-3"] = map[string]string{"status": "held", "amount_cents": "30", "account": "a-2", "fence": "1", "applies": "1"}
+			d.Held["a-2"] = 30
+			return e
+		}, InvLocal, "l-3"},
+		{"local-first start lost without a dead letter", func(e []Expectation, d *Data) []Expectation {
+			d.DeadLetters = d.DeadLetters[:len(d.DeadLetters)-1]
+			return e
+		}, InvDLQ, "l-3"},
+		{"completed transfer not approved", func(e []Expectation, d *Data) []Expectation {
+			delete(d.Approvals, "l-1")
+			return e
+		}, InvLocal, "l-1"},
+		{"refused transfer compensated for another reason", func(e []Expectation, d *Data) []Expectation {
+			d.Events["l-2"][2].Reason = "no reply after 3 attempts"
+			return e
+		}, InvTerminal, "l-2"},
+		{"transfer completed after its Local step gave up", func(e []Expectation, d *Data) []Expectation {
+			e[9].Kind = KindLocalOutage
+			return e
+		}, InvTerminal, "l-1"},
 		{"poison claimed a coupon", func(e []Expectation, d *Data) []Expectation {
 			d.CouponClaims["p-1"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-1"}
 			return e

@@ -256,7 +256,8 @@ func (a *analysis) orderEffect(id string) func(step string) (bool, bool) {
 	}
 }
 
-// history checks the history rule on every order that has events.
+// history checks the history rule on every saga of the load that has
+// events.
 func (a *analysis) history() {
 	for _, id := range a.ids() {
 		evs := a.d.Events[id]
@@ -264,7 +265,8 @@ func (a *analysis) history() {
 			continue
 		}
 		a.rep.Checked[InvHistory]++
-		h := history{steps: orderSteps, events: evs, state: stateOrNil(a.d.States[id]), effect: a.orderEffect(id)}
+		steps, effect := a.stepsOf(id)
+		h := history{steps: steps, events: evs, state: stateOrNil(a.d.States[id]), effect: effect}
 		if r, ok := a.d.Redis[id]; ok {
 			h.redis = stateOrNil(r.State)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/dlq"
 	"github.com/ksaga/ksaga/internal/committed"
 	"github.com/ksaga/ksaga/message"
@@ -29,7 +30,13 @@ type Config struct {
 	// ledgers; OrdersRedis the orders store.
 	EngineRedis, SimRedis, OrdersRedis string
 	// SagaType names the topics and the engine's keys ("order").
-	SagaType     string
+	SagaType string
+	// LocalFirst says the run also ran the local-first saga (package
+	// localfirst): its topics, its states in the engine's Redis and its
+	// ledgers are read too. Its holds are on HoldsRedis (default
+	// OrdersRedis), its approvals on SimRedis.
+	LocalFirst   bool
+	HoldsRedis   string
 	InitialStock map[string]int64
 	// InitialCoupons are the coupon limits seeded, by code.
 	InitialCoupons map[string]int64
@@ -75,6 +82,7 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		Payments: make(map[string]map[string]string), Shipments: make(map[string]map[string]string),
 		Orders:  make(map[string]map[string]string),
 		Coupons: make(map[string]CouponLedger), CouponClaims: make(map[string]map[string]string),
+		Holds: make(map[string]map[string]string), Held: make(map[string]int64), Approvals: make(map[string]map[string]string),
 	}
 	counts, err := readTopics(ctx, cfg, d)
 	if err != nil {
@@ -82,24 +90,26 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 	}
 	eng := redis.NewClient(&redis.Options{Addr: cfg.EngineRedis})
 	defer eng.Close()
-	n, err := scanHashes(ctx, eng, orchestrator.StateKeyPattern(cfg.SagaType), func(key string, h map[string]string) {
-		id, p := parseStateKey(cfg.SagaType, key)
-		rs := RedisState{Key: key, Partition: p, Version: h["version"], State: []byte(h["state"])}
-		if _, ok := d.Redis[id]; ok {
-			d.RedisDuplicates[id] = append(d.RedisDuplicates[id], rs)
-			return
+	for _, t := range cfg.types() {
+		n, err := scanHashes(ctx, eng, orchestrator.StateKeyPattern(t), func(key string, h map[string]string) {
+			id, p := parseStateKey(t, key)
+			rs := RedisState{Key: key, Partition: p, Version: h["version"], State: []byte(h["state"])}
+			if _, ok := d.Redis[id]; ok {
+				d.RedisDuplicates[id] = append(d.RedisDuplicates[id], rs)
+				return
+			}
+			d.Redis[id] = rs
+		})
+		if err != nil {
+			return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
 		}
-		d.Redis[id] = rs
-	})
-	if err != nil {
-		return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
+		counts = append(counts, fmt.Sprintf("%d engine states of %s", n, t))
 	}
-	counts = append(counts, fmt.Sprintf("%d engine states", n))
 
 	ord := redis.NewClient(&redis.Options{Addr: cfg.OrdersRedis})
 	defer ord.Close()
 	orderPrefix := sim.OrderKey("")
-	n, err = scanHashes(ctx, ord, orderPrefix+"*", func(key string, h map[string]string) {
+	n, err := scanHashes(ctx, ord, orderPrefix+"*", func(key string, h map[string]string) {
 		d.Orders[strings.TrimPrefix(key, orderPrefix)] = h
 	})
 	if err != nil {
@@ -147,7 +157,62 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		issued = append(issued, fmt.Sprintf("%s %d/%d", code, l.Issued, l.Limit))
 	}
 	counts = append(counts, fmt.Sprintf("%d coupon claims, coupons issued/limit: %s", len(d.CouponClaims), strings.Join(issued, " ")))
+	if cfg.LocalFirst {
+		c, err := readLocal(ctx, cfg, d)
+		if err != nil {
+			return nil, "", err
+		}
+		counts = append(counts, c)
+	}
 	return d, strings.Join(counts, ", "), nil
+}
+
+// types returns the saga types whose topics and states Read reads.
+func (cfg Config) types() []string {
+	if cfg.LocalFirst {
+		return []string{cfg.SagaType, localfirst.Name}
+	}
+	return []string{cfg.SagaType}
+}
+
+// readLocal reads the local-first saga's ledgers: the holds and the
+// accounts' held totals on cfg.HoldsRedis, the approvals on cfg.SimRedis.
+func readLocal(ctx context.Context, cfg Config, d *Data) (string, error) {
+	addr := cfg.HoldsRedis
+	if addr == "" {
+		addr = cfg.OrdersRedis
+	}
+	holds := redis.NewClient(&redis.Options{Addr: addr})
+	defer holds.Close()
+	prefix := localfirst.HoldKey("")
+	n, err := scanHashes(ctx, holds, prefix+"*", func(key string, h map[string]string) {
+		d.Holds[strings.TrimPrefix(key, prefix)] = h
+	})
+	if err != nil {
+		return "", fmt.Errorf("holds redis %s: %w", addr, err)
+	}
+	prefix = localfirst.HeldKey("")
+	keys, err := scanKeys(ctx, holds, prefix+"*")
+	if err != nil {
+		return "", fmt.Errorf("holds redis %s: %w", addr, err)
+	}
+	for _, k := range keys {
+		v, err := holds.Get(ctx, k).Int64()
+		if err != nil {
+			return "", fmt.Errorf("holds redis %s: %s: %w", addr, k, err)
+		}
+		d.Held[strings.TrimPrefix(k, prefix)] = v
+	}
+	sim := redis.NewClient(&redis.Options{Addr: cfg.SimRedis})
+	defer sim.Close()
+	prefix = localfirst.ApprovalKey("")
+	m, err := scanHashes(ctx, sim, prefix+"*", func(key string, h map[string]string) {
+		d.Approvals[strings.TrimPrefix(key, prefix)] = h
+	})
+	if err != nil {
+		return "", fmt.Errorf("participants' redis %s: %w", cfg.SimRedis, err)
+	}
+	return fmt.Sprintf("%d holds, %d accounts, %d approvals", n, len(keys), m), nil
 }
 
 // readCoupons reads the coupon ledger: the keys
@@ -197,14 +262,17 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list topics: %w", err)
 	}
-	state, events, dlt := message.State(cfg.SagaType), message.Events(cfg.SagaType), message.DLT(cfg.SagaType)
+	states, events, dlts := make(map[string]bool), make(map[string]bool), make(map[string]bool)
+	for _, t := range cfg.types() {
+		states[message.State(t)], events[message.Events(t)], dlts[message.DLT(t)] = true, true, true
+	}
 	if td, ok := listed[message.Inbox(cfg.SagaType)]; ok {
 		d.Partitions = int32(len(td.Partitions))
 	}
 	var topics []string
 	for _, t := range listed.Names() {
 		switch {
-		case t == state || t == events || t == dlt,
+		case states[t] || events[t] || dlts[t],
 			strings.HasSuffix(t, ".commands"), strings.HasSuffix(t, ".commands-dlt"):
 			topics = append(topics, t)
 		}
@@ -248,7 +316,7 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 	keep := func(r *kgo.Record) {
 		perTopic[r.Topic]++
 		switch {
-		case r.Topic == state:
+		case states[r.Topic]:
 			if !slices.Contains(d.StatePartitions[string(r.Key)], r.Partition) {
 				d.StatePartitions[string(r.Key)] = append(d.StatePartitions[string(r.Key)], r.Partition)
 			}
@@ -259,14 +327,14 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 			} else if prev, ok := d.States[string(r.Key)]; !ok || version(r.Value) >= version(prev) {
 				d.States[string(r.Key)] = r.Value
 			}
-		case r.Topic == events:
+		case events[r.Topic]:
 			var ev message.Event
 			if err := json.Unmarshal(r.Value, &ev); err != nil {
 				undecodable = append(undecodable, fmt.Sprintf("event %s/%d@%d: %v", r.Topic, r.Partition, r.Offset, err))
 				return
 			}
 			d.Events[ev.SagaID] = append(d.Events[ev.SagaID], ev)
-		case r.Topic == dlt:
+		case dlts[r.Topic]:
 			d.DeadLetters = append(d.DeadLetters, deadLetter(r))
 		case strings.HasSuffix(r.Topic, ".commands-dlt"):
 			d.ParticipantDeadLetters = append(d.ParticipantDeadLetters, deadLetter(r))
