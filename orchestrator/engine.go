@@ -108,6 +108,12 @@ type Engine struct {
 	// revoked is set when a revocation was applied and no transaction
 	// has ended since (see applyChanges).
 	revoked bool
+	// open is set while a transaction is begun and not ended (an end
+	// that failed leaves it set: see abort).
+	open bool
+	// down is set while the engine's dependencies fail: its last attempt
+	// to use Redis or Kafka failed, and none succeeded since.
+	down atomic.Bool
 
 	// joined is set once the group assigned this instance its partitions
 	// (possibly none); ready once, in addition, they are restored.
@@ -164,7 +170,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	e := &Engine{
 		cfg: cfg, def: def, log: cfg.logger.With("saga", def.Name()),
 		m:     newMachine(def, cfg.comp, cfg.now),
-		store: &store{rdb: cfg.rdb, typ: def.Name(), group: cfg.group},
+		store: &store{rdb: cfg.rdb, typ: def.Name(), group: cfg.group, timeout: cfg.redisTimeout},
 		inbox: message.Inbox(def.Name()), stateTopic: message.State(def.Name()),
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
@@ -236,7 +242,11 @@ func (e *Engine) change(ps []int32, assigned bool) {
 // Ready reports whether the engine has joined its group and restored the
 // partitions it owns. It is false again while a newly assigned partition is
 // being restored.
-func (e *Engine) Ready() bool { return e.ready.Load() }
+//
+// It is also false while the engine's dependencies fail: from a failed
+// attempt to use Redis or Kafka (a read, a write, a check, a transaction)
+// until one succeeds.
+func (e *Engine) Ready() bool { return e.ready.Load() && !e.down.Load() }
 
 // Client returns the engine's Kafka client, for health checks and metrics
 // plugins. Do not use it to produce or to manage transactions.
@@ -278,6 +288,10 @@ func (e *Engine) Run(ctx context.Context) error {
 			failures = 0
 		case ctx.Err() != nil:
 		case errors.Is(err, errInfra):
+			e.down.Store(true)
+			if errors.Is(err, errRedis) {
+				e.reportRedisLag(err)
+			}
 			failures++
 			wait := e.cfg.infraBackoff.Backoff(failures + 1)
 			e.log.Warn("dependency unavailable; retrying", "err", err, "wait", wait)
@@ -328,6 +342,13 @@ func (e *Engine) step(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
+	if e.open {
+		// A transaction whose end failed: its records are consumed
+		// again once it is aborted.
+		if err := e.abort(ctx); err != nil {
+			return err
+		}
+	}
 	if err := e.applyChanges(ctx); err != nil {
 		return err
 	}
@@ -368,14 +389,14 @@ func (e *Engine) step(ctx context.Context) error {
 	// must consume them again, or the next commit would pass over them.
 	if err := e.applyChanges(ctx); err != nil {
 		if len(recs) > 0 {
-			e.rewind(ctx)
+			return errors.Join(err, e.rewind(ctx))
 		}
 		return err
 	}
 	due := e.dueTimers(e.cfg.now())
 	if len(recs) == 0 && len(due) == 0 {
 		if e.revoked {
-			e.rewind(ctx)
+			return e.rewind(ctx)
 		}
 		return nil
 	}
@@ -431,44 +452,43 @@ type deadLetter struct {
 }
 
 func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer, stale bool) error {
-	// A transaction, once begun, is finished even when Run's context is
-	// cancelled: abandoning it would leave it open on the broker, and the
-	// next owner of its partitions would wait for the transaction timeout
-	// before it could restore them.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
-	defer cancel()
-	// Ending the transaction and counting a failed attempt get a context
-	// of their own: the work's may have expired (saga code that used its
-	// whole timeout), and an abort or a count that fails on it would leave
-	// the record's failure uncounted and retried forever.
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
-	defer endCancel()
 	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
 	start := time.Now()
 	phase := func(d *time.Duration) {
 		now := time.Now()
 		*d, start = now.Sub(start), now
 	}
-	err := e.preload(ctx, b, recs)
+	// The preload's calls into Redis are bounded one by one
+	// (RedisTimeout); a rebuild it runs is bounded by the transaction
+	// timeout. Neither eats into the transaction's own time below.
+	pctx, pcancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	err := e.preload(pctx, b, recs)
 	if err == nil && stale {
 		var ok bool
-		if recs, ok, err = e.catchUp(ctx, b, recs); err == nil && !ok {
-			e.rewind(endCtx)
+		if recs, ok, err = e.catchUp(pctx, b, recs); err == nil && !ok {
+			pcancel()
 			e.rearm(due)
-			return nil // consumed again by the next step
+			return e.rewind(runCtx) // consumed again by the next step
 		}
 		b.CaughtUp = len(recs) - b.Records
 		b.Records = len(recs)
 	}
+	pcancel()
 	phase(&b.Phases.Preload)
 	if err != nil {
-		e.rewind(endCtx)
 		e.rearm(due)
-		return err
+		return errors.Join(err, e.rewind(runCtx))
 	}
+	// A transaction, once begun, is finished even when Run's context is
+	// cancelled: abandoning it would leave it open on the broker, and the
+	// next owner of its partitions would wait for the transaction timeout
+	// before it could restore them.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	defer cancel()
 	if err := e.sess.Begin(); err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
+	e.open = true
 	e.began, e.full = time.Now(), b.Records >= e.cfg.maxPoll
 	// Whatever happens next ends this transaction: the session then
 	// reports revocations again.
@@ -507,9 +527,15 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		}
 		phase(&b.Phases.Flush)
 	}
+	// Ending the transaction and counting a failed attempt get a context
+	// of their own: the work's may have expired (saga code that used its
+	// whole timeout), and an abort or a count that fails on it would leave
+	// the record's failure uncounted and retried forever.
+	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	defer endCancel()
 	if failErr != nil {
-		if _, err := e.sess.End(endCtx, kgo.TryAbort); err != nil {
-			return fmt.Errorf("abort transaction: %w", err)
+		if err := e.abort(runCtx); err != nil {
+			return err
 		}
 		e.afterCompletion(endCtx, b, false)
 		e.rearm(due)
@@ -523,6 +549,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if err != nil {
 		return e.commitUnknown(endCtx, b, due, err)
 	}
+	e.open = false
 	if !ok {
 		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
 		e.afterCompletion(endCtx, b, false)
@@ -531,6 +558,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	}
 	e.afterCommit(endCtx, b)
 	committed = true
+	e.down.Store(false)
 	return nil
 }
 
@@ -547,6 +575,7 @@ func (e *Engine) commitUnknown(ctx context.Context, b *batch, due []timer, err e
 	if _, aerr := e.sess.End(ctx, kgo.TryAbort); aerr != nil {
 		return fmt.Errorf("end transaction: %w (the abort after it failed too: %w)", err, aerr)
 	}
+	e.open = false
 	e.afterCompletion(ctx, b, false)
 	e.rearm(due)
 	for p := range e.parts {
@@ -711,12 +740,41 @@ func (e *Engine) rearm(due []timer) {
 }
 
 // rewind makes the session re-consume from the committed offsets: the
-// polled records were not handled.
-func (e *Engine) rewind(ctx context.Context) {
-	if err := e.sess.Begin(); err == nil {
-		_, _ = e.sess.End(ctx, kgo.TryAbort)
-	}
+// polled records were not handled. It must succeed before the next poll,
+// or the next commit would pass over them: see abort.
+func (e *Engine) rewind(runCtx context.Context) error {
 	e.revoked = false
+	if !e.open {
+		if err := e.sess.Begin(); err != nil {
+			return fmt.Errorf("%w: begin transaction to rewind: %w", errInfra, err)
+		}
+		e.open = true
+	}
+	return e.abort(runCtx)
+}
+
+// abort ends the open transaction with an abort, which also sets the
+// session back to the committed offsets. Each try gets a fresh context: one
+// that a hung dependency let expire must not leave the transaction open (the
+// next Begin would fail and end the engine) or the polled records consumed
+// (the next commit would pass over them). When the tries fail, the
+// transaction stays open and the loop's next step aborts it first.
+func (e *Engine) abort(runCtx context.Context) error {
+	var err error
+	for try := 1; try <= 3; try++ {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+		_, err = e.sess.End(ctx, kgo.TryAbort)
+		cancel()
+		if err == nil {
+			e.open = false
+			return nil
+		}
+		if runCtx.Err() != nil {
+			break
+		}
+		ctxtime.Sleep(runCtx, e.cfg.infraBackoff.Backoff(try+1))
+	}
+	return fmt.Errorf("%w: abort transaction: %w", errInfra, err)
 }
 
 // preload reads from Redis, in one round trip, the sagas of the batch that

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -37,6 +38,7 @@ type config struct {
 	infraBackoff retry.Policy
 	static       bool
 	txnInterval  time.Duration
+	redisTimeout time.Duration
 }
 
 // Brokers sets the Kafka seed brokers. Required.
@@ -93,6 +95,13 @@ func MaxValueBytes(n int) Opt { return opt(func(c *config) { c.maxValue = n }) }
 // default is 10s.
 func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.txnTimeout = d }) }
 
+// RedisTimeout bounds each call the engine makes into Redis, whatever the
+// client's own timeouts: a Redis that hangs (a stopped process, a stuck
+// failover) then costs a retry after a backoff, never a stalled loop or an
+// expired transaction. It must be shorter than the transaction timeout. The
+// default is 5s, or a third of the transaction timeout when that is shorter.
+func RedisTimeout(d time.Duration) Opt { return opt(func(c *config) { c.redisTimeout = d }) }
+
 // InfraBackoff sets the backoff while a dependency of the engine itself
 // (Redis) is down. The default starts at 200ms and caps at 5s.
 func InfraBackoff(p retry.Policy) Opt { return opt(func(c *config) { c.infraBackoff = p }) }
@@ -144,6 +153,11 @@ func newConfig(sagaName string, opts []Opt) (config, error) {
 		return c, errors.New("MaxPollRecords must be positive")
 	case c.txnInterval < 0:
 		return c, errors.New("TransactionInterval must not be negative")
+	case c.redisTimeout < 0 || (c.redisTimeout > 0 && c.redisTimeout >= c.txnTimeout):
+		return c, fmt.Errorf("RedisTimeout %v must be positive and shorter than the transaction timeout %v", c.redisTimeout, c.txnTimeout)
+	}
+	if c.redisTimeout == 0 {
+		c.redisTimeout = min(5*time.Second, c.txnTimeout/3)
 	}
 	tracers := 0
 	for _, h := range c.hooks {

@@ -103,6 +103,7 @@ func (e *Engine) finishRedisWrite(wait bool) bool {
 			e.pendingSince = w.since
 		}
 		e.log.Warn("redis write failed; states stay in memory until it is back", "pending", e.pendingStates(), "err", res.err)
+		e.down.Store(true)
 		e.reportRedisLag(res.err)
 		return true
 	}
@@ -264,8 +265,11 @@ func (e *Engine) maintainRedis(ctx context.Context) {
 	got, err := e.store.checkpoints(ctx, ps)
 	if err != nil {
 		e.log.Warn("redis check failed", "err", err)
+		e.down.Store(true)
+		e.reportRedisLag(err)
 		return
 	}
+	e.down.Store(false)
 	for i, p := range ps {
 		if got[i] < e.parts[p].checkpoint {
 			e.log.Warn("redis checkpoint is behind the engine's", "partition", p, "checkpoint", got[i], "expected", e.parts[p].checkpoint)

@@ -36,6 +36,51 @@ type store struct {
 	rdb   redis.UniversalClient
 	typ   string
 	group string
+	// timeout bounds each call into Redis (0: defaultRedisTimeout).
+	timeout time.Duration
+}
+
+// defaultRedisTimeout bounds a call into Redis when no RedisTimeout is set.
+const defaultRedisTimeout = 5 * time.Second
+
+// errRedis marks a failed or timed-out call into Redis. It is an
+// infrastructure failure (errInfra): retried, never counted against a
+// record.
+var errRedis = fmt.Errorf("%w: redis", errInfra)
+
+// bounded runs fn with ctx bounded by the store's timeout, and returns when
+// that ends even if fn has not: a Redis that hangs (a stopped process, a
+// stuck failover) behind a client that does not apply contexts to its
+// sockets (go-redis without ContextTimeoutEnabled waits for its own read
+// timeout, and retries) must not hold the engine's loop past the bound. fn
+// then finishes in the background, on the client's own timeouts. Errors
+// wrap errRedis.
+func bounded[T any](ctx context.Context, s *store, fn func(context.Context) (T, error)) (T, error) {
+	d := s.timeout
+	if d <= 0 {
+		d = defaultRedisTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := fn(ctx)
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil && !errors.Is(r.err, errRedis) {
+			r.err = fmt.Errorf("%w: %w", errRedis, r.err)
+		}
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("%w: no answer within %v: %w", errRedis, d, ctx.Err())
+	}
 }
 
 // writePartition writes one partition's states with a version
@@ -138,12 +183,15 @@ func StateKey(sagaType string, partition int32, id string) string {
 func StateKeyPattern(sagaType string) string { return "ksaga:{" + sagaType + ":*}:state:*" }
 
 func (s *store) load(ctx context.Context) error {
-	for _, sc := range []*redis.Script{writePartition, readPartition, countAttempt} {
-		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
-			return fmt.Errorf("load redis scripts: %w", err)
+	_, err := bounded(ctx, s, func(ctx context.Context) (struct{}, error) {
+		for _, sc := range []*redis.Script{writePartition, readPartition, countAttempt} {
+			if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+				return struct{}{}, fmt.Errorf("load redis scripts: %w", err)
+			}
 		}
-	}
-	return nil
+		return struct{}{}, nil
+	})
+	return err
 }
 
 // loaded is what a batch lookup found.
@@ -167,6 +215,10 @@ type read struct {
 // the map. A partition whose check fails is listed in lost and none of its
 // states is returned.
 func (s *store) get(ctx context.Context, rs []read) (loaded, error) {
+	return bounded(ctx, s, func(ctx context.Context) (loaded, error) { return s.getUnbounded(ctx, rs) })
+}
+
+func (s *store) getUnbounded(ctx context.Context, rs []read) (loaded, error) {
 	out := loaded{states: make(map[string]*State)}
 	if len(rs) == 0 {
 		return out, nil
@@ -184,12 +236,12 @@ func (s *store) get(ctx context.Context, rs []read) (loaded, error) {
 		return cmds
 	})
 	if err != nil {
-		return out, fmt.Errorf("%w: load saga states: %w", errInfra, err)
+		return out, fmt.Errorf("load saga states: %w", err)
 	}
 	for i, c := range cmds {
 		vals, err := c.Slice()
 		if err != nil {
-			return out, fmt.Errorf("%w: load saga states: %w", errInfra, err)
+			return out, fmt.Errorf("load saga states: %w", err)
 		}
 		if n, _ := vals[0].(int64); n < 0 {
 			out.lost = append(out.lost, rs[i].p)
@@ -202,7 +254,7 @@ func (s *store) get(ctx context.Context, rs []read) (loaded, error) {
 			}
 			st := new(State)
 			if err := json.Unmarshal([]byte(raw), st); err != nil {
-				return out, fmt.Errorf("%w: decode saga %s from redis: %w", errInfra, id, err)
+				return out, fmt.Errorf("decode saga %s from redis: %w", id, err)
 			}
 			out.states[id] = st
 		}
@@ -254,6 +306,10 @@ type flush struct {
 // time): nothing of theirs was written. The others were written. An error
 // means none is known to have been written.
 func (s *store) put(ctx context.Context, fs []flush) (lost []int32, err error) {
+	return bounded(ctx, s, func(ctx context.Context) ([]int32, error) { return s.putUnbounded(ctx, fs) })
+}
+
+func (s *store) putUnbounded(ctx context.Context, fs []flush) (lost []int32, err error) {
 	if len(fs) == 0 {
 		return nil, nil
 	}
@@ -301,6 +357,10 @@ func (s *store) put(ctx context.Context, fs []flush) (lost []int32, err error) {
 // checkpoints returns the checkpoints Redis holds for ps, in one round trip;
 // a missing one is 0.
 func (s *store) checkpoints(ctx context.Context, ps []int32) ([]int64, error) {
+	return bounded(ctx, s, func(ctx context.Context) ([]int64, error) { return s.checkpointsUnbounded(ctx, ps) })
+}
+
+func (s *store) checkpointsUnbounded(ctx context.Context, ps []int32) ([]int64, error) {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.StringCmd, len(ps))
 	for i, p := range ps {
@@ -326,7 +386,7 @@ func isNoScript(err error) bool {
 
 // readCheckpoint returns partition p's checkpoint, 0 when there is none.
 func (s *store) readCheckpoint(ctx context.Context, p int32) (int64, error) {
-	v, err := s.rdb.Get(ctx, s.checkpointKey(p)).Int64()
+	v, err := bounded(ctx, s, func(ctx context.Context) (int64, error) { return s.rdb.Get(ctx, s.checkpointKey(p)).Int64() })
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}
@@ -338,7 +398,9 @@ func (s *store) readCheckpoint(ctx context.Context, p int32) (int64, error) {
 
 // deadlines returns the non-terminal sagas of partition p by deadline.
 func (s *store) deadlines(ctx context.Context, p int32) ([]redis.Z, error) {
-	zs, err := s.rdb.ZRangeWithScores(ctx, s.deadlinesKey(p), 0, -1).Result()
+	zs, err := bounded(ctx, s, func(ctx context.Context) ([]redis.Z, error) {
+		return s.rdb.ZRangeWithScores(ctx, s.deadlinesKey(p), 0, -1).Result()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read deadlines of partition %d: %w", p, err)
 	}
@@ -362,7 +424,9 @@ func (s *store) countFailure(ctx context.Context, p int32, offset int64, now tim
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
-	res, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit, step, msg).Slice()
+	res, err := bounded(ctx, s, func(ctx context.Context) ([]any, error) {
+		return countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(p)}, offset, now.UnixMilli(), limit, step, msg).Slice()
+	})
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("count failed attempt: %w", err)
 	}
@@ -373,7 +437,9 @@ func (s *store) countFailure(ctx context.Context, p int32, offset int64, now tim
 
 // attempts loads the failure counts of partition p's inbox records.
 func (s *store) attempts(ctx context.Context, p int32) (map[int64]attempt, error) {
-	m, err := s.rdb.HGetAll(ctx, s.attemptsKey(p)).Result()
+	m, err := bounded(ctx, s, func(ctx context.Context) (map[string]string, error) {
+		return s.rdb.HGetAll(ctx, s.attemptsKey(p)).Result()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read attempt counts of partition %d: %w", p, err)
 	}
