@@ -38,12 +38,12 @@ type State struct {
 	UndoSends int `json:"undo_sends,omitempty"`
 	// StartID and StartHash identify the start request, to tell a
 	// redelivered start from a different one that reuses the saga id.
-	StartID   string          `json:"start_id,omitempty"`
-	StartHash string          `json:"start_hash"`
-	Reason    string          `json:"reason,omitempty"`
+	StartID   string `json:"start_id,omitempty"`
+	StartHash string `json:"start_hash"`
+	Reason    string `json:"reason,omitempty"`
 	// LastError is the last error of a call into saga code that the
 	// engine retries on its own (a failed UndoLocal), for operators.
-	LastError string `json:"last_error,omitempty"`
+	LastError string          `json:"last_error,omitempty"`
 	Data      json.RawMessage `json:"data"`
 	Created   time.Time       `json:"created_at"`
 	Updated   time.Time       `json:"updated_at"`
