@@ -17,8 +17,11 @@
 //
 // A start is idempotent per saga id: the engine recognises a start it has
 // seen by its payload, so Start may be retried after an error or a crash
-// with the same data. Starting an id again with other data dead-letters the
-// second request (reason conflicting-start) and leaves the saga as it was.
+// with the same data. Start writes the payload in canonical form
+// (message.Canonical), as the HTTP API and the outboxes do, so a retry
+// through any of them is the same start too. Starting an id again with
+// other data dead-letters the second request (reason conflicting-start) and
+// leaves the saga as it was.
 package client
 
 import (
@@ -69,17 +72,22 @@ func New(opts ...kgo.Opt) (*Client, error) {
 func (c *Client) Close() { c.cl.Close() }
 
 // Start asks the engine of def's saga type to start saga id with data. data
-// is encoded as JSON and checked as the engine will check it (def.Decode:
-// strict decoding, then the data type's Validate): data the engine would
-// dead-letter is refused here with an error wrapping saga.ErrInvalidData,
-// and nothing is produced. Start returns once the request is durable in
-// Kafka; the saga then runs asynchronously (watch saga.T.events for its
-// end). Any other error leaves it unknown whether the request was written:
-// retrying with the same id and data is safe.
+// is encoded as JSON in canonical form (message.Canonical: keys sorted, no
+// space) and checked as the engine will check it (def.Decode: strict
+// decoding, then the data type's Validate): data the engine would
+// dead-letter, or JSON that has no canonical form (a MarshalJSON that
+// writes a key twice or invalid UTF-8), is refused here with an error
+// wrapping saga.ErrInvalidData, and nothing is produced. Start returns once
+// the request is durable in Kafka; the saga then runs asynchronously (watch
+// saga.T.events for its end). Any other error leaves it unknown whether the
+// request was written: retrying with the same id and data is safe.
 func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, data any) error {
 	value, err := json.Marshal(data)
 	if err != nil {
 		return fmt.Errorf("start %s saga %s: encode data: %w", def.Name(), id, err)
+	}
+	if value, err = message.Canonical(value); err != nil {
+		return fmt.Errorf("start %s saga %s: %w: %s: %w", def.Name(), id, saga.ErrInvalidData, def.Name(), err)
 	}
 	if _, err := def.Decode(value); err != nil {
 		return fmt.Errorf("start %s saga %s: %w", def.Name(), id, err)
@@ -87,9 +95,10 @@ func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, dat
 	return c.produce(ctx, def.Name(), id, message.TypeStartSaga, "start-"+id, value, "")
 }
 
-// StartRaw is Start with a value that is sent as it is, unchecked: for tests
-// of how the engine treats bad input, and for relays of start requests that
-// were checked elsewhere. An invalid value is dead-lettered by the engine.
+// StartRaw is Start with a value that is sent as it is, unchecked and not
+// canonicalized: for tests of how the engine treats bad input, and for
+// relays of start requests that were checked and canonicalized elsewhere
+// (message.Canonical). An invalid value is dead-lettered by the engine.
 func (c *Client) StartRaw(ctx context.Context, sagaType, id string, value []byte) error {
 	return c.produce(ctx, sagaType, id, message.TypeStartSaga, "start-"+id, value, "")
 }

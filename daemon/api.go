@@ -50,9 +50,13 @@ import (
 //
 // Idempotence. The engine recognises a start it has handled by the SHA-256
 // of its value, and drops a second one with the same value. So that a retry
-// whose JSON is written differently (key order, spaces) is still the same
-// start, the API stores the body canonicalized: keys sorted, no
-// insignificant space, numbers as written. Before producing, it looks the
+// whose JSON is written differently (key order, spaces, escapes) is still
+// the same start, the API stores the body in canonical form
+// (message.Canonical: keys sorted, no insignificant space, numbers as
+// written), the form package client and the outboxes write: a start made
+// through any of them and retried through another is the same start. A
+// body that has no canonical form (an object with a key twice, invalid
+// UTF-8) is answered 400. Before producing, it looks the
 // saga up in the Redis view: when the saga is there, the same data answers
 // 202 again without producing and other data 409. When the saga is not in
 // the view yet (its start is still in the inbox, or the view lags, or Redis
@@ -269,14 +273,19 @@ func (a *api) start(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	value, err := canonicalJSON(body)
-	if err != nil {
+	value, err := message.Canonical(body)
+	var dup *message.DuplicateKeyError
+	switch {
+	case errors.As(err, &dup):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("the body has the key %q twice in one object (at offset %d): keys must be unique", dup.Key, dup.Offset))
+		return
+	case err != nil:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("the body is not one JSON value: %v", err))
 		return
 	}
 	if len(value) > apiMaxStartBytes {
-		// Possible only when canonicalizing grew it (escaped invalid
-		// UTF-8).
+		// Possible only when canonicalizing grew it (a raw U+2028 or
+		// U+2029 is escaped, from 3 bytes to 6).
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", apiMaxStartBytes))
 		return
 	}
@@ -314,15 +323,16 @@ func (a *api) acceptedAt(w http.ResponseWriter, r *http.Request, v accepted) {
 	writeJSON(w, http.StatusAccepted, v)
 }
 
-// sameStart reports whether value starts the saga that st is: the same
-// bytes (a start made through this API), or the same JSON value written
-// otherwise (a start made with package client, whose key order differs).
+// sameStart reports whether value, in canonical form, starts the saga that
+// st is: the same bytes (a start made through this API, package client or
+// an outbox), or the same JSON value written otherwise (a Kafka record
+// written by hand, or by a client older than message.Canonical).
 func sameStart(st *orchestrator.State, value []byte) bool {
 	sum := sha256.Sum256(value)
 	if st.StartHash == hex.EncodeToString(sum[:]) {
 		return true
 	}
-	stored, err := canonicalJSON(st.Data)
+	stored, err := message.Canonical(st.Data)
 	return err == nil && bytes.Equal(stored, value)
 }
 
@@ -527,27 +537,4 @@ func (a *api) produce(ctx context.Context, rec *kgo.Record) error {
 		// failed safely): answer now; the promise's send does not block.
 		return fmt.Errorf("%w (%v)", errNoAck, a.timeout)
 	}
-}
-
-// canonicalJSON returns the JSON value b holds with its object keys sorted,
-// no insignificant space, HTML characters unescaped and numbers as written:
-// two documents with the same value give the same bytes. It fails when b
-// is not exactly one JSON value.
-func canonicalJSON(b []byte) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("data after the JSON value")
-	}
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
 }

@@ -213,26 +213,6 @@ func TestBearer(t *testing.T) {
 	}
 }
 
-func TestCanonicalJSON(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{`{"b":1,"a":[1.50,2e3,{"d":null,"c":true}]}`, `{"a":[1.50,2e3,{"c":true,"d":null}],"b":1}`},
-		{" {\n \"x\" : \"<&>\" } \n", `{"x":"<&>"}`},
-		{`"s"`, `"s"`},
-		{`{"a":1,"a":2}`, `{"a":2}`},
-		{`{"big":12345678901234567890123}`, `{"big":12345678901234567890123}`},
-	} {
-		got, err := canonicalJSON([]byte(tc.in))
-		if err != nil || string(got) != tc.want {
-			t.Errorf("canonicalJSON(%s) = %s, %v; want %s", tc.in, got, err, tc.want)
-		}
-	}
-	for _, in := range []string{``, `{`, `{} {}`, `{}x`, `nul`} {
-		if got, err := canonicalJSON([]byte(in)); err == nil {
-			t.Errorf("canonicalJSON(%q) = %s, want an error", in, got)
-		}
-	}
-}
-
 func TestETagMatch(t *testing.T) {
 	for _, tc := range []struct {
 		header string

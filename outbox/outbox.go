@@ -54,6 +54,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
 )
 
@@ -64,7 +65,8 @@ const MaxDataBytes = 256 << 10
 
 // ErrInvalid is wrapped by the errors of Start, AddTo, Encode and Add for a
 // start request that the engine would refuse: an empty or non-UTF-8 id,
-// data that is not JSON or over MaxDataBytes, or (with Check) data the saga
+// data that is not JSON (or whose JSON has an object with a key twice or
+// invalid UTF-8, which a MarshalJSON method may write) or over MaxDataBytes, or (with Check) data the saga
 // definition refuses, then also wrapping saga.ErrInvalidData. Nothing is
 // written then.
 var ErrInvalid = errors.New("outbox: invalid start request")
@@ -101,13 +103,19 @@ func Check(defs ...*saga.Definition) Opt {
 	})
 }
 
-// encode returns the start request of saga id with data, checked.
+// encode returns the start request of saga id with data, checked, in the
+// canonical form (message.Canonical) that client.Start and the HTTP API
+// write too: a start written to the outbox and retried through either is
+// the same start.
 func (c *config) encode(sagaType, id string, data any) ([]byte, error) {
 	if id == "" || !utf8.ValidString(id) {
 		return nil, fmt.Errorf("%w: %s saga %q: the id must be non-empty UTF-8", ErrInvalid, sagaType, id)
 	}
 	value, err := json.Marshal(data)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %s saga %s: encode data: %w", ErrInvalid, sagaType, id, err)
+	}
+	if value, err = message.Canonical(value); err != nil {
 		return nil, fmt.Errorf("%w: %s saga %s: encode data: %w", ErrInvalid, sagaType, id, err)
 	}
 	if len(value) > MaxDataBytes {

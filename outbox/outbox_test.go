@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ksaga/ksaga/internal/pgtest"
 	"github.com/ksaga/ksaga/internal/redistest"
+	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
 )
@@ -28,6 +30,8 @@ type store struct {
 	write func(ctx context.Context, id string, amount int) error
 	// pending counts the outbox's entries; business the business rows.
 	pending, business func(ctx context.Context) (int64, error)
+	// data returns the start request of saga id as the outbox holds it.
+	data func(ctx context.Context, id string) ([]byte, error)
 	// relay returns a relay of the outbox.
 	relay func(opts ...RelayOpt) (*Relay, error)
 	// env is the environment of a relay process (relayMain).
@@ -51,8 +55,18 @@ func redisStore(t testing.TB, addr string) store {
 		},
 		pending:  func(ctx context.Context) (int64, error) { return rdb.XLen(ctx, s.Key()).Result() },
 		business: func(ctx context.Context) (int64, error) { return rdb.SCard(ctx, orders).Result() },
-		relay:    func(opts ...RelayOpt) (*Relay, error) { return s.Relay(opts...) },
-		env:      []string{"KSAGA_OUTBOX_TEST_RELAY=redis", "KSAGA_OUTBOX_TEST_ADDR=" + addr},
+		data: func(ctx context.Context, id string) ([]byte, error) {
+			msgs, err := rdb.XRange(ctx, s.Key(), "-", "+").Result()
+			for _, m := range msgs {
+				if m.Values[FieldSagaID] == id {
+					data, _ := m.Values[FieldData].(string)
+					return []byte(data), nil
+				}
+			}
+			return nil, err
+		},
+		relay: func(opts ...RelayOpt) (*Relay, error) { return s.Relay(opts...) },
+		env:   []string{"KSAGA_OUTBOX_TEST_RELAY=redis", "KSAGA_OUTBOX_TEST_ADDR=" + addr},
 	}
 }
 
@@ -92,8 +106,13 @@ func postgresStore(t testing.TB, dsn string) store {
 		},
 		pending:  count(DefaultTable),
 		business: count("shop_orders"),
-		relay:    func(opts ...RelayOpt) (*Relay, error) { return tbl.Relay(pool, testSaga.Name(), opts...) },
-		env:      []string{"KSAGA_OUTBOX_TEST_RELAY=postgres", "KSAGA_OUTBOX_TEST_ADDR=" + dsn},
+		data: func(ctx context.Context, id string) ([]byte, error) {
+			var data []byte
+			err := pool.QueryRow(ctx, `SELECT data FROM `+DefaultTable+` WHERE saga_id = $1`, id).Scan(&data)
+			return data, err
+		},
+		relay: func(opts ...RelayOpt) (*Relay, error) { return tbl.Relay(pool, testSaga.Name(), opts...) },
+		env:   []string{"KSAGA_OUTBOX_TEST_RELAY=postgres", "KSAGA_OUTBOX_TEST_ADDR=" + dsn},
 	}
 }
 
@@ -199,9 +218,10 @@ func TestPostgresRollback(t *testing.T) {
 	if !errors.Is(err, errRollback) {
 		t.Fatalf("got %v, want %v", err, errRollback)
 	}
-	// Kept as written: jsonb would have made it {"id": "o-2", "amount": 7},
-	// another payload for the engine's duplicate check.
-	raw := `{"id":"o-2","amount":7}`
+	// Kept as written, in canonical form: jsonb would have made it
+	// {"id": "o-2", "amount": 7}, another payload for the engine's
+	// duplicate check.
+	raw := `{"amount":7,"id":"o-2"}`
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return tbl.Add(ctx, tx, "outboxtest", "o-2", order{ID: "o-2", Amount: 7})
 	}); err != nil {
@@ -225,6 +245,74 @@ func TestPostgresRollback(t *testing.T) {
 	}
 	if err := Postgres(TableName("starts; DROP TABLE x")).Migrate(ctx, pool); err == nil || !strings.Contains(err.Error(), "table name") {
 		t.Errorf("a table name that is not an identifier: got %v, want an error", err)
+	}
+}
+
+// TestEntriesAreCanonical checks that the outboxes hold start requests in
+// canonical form: the bytes message.Canonical gives for the same data
+// written in any other order, which client.Start and the HTTP API write
+// too (their tests hold them to the same value).
+func TestEntriesAreCanonical(t *testing.T) {
+	// other is how the test saga's data may arrive from elsewhere: keys
+	// in another order, space, an escape.
+	const other = `{ "id": "o-\u0031", "amount": 7 }`
+	want, err := message.Canonical([]byte(other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(want) != `{"amount":7,"id":"o-1"}` {
+		t.Fatalf("message.Canonical: got %s, want {\"amount\":7,\"id\":\"o-1\"}", want)
+	}
+	stores(t, func(t *testing.T, s store) {
+		ctx := context.Background()
+		if err := s.write(ctx, "o-1", 7); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.data(ctx, "o-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("the outbox holds %s, want %s", got, want)
+		}
+	})
+	// What a Lua script appends.
+	got, err := Redis(nil, testSaga.Name(), Check(testSaga)).Encode("o-1", order{ID: "o-1", Amount: 7})
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("Encode: got %s, %v, want %s", got, err, want)
+	}
+	if _, err := Redis(nil, "outboxtest").Encode("o-1", twiceKeyed{}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `duplicate key "n"`) {
+		t.Errorf("Encode of JSON with a key twice: got %v, want ErrInvalid naming the key", err)
+	}
+}
+
+// twiceKeyed writes a JSON object with a key twice.
+type twiceKeyed struct{}
+
+func (twiceKeyed) MarshalJSON() ([]byte, error) { return []byte(`{"n":1,"n":2}`), nil }
+
+// TestRelayRecord checks the value of the record the relay produces for an
+// entry: the entry's data in canonical form, or, when it has none, as it
+// is, for the engine to dead-letter.
+func TestRelayRecord(t *testing.T) {
+	r := &Relay{sagaType: testSaga.Name()}
+	for _, tc := range []struct {
+		name, data, want string
+	}{
+		{"canonical", `{"amount":7,"id":"o-1"}`, `{"amount":7,"id":"o-1"}`},
+		{"written by a script of its own", `{"id":"o-1", "amount":7}`, `{"amount":7,"id":"o-1"}`},
+		{"a key twice", `{"id":"o-1","id":"o-2"}`, `{"id":"o-1","id":"o-2"}`},
+		{"not JSON", `{"id":`, `{"id":`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := r.record(entry{sagaID: "o-1", data: []byte(tc.data)}, 3)
+			if string(rec.Value) != tc.want {
+				t.Errorf("got value %s, want %s", rec.Value, tc.want)
+			}
+			if want := message.HomePartition("o-1", 3); string(rec.Key) != "o-1" || rec.Partition != want {
+				t.Errorf("got key %s on partition %d, want o-1 on %d", rec.Key, rec.Partition, want)
+			}
+		})
 	}
 }
 

@@ -501,12 +501,21 @@ func (r *Relay) reset() {
 	r.cl = cl
 }
 
-// record returns the start request of e: what client.Start produces.
+// record returns the start request of e: what client.Start produces. Its
+// value is e's data in canonical form (message.Canonical): Encode wrote it
+// so, but a script of the caller's may have written its own JSON, or an
+// entry may be older than Encode's canonical form. Data that has none
+// (not JSON, a key twice) is relayed as it is, for the engine to
+// dead-letter: an entry that the relay held back would stay for ever.
 func (r *Relay) record(e entry, n int32) *kgo.Record {
 	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	value, err := message.Canonical(e.data)
+	if err != nil {
+		value = e.data
+	}
 	return &kgo.Record{
 		Topic: message.Inbox(r.sagaType), Partition: message.HomePartition(e.sagaID, n),
-		Key: []byte(e.sagaID), Value: e.data,
+		Key: []byte(e.sagaID), Value: value,
 		Headers: []kgo.RecordHeader{
 			hdr(message.HeaderSagaID, e.sagaID),
 			hdr(message.HeaderSagaType, r.sagaType),
