@@ -140,6 +140,9 @@ type partition struct {
 	attempts map[int64]attempt
 	// cleared lists offsets whose counts can be forgotten.
 	cleared []int64
+	// index holds every saga of the partition's state topic (see
+	// index.go).
+	index *sagaIndex
 }
 
 // entry is a saga in memory.
@@ -834,10 +837,50 @@ func (e *Engine) preload(ctx context.Context, b *batch, recs []*kgo.Record) erro
 		}
 		return e.preload(ctx, b, recs)
 	}
+	if err := e.readBackLost(ctx, b, reads, got.states); err != nil {
+		return err
+	}
 	if b.loaded == nil {
 		b.loaded = got.states
 	} else {
 		maps.Copy(b.loaded, got.states)
+	}
+	return nil
+}
+
+// readBackLost reads back from the state topic the sagas of reads that
+// Redis did not return although the state topic holds them (Redis lost
+// their keys: an eviction, a DEL), adds them to states and queues them to
+// be written to Redis again.
+func (e *Engine) readBackLost(ctx context.Context, b *batch, reads []read, states map[string]*State) error {
+	for _, rd := range reads {
+		part := e.parts[rd.p]
+		var missing []string
+		for _, id := range rd.ids {
+			if _, ok := states[id]; ok {
+				continue
+			}
+			if _, ok := part.index.sagas[id]; ok {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) == 0 {
+			continue
+		}
+		back, err := e.readBack(ctx, rd.p, missing, part.index)
+		if err != nil {
+			return fmt.Errorf("%w: read back the states redis lost: %w", errInfra, err)
+		}
+		if len(back) < len(missing) {
+			return fmt.Errorf("%w: read back %d of the %d states redis lost in partition %d", errInfra, len(back), len(missing), rd.p)
+		}
+		for id, w := range back {
+			states[id] = w.state
+			part.pending = append(part.pending, w)
+		}
+		e.notePending()
+		b.ReadBack += len(back)
+		e.log.Warn("redis lost saga states that the state topic holds; read them back", "partition", rd.p, "sagas", len(back), "first", missing[0])
 	}
 	return nil
 }
@@ -1378,6 +1421,7 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 		e.fly(ent.partition, ent.state)
 		e.notePending()
 		part.pending = append(part.pending, write{partition: ent.partition, offset: ent.rec.Offset, state: ent.state, raw: ent.raw})
+		part.index.set(id, ent.rec.Offset, ent.state, false)
 		ent.rec = nil // kept in memory: only its offset was needed
 		if st := ent.state; !st.Terminal() && st.Deadline > 0 {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: id, waiting: st.Waiting, attempt: st.Attempt, partition: ent.partition})

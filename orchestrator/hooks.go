@@ -37,6 +37,13 @@ type Batch struct {
 	// UndoLocal in this batch, the step's name. Each is retried after a
 	// backoff; the saga's view keeps the last error (State.LastError).
 	UndoLocalFailures []string
+	// ReadBack counts the saga states that Redis lost (an eviction, a
+	// DEL) while the state topic holds them: the engine read them back
+	// from the state topic and writes them to Redis again.
+	ReadBack int
+	// Expired counts the ended sagas deleted after their retention: a
+	// tombstone on the state topic, their keys gone from Redis.
+	Expired int
 	// Forwarded counts inbox records that arrived off their saga's home
 	// partition (a producer that hashes keys differently) and were moved
 	// there.

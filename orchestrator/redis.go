@@ -47,8 +47,10 @@ func (e *Engine) startRedisWrite() {
 			continue
 		}
 		f := flush{p: p, expect: part.checkpoint, states: part.pending, cleared: part.cleared}
-		if k := len(part.pending); k > 0 {
-			f.checkpoint = part.pending[k-1].offset + 1
+		for _, w := range part.pending {
+			// States read back after Redis lost them come with older
+			// offsets than the rest.
+			f.checkpoint = max(f.checkpoint, w.offset+1)
 		}
 		// The write owns these slices now; the loop appends to new ones.
 		part.pending, part.cleared = nil, nil

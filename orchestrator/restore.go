@@ -4,7 +4,6 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/ksaga/ksaga/internal/committed"
 	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
@@ -98,6 +96,16 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	if err != nil {
 		return err
 	}
+	// The index of what the state topic holds before the checkpoint is
+	// read once, when the partition is assigned; a rebuild keeps it (it
+	// follows the state topic, not Redis) and refreshes it from the
+	// replay.
+	var index *sagaIndex
+	if old := e.parts[p]; old != nil && old.index != nil {
+		index = old.index
+	} else if index, err = e.scanIndex(ctx, p, from); err != nil {
+		return err
+	}
 	replayed, err := e.replay(ctx, p, from, end)
 	if err != nil {
 		return err
@@ -108,10 +116,11 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 		}
 	}
 	e.timers.removePartition(p)
-	part := &partition{checkpoint: from, attempts: attempts}
+	part := &partition{checkpoint: from, attempts: attempts, index: index}
 	seen := make(map[string]bool, len(replayed))
 	for _, w := range replayed {
 		seen[w.state.ID] = true
+		index.set(w.state.ID, w.offset, w.state, w.deleted)
 		if w.deleted {
 			// A tombstone: the saga was deleted from the state topic.
 			part.pending = append(part.pending, w)
@@ -125,15 +134,15 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 			e.timers.add(timer{deadline: st.Deadline, sagaID: st.ID, waiting: st.Waiting, attempt: st.Attempt, partition: p})
 		}
 	}
-	zs, err := e.store.deadlines(ctx, p)
-	if err != nil {
-		return err
-	}
+	index.sortEnded()
+	// The deadlines of running sagas that are not in memory come from the
+	// index: Redis's deadline index may have lost them.
 	var others []string
-	for _, z := range zs {
-		id, _ := z.Member.(string)
-		if !seen[id] {
-			e.timers.add(timer{deadline: int64(z.Score), sagaID: id, partition: p})
+	for id, ent := range index.sagas {
+		if ent.ended == 0 && !seen[id] {
+			if ent.deadline > 0 {
+				e.timers.add(timer{deadline: ent.deadline, sagaID: id, partition: p})
+			}
 			others = append(others, id)
 		}
 	}
@@ -145,90 +154,36 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 		e.notePending()
 	}
 	e.startRedisWrite()
-	e.log.Info("partition restored", "partition", p, "from", from, "to", end, "states", len(replayed), "took", time.Since(start))
+	e.log.Info("partition restored", "partition", p, "from", from, "to", end, "states", len(replayed), "sagas", len(index.sagas), "took", time.Since(start))
 	return nil
 }
 
 // replay reads partition p of the state topic from offset from to end with
 // read_committed, and returns the last state of each saga in offset order.
-// Records of a transaction that has no marker are not committed and never
-// delivered; replay checks for them when it makes no progress.
 func (e *Engine) replay(ctx context.Context, p int32, from, end int64) ([]write, error) {
-	if from >= end {
-		return nil, nil
-	}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(e.cfg.brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{e.stateTopic: {p: kgo.NewOffset().At(from)}}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.KeepControlRecords(),
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
 	latest := make(map[string]int)
 	var out []write
-	last := from - 1
-	idle, checked := time.Now(), false
-	for last+1 < end {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fetches := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if err := fetches.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("replay state partition %d: %w", p, err)
-		}
-		n := 0
-		fetches.EachRecord(func(r *kgo.Record) {
-			n++
-			last = max(last, r.Offset)
-			if r.Attrs.IsControl() {
+	err := e.readState(ctx, p, from, end, func(r *kgo.Record) {
+		var w write
+		if r.Value == nil {
+			// A tombstone deletes the saga's state from the view.
+			w = write{partition: p, offset: r.Offset, state: &State{ID: string(r.Key)}, deleted: true}
+		} else {
+			st := new(State)
+			if err := json.Unmarshal(r.Value, st); err != nil {
+				e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
 				return
 			}
-			var w write
-			if r.Value == nil {
-				// A tombstone deletes the saga's state from the view.
-				w = write{partition: p, offset: r.Offset, state: &State{ID: string(r.Key)}, deleted: true}
-			} else {
-				st := new(State)
-				if err := json.Unmarshal(r.Value, st); err != nil {
-					e.log.Error("skipping undecodable state record", "partition", p, "offset", r.Offset, "err", err)
-					return
-				}
-				w = write{partition: p, offset: r.Offset, state: st, raw: r.Value}
-			}
-			if i, ok := latest[w.state.ID]; ok {
-				out[i].state = nil // superseded
-			}
-			latest[w.state.ID] = len(out)
-			out = append(out, w)
-		})
-		if n > 0 {
-			idle, checked = time.Now(), false
-			continue
+			w = write{partition: p, offset: r.Offset, state: st, raw: r.Value}
 		}
-		if !checked && time.Since(idle) > 2*time.Second {
-			// Records with no transaction marker (left by a broker that
-			// crashed mid-transaction) are never delivered: if that is all
-			// the rest holds, the partition is read.
-			checked = true
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			unmarked, err := committed.OnlyUnmarked(cctx, []kgo.Opt{kgo.SeedBrokers(e.cfg.brokers...)}, e.stateTopic, p, last+1, end)
-			cancel()
-			if err != nil {
-				return nil, fmt.Errorf("replay state partition %d: %w", p, err)
-			}
-			if unmarked {
-				e.log.Warn("state records with no transaction marker skipped", "partition", p, "from", last+1, "to", end)
-				break
-			}
+		if i, ok := latest[w.state.ID]; ok {
+			out[i].state = nil // superseded
 		}
-		if time.Since(idle) > 30*time.Second {
-			return nil, fmt.Errorf("replay state partition %d: no progress at offset %d of %d for 30s", p, last+1, end)
-		}
+		latest[w.state.ID] = len(out)
+		out = append(out, w)
+	})
+	if err != nil {
+		return nil, err
 	}
 	kept := out[:0]
 	for _, w := range out {

@@ -396,17 +396,6 @@ func (s *store) readCheckpoint(ctx context.Context, p int32) (int64, error) {
 	return v, nil
 }
 
-// deadlines returns the non-terminal sagas of partition p by deadline.
-func (s *store) deadlines(ctx context.Context, p int32) ([]redis.Z, error) {
-	zs, err := bounded(ctx, s, func(ctx context.Context) ([]redis.Z, error) {
-		return s.rdb.ZRangeWithScores(ctx, s.deadlinesKey(p), 0, -1).Result()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read deadlines of partition %d: %w", p, err)
-	}
-	return zs, nil
-}
-
 // attempt is the durable failure count of one inbox record. err is set
 // when the record is to be dead-lettered on its next delivery.
 type attempt struct {
