@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/message"
 )
 
@@ -53,8 +54,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestPlan(t *testing.T) {
 	const n = 2000
 	p := newPlan(n, rand.New(rand.NewPCG(1, 2)))
-	if got, want := len(p.sagas), n+p.large; got != want {
-		t.Fatalf("got %d sagas, want %d (%d large)", got, want, p.large)
+	if got, want := len(p.sagas), n+p.large+p.transfers; got != want {
+		t.Fatalf("got %d sagas, want %d (%d large, %d transfers)", got, want, p.large, p.transfers)
+	}
+	if p.transfers < n/localEvery-1 {
+		t.Errorf("got %d transfers of the local-first saga, want about %d", p.transfers, n/localEvery)
 	}
 	if p.bursts < 3 || p.large != p.bursts*largeBurst {
 		t.Errorf("got %d large orders in %d bursts, want at least 3 bursts of %d", p.large, p.bursts, largeBurst)
@@ -79,6 +83,12 @@ func TestPlan(t *testing.T) {
 	for _, e := range p.sagas {
 		kinds[e.Kind]++
 	}
+	for _, m := range localMix {
+		want := p.transfers * m.weight / 100
+		if got := kinds[m.kind]; got < want/2 || got > want*2 {
+			t.Errorf("got %d %s transfers, want about %d", got, m.kind, want)
+		}
+	}
 	for _, m := range mix {
 		want := n * m.weight / 100
 		if got := kinds[m.kind]; got < want/2 || got > want*2 {
@@ -91,6 +101,10 @@ func TestPlan(t *testing.T) {
 	compensatedWithCoupon := 0
 	for _, e := range p.sagas {
 		switch {
+		case e.Order == nil:
+			if e.Transfer == nil {
+				t.Errorf("%s saga %s has neither an order nor a transfer", e.Kind, e.ID)
+			}
 		case e.Kind == kindCoupon:
 			perCode[e.Order.Coupon]++
 		case e.Kind == kindCouponUnknown:
@@ -117,8 +131,11 @@ func TestPlan(t *testing.T) {
 	markers := make(map[string]bool)
 	viaOfMarker := make(map[string]string)
 	for i, r := range p.recs {
-		if r.Topic != message.Inbox("order") {
+		if r.Topic != message.Inbox("order") && r.Topic != message.Inbox(localfirst.Name) {
 			t.Fatalf("record %d goes to %s", i, r.Topic)
+		}
+		if (r.Topic == message.Inbox(localfirst.Name)) != (p.sagas[string(r.Key)] != nil && p.sagas[string(r.Key)].Transfer != nil) {
+			t.Errorf("record %d for %s goes to %s", i, r.Key, r.Topic)
 		}
 		if m := header(r, headerMarker); m != "" {
 			if markers[m] {
@@ -161,7 +178,7 @@ func TestPlan(t *testing.T) {
 		if e.Kind == kindPoison && (e.Marker == "" || e.Poison == "") {
 			t.Errorf("poison expectation %+v has no marker or reason", e)
 		}
-		if e.Kind == kindCompensate && compensates[e.ID] != 1 {
+		if (e.Kind == kindCompensate || e.Kind == kindLocalCompensate) && compensates[e.ID] != 1 {
 			t.Errorf("compensate order %s got %d Compensates, want 1", e.ID, compensates[e.ID])
 		}
 		if p.landing[findRecord(p, e.Marker)] == e {

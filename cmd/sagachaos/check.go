@@ -22,7 +22,7 @@ type checkResult struct {
 func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 	ex := make([]check.Expectation, 0, len(p.exps))
 	for _, e := range p.exps {
-		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
+		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Transfer: e.Transfer, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
 	}
 	rep, err := check.Run(ctx, check.Config{
 		Brokers:        []string{h.kafkaAddr},
@@ -30,6 +30,8 @@ func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 		SimRedis:       h.redisAddr[redisSim],
 		OrdersRedis:    h.redisAddr[redisOrders],
 		SagaType:       order.Name,
+		LocalFirst:     true,
+		HoldsRedis:     h.redisAddr[redisOrders],
 		InitialStock:   initialStock,
 		InitialCoupons: p.coupons,
 		Expect:         ex,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/internal/ctxtime"
 )
 
@@ -270,17 +271,20 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 	case faultRedisRollback:
 		return h.redisRollback(ctx, f.kind)
 	case faultLocalStepHang:
-		h.faultf("%s: SET %s %d PX %d on the orders store's redis %s: every complete-order in the next %v sleeps %v ignoring its context (step timeout 3s, transaction timeout 10s)",
-			f.kind, chaosHangKey, hangFor.Milliseconds(), hangKeyFor.Milliseconds(), h.redisAddr[redisOrders], hangKeyFor, hangFor)
+		h.faultf("%s: SET %s and %s %d PX %d on the orders store's redis %s: every complete-order, and every hold-funds (the local-first saga's Local first step), in the next %v sleeps %v ignoring its context (step timeout 3s, transaction timeout 10s)",
+			f.kind, chaosHangKey, localfirst.HangKey, hangFor.Milliseconds(), hangKeyFor.Milliseconds(), h.redisAddr[redisOrders], hangKeyFor, hangFor)
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if err := h.ordRdb.Do(cctx, "SET", chaosHangKey, hangFor.Milliseconds(), "PX", hangKeyFor.Milliseconds()).Err(); err != nil {
-			return err
+		for _, key := range []string{chaosHangKey, localfirst.HangKey} {
+			if err := h.ordRdb.Do(cctx, "SET", key, hangFor.Milliseconds(), "PX", hangKeyFor.Milliseconds()).Err(); err != nil {
+				return err
+			}
 		}
 		ctxtime.Sleep(ctx, hangKeyFor)
 		return nil
 	case faultSagaPanic:
-		h.faultf("%s: SET %s %d on the orders store's redis %s: the next %d complete-order calls panic", f.kind, chaosPanicKey, panicCount, h.redisAddr[redisOrders], panicCount)
+		h.faultf("%s: SET %s and %s %d on the orders store's redis %s: the next %d complete-order calls, and the next %d hold-funds calls, panic",
+			f.kind, chaosPanicKey, localfirst.PanicKey, panicCount, h.redisAddr[redisOrders], panicCount, panicCount)
 		return h.armPanics(ctx)
 	case faultCrashLoop:
 		return h.crashLoop(ctx, f.kind, h.parts)
@@ -467,24 +471,31 @@ func (h *harness) redisRollback(ctx context.Context, kind string) error {
 	return nil
 }
 
-// armPanics sets the panic counter and counts the panics that the counter
-// it replaces has caused.
+// panicCounters are the panic counters on the orders store's Redis: the
+// order saga's complete-order (sagad) and the local-first saga's hold-funds
+// (localsaga).
+var panicCounters = []string{chaosPanicKey, localfirst.PanicKey}
+
+// armPanics sets the panic counters and counts the panics that the
+// counters they replace have caused.
 func (h *harness) armPanics(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	prev, err := h.ordRdb.SetArgs(cctx, chaosPanicKey, panicCount, redis.SetArgs{Get: true}).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return err
+	for _, key := range panicCounters {
+		prev, err := h.ordRdb.SetArgs(cctx, key, panicCount, redis.SetArgs{Get: true}).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		h.countPanics(key, prev, err == nil)
 	}
-	h.countPanics(prev, err == nil)
 	return nil
 }
 
-// countPanics adds the panics caused by a counter now at v (if it exists)
-// to h.panics: each complete-order DECRs it and panics while the result is
-// >= 0, so a counter armed at panicCount and now at v caused
-// panicCount - max(v, 0) of them.
-func (h *harness) countPanics(v string, exists bool) {
+// countPanics adds the panics caused by counter key, now at v (if it
+// exists), to h.panics or h.localPanics: each call DECRs it and panics
+// while the result is >= 0, so a counter armed at panicCount and now at v
+// caused panicCount - max(v, 0) of them.
+func (h *harness) countPanics(key, v string, exists bool) {
 	h.outMu.Lock()
 	defer h.outMu.Unlock()
 	if !exists {
@@ -494,22 +505,28 @@ func (h *harness) countPanics(v string, exists bool) {
 	if err != nil {
 		return
 	}
-	h.panics += panicCount - max(n, 0)
+	if key == localfirst.PanicKey {
+		h.localPanics += panicCount - max(n, 0)
+	} else {
+		h.panics += panicCount - max(n, 0)
+	}
 }
 
 // finalPanics counts the panics of the last saga-panic fault and returns
-// the total.
-func (h *harness) finalPanics(ctx context.Context) int {
+// the totals of complete-order and hold-funds.
+func (h *harness) finalPanics(ctx context.Context) (orders, local int) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	v, err := h.ordRdb.GetDel(cctx, chaosPanicKey).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		h.logf("read %s: %v", chaosPanicKey, err)
+	for _, key := range panicCounters {
+		v, err := h.ordRdb.GetDel(cctx, key).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			h.logf("read %s: %v", key, err)
+		}
+		h.countPanics(key, v, err == nil)
 	}
-	h.countPanics(v, err == nil)
 	h.outMu.Lock()
 	defer h.outMu.Unlock()
-	return h.panics
+	return h.panics, h.localPanics
 }
 
 // crashLoop SIGKILLs p crashLoopKills times, crashLoopEvery apart, and

@@ -20,12 +20,10 @@ const (
 	statResumed    = "resumed"
 	statResumedMs  = "slowest resume (ms)"
 	statNotResumed = "did not resume"
-	statHangs      = "local-step hangs"
-	statPanics     = "local-step panics"
 )
 
 // statOrder is the order of the stats in the summary.
-var statOrder = []string{statRollbacks, statLanded, statRebuilds, statDeleted, statEvicted, statResumed, statResumedMs, statNotResumed, statHangs, statPanics}
+var statOrder = []string{statRollbacks, statLanded, statRebuilds, statDeleted, statEvicted, statResumed, statResumedMs, statNotResumed}
 
 // tally adds n to what faults of kind counted under stat. statResumedMs
 // keeps the largest value instead, and counts it under statResumed.

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/saga/order/sim"
 )
 
@@ -56,8 +57,8 @@ type harness struct {
 	// (guarded by outMu).
 	injected map[string]int
 	// panics counts the complete-order calls that the saga-panic faults
-	// made panic (guarded by outMu).
-	panics int
+	// made panic, localPanics the hold-funds calls (guarded by outMu).
+	panics, localPanics int
 	// stats counts what the faults that aim at a window found, by kind
 	// and stat (guarded by outMu; see tally).
 	stats map[string]map[string]int
@@ -144,18 +145,25 @@ func moduleRoot(ctx context.Context) (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-// build compiles sagad and kfaked into dir.
+// programs are the programs the run starts, by binary name, with their
+// packages.
+var programs = []struct{ name, pkg string }{
+	{"sagad", "./cmd/sagad"}, {"kfaked", "./cmd/kfaked"}, {"localsaga", "./cmd/sagachaos/localsaga"},
+}
+
+// build compiles the programs into dir.
 func (h *harness) build(ctx context.Context, dir string) error {
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{"sagad", "kfaked"} {
+	for _, prog := range programs {
+		name := prog.name
 		t := time.Now()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), "./cmd/"+name)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), prog.pkg)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/%s: %w\n%s", name, err, out)
+			return fmt.Errorf("go build %s: %w\n%s", prog.pkg, err, out)
 		}
 		h.logf("built %s in %.1fs", name, time.Since(t).Seconds())
 	}
@@ -197,7 +205,7 @@ func (h *harness) setUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("redis-server not found (apt-get install redis-server, or ./scripts/test-deps.sh): %w", err)
 	}
-	addrs, err := freeAddrs(9)
+	addrs, err := freeAddrs(11)
 	if err != nil {
 		return fmt.Errorf("find free ports: %w", err)
 	}
@@ -302,7 +310,47 @@ func (h *harness) setUp(ctx context.Context) error {
 	}
 	h.logf("sagad ready: engine-1 (pid %d) http://%s, engine-2 (pid %d) http://%s, participants (pid %d) http://%s",
 		h.engines[0].pid(), h.engineHTTP[0], h.engines[1].pid(), h.engineHTTP[1], h.parts.pid(), h.partsHTTP)
+	if err := h.startLocals(ctx, common, addrs[9:11]); err != nil {
+		return err
+	}
 	return h.checkSizeLimit(ctx)
+}
+
+// startLocals starts the two daemons of the local-first saga
+// (cmd/sagachaos/localsaga), each an engine and an approver participant,
+// on the engine's Redis (its state view), the participants' Redis (the
+// approvals) and the orders store (the holds, which stand for a service's
+// database as the orders do), and waits until both are ready. The first
+// creates the topics alone.
+func (h *harness) startLocals(ctx context.Context, common, httpAddrs []string) error {
+	bin := filepath.Join(h.bin, "localsaga")
+	h.locals = make([]*proc, len(httpAddrs))
+	for i, addr := range httpAddrs {
+		name := fmt.Sprintf("local-%d", i+1)
+		h.locals[i] = h.newProc(name, bin, true, append(slicesClone(common),
+			"--participants", "all", "--transactional-id", "chaos-"+name, "--chaos-faults", "--metrics-addr", addr,
+			"--redis-addr", h.redisAddr[redisEngine], "--participants-redis-addr", h.redisAddr[redisSim],
+			"--holds-redis-addr", h.redisAddr[redisOrders])...)
+		h.locals[i].sagad = true
+		if err := h.locals[i].start(); err != nil {
+			return err
+		}
+		if err := h.waitReady(ctx, h.locals[i], addr, 90*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := poll(ctx, 90*time.Second, 100*time.Millisecond, func() error {
+		for i, p := range h.locals {
+			if !ready(httpAddrs[i]) {
+				return fmt.Errorf("%s is not ready (see %s)", p.name, p.logPath)
+			}
+		}
+		return nil
+	}, "the local-first saga's daemons did not become ready"); err != nil {
+		return err
+	}
+	h.logf("localsaga ready: local-1 (pid %d) http://%s, local-2 (pid %d) http://%s", h.locals[0].pid(), httpAddrs[0], h.locals[1].pid(), httpAddrs[1])
+	return nil
 }
 
 // brokerMaxMessageBytes is Kafka's default message.max.bytes: the largest
@@ -459,7 +507,7 @@ func (h *harness) tearDown() {
 		}
 	}
 	var wg sync.WaitGroup
-	for _, p := range []*proc{h.engines[0], h.engines[1], h.parts} {
+	for _, p := range append([]*proc{h.engines[0], h.engines[1], h.parts}, h.locals...) {
 		if p != nil {
 			wg.Add(1)
 			go func() { defer wg.Done(); p.stop(10 * time.Second) }()
@@ -476,24 +524,28 @@ func (h *harness) tearDown() {
 const hangLogLine = "chaos: complete-order hangs"
 
 // countHangs returns how many complete-order calls the engines made hang,
-// from their logs.
-func (h *harness) countHangs() int {
-	n := 0
-	for _, p := range h.engines {
-		f, err := os.Open(p.logPath)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 16<<20)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), hangLogLine) {
-				n++
+// and how many hold-funds calls the local-first saga's daemons did, from
+// their logs.
+func (h *harness) countHangs() (orders, local int) {
+	count := func(ps []*proc, needle string) int {
+		n := 0
+		for _, p := range ps {
+			f, err := os.Open(p.logPath)
+			if err != nil {
+				continue
 			}
+			sc := bufio.NewScanner(f)
+			sc.Buffer(make([]byte, 1<<20), 16<<20)
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), needle) {
+					n++
+				}
+			}
+			f.Close()
 		}
-		f.Close()
+		return n
 	}
-	return n
+	return count(h.engines[:], hangLogLine), count(h.locals, localfirst.HangLog)
 }
 
 // scanLogs returns the lines of the sagad logs that show a crash: a Go

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/chaos/check"
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -34,16 +35,25 @@ const (
 	kindCompensate    = check.KindCompensate
 	kindCoupon        = check.KindCoupon
 	kindCouponUnknown = check.KindCouponUnknown
+	// The local-first saga's kinds (package localfirst).
+	kindLocalComplete   = check.KindLocalComplete
+	kindLocalRefused    = check.KindLocalRefused
+	kindLocalCompensate = check.KindLocalCompensate
+	kindLocalOutage     = check.KindLocalOutage
 )
+
+// localKinds are the local-first saga's kinds, in the summary's order.
+var localKinds = []string{kindLocalComplete, kindLocalRefused, kindLocalCompensate, kindLocalOutage}
 
 // expectation is what one saga or one poison record must come to; it is
 // written to expectations.jsonl and handed to chaos/check.
 type expectation struct {
-	ID     string       `json:"id"`
-	Kind   string       `json:"kind"`
-	Order  *order.Order `json:"order,omitempty"`
-	Poison string       `json:"poison,omitempty"`
-	Marker string       `json:"marker,omitempty"`
+	ID       string               `json:"id"`
+	Kind     string               `json:"kind"`
+	Order    *order.Order         `json:"order,omitempty"`
+	Transfer *localfirst.Transfer `json:"transfer,omitempty"`
+	Poison   string               `json:"poison,omitempty"`
+	Marker   string               `json:"marker,omitempty"`
 	// Variant names the kind of bad input of a poison record.
 	Variant string `json:"variant,omitempty"`
 	// Via names the partitioner that the saga's start request (or the
@@ -85,6 +95,8 @@ type plan struct {
 	large, bursts int
 	// compensates counts the Compensate records.
 	compensates int
+	// transfers counts the local-first saga's transfers.
+	transfers int
 	// rotate counts the records of each use that rotates over the
 	// partitioners.
 	rotate map[string]int
@@ -132,6 +144,17 @@ var mix = []struct {
 	{kindComplete, 54}, {kindCoupon, 8}, {kindCouponUnknown, 1}, {kindDeclined, 10}, {kindOutOfStock, 10},
 	{kindUndeliverable, 10}, {kindDupStart, 5}, {kindCompensate, 2},
 }
+
+// localMix is the mix of the local-first saga's transfers, in percent.
+var localMix = []struct {
+	kind   string
+	weight int
+}{
+	{kindLocalComplete, 70}, {kindLocalRefused, 15}, {kindLocalCompensate, 15},
+}
+
+// localEvery is one transfer of the local-first saga per this many orders.
+const localEvery = 10
 
 // couponCodes are the coupon codes of the load, whose limits
 // (couponLimits) are small so that they run out during the run; the
@@ -295,6 +318,12 @@ func newPlan(n int, rng *rand.Rand) *plan {
 		if (i+1)%burstEvery == burstEvery/2 && p.bursts < bursts {
 			p.largeBurst(rng)
 		}
+		if i%localEvery == localEvery/2 {
+			if c := p.transfer(rng); c != nil {
+				pending = append(pending, due{at: len(p.recs) + rng.IntN(20), rec: c,
+					kind: "compensate", via: p.next("compensate", partitionerNames), after: len(p.recs) - 1})
+			}
+		}
 	}
 	for sentPoison < poisons {
 		p.poison(variants[sentPoison%len(variants)], sentPoison, rng)
@@ -373,6 +402,41 @@ func (p *plan) largeBurst(rng *rand.Rand) {
 	}
 }
 
+// transfer adds a transfer of the local-first saga, of a kind picked from
+// localMix. For a local-compensate transfer it returns the Compensate to
+// send once its start is acknowledged; its start goes through murmur2, the
+// others' through any partitioner.
+func (p *plan) transfer(rng *rand.Rand) *kgo.Record {
+	id := fmt.Sprintf("l-%06d", p.transfers)
+	p.transfers++
+	total := 0
+	for _, m := range localMix {
+		total += m.weight
+	}
+	w, kind := rng.IntN(total), ""
+	for _, m := range localMix {
+		if w < m.weight {
+			kind = m.kind
+			break
+		}
+		w -= m.weight
+	}
+	t := localfirst.Transfer{TransferID: id, Account: fmt.Sprintf("acct-%d", rng.IntN(10)), AmountCents: 1 + rng.Int64N(10_000), Refuse: kind == kindLocalRefused}
+	via := pickVia(rng)
+	if kind == kindLocalCompensate {
+		via = viaMurmur2
+	}
+	e := &expectation{ID: id, Kind: kind, Transfer: &t, Via: via}
+	p.exps = append(p.exps, e)
+	p.sagas[id] = e
+	p.ids = append(p.ids, id)
+	p.addVia(startRecordOf(localfirst.Name, id, mustJSON(t)), kind, via)
+	if kind == kindLocalCompensate {
+		return compensateRecordOf(localfirst.Name, id)
+	}
+	return nil
+}
+
 // add adds a record sent through murmur2.
 func (p *plan) add(r *kgo.Record, kind string) { p.addVia(r, kind, viaMurmur2) }
 
@@ -423,9 +487,12 @@ func hdr(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: 
 
 func inbox() string { return message.Inbox(order.Name) }
 
-// startRecord is a start request, as a client sends it.
-func startRecord(id string, value []byte) *kgo.Record {
-	return &kgo.Record{Topic: inbox(), Key: []byte(id), Value: value, Headers: []kgo.RecordHeader{
+// startRecord is a start request of the order saga, as a client sends it.
+func startRecord(id string, value []byte) *kgo.Record { return startRecordOf(order.Name, id, value) }
+
+// startRecordOf is a start request of a saga of type sagaType.
+func startRecordOf(sagaType, id string, value []byte) *kgo.Record {
+	return &kgo.Record{Topic: message.Inbox(sagaType), Key: []byte(id), Value: value, Headers: []kgo.RecordHeader{
 		hdr(message.HeaderMessageType, message.TypeStartSaga),
 		hdr(message.HeaderMessageID, "start-"+id),
 	}}
@@ -446,11 +513,15 @@ func replyRecord(id, step, inReplyTo, outcome string) *kgo.Record {
 	}}
 }
 
-// compensateRecord is an operator's Compensate for saga id.
-func compensateRecord(id string) *kgo.Record {
-	return &kgo.Record{Topic: inbox(), Key: []byte(id), Headers: []kgo.RecordHeader{
+// compensateRecord is an operator's Compensate for order id.
+func compensateRecord(id string) *kgo.Record { return compensateRecordOf(order.Name, id) }
+
+// compensateRecordOf is an operator's Compensate for saga id of type
+// sagaType.
+func compensateRecordOf(sagaType, id string) *kgo.Record {
+	return &kgo.Record{Topic: message.Inbox(sagaType), Key: []byte(id), Headers: []kgo.RecordHeader{
 		hdr(message.HeaderSagaID, id),
-		hdr(message.HeaderSagaType, order.Name),
+		hdr(message.HeaderSagaType, sagaType),
 		hdr(message.HeaderMessageType, message.TypeCompensate),
 		hdr(message.HeaderMessageID, "compensate-"+id),
 		hdr(message.HeaderReason, compensateReason),

@@ -85,7 +85,8 @@ type config struct {
 	WorkDir string
 	// Keep keeps a temp WorkDir after a run that passed.
 	Keep bool
-	// BinDir holds prebuilt sagad and kfaked; empty means build them.
+	// BinDir holds prebuilt sagad, kfaked and localsaga; empty means build
+	// them.
 	BinDir string
 	// Seed makes the load and the schedule reproducible.
 	Seed int64
@@ -108,7 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "how long to wait for every saga to end after the load")
 	fs.StringVar(&c.WorkDir, "work-dir", "", "`directory` for logs and data (default: a new temp dir, removed after a run that passes)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temp work dir after a run that passes")
-	fs.StringVar(&c.BinDir, "bin-dir", "", "`directory` holding prebuilt sagad and kfaked (default: build them into the work dir)")
+	fs.StringVar(&c.BinDir, "bin-dir", "", "`directory` holding prebuilt sagad, kfaked and localsaga (default: build them into the work dir)")
 	fs.BoolVar(&c.BrokerSigkill, "broker-sigkill", false, "restart the broker with SIGKILL instead of SIGTERM (exposes kfake's crash recovery of open transactions; see docs/RELIABILITY.md)")
 	fs.Int64Var(&c.Seed, "seed", 0, "random `seed` of the load and the schedule (default: the time)")
 	fs.Func("faults", "the schedule itself: comma-separated `kind=count` pairs (kinds: "+strings.Join(faultKinds, ", ")+"); overrides --short and --faults-per-kind", func(v string) error {

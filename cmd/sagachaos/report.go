@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 )
 
 // summary prints the checker's report and the summary table.
@@ -53,6 +55,19 @@ func (h *harness) summary(res *result) {
 		}
 		fmt.Fprintf(tw, "  %s\t%d\t%s\n", k, kinds[k], note)
 	}
+	fmt.Fprintf(tw, "local-first transfers\t%d\t(saga %s: Local first step %s, then %s)\n", p.transfers, localfirst.Name, localfirst.StepHold, localfirst.StepApprove)
+	for _, k := range localKinds {
+		note := ""
+		switch k {
+		case kindLocalRefused:
+			note = "refused by the approver; the hold is released"
+		case kindLocalCompensate:
+			note = "sent a Compensate soon after their start"
+		case kindLocalOutage:
+			note = "hold-funds ran out of attempts (holds' Redis down, hang, panic); the start is dead-lettered"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\n", k, kinds[k], note)
+	}
 	fmt.Fprintf(tw, "records by partitioner\t\t\n")
 	for _, via := range partitionerNames {
 		fmt.Fprintf(tw, "  %s\t%d\t\n", via, p.partitioners[via])
@@ -93,9 +108,11 @@ func (h *harness) summary(res *result) {
 	}
 	if counts[faultSagaPanic] > 0 {
 		fmt.Fprintf(tw, "  complete-order panics\t%d\t(up to %d per saga-panic fault)\n", res.panics, panicCount)
+		fmt.Fprintf(tw, "  hold-funds panics\t%d\t(the local-first saga's Local first step; up to %d per saga-panic fault)\n", res.localPanics, panicCount)
 	}
 	if counts[faultLocalStepHang] > 0 {
 		fmt.Fprintf(tw, "  complete-order hangs\t%d\t(each call while a hang key lived, %v each)\n", res.hangs, hangFor)
+		fmt.Fprintf(tw, "  hold-funds hangs\t%d\t(the local-first saga's Local first step, likewise)\n", res.localHangs)
 	}
 	restarts := 0
 	for _, pr := range h.procs {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -40,11 +41,13 @@ const (
 	deadlineMargin = 5 * time.Second
 )
 
-// maxDeadline is the longest step deadline of the order saga: a timer set
-// by the time every saga ended fires at the latest this long after.
+// maxDeadline is the longest step deadline of the order saga and the
+// local-first saga: a timer set by the time every saga ended fires at the
+// latest this long after.
 func maxDeadline() time.Duration {
 	var d time.Duration
-	for _, s := range order.New(sim.NewOrderStore(nil)).Steps() {
+	steps := slices.Concat(order.New(sim.NewOrderStore(nil)).Steps(), localfirst.New(localfirst.NewStore(nil, false, nil)).Steps())
+	for _, s := range steps {
 		d = max(d, s.Deadline)
 	}
 	return d
@@ -68,8 +71,10 @@ type result struct {
 	crashLines    []string
 	elapsed       time.Duration
 	// panics and hangs count the complete-order calls that panicked and
-	// hung on purpose.
-	panics, hangs int
+	// hung on purpose; localPanics and localHangs the hold-funds calls of
+	// the local-first saga.
+	panics, hangs           int
+	localPanics, localHangs int
 }
 
 // run runs one chaos run and writes its log and summary to stdout. It
@@ -138,7 +143,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	res, err := h.chaos(ctx)
 	if res != nil {
 		res.crashLines = h.scanLogs()
-		res.hangs = h.countHangs()
+		res.hangs, res.localHangs = h.countHangs()
 		res.elapsed = time.Since(h.start)
 		h.summary(res)
 	}
@@ -164,6 +169,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	}
 	if res.faults[faultLocalStepHang] > 0 && res.hangs == 0 {
 		problems = append(problems, fmt.Sprintf("%d local-step-hang faults made no complete-order hang: no engine logged %q (sagad --chaos-faults reads %s)", res.faults[faultLocalStepHang], hangLogLine, chaosHangKey))
+	}
+	if res.faults[faultSagaPanic] > 0 && res.localPanics == 0 {
+		problems = append(problems, fmt.Sprintf("%d saga-panic faults made no hold-funds panic: the local-first saga's daemons do not read %s (localsaga --chaos-faults)", res.faults[faultSagaPanic], localfirst.PanicKey))
+	}
+	if res.faults[faultLocalStepHang] > 0 && res.localHangs == 0 {
+		problems = append(problems, fmt.Sprintf("%d local-step-hang faults made no hold-funds hang: no local-first daemon logged %q (localsaga --chaos-faults reads %s)", res.faults[faultLocalStepHang], localfirst.HangLog, localfirst.HangKey))
 	}
 	if as := h.anomalies(); len(as) > 0 {
 		problems = append(problems, fmt.Sprintf("%d anomalies found while the run ran (faults.log has them): the first: %s", len(as), strings.Join(as[:min(5, len(as))], "; ")))
@@ -251,7 +262,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	res.panics = h.finalPanics(ctx)
+	res.panics, res.localPanics = h.finalPanics(ctx)
 	res.outage = h.markOutages(p)
 	h.logPoisonOnSagas(p)
 	if err := h.writeExpectations(p); err != nil {
@@ -287,7 +298,7 @@ func (h *harness) sagasEnded() (ended, pending int) {
 }
 
 // sagaTypes returns the saga types whose engines the run runs.
-func (h *harness) sagaTypes() []string { return []string{order.Name} }
+func (h *harness) sagaTypes() []string { return []string{order.Name, localfirst.Name} }
 
 // drain waits until every saga of p has a terminal event or deadline
 // passes.
@@ -416,7 +427,25 @@ func (h *harness) markOutages(p *plan) int {
 	if n > 0 {
 		h.logf("%d sagas that should have completed ended compensated after their complete-order step ran out of retries (orders-store outage, hang or panic): expected outage", n)
 	}
-	return n
+	l := 0
+	for _, id := range p.ids {
+		e := p.sagas[id]
+		if e.Transfer == nil {
+			continue
+		}
+		for _, d := range h.track.dlqOf(id) {
+			if d.reason == orchestrator.ReasonExhausted {
+				h.logf("transfer %s (%s) ran out of attempts of its Local first step: %s; it ended %v", id, e.Kind, d.err, h.track.terminalOf(id))
+				e.Kind = kindLocalOutage
+				l++
+				break
+			}
+		}
+	}
+	if l > 0 {
+		h.logf("%d transfers of the local-first saga ran out of attempts of their Local first step (holds' Redis down, hang or panic): expected local-outage", l)
+	}
+	return n + l
 }
 
 // writeExpectations writes every expectation to expectations.jsonl.

@@ -9,18 +9,26 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/chaos/check"
+	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/dlq"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga/order"
 )
 
+// startDeadLettered stands in the terminal events of a local-first
+// transfer whose start request was dead-lettered.
+const startDeadLettered = "start dead-lettered"
+
 // headerMarker names the header that tags each poison record, so that its
 // dead-letter copy can be found.
 const headerMarker = check.HeaderMarker
 
-// tracker follows saga.order.events and saga.order.inbox-dlt
-// (read_committed, from the start) to tell when every saga has ended and
-// which records were dead-lettered.
+// tracker follows the events and the inbox dead-letter topics of the order
+// saga and the local-first saga (read_committed, from the start) to tell
+// when every saga has ended and which records were dead-lettered. A
+// transfer of the local-first saga whose start request was dead-lettered
+// has ended too, with no saga: its terminal events then start with
+// startDeadLettered.
 type tracker struct {
 	client *kgo.Client
 	cancel context.CancelFunc
@@ -39,7 +47,7 @@ type tracker struct {
 func newTracker(brokers []string) (*tracker, error) {
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(message.Events(order.Name), message.DLT(order.Name)),
+		kgo.ConsumeTopics(message.Events(order.Name), message.DLT(order.Name), message.Events(localfirst.Name), message.DLT(localfirst.Name)),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.FetchMaxWait(200*time.Millisecond),
@@ -58,7 +66,9 @@ func newTracker(brokers []string) (*tracker, error) {
 
 func (t *tracker) run(ctx context.Context) {
 	defer close(t.done)
-	events, dlt := message.Events(order.Name), message.DLT(order.Name)
+	events := map[string]bool{message.Events(order.Name): true, message.Events(localfirst.Name): true}
+	dlt := map[string]bool{message.DLT(order.Name): true, message.DLT(localfirst.Name): true}
+	localDLT := message.DLT(localfirst.Name)
 	for {
 		fs := t.client.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -66,16 +76,19 @@ func (t *tracker) run(ctx context.Context) {
 		}
 		t.mu.Lock()
 		fs.EachRecord(func(r *kgo.Record) {
-			switch r.Topic {
-			case events:
+			switch {
+			case events[r.Topic]:
 				t.events++
 				var ev message.Event
 				if json.Unmarshal(r.Value, &ev) == nil && message.Terminal(ev.Type) {
 					t.terminal[ev.SagaID] = append(t.terminal[ev.SagaID], ev.Type)
 				}
-			case dlt:
+			case dlt[r.Topic]:
 				t.dead++
 				reason := header(r, dlq.HeaderReason)
+				if r.Topic == localDLT && header(r, message.HeaderMessageType) == message.TypeStartSaga {
+					t.terminal[string(r.Key)] = append(t.terminal[string(r.Key)], startDeadLettered)
+				}
 				t.dlqByKey[string(r.Key)] = append(t.dlqByKey[string(r.Key)], deadLetter{reason: reason, err: header(r, dlq.HeaderExceptionMessage)})
 				if m := header(r, headerMarker); m != "" {
 					t.dlqByMarker[m] = append(t.dlqByMarker[m], reason)
