@@ -80,6 +80,10 @@ type Engine struct {
 	timers  timers
 
 	redisChecked time.Time
+	// swept is when the engine last looked for expired sagas, and
+	// sweepFull whether that look found a full batch of them.
+	swept     time.Time
+	sweepFull bool
 	// polled is when the last poll returned (see catchUp).
 	polled time.Time
 	// began is when the last transaction began, and full whether its
@@ -397,13 +401,14 @@ func (e *Engine) step(ctx context.Context) error {
 		return err
 	}
 	due := e.dueTimers(e.cfg.now())
-	if len(recs) == 0 && len(due) == 0 {
+	expired := e.dueExpiries(e.cfg.now())
+	if len(recs) == 0 && len(due) == 0 && len(expired) == 0 {
 		if e.revoked {
 			return e.rewind(ctx)
 		}
 		return nil
 	}
-	return e.transact(ctx, recs, due, buffered && len(recs) > 0 && len(recs) < e.cfg.maxPoll)
+	return e.transact(ctx, recs, due, expired, buffered && len(recs) > 0 && len(recs) < e.cfg.maxPoll)
 }
 
 const (
@@ -444,6 +449,8 @@ type batch struct {
 	overlay map[string]*entry // sagas changed in this batch
 	loaded  map[string]*State // sagas read from Redis for this batch
 	order   []string          // changed saga ids, in first-change order
+	expired []expiry          // ended sagas deleted after their retention
+	tombs   []*kgo.Record     // their tombstones, in the same order
 	dead    []deadLetter
 	// cleared lists records whose attempt counts go once committed.
 	cleared []deadLetter
@@ -454,8 +461,8 @@ type deadLetter struct {
 	offset int64
 }
 
-func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer, stale bool) error {
-	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}}
+func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []timer, expired []expiry, stale bool) error {
+	b := &batch{overlay: make(map[string]*entry), Batch: Batch{Records: len(recs)}, expired: expired}
 	start := time.Now()
 	phase := func(d *time.Duration) {
 		now := time.Now()
@@ -470,7 +477,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		var ok bool
 		if recs, ok, err = e.catchUp(pctx, b, recs); err == nil && !ok {
 			pcancel()
-			e.rearm(due)
+			e.rearm(due, b.expired)
 			return e.rewind(runCtx) // consumed again by the next step
 		}
 		b.CaughtUp = len(recs) - b.Records
@@ -479,7 +486,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	pcancel()
 	phase(&b.Phases.Preload)
 	if err != nil {
-		e.rearm(due)
+		e.rearm(due, b.expired)
 		return errors.Join(err, e.rewind(runCtx))
 	}
 	// A transaction, once begun, is finished even when Run's context is
@@ -514,6 +521,14 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 		produce(e.timeoutRecord(t))
 		b.Timeouts++
 	}
+	for _, x := range b.expired {
+		// A tombstone: the saga leaves the state topic (compaction
+		// removes it) and, once committed, the Redis view.
+		tomb := &kgo.Record{Topic: e.stateTopic, Partition: x.p, Key: []byte(x.id)}
+		produce(tomb)
+		b.tombs = append(b.tombs, tomb)
+		b.Expired++
+	}
 
 	failed, failErr := e.handleAll(ctx, b, recs, produce)
 	if failed == nil {
@@ -541,7 +556,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 			return err
 		}
 		e.afterCompletion(endCtx, b, false)
-		e.rearm(due)
+		e.rearm(due, b.expired)
 		if failed != nil {
 			return e.retryLater(endCtx, runCtx, failed, failErr)
 		}
@@ -556,7 +571,7 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	if !ok {
 		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
 		e.afterCompletion(endCtx, b, false)
-		e.rearm(due)
+		e.rearm(due, b.expired)
 		return nil
 	}
 	e.afterCommit(endCtx, b)
@@ -580,7 +595,7 @@ func (e *Engine) commitUnknown(ctx context.Context, b *batch, due []timer, err e
 	}
 	e.open = false
 	e.afterCompletion(ctx, b, false)
-	e.rearm(due)
+	e.rearm(due, b.expired)
 	for p := range e.parts {
 		e.stale[p] = true
 	}
@@ -735,8 +750,10 @@ func (e *Engine) misplaced(r *kgo.Record) (home int32, off bool) {
 	return home, home != r.Partition
 }
 
-// rearm puts back timers whose Timeout messages were not committed.
-func (e *Engine) rearm(due []timer) {
+// rearm puts back timers whose Timeout messages were not committed, and
+// expired sagas whose tombstones were not.
+func (e *Engine) rearm(due []timer, expired []expiry) {
+	e.requeueExpired(expired)
 	for _, t := range due {
 		e.timers.add(t)
 	}
@@ -1428,6 +1445,9 @@ func (e *Engine) afterCommit(ctx context.Context, b *batch) {
 		} else {
 			e.timers.remove(id)
 		}
+	}
+	for i, x := range b.expired {
+		e.forget(x, b.tombs[i].Offset)
 	}
 	e.flightMu.Unlock()
 	for _, d := range append(b.dead, b.cleared...) {

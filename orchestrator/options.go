@@ -39,6 +39,8 @@ type config struct {
 	static       bool
 	txnInterval  time.Duration
 	redisTimeout time.Duration
+	retention    time.Duration
+	retentionSet bool
 }
 
 // Brokers sets the Kafka seed brokers. Required.
@@ -94,6 +96,20 @@ func MaxValueBytes(n int) Opt { return opt(func(c *config) { c.maxValue = n }) }
 // of its partitions waits up to this long before it can restore them. The
 // default is 10s.
 func TransactionTimeout(d time.Duration) Opt { return opt(func(c *config) { c.txnTimeout = d }) }
+
+// DefaultRetention is how long an ended saga stays in the Redis view and
+// the state topic when no Retention is set.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// Retention sets how long an ended saga stays in the Redis view and the
+// state topic, from when it ended. Within it, a start request for the saga's
+// id is a duplicate (dropped) or a conflict (dead-lettered); after it, the
+// saga is deleted (a tombstone on the state topic, in a transaction) and its
+// id may start a new saga. 0 keeps ended sagas forever: the view then grows
+// with every saga. The default is DefaultRetention (7 days).
+func Retention(d time.Duration) Opt {
+	return opt(func(c *config) { c.retention, c.retentionSet = d, true })
+}
 
 // RedisTimeout bounds each call the engine makes into Redis, whatever the
 // client's own timeouts: a Redis that hangs (a stopped process, a stuck
@@ -155,6 +171,12 @@ func newConfig(sagaName string, opts []Opt) (config, error) {
 		return c, errors.New("TransactionInterval must not be negative")
 	case c.redisTimeout < 0 || (c.redisTimeout > 0 && c.redisTimeout >= c.txnTimeout):
 		return c, fmt.Errorf("RedisTimeout %v must be positive and shorter than the transaction timeout %v", c.redisTimeout, c.txnTimeout)
+	}
+	if c.retention < 0 {
+		return c, fmt.Errorf("Retention %v is negative: want a duration, or 0 to keep ended sagas forever", c.retention)
+	}
+	if !c.retentionSet {
+		c.retention = DefaultRetention
 	}
 	if c.redisTimeout == 0 {
 		c.redisTimeout = min(5*time.Second, c.txnTimeout/3)

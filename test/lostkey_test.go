@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,10 +12,10 @@ import (
 )
 
 // readBackCounter sums Batch.ReadBack.
-type readBackCounter struct{ n int64 }
+type readBackCounter struct{ n atomic.Int64 }
 
 func (c *readBackCounter) AfterCommit(_ context.Context, b *orchestrator.Batch) {
-	c.n += int64(b.ReadBack)
+	c.n.Add(int64(b.ReadBack))
 }
 
 // TestRedisLosesOneKey deletes single saga keys from the engine's Redis and
@@ -84,8 +85,8 @@ func TestRedisLosesOneKey(t *testing.T) {
 	if dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond); len(dead) != 0 {
 		t.Errorf("%d records dead-lettered, want none (the retries are duplicates)", len(dead))
 	}
-	if hook.n < 2 {
-		t.Errorf("the engine read back %d states, want at least 2", hook.n)
+	if hook.n.Load() < 2 {
+		t.Errorf("the engine read back %d states, want at least 2", hook.n.Load())
 	}
 	e.waitRedis([]string{"done", "waiting"}, 10*time.Second)
 	if got, want := e.stock("sku-1"), int64(100-2*2); got != want {
