@@ -104,7 +104,8 @@ type plan struct {
 	coupons map[string]int64
 	// surges are batches of start requests kept apart from recs: the
 	// redis-rollback-catchup faults send one each right before a
-	// rollback, so that the engines are reading batches when it lands
+	// rollback, so that the engines are reading batches when it lands,
+	// and redis-evict one before it deletes the keys of running sagas
 	// (see harness.surge). surged counts those sent.
 	surges [][]*kgo.Record
 	surged int

@@ -179,26 +179,31 @@ func (h *harness) sendSurges(ctx context.Context) error {
 // sagas, then, for evictFor, sets maxmemory to evictMemoryShare of the
 // memory in use with maxmemory-policy allkeys-lru, so that Redis evicts
 // keys as the engines write (states, checkpoints, deadlines, attempt
-// counts alike), and restores both settings.
+// counts alike), and restores both settings. The DELs come in the middle
+// of a surge of orders (plan.surges): at the load's rate a saga runs for
+// milliseconds, and few would be running otherwise.
 func (h *harness) redisEvict(ctx context.Context, kind string, rng *rand.Rand) error {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	wait, surged := h.surge(ctx)
+	ctxtime.Sleep(ctx, surgeOver/2)
 	running, ended, err := h.sampleStates(cctx, rng)
 	if err != nil {
-		return err
+		return errors.Join(err, wait())
 	}
 	keys := append(append([]string(nil), running...), ended...)
-	deleted := 0
+	var deleted int64
 	if len(keys) > 0 {
-		if deleted64, err := h.engRdb.Del(cctx, keys...).Result(); err != nil {
-			return fmt.Errorf("DEL: %w", err)
-		} else {
-			deleted = int(deleted64)
+		if deleted, err = h.engRdb.Del(cctx, keys...).Result(); err != nil {
+			return errors.Join(fmt.Errorf("DEL: %w", err), wait())
 		}
 	}
-	h.faultf("%s: DEL the state keys of %d running and %d ended sagas on the engine's redis %s (%d deleted): %s",
-		kind, len(running), len(ended), h.redisAddr[redisEngine], deleted, strings.Join(idsOfKeys(keys), " "))
-	h.tally(kind, statDeleted, deleted)
+	h.faultf("%s: DEL the state keys of %d running and %d ended sagas on the engine's redis %s (%d deleted), in a surge of %d orders: %s",
+		kind, len(running), len(ended), h.redisAddr[redisEngine], deleted, surged, strings.Join(idsOfKeys(keys), " "))
+	if err := wait(); err != nil {
+		return fmt.Errorf("surge: %w", err)
+	}
+	h.tally(kind, statDeleted, int(deleted))
 
 	used, err := infoInt(cctx, h.engRdb, "memory", "used_memory")
 	if err != nil {
@@ -335,11 +340,12 @@ func (h *harness) redisHang(ctx context.Context, kind string) error {
 	}
 	cont := time.Now()
 	ended0, pending := h.sagasEnded()
-	h.faultf("%s: SIGCONT %s (pid %d); %d sagas ended so far, %d not yet: one must end within %v", kind, p.name, p.pid(), ended0, pending, resumeWithin)
+	h.faultf("%s: SIGCONT %s (pid %d); %d sagas ended so far, %d not yet: one must end (its terminal event's time after the SIGCONT) within %v",
+		kind, p.name, p.pid(), ended0, pending, resumeWithin)
 	resumed := time.Duration(-1)
 	for time.Since(cont) < resumeWithin && ctx.Err() == nil {
-		if n, _ := h.sagasEnded(); n > ended0 {
-			resumed = time.Since(cont)
+		if at := h.track.lastEnded(); at.After(cont) {
+			resumed = at.Sub(cont)
 			break
 		}
 		ctxtime.Sleep(ctx, 100*time.Millisecond)

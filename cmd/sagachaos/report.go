@@ -30,7 +30,7 @@ func (h *harness) summary(res *result) {
 		case kindComplete:
 			note = fmt.Sprintf("%d of them large (a %d KiB ship_to.city), in %d bursts of %d sharing a home partition", p.large, largeField>>10, p.bursts, largeBurst)
 			if len(p.surges) > 0 {
-				note += fmt.Sprintf("; %d in %d surges of %d (redis-rollback-catchup)", len(p.surges)*surgeSize, len(p.surges), surgeSize)
+				note += fmt.Sprintf("; %d in %d surges of %d (redis-rollback-catchup, redis-evict)", len(p.surges)*surgeSize, len(p.surges), surgeSize)
 			}
 		case kindCoupon:
 			note = fmt.Sprintf("race for the coupons %v (completed, or refused exhausted/already used)", p.coupons)

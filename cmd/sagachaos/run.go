@@ -211,7 +211,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 	h.logf("seeded coupons: %v (and %s unknown)", p.coupons, couponUnknown)
 
 	faults, need := schedule(cfg.counts(), cfg.FaultSpacing, rng)
-	p.addSurges(cfg.counts()[faultRollbackCatchup]*catchupRollbacks, rng)
+	p.addSurges(cfg.counts()[faultRollbackCatchup]*catchupRollbacks+cfg.counts()[faultRedisEvict], rng)
 	rate := cfg.Rate
 	load := time.Duration(float64(len(p.recs)) / rate * float64(time.Second))
 	if want := faultLead + need; len(faults) > 0 && load < want {

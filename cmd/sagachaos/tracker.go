@@ -42,6 +42,9 @@ type tracker struct {
 	// dlqByMarker holds the dead-letter reasons of each poison marker.
 	dlqByMarker  map[string][]string
 	events, dead int
+	// lastEnd is the latest time a terminal event says its saga ended at
+	// (message.Event.At, the engine's clock).
+	lastEnd time.Time
 }
 
 func newTracker(brokers []string) (*tracker, error) {
@@ -82,6 +85,9 @@ func (t *tracker) run(ctx context.Context) {
 				var ev message.Event
 				if json.Unmarshal(r.Value, &ev) == nil && message.Terminal(ev.Type) {
 					t.terminal[ev.SagaID] = append(t.terminal[ev.SagaID], ev.Type)
+					if ev.At.After(t.lastEnd) {
+						t.lastEnd = ev.At
+					}
 				}
 			case dlt[r.Topic]:
 				t.dead++
@@ -153,6 +159,13 @@ func (t *tracker) markers(ms []string) (n int, missing []string) {
 		}
 	}
 	return n, missing
+}
+
+// lastEnded returns the latest time a saga ended at, by its terminal event.
+func (t *tracker) lastEnded() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastEnd
 }
 
 // counts returns the records read so far.
