@@ -1301,15 +1301,14 @@ func (e *Engine) decode(r *kgo.Record) (*input, error) {
 		in.attempt = n
 	}
 	if in.typ == message.TypeStartSaga {
-		// Compacting checks the JSON too: one scan for both.
-		data, err := compact(r.Value)
+		// The canonical form is what the saga stores and what tells a
+		// redelivered start from a conflicting one, whoever wrote it
+		// (client, HTTP API, outbox, kcat with its keys in any order).
+		// It refuses what encoding/json would fix silently: invalid
+		// UTF-8, a key twice.
+		data, err := message.Canonical(r.Value)
 		if err != nil {
-			return nil, inputErr(ReasonUndecodable, "start request value is not JSON")
-		}
-		if !utf8.Valid(r.Value) {
-			// encoding/json would replace the bad bytes and start the
-			// saga with data its sender never sent.
-			return nil, inputErr(ReasonUndecodable, "start request value is not valid UTF-8")
+			return nil, inputErr(ReasonUndecodable, "start request value: %v", err)
 		}
 		in.data = data
 	}

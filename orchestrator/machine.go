@@ -1,7 +1,6 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -151,9 +150,19 @@ func (m *machine) apply(ctx context.Context, st *State, data any, in *input) (*o
 }
 
 func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, error) {
-	hash := startHash(in.value)
+	canonical := in.data
+	if canonical == nil { // not through Engine.decode, which canonicalizes it
+		var err error
+		if canonical, err = message.Canonical(in.value); err != nil {
+			return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
+		}
+		in.data = canonical
+	}
+	hash := startHash(canonical)
 	if st != nil {
-		if st.StartHash == hash {
+		// A saga started before starts were canonicalized kept the hash
+		// of the value as it came.
+		if st.StartHash == hash || st.StartHash == startHash(in.value) {
 			return &outcome{drop: DropDuplicateStart}, nil
 		}
 		return nil, inputErr(ReasonConflictingStart, "saga %s already started with a different payload", in.sagaID)
@@ -173,11 +182,6 @@ func (m *machine) begin(in *input, hash string) (*outcome, error) {
 		return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
 	}
 	stored := in.data
-	if stored == nil { // not through Engine.decode, which compacts it
-		if stored, err = compact(in.value); err != nil {
-			return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
-		}
-	}
 	now := m.now()
 	next := &State{
 		ID: in.sagaID, Type: m.def.Name(), Status: message.StatusRunning, Undoing: -1,
@@ -454,7 +458,7 @@ func (m *machine) abort(ctx context.Context, st *State, data any, in *input, rea
 // effects stand), and failed's own may have been made before its
 // transaction aborted. Without a saga nothing could ever undo them.
 func (m *machine) abortStart(ctx context.Context, in *input, reason string, failed int) (*outcome, error) {
-	out, err := m.begin(in, startHash(in.value))
+	out, err := m.begin(in, startHash(in.data))
 	if err != nil {
 		return nil, err
 	}
@@ -589,15 +593,3 @@ var undoBackoff = retry.Policy{InitialInterval: time.Second, MaxInterval: time.M
 // retried without counting against the record, since the record is not at
 // fault.
 var errInfra = errors.New("engine dependency unavailable")
-
-// compact returns value without insignificant space, or an error when it
-// is not JSON: the state encoder appends a saga's data as it is, so it is
-// compacted once, when its start request is decoded.
-func compact(value []byte) (json.RawMessage, error) {
-	var b bytes.Buffer
-	b.Grow(len(value))
-	if err := json.Compact(&b, value); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
