@@ -40,8 +40,14 @@
 // clients of Env.NewRedis; labelled with the first saga type), and the
 // Kafka clients' kprom metrics labelled client=engine (engine-<type> with
 // several saga types), client=<participant> or client=api; with --api-addr,
-// ksaga_api_requests_total{method,route,code}. /readyz is 200 once every
-// engine has joined its group and restored its partitions and Redis answers.
+// ksaga_api_requests_total{method,route,code}. With engines it also serves
+// ksaga_redis_evicted_keys_total and ksaga_redis_maxmemory_policy_safe for
+// the engines' Redis, and logs at start whether that Redis may evict saga
+// states (an ERROR line for an allkeys-* maxmemory-policy, a WARN one when
+// CONFIG GET is refused). /readyz is 200 while every engine is ready
+// (joined its group, restored its partitions, its last use of Redis and
+// Kafka did not fail) and Redis answers PING within a second;
+// ksaga_engine_ready reports the same check per engine.
 //
 // The package knows no saga type: cmd/sagad runs the order saga on it, and
 // examples/trip the trip saga.
@@ -223,6 +229,9 @@ type Env struct {
 
 	mu      sync.Mutex
 	closers []func() error
+	// waits run after the closers: they wait for goroutines that a
+	// closed client ends.
+	waits []func()
 	// clients are the Redis clients to count round trips of, until rm
 	// exists; then new clients are hooked at once.
 	clients []namedRedis
@@ -301,12 +310,22 @@ func (e *Env) Metrics(sagaType string) *metrics.Metrics { return e.metrics[sagaT
 
 func (e *Env) close() {
 	e.mu.Lock()
-	closers := e.closers
-	e.closers = nil
+	closers, waits := e.closers, e.waits
+	e.closers, e.waits = nil, nil
 	e.mu.Unlock()
 	for i := len(closers) - 1; i >= 0; i-- {
 		_ = closers[i]()
 	}
+	for _, wait := range waits {
+		wait()
+	}
+}
+
+// afterClose runs wait when the daemon stops, once its clients are closed.
+func (e *Env) afterClose(wait func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.waits = append(e.waits, wait)
 }
 
 // shutdownTimeout bounds the HTTP server's shutdown.
@@ -379,11 +398,13 @@ func (a *app) run(ctx context.Context) int {
 		}
 	}
 
-	adm, err := kadm.NewOptClient(env.KafkaOpts()...)
+	// One client for the admin requests and the consumer lag's reads.
+	kcl, err := kgo.NewClient(env.KafkaOpts()...)
 	if err != nil {
 		return a.failf("kafka admin client: %v", err)
 	}
-	defer adm.Close()
+	defer kcl.Close()
+	adm := kadm.NewClient(kcl)
 	if !c.Embedded() {
 		if code, ok := a.ping(ctx, env, adm); !ok {
 			return code
@@ -407,7 +428,7 @@ func (a *app) run(ctx context.Context) int {
 		defs = append(defs, def)
 		sagaNames = append(sagaNames, def.Name())
 	}
-	if err := a.registerMetrics(env, sagaNames); err != nil {
+	if err := a.registerMetrics(env, defs); err != nil {
 		return a.failf("%v", err)
 	}
 
@@ -439,11 +460,13 @@ func (a *app) run(ctx context.Context) int {
 		return code
 	}
 	svc := env.svc
-	if err := a.watch(env, adm); err != nil {
+	ready := newReadiness(svc, env.rdb)
+	env.afterClose(ready.close)
+	if err := a.watch(ctx, env, kcl, ready); err != nil {
 		svc.stop()
 		return a.failf("%v", err)
 	}
-	stopHTTP, err := a.startHTTP(env.Registry, servicesReady(svc, env.rdb))
+	stopHTTP, err := a.startHTTP(env.Registry, ready.check)
 	if err != nil {
 		svc.stop()
 		return a.failf("%v", err)
@@ -520,18 +543,19 @@ func (a *app) ping(ctx context.Context, env *Env, adm *kadm.Client) (int, bool) 
 
 // registerMetrics registers the engine metrics of every saga type and the
 // Redis round trips of the daemon's clients.
-func (a *app) registerMetrics(env *Env, sagaNames []string) error {
-	for _, name := range sagaNames {
-		m, err := metrics.New(env.Registry, name)
+func (a *app) registerMetrics(env *Env, defs []*saga.Definition) error {
+	for _, def := range defs {
+		m, err := metrics.New(env.Registry, def.Name())
 		if err != nil {
 			return err
 		}
-		env.metrics[name] = m
+		m.InitSteps(def.Steps())
+		env.metrics[def.Name()] = m
 	}
-	if len(sagaNames) == 0 {
+	if len(defs) == 0 {
 		return nil
 	}
-	rm, err := metrics.NewRedis(env.Registry, sagaNames[0])
+	rm, err := metrics.NewRedis(env.Registry, defs[0].Name())
 	if err != nil {
 		return err
 	}
@@ -723,18 +747,24 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// watch registers the metrics that read the engines and the groups:
-// in-flight sagas, consumer lag, build info.
-func (a *app) watch(env *Env, adm *kadm.Client) error {
-	lag, err := metrics.NewLag(env.Registry, adm)
+// watch registers the metrics that read the engines, their Redis and the
+// groups: in-flight sagas and readiness (from ready, as /readyz), Redis
+// evictions, consumer lag, build info.
+func (a *app) watch(ctx context.Context, env *Env, kcl *kgo.Client, ready *readiness) error {
+	lag, err := metrics.NewLag(env.Registry, kcl)
 	if err != nil {
 		return err
 	}
 	for _, e := range env.svc.engines {
-		if err := metrics.WatchEngine(env.Registry, e.saga, e.eng); err != nil {
+		if err := metrics.WatchEngine(env.Registry, e.saga, ready.engine(e)); err != nil {
 			return err
 		}
 		lag.Watch(e.eng.Group(), message.Inbox(e.saga))
+	}
+	if len(env.svc.engines) > 0 {
+		if err := a.watchRedis(ctx, env); err != nil {
+			return err
+		}
 	}
 	for _, p := range env.svc.parts {
 		lag.Watch("ksaga-participant-"+p.name, message.Commands(p.name))

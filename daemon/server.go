@@ -11,29 +11,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 )
 
-// readyCheck returns nil when the daemon is ready for traffic, else why not.
+// readyCheck returns nil when the daemon is ready for traffic, else why not
+// (readiness.check).
 type readyCheck func(ctx context.Context) error
-
-// servicesReady is ready when every engine has joined its group and
-// restored its partitions, and the engines' Redis answers PING.
-func servicesReady(svc *services, rdb redis.UniversalClient) readyCheck {
-	return func(ctx context.Context) error {
-		for _, e := range svc.engines {
-			if !e.eng.Ready() {
-				return fmt.Errorf("engine of saga %s not ready: joining the consumer group or restoring its partitions", e.saga)
-			}
-		}
-		ctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		if err := rdb.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("redis PING failed: %w", err)
-		}
-		return nil
-	}
-}
 
 // newMux serves /metrics from g, /healthz (200 while the process runs) and
 // /readyz (200 when ready returns nil, else 503 with the reason).

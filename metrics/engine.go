@@ -30,7 +30,13 @@ var _ Engine = (*orchestrator.Engine)(nil)
 //	ksaga_sagas_in_flight{step,phase}          running sagas of the partitions eng owns, waiting on the step (phase do) or its compensation (phase compensate)
 //	ksaga_oldest_saga_age_seconds{step,phase}  how long the oldest of them has been there (0: none)
 //	ksaga_step_budget_seconds{step,phase}      how long a saga may be there before the engine acts on its own (orchestrator.StepFlight.Budget)
-//	ksaga_engine_ready                         1 once eng joined its group and restored its partitions, else 0
+//	ksaga_engine_ready                         1 while eng.Ready() reports true, else 0
+//
+// Engine.Ready of an *orchestrator.Engine is true once it has joined its
+// group and restored its partitions, and false again while its last use of
+// Redis or Kafka failed. A caller whose readiness asks for more (sagad's
+// /readyz also pings Redis) passes an Engine whose Ready answers that, so
+// that the gauge and the probe agree.
 //
 // Every step a saga can wait on has its series from the start. It fails
 // when reg is nil or already holds these metrics for sagaType.
@@ -59,7 +65,7 @@ func watchEngine(reg prometheus.Registerer, sagaType string, eng Engine, now fun
 	}
 	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "ksaga", Name: "engine_ready", ConstLabels: labels,
-		Help: "1 once the engine has joined its consumer group and restored the partitions it owns, else 0.",
+		Help: "1 while the engine is ready for traffic, else 0: it has joined its consumer group and restored the partitions it owns, and its last use of Redis and Kafka did not fail. In sagad it is what /readyz answers for the engine, which also asks that Redis answer PING.",
 	}, func() float64 {
 		if eng.Ready() {
 			return 1

@@ -31,7 +31,7 @@ func TestWatchEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `
-# HELP ksaga_engine_ready 1 once the engine has joined its consumer group and restored the partitions it owns, else 0.
+# HELP ksaga_engine_ready 1 while the engine is ready for traffic, else 0: it has joined its consumer group and restored the partitions it owns, and its last use of Redis and Kafka did not fail. In sagad it is what /readyz answers for the engine, which also asks that Redis answer PING.
 # TYPE ksaga_engine_ready gauge
 ksaga_engine_ready{saga="order"} 0
 # HELP ksaga_oldest_saga_age_seconds How long the oldest running saga has been in its step or compensation (0 when none is).
@@ -50,7 +50,7 @@ ksaga_sagas_in_flight{phase="do",saga="order",step="schedule-shipping"} 0
 	}
 	eng.ready = true
 	want = `
-# HELP ksaga_engine_ready 1 once the engine has joined its consumer group and restored the partitions it owns, else 0.
+# HELP ksaga_engine_ready 1 while the engine is ready for traffic, else 0: it has joined its consumer group and restored the partitions it owns, and its last use of Redis and Kafka did not fail. In sagad it is what /readyz answers for the engine, which also asks that Redis answer PING.
 # TYPE ksaga_engine_ready gauge
 ksaga_engine_ready{saga="order"} 1
 # HELP ksaga_step_budget_seconds How long a saga may stay in a step before the engine acts on its own: the step's deadline times its attempts (for a compensation, the compensation policy's attempts times its reply deadline and longest backoff). A saga older than this is stuck.

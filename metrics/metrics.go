@@ -11,10 +11,12 @@
 //		orchestrator.KafkaOpts(metrics.Kafka(reg, order.Name, "engine")))
 //	err = metrics.WatchEngine(reg, order.Name, eng)
 //	err = metrics.RegisterBuildInfo(reg, version)
-//	lag, err := metrics.NewLag(reg, kadm.NewClient(eng.Client()))
+//	lag, err := metrics.NewLag(reg, eng.Client())
 //	lag.Watch("ksaga-order", message.Inbox(order.Name))
+//	rs, err := metrics.WatchRedis(ctx, reg, order.Name, rdb) // the engine's Redis
+//	defer rs.Close()
 //
-// Every metric of New, NewRedis and WatchEngine carries the constant label
+// Every metric of New, NewRedis, WatchEngine and WatchRedis carries the constant label
 // saga=<saga type>:
 //
 //	ksaga_sagas_started_total                    sagas started (SagaStarted events committed)
@@ -28,26 +30,31 @@
 //	ksaga_step_duration_seconds{step}            how long steps and compensations took
 //	ksaga_timeouts_total                         Timeout messages produced for expired deadlines
 //	ksaga_forwarded_records_total                inbox records moved to their saga's home partition
+//	ksaga_undo_local_failures_total{step}        failed calls of a local step's UndoLocal (each retried after a backoff)
 //	ksaga_redis_pending_states                   committed states not yet written to Redis
 //	ksaga_redis_lag_seconds                      how long Redis has been behind the committed states (0: up to date)
-//	ksaga_redis_errors_total                     failed attempts to bring Redis up to date
+//	ksaga_redis_errors_total                     failed Redis operations of the engine: reads and writes
 //	ksaga_redis_round_trips_total{client}        Redis round trips (Redis hooks, see NewRedis)
 //	ksaga_sagas_in_flight{step,phase}            running sagas of the owned partitions per step (WatchEngine)
 //	ksaga_oldest_saga_age_seconds{step,phase}    how long the oldest of them has been in the step (WatchEngine)
 //	ksaga_step_budget_seconds{step,phase}        how long a saga may stay in the step (WatchEngine)
-//	ksaga_engine_ready                           1 once the engine joined its group and restored its partitions (WatchEngine)
+//	ksaga_engine_ready                           1 while the engine is ready: joined, restored, Redis and Kafka answering (WatchEngine)
+//	ksaga_redis_evicted_keys_total               keys the engines' Redis evicted (WatchRedis)
+//	ksaga_redis_maxmemory_policy_safe            1: noeviction or volatile-*; 0: allkeys-*; -1: CONFIG refused (WatchRedis)
 //
 // and, without the saga label:
 //
-//	ksaga_consumer_lag{group,topic,partition}               records of a partition not consumed yet by a group (NewLag)
+//	ksaga_consumer_lag{group,topic,partition}               offsets of a partition not consumed yet by a group (NewLag)
 //	ksaga_consumer_committed_offset{group,topic,partition}  the group's committed offset (NewLag)
+//	ksaga_consumer_lag_seconds{group,topic,partition}       how long the oldest record not consumed yet has waited (NewLag)
 //	ksaga_consumer_lag_errors_total{group}                  failed lag reads (NewLag)
 //	ksaga_build_info{version,goversion,revision}            always 1 (RegisterBuildInfo)
 //	ksaga_kafka_*{saga,client}                              the Kafka clients' kprom metrics (Kafka)
 //
 // Every label value the metrics can take is created at zero when they are
 // registered (dead-letter and drop reasons, outcomes, results, steps and
-// phases), so that rate() and increase() see the first event.
+// phases; the steps of ksaga_undo_local_failures_total with InitSteps), so
+// that rate() and increase() see the first event.
 //
 // The package depends on the engine, never the other way round: the engine
 // knows only its hook interfaces and accessors.
@@ -66,6 +73,7 @@ import (
 
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga"
 )
 
 // Label values of ksaga_sagas_finished_total and ksaga_transactions_total.
@@ -117,6 +125,7 @@ type Metrics struct {
 	steps        *prometheus.HistogramVec
 	timeouts     prometheus.Counter
 	forwarded    prometheus.Counter
+	undoFailures *prometheus.CounterVec
 	redisErrors  prometheus.Counter
 
 	// pending is the last Redis lag the engine reported; the gauge reads
@@ -181,9 +190,10 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 			Namespace: "ksaga", Name: "step_duration_seconds", ConstLabels: labels, Buckets: StepBuckets,
 			Help: "How long a step or compensation took, from its start to its success, failure or compensation.",
 		}, []string{"step"}),
-		timeouts:    counter("timeouts_total", "Timeout messages produced for expired step deadlines."),
-		forwarded:   counter("forwarded_records_total", "Inbox records that arrived off their saga's home partition and were moved there."),
-		redisErrors: counter("redis_errors_total", "Failed attempts to write committed states to Redis."),
+		timeouts:     counter("timeouts_total", "Timeout messages produced for expired step deadlines."),
+		forwarded:    counter("forwarded_records_total", "Inbox records that arrived off their saga's home partition and were moved there."),
+		undoFailures: counterVec("undo_local_failures_total", "Failed calls of a local step's UndoLocal, by step; each is retried after a backoff.", "step"),
+		redisErrors:  counter("redis_errors_total", "Failed Redis operations of the engine, reads and writes: loading sagas and checkpoints, writing committed states."),
 	}
 	m.now = time.Now
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -221,7 +231,7 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.started, m.finished, m.transactions, m.phases, m.inbox, m.retries, m.dlq,
-		m.dropped, m.steps, m.timeouts, m.forwarded, m.redisErrors, pending, redisLag,
+		m.dropped, m.steps, m.timeouts, m.forwarded, m.undoFailures, m.redisErrors, pending, redisLag,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register saga %s: %w", sagaType, err)
@@ -230,8 +240,21 @@ func New(reg prometheus.Registerer, sagaType string) (*Metrics, error) {
 	return m, nil
 }
 
+// InitSteps creates at zero the series of the steps that New cannot know:
+// ksaga_undo_local_failures_total{step} of every local step with an
+// UndoLocal among steps (saga.Definition.Steps), so that increase() sees
+// the first failure. Call it before the engine runs.
+func (m *Metrics) InitSteps(steps []saga.StepInfo) {
+	for _, s := range steps {
+		if s.Local && s.Undoable {
+			m.undoFailures.WithLabelValues(s.Name)
+		}
+	}
+}
+
 // AfterCommit counts what a committed transaction did: sagas started and
-// finished, step durations, dead-letters, drops, timeouts and records.
+// finished, step durations, dead-letters, drops, failed UndoLocal calls,
+// timeouts and records.
 func (m *Metrics) AfterCommit(_ context.Context, b *orchestrator.Batch) {
 	var started, completed, compensated, failed int64
 	for _, ev := range b.Events {
@@ -266,6 +289,9 @@ func (m *Metrics) AfterCommit(_ context.Context, b *orchestrator.Batch) {
 	for _, r := range b.Dropped {
 		m.dropped.WithLabelValues(r).Inc()
 	}
+	for _, step := range b.UndoLocalFailures {
+		m.undoFailures.WithLabelValues(step).Inc()
+	}
 
 	m.mu.Lock()
 	m.snap.Started += started
@@ -297,7 +323,8 @@ func (m *Metrics) AfterCompletion(_ context.Context, _ *orchestrator.Batch, comm
 func (m *Metrics) OnRetry(*kgo.Record, int, error) { m.retries.Inc() }
 
 // OnRedisLag records the number of states waiting for Redis and the age of
-// the oldest, and counts a failed write.
+// the oldest, and counts a failed Redis operation (a read or a write) when
+// err is set.
 func (m *Metrics) OnRedisLag(pending int, oldest time.Time, err error) {
 	m.pending.Store(int64(pending))
 	if pending == 0 || oldest.IsZero() {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
+	"github.com/ksaga/ksaga/saga"
 )
 
 func newMetrics(t *testing.T) (*Metrics, *prometheus.Registry) {
@@ -30,7 +31,8 @@ func ev(id, typ string) message.Event {
 }
 
 // batch is a committed transaction: two sagas started, one completed, one
-// compensated, one failed, a poison record dead-lettered, a duplicate dropped.
+// compensated, one failed, a poison record dead-lettered, a duplicate dropped,
+// three calls of UndoLocal failed.
 func batch() *orchestrator.Batch {
 	return &orchestrator.Batch{
 		Records: 7,
@@ -48,10 +50,11 @@ func batch() *orchestrator.Batch {
 			{Step: "reserve-inventory", Duration: time.Second / 32},
 			{Step: "authorize-payment", Duration: 2 * time.Second},
 		},
-		DeadLettered: []string{orchestrator.ReasonUndecodable},
-		Dropped:      []string{orchestrator.DropDuplicateStart, orchestrator.DropStaleReply, orchestrator.DropStaleReply},
-		Timeouts:     2,
-		Phases:       orchestrator.Phases{Preload: time.Second / 512, Handle: time.Second / 64, Flush: time.Second / 128, Commit: time.Second / 256},
+		DeadLettered:      []string{orchestrator.ReasonUndecodable},
+		Dropped:           []string{orchestrator.DropDuplicateStart, orchestrator.DropStaleReply, orchestrator.DropStaleReply},
+		Timeouts:          2,
+		UndoLocalFailures: []string{"complete-order", "release-hold", "complete-order"},
+		Phases:            orchestrator.Phases{Preload: time.Second / 512, Handle: time.Second / 64, Flush: time.Second / 128, Commit: time.Second / 256},
 	}
 }
 
@@ -75,6 +78,8 @@ func TestAfterCommit(t *testing.T) {
 		{"dlq undecodable", m.dlq.WithLabelValues(orchestrator.ReasonUndecodable), 1},
 		{"dropped duplicate", m.dropped.WithLabelValues(orchestrator.DropDuplicateStart), 1},
 		{"dropped stale", m.dropped.WithLabelValues(orchestrator.DropStaleReply), 2},
+		{"undo local failures complete-order", m.undoFailures.WithLabelValues("complete-order"), 2},
+		{"undo local failures release-hold", m.undoFailures.WithLabelValues("release-hold"), 1},
 		{"committed", m.transactions.WithLabelValues(ResultCommitted), 1},
 		{"aborted", m.transactions.WithLabelValues(ResultAborted), 0},
 	} {
@@ -117,6 +122,9 @@ func TestAfterCommit(t *testing.T) {
 	// One histogram series per step.
 	if got := testutil.CollectAndCount(m.steps); got != 2 {
 		t.Errorf("step_duration_seconds series: got %d, want 2", got)
+	}
+	if got := testutil.CollectAndCount(m.undoFailures); got != 2 {
+		t.Errorf("undo_local_failures_total series: got %d, want 2 (one per step)", got)
 	}
 	want := `
 # HELP ksaga_step_duration_seconds How long a step or compensation took, from its start to its success, failure or compensation.
@@ -172,6 +180,24 @@ ksaga_step_duration_seconds_count{saga="order",step="reserve-inventory"} 2
 	}
 }
 
+func TestInitSteps(t *testing.T) {
+	m, _ := newMetrics(t)
+	m.InitSteps([]saga.StepInfo{
+		{Name: "reserve-inventory", Undoable: true},
+		{Name: "schedule-shipping"},
+		{Name: "complete-order", Local: true, Undoable: true},
+		{Name: "notify", Local: true},
+	})
+	want := `
+# HELP ksaga_undo_local_failures_total Failed calls of a local step's UndoLocal, by step; each is retried after a backoff.
+# TYPE ksaga_undo_local_failures_total counter
+ksaga_undo_local_failures_total{saga="order",step="complete-order"} 0
+`
+	if err := testutil.CollectAndCompare(m.undoFailures, strings.NewReader(want)); err != nil {
+		t.Errorf("only the local step with an UndoLocal, at 0: %v", err)
+	}
+}
+
 func TestAbortedTransactionCountsNoSagas(t *testing.T) {
 	m, _ := newMetrics(t)
 	// The engine calls only AfterCompletion for an aborted transaction: its
@@ -193,12 +219,14 @@ func TestRetryAndRedisLag(t *testing.T) {
 	m.OnRetry(nil, 1, errors.New("boom"))
 	m.OnRetry(nil, 2, errors.New("boom"))
 	m.OnRedisLag(12, time.Now(), errors.New("connection refused"))
+	// A failed read: nothing waits for Redis, and it still counts.
+	m.OnRedisLag(0, time.Time{}, errors.New("i/o timeout"))
 	m.OnRedisLag(5, time.Now(), nil)
 	if got := testutil.ToFloat64(m.retries); got != 2 {
 		t.Errorf("retries: got %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(m.redisErrors); got != 1 {
-		t.Errorf("redis errors: got %v, want 1", got)
+	if got := testutil.ToFloat64(m.redisErrors); got != 2 {
+		t.Errorf("redis errors: got %v, want 2 (a failed write, a failed read)", got)
 	}
 	want := `
 # HELP ksaga_redis_pending_states Committed saga states not yet written to Redis (held in memory until Redis acknowledges them).
@@ -221,7 +249,8 @@ func TestRegistration(t *testing.T) {
 	// started, inbox, retries, timeouts, forwarded, redis errors,
 	// pending, redis lag: 1 each; finished: 3 outcomes; transactions: 2
 	// results; transaction phases: 4; every dead-letter and drop reason.
-	// Only the step histogram has no series yet.
+	// Only the step histogram and the UndoLocal failures (by step) have no
+	// series yet.
 	if want := 8 + 3 + 2 + 4 + len(orchestrator.DeadLetterReasons()) + len(orchestrator.DropReasons()); n != want {
 		t.Errorf("series at start: got %d, want %d", n, want)
 	}
