@@ -24,9 +24,9 @@ const (
 	// catchupRollbacks rollbacks of catchupAge each make one
 	// redis-rollback-catchup fault. An engine meets a rollback at its next
 	// read of a partition; the fault is after the reads that meet it while
-	// a batch is being read (its first preload or its catch-up), a window
-	// of a few milliseconds per batch, so it fires many times while the
-	// load keeps the engines' batches coming.
+	// a batch is being read, after the batch's first preload (the
+	// catch-up's preload), a window of a few milliseconds per batch, so it
+	// fires many times while the load keeps the engines' batches coming.
 	catchupRollbacks = 10
 	catchupAge       = 1200 * time.Millisecond
 	// catchupSettle is the wait after the last rollback for the engines to
@@ -58,11 +58,12 @@ const (
 // Lines of the engines' logs (JSON, "msg" field) that the faults count.
 const (
 	// logBatchReread is logged each time a partition is rebuilt while a
-	// batch is being read (first preload or catch-up): the batch is
-	// consumed again.
+	// batch is being read, after its first preload (in the catch-up): the
+	// batch is consumed again.
 	logBatchReread = `"msg":"a partition was rebuilt while a batch was read; consuming the batch again"`
-	// logCatchupReread is what engines logged for the same event before
-	// they counted the first preload too: only a catch-up's rebuild.
+	// logCatchupReread is what older engines logged for the same event,
+	// only when the rebuild also took in a Redis write: counted too, so
+	// that the fault can run against them.
 	logCatchupReread = `"msg":"a partition rebuilt by the catch-up's preload took in a Redis write; consuming the batch again"`
 	// logRebuild is logged when an engine finds that Redis lost data or
 	// went back in time, and logRestored when a partition is restored
