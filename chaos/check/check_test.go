@@ -117,9 +117,8 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	d.Approvals["l-1"] = map[string]string{"status": "approved"}
 	end("l-2", "+"+hold, "x"+approve+" "+localfirst.ReasonRefused, "!"+localfirst.ReasonRefused, "~"+hold, message.EventSagaCompensated)
 	d.Holds["l-2"] = map[string]string{"status": "released", "amount_cents": "20", "account": "a-1", "fence": "4", "applies": "1"}
-	// l-3's hold-funds hung on every attempt: its start is dead-lettered,
-	// and the late write of an abandoned attempt met nothing to refuse it
-	// only if it never came.
+	// l-3's hold-funds hung on every attempt: its start is dead-lettered
+	// (below), no saga was started and no hold stands.
 	end("l-4", "+"+hold, "x"+approve+" compensation requested: "+CompensateReason, "!compensation requested: "+CompensateReason,
 		"~"+approve, "~"+hold, message.EventSagaCompensated)
 	d.Holds["l-4"] = map[string]string{"status": "released", "amount_cents": "40", "account": "a-2", "fence": "5", "applies": "1"}
