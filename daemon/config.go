@@ -71,7 +71,9 @@ type Config struct {
 	// terminal.
 	LogFormat string
 	LogLevel  slog.Level
-	// DataDir is where the embedded Kafka keeps its data (embedded only).
+	// DataDir is where the embedded Kafka keeps its data (embedded only):
+	// --data-dir, by default $TMPDIR/ksaga-<program> (Name, else the
+	// executable's name). The daemon locks it while it runs.
 	DataDir string
 	// Serve keeps the embedded mode running after its demo.
 	Serve bool
@@ -148,7 +150,7 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
 	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
-	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs (embedded mode only; default $TMPDIR/ksaga-demo)")
+	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs, locked while "+o.programName()+" runs (embedded mode only; default $TMPDIR/"+o.dataDirName()+")")
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
 	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")
 	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
@@ -405,9 +407,34 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		return c, err
 	}
 	if c.Embedded() && c.DataDir == "" {
-		c.DataDir = filepath.Join(os.TempDir(), "ksaga-demo")
+		c.DataDir = filepath.Join(os.TempDir(), o.dataDirName())
 	}
 	return c, nil
+}
+
+// programName is the program's name as the daemon's data directory and its
+// lock name it: the name given with Name, or without one (Run's default,
+// "ksaga"), the executable's base name.
+func (o *options) programName() string {
+	if o.name != "" && o.name != "ksaga" {
+		return o.name
+	}
+	return strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe")
+}
+
+// dataDirName is the base name of --data-dir's default, in os.TempDir():
+// "ksaga-<program>", one per program, so that two programs built on this
+// package (sagad, tripd, yours) do not share one embedded Kafka's data. A
+// character of the name that is not a letter, a digit, '.', '_' or '-' is
+// '_' in it.
+func (o *options) dataDirName() string {
+	name := []byte(o.programName())
+	for i, ch := range name {
+		if !('a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' || '0' <= ch && ch <= '9' || ch == '.' || ch == '_' || ch == '-') {
+			name[i] = '_'
+		}
+	}
+	return "ksaga-" + string(name)
 }
 
 // parseParticipants parses --participants: names of all, "all" or "none".

@@ -24,7 +24,7 @@ func TestParseConfig(t *testing.T) {
 	embedded := Config{
 		Participants: allParticipants, TransactionalID: host, Partitions: 6, Engine: true,
 		ReplicationFactor: 1, MetricsAddr: ":9090", LogLevel: slog.LevelInfo,
-		MaxPollRecords: 1000, DataDir: filepath.Join(os.TempDir(), "ksaga-demo"),
+		MaxPollRecords: 1000, DataDir: filepath.Join(os.TempDir(), "ksaga-sagad"),
 		SessionTimeout: 45 * time.Second,
 	}
 	real := Config{
@@ -325,6 +325,38 @@ func TestParseConfigHelp(t *testing.T) {
 		if _, err := testOptions().parseConfig([]string{arg}, mapEnv(nil)); !errors.Is(err, flag.ErrHelp) {
 			t.Errorf("parseConfig(%s): got %v, want flag.ErrHelp", arg, err)
 		}
+	}
+}
+
+// TestDefaultDataDir checks that each program gets a data directory of its
+// own by default, named after it.
+func TestDefaultDataDir(t *testing.T) {
+	exe := strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe") // daemon.test
+	for _, tc := range []struct {
+		name, program, want string
+	}{
+		{"sagad", "sagad", "ksaga-sagad"},
+		{"tripd", "tripd", "ksaga-tripd"},
+		{"no Name", "", "ksaga-" + exe},
+		{"Run's default name", "ksaga", "ksaga-" + exe},
+		{"a name that is not a file name", "my app/v2", "ksaga-my_app_v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := testOptions()
+			o.name = tc.program
+			c, err := o.parseConfig(nil, mapEnv(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := filepath.Join(os.TempDir(), tc.want); c.DataDir != want {
+				t.Errorf("got --data-dir %s, want %s", c.DataDir, want)
+			}
+			var b strings.Builder
+			o.usage(&b)
+			if want := "default $TMPDIR/" + tc.want + ")"; !strings.Contains(b.String(), want) {
+				t.Errorf("-help does not say %q:\n%s", want, b.String())
+			}
+		})
 	}
 }
 

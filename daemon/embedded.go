@@ -2,9 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -14,11 +15,18 @@ import (
 // startEmbedded starts an in-process Kafka (kfake, persisted under
 // --data-dir) and Redis (miniredis, in memory) and points env at them. Redis
 // starts empty on every run; the engines rebuild their view from the
-// persisted state topics. It returns what stops them, or nil and the exit
-// status when they cannot start.
+// persisted state topics. The data directory is locked first (see
+// lockDataDir) and until stop: a daemon whose directory another holds
+// exits before it starts Kafka. It returns what stops them, or nil and the
+// exit status when they cannot start.
 func (a *app) startEmbedded(env *Env) (stop func(), code int) {
 	c := a.cfg
-	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+	lock, err := lockDataDir(c.DataDir, a.o.programName(), time.Now())
+	var inUse *dataDirInUseError
+	switch {
+	case errors.As(err, &inUse):
+		return nil, a.failf("%v", err)
+	case err != nil:
 		return nil, a.failf("--data-dir: %v", err)
 	}
 	cluster, err := kfake.NewCluster(
@@ -27,11 +35,13 @@ func (a *app) startEmbedded(env *Env) (stop func(), code int) {
 		kfake.WithLogger(kfakeLogger{a.compLog}),
 	)
 	if err != nil {
+		lock.release()
 		return nil, a.failf("cannot start the embedded Kafka in %s: %v; remove that directory or choose another --data-dir", c.DataDir, err)
 	}
 	mr, err := miniredis.Run()
 	if err != nil {
 		cluster.Close()
+		lock.release()
 		return nil, a.failf("cannot start the embedded Redis: %v", err)
 	}
 	env.Brokers = cluster.ListenAddrs()
@@ -44,7 +54,8 @@ func (a *app) startEmbedded(env *Env) (stop func(), code int) {
 		// The engines and participants have stopped; env closes its Redis
 		// client afterwards, which is harmless.
 		mr.Close()
-		cluster.Close()
+		cluster.Close() // which writes the data directory last
+		lock.release()
 	}, ExitOK
 }
 

@@ -1,6 +1,7 @@
 // Command tripd runs the trip saga and its participants on package daemon:
 // "tripd -help" lists its flags; with no flags it runs on an in-process
-// Kafka and Redis until interrupted.
+// Kafka and Redis until interrupted, with Kafka's data in
+// $TMPDIR/ksaga-tripd (--data-dir), which it locks while it runs.
 package main
 
 import (
