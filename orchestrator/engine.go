@@ -84,6 +84,14 @@ type Engine struct {
 	// sweepFull whether that look found a full batch of them.
 	swept     time.Time
 	sweepFull bool
+	// repairing is the repair pass of the Redis view in progress (nil:
+	// none), repaired when the last one began; evicted is the evicted
+	// key count Redis last reported (-1: not read yet), read at
+	// evictionsChecked (see repair.go).
+	repairing        *repair
+	repaired         time.Time
+	evicted          int64
+	evictionsChecked time.Time
 	// polled is when the last poll returned (see catchUp).
 	polled time.Time
 	// began is when the last transaction began, and full whether its
@@ -183,6 +191,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		parts: make(map[int32]*partition), sagas: make(map[string]*entry),
 		closed: make(chan struct{}), limits: newLimits(),
 		flight: make(map[string]flying), lost: make(map[int32]bool), stale: make(map[int32]bool),
+		evicted: -1, repaired: time.Now(),
 	}
 	for _, h := range cfg.hooks {
 		if t, ok := h.(HookTrace); ok {

@@ -242,6 +242,7 @@ func (e *Engine) maintainRedis(ctx context.Context) {
 		e.log.Warn("rebuild failed; will retry", "err", err)
 		return
 	}
+	e.repairView(ctx)
 	if e.writing != nil {
 		return
 	}

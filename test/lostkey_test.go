@@ -2,6 +2,9 @@ package test
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,4 +95,52 @@ func TestRedisLosesOneKey(t *testing.T) {
 	if got, want := e.stock("sku-1"), int64(100-2*2); got != want {
 		t.Errorf("stock %d, want %d (each order reserved once)", got, want)
 	}
+}
+
+// TestRedisViewIsRepaired deletes state keys of finished sagas, which no
+// record will ask for again, and makes Redis evict keys (of its own, here:
+// volatile ones). Seeing the eviction count grow, the engine checks its view
+// and writes the lost states back from the state topic.
+func TestRedisViewIsRepaired(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 1000})
+	e.startParticipants()
+	eng := e.startEngine(nil)
+	defer eng.stop(t)
+	ctx := context.Background()
+
+	sagas := ids("v", 30)
+	for _, id := range sagas {
+		e.start(newOrder(id))
+	}
+	e.waitTerminal(sagas, 60*time.Second)
+	e.waitRedis(sagas, 10*time.Second)
+	for _, id := range sagas[:10] {
+		if err := e.eng.Del(ctx, orchestrator.StateKey(order.Name, message.HomePartition(id, partitions), id)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Evictions, of volatile keys only: nothing of the engine's.
+	used, err := e.eng.Info(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mem int64
+	for _, line := range strings.Split(used, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+			mem, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	e.eng.ConfigSet(ctx, "maxmemory-policy", "volatile-lru")
+	e.eng.ConfigSet(ctx, "maxmemory", strconv.FormatInt(mem+(512<<10), 10))
+	filler := strings.Repeat("x", 10<<10)
+	for i := range 200 {
+		e.eng.Set(ctx, fmt.Sprintf("filler:%d", i), filler, time.Hour)
+	}
+	e.eng.ConfigSet(ctx, "maxmemory", "0")
+	e.eng.ConfigSet(ctx, "maxmemory-policy", "noeviction")
+	if info, _ := e.eng.Info(ctx, "stats").Result(); !strings.Contains(info, "evicted_keys:") || strings.Contains(info, "evicted_keys:0\r\n") {
+		t.Fatalf("Redis evicted nothing: the test proves nothing")
+	}
+	e.waitRedis(sagas, 20*time.Second)
 }
