@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ksaga/ksaga/conn"
+	"github.com/ksaga/ksaga/orchestrator"
 )
 
 // Config is a daemon's validated configuration: its flags, each filled from
@@ -60,6 +61,12 @@ type Config struct {
 	// orchestrator.TransactionInterval); 0 begins one as soon as records
 	// are there.
 	TxnInterval time.Duration
+	// Retention is how long an ended saga stays in the Redis view and the
+	// state topic (see orchestrator.Retention); 0 keeps it forever.
+	Retention time.Duration
+	// RedisTimeout bounds each call of the engine into Redis (see
+	// orchestrator.RedisTimeout); 0 picks the engine's default.
+	RedisTimeout time.Duration
 	// MetricsAddr is the address of the HTTP server; empty disables it.
 	MetricsAddr string
 	Pprof       bool
@@ -120,6 +127,7 @@ type flagValues struct {
 	partitions, replicationFactor, maxPoll                       int
 	serve, static, engine, pprof, requireConfig                  bool
 	sessionTimeout, dltRetention, txnInterval                    time.Duration
+	retention, redisTimeout                                      time.Duration
 	kafka                                                        conn.Kafka
 	redis                                                        conn.Redis
 	api                                                          apiFlags
@@ -150,6 +158,8 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
 	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
+	fs.DurationVar(&v.retention, "retention", orchestrator.DefaultRetention, "how long an ended saga stays in the Redis view and on the state topic, a `duration` from when it ended: within it a start for its id is a duplicate (dropped) or a conflict (dead-lettered); after it the saga is deleted and its id may start a new saga; 0 keeps ended sagas forever (the view then grows with every saga)")
+	fs.DurationVar(&v.redisTimeout, "redis-timeout", 0, "bound on each call of the engine into Redis, a `duration` shorter than the transaction timeout (10s), whatever the client's own timeouts: a Redis that hangs then costs a retry, never a stalled partition; 0 picks 5s")
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs, locked while "+o.programName()+" runs (embedded mode only; default $TMPDIR/"+o.dataDirName()+")")
 	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
 	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")
@@ -253,6 +263,8 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		MetricsAddr:            v.metricsAddr,
 		MaxPollRecords:         v.maxPoll,
 		TxnInterval:            v.txnInterval,
+		Retention:              v.retention,
+		RedisTimeout:           v.redisTimeout,
 		DataDir:                v.dataDir,
 		Serve:                  v.serve,
 		StaticMembership:       v.static,
@@ -399,6 +411,12 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 	}
 	if c.TxnInterval < 0 || c.TxnInterval > time.Second {
 		return c, fmt.Errorf("%s %v: want 0 (none) up to 1s, such as 5ms", name("txn-interval"), c.TxnInterval)
+	}
+	if c.Retention < 0 {
+		return c, fmt.Errorf("%s %v is negative: want a duration such as 168h, or 0 to keep ended sagas forever", name("retention"), c.Retention)
+	}
+	if c.RedisTimeout < 0 {
+		return c, fmt.Errorf("%s %v is negative: want a duration such as 5s, shorter than the transaction timeout (10s)", name("redis-timeout"), c.RedisTimeout)
 	}
 	if c.API, err = v.api.config(name, set); err != nil {
 		return c, err

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/participant"
 )
 
@@ -25,12 +26,13 @@ func TestParseConfig(t *testing.T) {
 		Participants: allParticipants, TransactionalID: host, Partitions: 6, Engine: true,
 		ReplicationFactor: 1, MetricsAddr: ":9090", LogLevel: slog.LevelInfo,
 		MaxPollRecords: 1000, DataDir: filepath.Join(os.TempDir(), "ksaga-sagad"),
-		SessionTimeout: 45 * time.Second,
+		SessionTimeout: 45 * time.Second, Retention: orchestrator.DefaultRetention,
 	}
 	real := Config{
 		KafkaBrokers: []string{"k1:9092", "k2:9092"}, RedisAddrs: []string{"r:6379"}, Engine: true,
 		TransactionalID: host, Partitions: 6, ReplicationFactor: 3, MetricsAddr: ":9090",
 		LogLevel: slog.LevelInfo, MaxPollRecords: 1000, SessionTimeout: 45 * time.Second,
+		Retention: orchestrator.DefaultRetention,
 	}
 	realArgs := []string{"--kafka-brokers", "k1:9092, k2:9092", "--redis-addr", "r:6379"}
 	with := func(c Config, f func(*Config)) Config { f(&c); return c }
@@ -69,6 +71,12 @@ func TestParseConfig(t *testing.T) {
 			args: realArgs,
 			env:  map[string]string{"KSAGA_TXN_INTERVAL": "5ms"},
 			want: with(real, func(c *Config) { c.TxnInterval = 5 * time.Millisecond }),
+		},
+		{
+			name: "a retention and a Redis timeout, from their variables",
+			args: realArgs,
+			env:  map[string]string{"KSAGA_RETENTION": "24h", "KSAGA_REDIS_TIMEOUT": "2s"},
+			want: with(real, func(c *Config) { c.Retention, c.RedisTimeout = 24*time.Hour, 2*time.Second }),
 		},
 		{
 			name: "all participants, replication factor",
@@ -301,6 +309,16 @@ func TestParseConfigErrors(t *testing.T) {
 			name: "negative transaction interval",
 			args: []string{"--txn-interval", "-1ms"},
 			want: `--txn-interval -1ms: want 0 (none) up to 1s, such as 5ms`,
+		},
+		{
+			name: "negative retention",
+			args: []string{"--retention", "-1h"},
+			want: `--retention -1h0m0s is negative: want a duration such as 168h, or 0 to keep ended sagas forever`,
+		},
+		{
+			name: "negative redis timeout",
+			args: []string{"--redis-timeout", "-1s"},
+			want: `--redis-timeout -1s is negative: want a duration such as 5s, shorter than the transaction timeout (10s)`,
 		},
 		{
 			name: "transaction interval too long",

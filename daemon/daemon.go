@@ -600,8 +600,12 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 				orchestrator.Logger(a.compLog),
 				orchestrator.MaxPollRecords(c.MaxPollRecords),
 				orchestrator.TransactionInterval(c.TxnInterval),
+				orchestrator.Retention(c.Retention),
 				orchestrator.Hooks(env.metrics[def.Name()], a.tracer),
 				orchestrator.KafkaOpts(append(slices.Clone(base), metrics.Kafka(env.Registry, def.Name(), client))...),
+			}
+			if c.RedisTimeout > 0 {
+				opts = append(opts, orchestrator.RedisTimeout(c.RedisTimeout))
 			}
 			if c.StaticMembership {
 				opts = append(opts, orchestrator.StaticMembership())
