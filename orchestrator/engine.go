@@ -1093,6 +1093,9 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 		e.log.ErrorContext(ctx, "cannot start compensation", "saga_id", in.sagaID, "err", err)
 		return nil
 	}
+	if out == nil {
+		return nil // a start with nothing to undo: only dead-lettered
+	}
 	e.applied(ctx, b, r, in, st, out, produce)
 	return nil
 }
@@ -1250,7 +1253,7 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 	if policy.Exhausted(n) {
 		wait = 0
 	}
-	e.log.Warn("processing failed; retrying", "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
+	e.log.WarnContext(ctx, "processing failed; retrying", "saga_id", string(r.Key), "trace_id", traceID(r), "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
 	ctxtime.Sleep(runCtx, wait)
 	return nil
 }
@@ -1396,7 +1399,11 @@ func (p *packed) value(key, v string) []byte {
 func (p *packed) trace(tc *TraceContext) {
 	if tc != nil {
 		p.value(message.HeaderTraceParent, tc.Parent)
-		p.value(message.HeaderTraceState, tc.State)
+		if tc.State != "" {
+			// An empty tracestate is the same as none (W3C trace
+			// context): no header.
+			p.value(message.HeaderTraceState, tc.State)
+		}
 	}
 }
 

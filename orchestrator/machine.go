@@ -456,17 +456,36 @@ func (m *machine) abort(ctx context.Context, st *State, data any, in *input, rea
 // failing at step failed until its attempts ran out, and compensates it:
 // the local steps before failed succeeded in the last attempt (their
 // effects stand), and failed's own may have been made before its
-// transaction aborted. Without a saga nothing could ever undo them.
+// transaction aborted. Without a saga nothing could ever undo them. When
+// none of them has an UndoLocal there is nothing to undo: abortStart
+// returns a nil outcome and no saga starts, so that the dead-lettered start
+// can be redriven once its cause is fixed.
 func (m *machine) abortStart(ctx context.Context, in *input, reason string, failed int) (*outcome, error) {
+	if failed < 0 || failed >= len(m.steps) {
+		failed = 0
+	}
 	out, err := m.begin(in, startHash(in.data))
 	if err != nil {
 		return nil, err
 	}
-	if failed < 0 || failed >= len(m.steps) {
-		failed = 0
+	plan := compensation.Plan(m.undo, failed, m.failedOutcome(failed))
+	if !slices.ContainsFunc(plan, func(i int) bool { return !m.skipped(ctx, i, out.data) }) {
+		return nil, nil
 	}
 	m.reached(ctx, out, 0, failed)
 	return out, m.failStep(ctx, out, failed, reason)
+}
+
+// failedOutcome is what the engine knows of the effect of step i, whose
+// code failed until its attempts ran out: a local step whose attempt
+// aborted may have left its effect behind, unless it has nothing to undo; a
+// participant step whose reply could not be handled may have had its
+// effect too.
+func (m *machine) failedOutcome(i int) compensation.Outcome {
+	if step := m.steps[i]; step.Local && !step.Undoable {
+		return compensation.NotApplied
+	}
+	return compensation.OutcomeUnknown
 }
 
 // reached records, as succeeded, the local steps from up to (not
@@ -484,15 +503,7 @@ func (m *machine) reached(ctx context.Context, out *outcome, from, to int) {
 func (m *machine) failStep(ctx context.Context, out *outcome, failed int, reason string) error {
 	step := m.steps[failed]
 	m.event(out, message.EventStepFailed, step.Name, reason)
-	// A local step whose attempts ran out may have left its effect behind
-	// (an attempt's transaction aborted after the step wrote): it is undone
-	// when it can be. A participant step whose reply could not be handled
-	// may have had its effect too.
-	outcome := compensation.OutcomeUnknown
-	if step.Local && !step.Undoable {
-		outcome = compensation.NotApplied
-	}
-	return m.startCompensation(ctx, out, failed, outcome, reason)
+	return m.startCompensation(ctx, out, failed, m.failedOutcome(failed), reason)
 }
 
 func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {

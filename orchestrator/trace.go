@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"strings"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -82,9 +83,11 @@ func setTrace(r *kgo.Record, tc *TraceContext) {
 			hs = append(hs, h)
 		}
 	}
-	r.Headers = append(hs,
-		kgo.RecordHeader{Key: message.HeaderTraceParent, Value: []byte(tc.Parent)},
-		kgo.RecordHeader{Key: message.HeaderTraceState, Value: []byte(tc.State)})
+	hs = append(hs, kgo.RecordHeader{Key: message.HeaderTraceParent, Value: []byte(tc.Parent)})
+	if tc.State != "" {
+		hs = append(hs, kgo.RecordHeader{Key: message.HeaderTraceState, Value: []byte(tc.State)})
+	}
+	r.Headers = hs
 }
 
 // Change is one inbox record applied to its saga, as a committed Batch
@@ -174,4 +177,18 @@ func deadLetterTrace(r *kgo.Record, st *State, tc *TraceContext) *TraceContext {
 		return nil
 	}
 	return tc
+}
+
+// traceID returns the trace id of r's traceparent header ("" when it has
+// none), for log lines about r that no span covers.
+func traceID(r *kgo.Record) string {
+	for _, h := range r.Headers {
+		if h.Key == message.HeaderTraceParent {
+			// version "-" trace-id "-" parent-id "-" flags
+			if parts := strings.Split(string(h.Value), "-"); len(parts) == 4 && len(parts[1]) == 32 {
+				return parts[1]
+			}
+		}
+	}
+	return ""
 }

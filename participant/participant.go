@@ -695,7 +695,10 @@ func replyRecord(c Request, r message.Reply, traceparent, tracestate string) (*k
 		}
 	}
 	if traceparent != "" {
-		headers = append(headers, hdr(message.HeaderTraceParent, traceparent), hdr(message.HeaderTraceState, tracestate))
+		headers = append(headers, hdr(message.HeaderTraceParent, traceparent))
+		if tracestate != "" {
+			headers = append(headers, hdr(message.HeaderTraceState, tracestate))
+		}
 	}
 	headers = append(headers, hdr(message.HeaderOutcome, r.Outcome))
 	if r.Reason != "" {
