@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,62 +15,21 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	kaudit "github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/topic"
 )
 
-// auditRecord is the JSON value of a record on saga.<type>.audit: one
-// operator action. A dlq redrive writes one per transaction, in that
-// transaction, all with the run's id; a saga compensate writes one.
-type auditRecord struct {
-	// Action is message.AuditRedrive or message.AuditCompensate.
-	Action   string `json:"action"`
-	SagaType string `json:"saga_type"`
-	// Run identifies the sagactl run: the records of one redrive share it.
-	Run string `json:"run"`
-	// By is who acted ($USER, or --as); Note is why (--note).
-	By   string    `json:"by"`
-	Note string    `json:"note"`
-	At   time.Time `json:"at"`
-	Host string    `json:"host,omitempty"`
-	Tool string    `json:"tool"`
+// auditRecord, auditFilters and auditEntry are package audit's: the one
+// schema of saga.<type>.audit, which the HTTP API writes too.
+type (
+	auditRecord  = kaudit.Record
+	auditFilters = kaudit.Filters
+	auditEntry   = kaudit.Entry
+)
 
-	// DLT, Count, Filters and Records describe a redrive: the dead-letter
-	// records it re-produced, in this record's transaction.
-	DLT     string        `json:"dlt,omitempty"`
-	Count   int           `json:"count,omitempty"`
-	Filters *auditFilters `json:"filters,omitempty"`
-	Records []auditEntry  `json:"records,omitempty"`
-
-	// SagaID, Inbox and Partition describe a compensate: the saga, and
-	// where its Compensate message went (its home partition).
-	SagaID    string `json:"saga_id,omitempty"`
-	Inbox     string `json:"inbox,omitempty"`
-	Partition *int32 `json:"partition,omitempty"`
-}
-
-// auditFilters are the selection of a redrive run, as the operator gave it.
-type auditFilters struct {
-	Reason string     `json:"reason,omitempty"`
-	SagaID string     `json:"saga_id,omitempty"`
-	Since  *time.Time `json:"since,omitempty"`
-	Until  *time.Time `json:"until,omitempty"`
-	Limit  int        `json:"limit,omitempty"`
-}
-
-// auditEntry is one redriven dead-letter record.
-type auditEntry struct {
-	// Partition and Offset place the record in the DLT.
-	Partition   int32  `json:"partition"`
-	Offset      int64  `json:"offset"`
-	SagaID      string `json:"saga_id"`
-	MessageType string `json:"message_type,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-	// To is where the original went back: "<topic>/<partition>".
-	To string `json:"to"`
-}
-
-func (e auditEntry) pos() pos { return pos{e.Partition, e.Offset} }
+// posOf returns where e was in the DLT.
+func posOf(e auditEntry) pos { return pos{e.Partition, e.Offset} }
 
 // pos is a record's place in a topic: partition and offset.
 type pos struct {
@@ -180,7 +136,7 @@ func readAudit(ctx context.Context, brokers []string, sec []kgo.Opt, adm *kadm.C
 			continue
 		}
 		for _, e := range a.Records {
-			l.redriven[e.pos()] = append(l.redriven[e.pos()], i)
+			l.redriven[posOf(e)] = append(l.redriven[posOf(e)], i)
 		}
 	}
 	return l, nil
@@ -230,42 +186,18 @@ func ensureAudit(ctx context.Context, adm *kadm.Client, sagaType string, errw io
 	return int32(spec.Partitions), nil
 }
 
-// newRun returns a new run id: the time and 4 random bytes, so that ids
-// sort by time and never collide.
-func newRun(now time.Time) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
-}
+// newRun returns a new run id (audit.NewRun).
+func newRun(now time.Time) string { return kaudit.NewRun(now) }
 
-// newAuditRecord returns an audit record of action, by whom and why, at now.
+// newAuditRecord returns an audit record of action, by whom and why, at now,
+// written by sagactl.
 func newAuditRecord(action, sagaType, run, by, note string, now time.Time) auditRecord {
-	host, _ := os.Hostname()
-	return auditRecord{Action: action, SagaType: sagaType, Run: run, By: by, Note: note, At: now.UTC(), Host: host, Tool: "sagactl"}
-}
-
-// kafkaRecord returns a's record for saga.<type>.audit, which has parts
-// partitions: keyed by key, on the partition murmur2 of the key picks, as
-// every ksaga producer's.
-func (a auditRecord) kafkaRecord(key string, parts int32) (*kgo.Record, error) {
-	v, err := json.Marshal(a)
-	if err != nil {
-		return nil, fmt.Errorf("encode the audit record: %w", err)
-	}
-	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	r := &kgo.Record{
-		Topic: topic.Audit(a.SagaType), Partition: message.HomePartition(key, parts), Key: []byte(key), Value: v,
-		Headers: []kgo.RecordHeader{hdr(message.HeaderAuditAction, a.Action), hdr(message.HeaderSagaType, a.SagaType)},
-	}
-	if a.SagaID != "" {
-		r.Headers = append(r.Headers, hdr(message.HeaderSagaID, a.SagaID))
-	}
-	return r, nil
+	return kaudit.New(action, sagaType, run, by, note, "sagactl", now)
 }
 
 // target is what a was done to, short: the DLT offsets of a redrive
 // ("0:3,5,9 1:4"), the saga of a compensate.
-func (a auditRecord) target() string {
+func target(a auditRecord) string {
 	if a.SagaID != "" {
 		return a.SagaID
 	}
@@ -342,7 +274,7 @@ func listAudit(ctx context.Context, brokers []string, st streams, opt auditListO
 			if a.Action == message.AuditRedrive {
 				count = strconv.Itoa(len(a.Records))
 			}
-			t.row(formatTime(a.At), a.Action, a.By, count, shorten(a.target(), 40), a.Run, shorten(a.Note, maxErrorWidth))
+			t.row(formatTime(a.At), a.Action, a.By, count, shorten(target(a), 40), a.Run, shorten(a.Note, maxErrorWidth))
 		}
 		if err := t.flush(); err != nil {
 			return nil, err

@@ -240,7 +240,7 @@ func redrive(t *testing.T, brokers []string, opt redriveOptions) (redriveResult,
 func positions(es []auditEntry) []string {
 	var out []string
 	for _, e := range es {
-		out = append(out, e.pos().String())
+		out = append(out, posOf(e).String())
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	kaudit "github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/message"
 )
@@ -301,6 +302,9 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		usesKafka, usesRedis = c.parts == 0, true
 	case cmdSagaList:
 		usesKafka, usesRedis = false, true
+	case cmdSagaCompensate:
+		// The Redis view says whether the saga exists and runs.
+		usesRedis = true
 	}
 	if usesRedis && len(inv.redisAddrs) == 0 {
 		if set["redis-addr"] || getenv("KSAGA_REDIS_ADDR") != "" {
@@ -335,9 +339,14 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	}
 
 	// Who and why, for the audit record of what changes something.
-	changes := name == cmdSagaCompensate || (name == cmdDLQRedrive && !c.dryRun)
+	changes := (name == cmdSagaCompensate || name == cmdDLQRedrive) && !c.dryRun
 	by := c.as
-	if changes {
+	if c.as != "" {
+		if err := kaudit.ValidName(c.as); err != nil {
+			return inv, usageErr("--as %q is not a name: want %s", c.as, kaudit.NameRule)
+		}
+	}
+	if name == cmdSagaCompensate || changes {
 		if name == cmdSagaCompensate && !sagaNameRE.MatchString(sagaType) {
 			return inv, usageErr("--saga %q is not a saga type's name: lower-case letters, digits and '-'", sagaType)
 		}
@@ -350,7 +359,10 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		if strings.TrimSpace(by) == "" {
 			return inv, usageErr("cannot tell who you are for the audit record: $USER is not set; pass --as NAME")
 		}
-		inv.confirms, inv.yes = true, c.yes
+		if err := kaudit.ValidName(by); err != nil {
+			return inv, usageErr("$USER %q is not a name for the audit record (%s): pass --as NAME", by, kaudit.NameRule)
+		}
+		inv.confirms, inv.yes = changes, c.yes
 	}
 
 	out := c.output
@@ -361,7 +373,8 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	inv.get = getOptions{sagaType: sagaType, id: id, redisAddrs: inv.redisAddrs, timeout: g.timeout, partitions: int32(c.parts), output: out}
 	inv.sagaList = sagaListOptions{sagaType: sagaType, redisAddrs: inv.redisAddrs, stuck: c.stuck, olderThan: c.olderThan,
 		status: c.status, limit: c.limit, output: out, timeout: g.timeout}
-	inv.compensate = compensateOptions{sagaType: sagaType, id: id, kafka: inv.kafka, yes: c.yes, by: by, note: c.note, output: out, timeout: g.timeout}
+	inv.compensate = compensateOptions{sagaType: sagaType, id: id, kafka: inv.kafka, redisAddrs: inv.redisAddrs, dryRun: c.dryRun, yes: c.yes,
+		by: by, note: c.note, output: out, timeout: g.timeout}
 	inv.auditList = auditListOptions{sagaType: sagaType, kafka: inv.kafka, action: action, since: f.since, until: f.until,
 		limit: c.limit, output: out, timeout: g.timeout}
 	return inv, nil
@@ -462,7 +475,7 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 	}
 	who := func() {
 		fs.StringVar(&c.note, "note", "", "why, in `text`, for the audit record (required)")
-		fs.StringVar(&c.as, "as", "", "who (a `name`), for the audit record (default $USER)")
+		fs.StringVar(&c.as, "as", "", "who (a `name`: letters, digits, . _ @ -), for the audit record (default $USER)")
 		fs.BoolVar(&c.yes, "yes", false, "do not ask for confirmation (required when stdin is not a terminal)")
 	}
 	switch name {
@@ -485,6 +498,7 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, completed, compensated or failed")
 		fs.IntVar(&c.limit, "limit", 0, "print at most `N` sagas, the longest unchanged first; 0 prints all")
 	case cmdSagaCompensate:
+		fs.BoolVar(&c.dryRun, "dry-run", false, "check the saga and print the Compensate message and audit record that would be sent; send nothing")
 		who()
 	case cmdAuditList:
 		fs.StringVar(&c.action, "action", "", "list only records of this `action`: dlq-redrive or saga-compensate")
@@ -643,13 +657,17 @@ stuck-saga sweep of the KsagaSagaStuck runbook. Needs --redis-addr only.
 Flags:
 `)
 	case cmdSagaCompensate:
-		fmt.Fprint(w, `Usage: sagactl saga compensate --saga TYPE ID --note WHY [--as WHO] [--yes] [-o ...]
+		fmt.Fprint(w, `Usage: sagactl saga compensate --saga TYPE ID --note WHY [--as WHO] [--dry-run] [--yes] [-o ...]
 
-Sends the documented Compensate message (package client's Compensate, with --note as its reason)
-to the saga's home partition of saga.TYPE.inbox: the saga stops and undoes its completed steps,
-last first. A saga that has ended ignores it; an unknown id is dead-lettered (unknown-saga). Then
-writes an audit record (who, why, when) to saga.TYPE.audit. Asks for confirmation as dlq redrive
-does.
+Reads saga ID from the Redis view first: a saga the view does not have (a wrong id, or one whose
+start request is not handled yet) or that is not running (it has ended, or is compensating
+already) is refused with exit status 1, and nothing is sent. Otherwise sends the documented
+Compensate message (with --note as its reason) to the saga's home partition of saga.TYPE.inbox:
+the saga stops and undoes its completed steps, last first; and, in the same Kafka transaction, an
+audit record (who, why, when) to saga.TYPE.audit, as the HTTP API does for its compensations.
+--dry-run checks the saga and prints both without sending them. --as (default $USER) is a name:
+letters, digits and . _ @ -. Asks for confirmation as dlq redrive does. Needs --kafka-brokers and
+--redis-addr.
 
 Flags:
 `)
@@ -673,7 +691,8 @@ Usage:
   sagactl [global flags] saga get        --saga TYPE ID                 a saga's state
   sagactl [global flags] saga list       --saga TYPE [--stuck] [--older-than D]
                                                                         sagas in Redis, e.g. stuck ones
-  sagactl [global flags] saga compensate --saga TYPE ID --note WHY      ask a saga to compensate, audited
+  sagactl [global flags] saga compensate --saga TYPE ID --note WHY [--dry-run]
+                                                                        ask a saga to compensate, audited
   sagactl [global flags] audit list      --saga TYPE                    what operators did
   sagactl help COMMAND                                                  help on one command
 
@@ -681,7 +700,7 @@ Every command takes -o table|json|yaml: json and yaml print the data alone on st
 prompts, summaries and errors go to stderr), so "sagactl ... -o json | jq" works.
 
 Global flags may also come after the command. The dlq, audit and saga compensate commands need
---kafka-brokers, saga get and saga list --redis-addr; each can come from its environment variable
+--kafka-brokers, saga get, saga list and saga compensate --redis-addr; each can come from its environment variable
 instead, shown in brackets. The --kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*
 and --redis-tls* flags connect to a Kafka or Redis that wants TLS or a login; a refused login or
 certificate exits 1 at once with one line that says what was refused.

@@ -7,7 +7,7 @@
 //	sagactl dlq redrive     --saga order --note WHY [filters] [--limit N] [--rate 50/s] [--dry-run] [--yes] [--as WHO]
 //	sagactl saga get        --saga order ID
 //	sagactl saga list       --saga order [--stuck] [--older-than 10m] [--status S] [--limit N]
-//	sagactl saga compensate --saga order ID --note WHY [--yes] [--as WHO]
+//	sagactl saga compensate --saga order ID --note WHY [--dry-run] [--yes] [--as WHO]
 //	sagactl audit list      --saga order [--action A] [--since 2h]
 //
 // Every command takes -o table (the default), -o json or -o yaml. Data goes
@@ -39,14 +39,18 @@
 // (hash ksaga:{<type>:<partition>}:state:<id>, fields version and state).
 // Redis is a view that may lag Kafka by the last few transactions. saga list
 // scans those keys; --stuck keeps the sagas that have not ended and have not
-// changed for --older-than (default 10m). saga compensate sends the
-// Compensate message of package client to the saga's home partition, then
-// writes its audit record.
+// changed for --older-than (default 10m). saga compensate reads the saga
+// from the Redis view first and refuses (exit status 1, nothing sent) a
+// saga the view does not have or that is not running; otherwise it sends
+// the documented Compensate message to the saga's home partition and its
+// audit record, in one transaction (package audit, which the HTTP API uses
+// too); --dry-run prints them and sends nothing. --as (default $USER) is a
+// name (audit.NameRule), not free text.
 //
 // Global flags, accepted before or after the command: --kafka-brokers
 // (KSAGA_KAFKA_BROKERS; required by the dlq, audit and compensate
-// commands), --redis-addr (KSAGA_REDIS_ADDR; required by saga get and saga
-// list) and --timeout, how long to wait for Kafka or Redis to answer the
+// commands), --redis-addr (KSAGA_REDIS_ADDR; required by saga get, saga
+// list and saga compensate) and --timeout, how long to wait for Kafka or Redis to answer the
 // first request (default 10s); and the connection flags of package conn,
 // each with its KSAGA_* twin: --kafka-tls, --kafka-tls-ca, --kafka-tls-cert,
 // --kafka-tls-key, --kafka-tls-server-name, --kafka-sasl-mechanism,
@@ -142,7 +146,10 @@ func runStreams(ctx context.Context, args []string, getenv func(string) string, 
 	case cmdDLQRedrive:
 		_, err = redriveDLQ(ctx, inv.brokers, st, inv.redrive)
 	case cmdSagaCompensate:
-		_, err = compensateSaga(ctx, inv.brokers, st, inv.compensate)
+		err = withRedis(inv, func(rdb redis.UniversalClient) error {
+			_, err := compensateSaga(ctx, inv.brokers, rdb, st, inv.compensate)
+			return err
+		})
 	case cmdAuditList:
 		_, err = listAudit(ctx, inv.brokers, st, inv.auditList)
 	case cmdSagaGet:

@@ -226,7 +226,7 @@ func TestUnreachableBroker(t *testing.T) {
 			for _, cmd := range [][]string{
 				{"dlq", "list"}, {"dlq", "show", "0:0"}, {"dlq", "redrive", "--dry-run"},
 				{"dlq", "redrive", "--yes", "--note", "n", "--as", "t"}, {"audit", "list"},
-				{"saga", "compensate", "o-1", "--yes", "--note", "n", "--as", "t"},
+				{"saga", "compensate", "o-1", "--yes", "--note", "n", "--as", "t", "--redis-addr", closedAddr(t)},
 			} {
 				start := time.Now()
 				var stdout, stderr bytes.Buffer
@@ -340,10 +340,18 @@ func TestParseArgs(t *testing.T) {
 		},
 		{
 			name:   "saga compensate",
-			args:   []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "customer called"},
+			args:   []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--note", "customer called"},
 			getenv: env("LOGNAME", "carol"),
-			want: invocation{command: cmdSagaCompensate, brokers: []string{"k:9092"}, confirms: true,
-				compensate: compensateOptions{sagaType: "order", id: "o-1", by: "carol", note: "customer called", output: outTable, timeout: defaultTimeout}},
+			want: invocation{command: cmdSagaCompensate, brokers: []string{"k:9092"}, redisAddrs: []string{"r:6379"}, confirms: true,
+				compensate: compensateOptions{sagaType: "order", id: "o-1", redisAddrs: []string{"r:6379"}, by: "carol", note: "customer called", output: outTable, timeout: defaultTimeout}},
+		},
+		{
+			// A dry run sends nothing: no confirmation.
+			name:   "saga compensate --dry-run",
+			args:   []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--note", "n", "--as", "bob@example.com", "--dry-run"},
+			getenv: none,
+			want: invocation{command: cmdSagaCompensate, brokers: []string{"k:9092"}, redisAddrs: []string{"r:6379"},
+				compensate: compensateOptions{sagaType: "order", id: "o-1", redisAddrs: []string{"r:6379"}, dryRun: true, by: "bob@example.com", note: "n", output: outTable, timeout: defaultTimeout}},
 		},
 		{
 			name:   "audit list",
@@ -368,8 +376,14 @@ func TestParseArgs(t *testing.T) {
 		},
 		{"redrive without --note", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092"}, env("USER", "alice"), invocation{}, []string{"--note is required", "saga.order.audit"}},
 		{"redrive without a user", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n"}, none, invocation{}, []string{"$USER", "--as NAME"}},
-		{"compensate without --note", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092"}, env("USER", "alice"), invocation{}, []string{"--note is required"}},
-		{"compensate of a type no saga can have", []string{"saga", "compensate", "o-1", "--saga", "Order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "a"}, none, invocation{}, []string{"lower-case"}},
+		{"compensate without --note", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379"}, env("USER", "alice"), invocation{}, []string{"--note is required"}},
+		{"compensate without --note, dry run", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--dry-run"}, env("USER", "alice"), invocation{}, []string{"--note is required"}},
+		{"compensate without Redis", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "a"}, none, invocation{}, []string{"--redis-addr"}},
+		{"compensate of a type no saga can have", []string{"saga", "compensate", "o-1", "--saga", "Order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--note", "n", "--as", "a"}, none, invocation{}, []string{"lower-case"}},
+		{"--as with a newline", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--note", "n", "--as", "alice\nby: root"}, none, invocation{}, []string{`--as "alice\nby: root" is not a name`, "A-Z, a-z, 0-9"}},
+		{"--as with an escape", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "\x1b[2Jroot"}, none, invocation{}, []string{"is not a name"}},
+		{"--as with a space", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--note", "n", "--as", "Alice Smith"}, none, invocation{}, []string{"is not a name"}},
+		{"$USER that is not a name", []string{"saga", "compensate", "o-1", "--saga", "order", "--kafka-brokers", "k:9092", "--redis-addr", "r:6379", "--note", "n"}, env("USER", `CORP\alice`), invocation{}, []string{"pass --as NAME"}},
 		{"bad --rate", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--dry-run", "--rate", "fast"}, none, invocation{}, []string{"--rate", "50/s"}},
 		{"bad --rate unit", []string{"dlq", "redrive", "--saga", "order", "--kafka-brokers", "k:9092", "--dry-run", "--rate", "5/d"}, none, invocation{}, []string{"unknown unit"}},
 		{"bad --since", []string{"dlq", "list", "--saga", "order", "--kafka-brokers", "k:9092", "--since", "yesterday"}, none, invocation{}, []string{"--since", "duration ago"}},

@@ -293,7 +293,7 @@ func redriveSelected(ctx context.Context, brokers []string, st streams, opt redr
 		for _, e := range ents {
 			a.Records = append(a.Records, redrivenEntry(e))
 		}
-		ar, err := a.kafkaRecord(res.Run, auditParts)
+		ar, err := a.KafkaRecord(res.Run, auditParts)
 		if err != nil {
 			return err
 		}
@@ -383,7 +383,7 @@ func redriveSelected(ctx context.Context, brokers []string, st streams, opt redr
 	}
 	res.Missing = len(want)
 	res.Incomplete = res.Incomplete || idled
-	slices.SortStableFunc(res.Redriven, func(a, b auditEntry) int { return order[a.pos()] - order[b.pos()] })
+	slices.SortStableFunc(res.Redriven, func(a, b auditEntry) int { return order[posOf(a)] - order[posOf(b)] })
 	return nil
 }
 

@@ -18,10 +18,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/ksaga/ksaga/client"
+	kaudit "github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
-	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/topic"
 )
 
@@ -328,6 +327,11 @@ type compensateOptions struct {
 	sagaType string
 	id       string
 	kafka    []kgo.Opt
+	// redisAddrs names the Redis of the view, which says whether the saga
+	// exists and runs.
+	redisAddrs []string
+	// dryRun checks and prints, and sends nothing.
+	dryRun   bool
 	yes      bool
 	by, note string
 	output   string
@@ -335,64 +339,91 @@ type compensateOptions struct {
 	clock    clock
 }
 
-// sagaNameRE is saga.New's rule for a saga type's name: client.Compensate
-// takes a definition, which sagactl builds from the name alone.
+// errSagaEnded means the saga is not running (it has ended, or is
+// compensating already): a Compensate message would be dropped.
+var errSagaEnded = errors.New("saga not running")
+
+// sagaNameRE is saga.New's rule for a saga type's name: sagactl writes the
+// saga type into the Compensate message and its audit record.
 var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
-// compensateSaga asks saga opt.id to compensate (client.Compensate: the
-// documented Compensate message, with the note as its reason, on the saga's
-// home partition of saga.<type>.inbox), with its audit record. A
-// saga that has ended ignores the request; one that does not exist has it
-// dead-lettered (unknown-saga).
+// compensateSaga asks saga opt.id to compensate: the documented Compensate
+// message (the note as its reason) on the saga's home partition of
+// saga.<type>.inbox, and its audit record on saga.<type>.audit, both built
+// by package audit (as the HTTP API builds them) and written in one Kafka
+// transaction: both or neither.
 //
-// The request and the audit record are written in one Kafka transaction:
-// both or neither.
-func compensateSaga(ctx context.Context, brokers []string, st streams, opt compensateOptions) (auditRecord, error) {
+// It first reads the saga from the Redis view (rdb): a saga the view does
+// not have is an error wrapping errSagaNotFound, one that is not running
+// (ended, or compensating already) an error wrapping errSagaEnded; nothing
+// is sent then, rather than a request the engine would dead-letter
+// (unknown-saga) or drop. With opt.dryRun it prints what it would send and
+// sends nothing.
+func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalClient, st streams, opt compensateOptions) (auditRecord, error) {
 	timeout := orDefault(opt.timeout, defaultTimeout)
 	n, err := inboxPartitions(ctx, brokers, opt.kafka, opt.sagaType, timeout)
 	if err != nil {
 		return auditRecord{}, err
 	}
 	home := message.HomePartition(opt.id, n)
+	key := orchestrator.StateKey(opt.sagaType, home, opt.id)
+	s, err := readState(ctx, rdb, key, opt.redisAddrs, timeout)
+	switch {
+	case err != nil:
+		return auditRecord{}, fmt.Errorf("%w: nothing was sent", err)
+	case s == nil:
+		return auditRecord{}, fmt.Errorf("%w: Redis has no key %s (check the id and --saga; a saga whose start request is not handled yet is not there either): nothing was sent",
+			errSagaNotFound, key)
+	case s.Status != message.StatusRunning:
+		what := "has ended (" + s.Status + ")"
+		if s.Status == message.StatusCompensating {
+			what = "is compensating already"
+		}
+		return auditRecord{}, fmt.Errorf("%w: saga %s/%s %s: nothing to compensate, nothing was sent", errSagaEnded, opt.sagaType, opt.id, what)
+	}
 	adm, err := newAdminClient(brokers, opt.kafka, timeout)
 	if err != nil {
 		return auditRecord{}, err
 	}
 	defer adm.Close()
-	auditParts, err := ensureAudit(ctx, kadm.NewClient(adm), opt.sagaType, st.errw)
+	var auditParts int32
+	if opt.dryRun {
+		// A dry run creates nothing: an audit topic still to be created
+		// would get the dead-letter topic's partition count.
+		auditParts, err = auditPartitions(ctx, kadm.NewClient(adm), opt.sagaType)
+	} else {
+		auditParts, err = ensureAudit(ctx, kadm.NewClient(adm), opt.sagaType, st.errw)
+	}
 	if err != nil {
 		return auditRecord{}, err
 	}
+	comp, err := kaudit.NewCompensation(kaudit.Compensate{SagaType: opt.sagaType, SagaID: opt.id, InboxPartitions: n, AuditPartitions: auditParts,
+		By: opt.by, Note: opt.note, Tool: "sagactl", At: opt.clock.Now()})
+	if err != nil {
+		return auditRecord{}, err
+	}
+	a := comp.Record
+	if opt.dryRun {
+		fmt.Fprintf(st.errw, "dry run: saga %s/%s is running (version %d, step %d); nothing was sent\n", opt.sagaType, opt.id, s.Version, s.Step)
+		if opt.output != outTable {
+			return a, writeData(st.out, opt.output, a)
+		}
+		fmt.Fprintf(st.out, "would send: %s to %s partition %d, key %s, reason %q\nwould audit: %s on %s partition %d, by %s, run %s\n",
+			message.TypeCompensate, comp.Request.Topic, comp.Request.Partition, opt.id, opt.note,
+			message.AuditCompensate, comp.Audit.Topic, comp.Audit.Partition, opt.by, a.Run)
+		return a, nil
+	}
 	if !opt.yes {
-		q := fmt.Sprintf("Compensate saga %s/%s (undo its completed steps) as %s, note %q?", opt.sagaType, opt.id, opt.by, opt.note)
+		q := fmt.Sprintf("Compensate saga %s/%s (%s, step %d; undo its completed steps) as %s, note %q?", opt.sagaType, opt.id, s.Status, s.Step, opt.by, opt.note)
 		if !confirm(ctx, st, q) {
 			return auditRecord{}, fmt.Errorf("%w: nothing was sent", errNotConfirmed)
 		}
 	}
-
-	c, err := client.New(clientOpts(brokers, opt.kafka, timeout)...)
-	if err != nil {
-		return auditRecord{}, err
-	}
-	defer c.Close()
-	// client.CompensateRecord reads only the definition's name.
-	def := saga.New(opt.sagaType, saga.Step[struct{}]{Name: "sagactl", Local: func(context.Context, *struct{}) error { return nil }})
-	req, err := c.CompensateRecord(ctx, def, opt.id, opt.note)
-	if err != nil {
-		return auditRecord{}, err
-	}
-	run := newRun(opt.clock.Now())
-	a := newAuditRecord(message.AuditCompensate, opt.sagaType, run, opt.by, opt.note, opt.clock.Now())
-	a.SagaID, a.Inbox, a.Partition = opt.id, message.Inbox(opt.sagaType), &home
-	rec, err := a.kafkaRecord(opt.id, auditParts)
-	if err != nil {
-		return auditRecord{}, err
-	}
 	// The request and its audit record commit together or not at all. The
 	// transactional id is this run's: two operators do not fence each other.
 	if err := produceInTransaction(ctx, append(clientOpts(brokers, opt.kafka, timeout),
-		kgo.TransactionalID("sagactl-compensate-"+opt.sagaType+"-"+run),
-		kgo.RecordPartitioner(kgo.ManualPartitioner())), timeout, req, rec); err != nil {
+		kgo.TransactionalID("sagactl-compensate-"+opt.sagaType+"-"+a.Run),
+		kgo.RecordPartitioner(kgo.ManualPartitioner())), timeout, comp.Request, comp.Audit); err != nil {
 		return auditRecord{}, fmt.Errorf("compensate saga %s: nothing was sent: %w", opt.id, err)
 	}
 	if opt.output != outTable {
@@ -403,29 +434,54 @@ func compensateSaga(ctx context.Context, brokers []string, st streams, opt compe
 	return a, nil
 }
 
+// readState reads the state of the saga at key from the Redis view: nil
+// and no error when the view does not have it.
+func readState(ctx context.Context, rdb redis.UniversalClient, key string, addrs []string, timeout time.Duration) (*orchestrator.State, error) {
+	reqCtx, cancel := context.WithTimeout(ctx, timeout)
+	raw, err := rdb.HGet(reqCtx, key, "state").Result()
+	cancel()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		return nil, firstRequestError(ctx, "Redis", addrs, "redis-addr", timeout, fmt.Errorf("HGET %s state: %w", key, err))
+	}
+	var s orchestrator.State
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		return nil, fmt.Errorf("key %s holds a state that is not the engine's JSON: %w", key, err)
+	}
+	return &s, nil
+}
+
+// auditPartitions returns the partition count of saga.<type>.audit, or,
+// when the topic does not exist yet, that of the dead-letter topic, which
+// ensureAudit would give it.
+func auditPartitions(ctx context.Context, adm *kadm.Client, sagaType string) (int32, error) {
+	name, dltName := topic.Audit(sagaType), message.DLT(sagaType)
+	tds, err := adm.ListTopics(ctx, name, dltName)
+	if err != nil {
+		return 0, fmt.Errorf("describe %s: %w", name, err)
+	}
+	for _, t := range []string{name, dltName} {
+		if td, ok := tds[t]; ok && td.Err == nil && len(td.Partitions) > 0 {
+			return int32(len(td.Partitions)), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %s (check --saga; sagad creates the topic when it starts)", errNoTopic, dltName)
+}
+
 // produceInTransaction produces rs in one Kafka transaction of a client
-// made with opts (which name a transactional id), and commits it.
+// made with opts (which name a transactional id), and commits it
+// (audit.Commit).
 func produceInTransaction(ctx context.Context, opts []kgo.Opt, timeout time.Duration, rs ...*kgo.Record) error {
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	if err := cl.BeginTransaction(); err != nil {
-		return err
-	}
 	pctx, cancel := context.WithTimeout(ctx, orDefault(timeout, defaultTimeout))
 	defer cancel()
-	if err := cl.ProduceSync(pctx, rs...).FirstErr(); err != nil {
-		// kgo: abort whatever the failed produce left in the transaction.
-		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), orDefault(timeout, defaultTimeout))
-		defer cancel()
-		_ = cl.AbortBufferedRecords(endCtx)
-		return errors.Join(err, cl.EndTransaction(endCtx, kgo.TryAbort))
-	}
-	endCtx, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), orDefault(timeout, defaultTimeout))
-	defer cancel2()
-	return cl.EndTransaction(endCtx, kgo.TryCommit)
+	return kaudit.Commit(pctx, cl, orDefault(timeout, defaultTimeout), rs...)
 }
 
 // inboxPartitions reads the partition count of saga.<sagaType>.inbox, which

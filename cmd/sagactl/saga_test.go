@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -184,10 +185,42 @@ func TestListSagasStuck(t *testing.T) {
 	}
 }
 
+// putStateIn writes a saga's state to Redis as the engine does, for an
+// inbox of parts partitions.
+func putStateIn(t *testing.T, rdb redis.UniversalClient, parts int32, s orchestrator.State) {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := orchestrator.StateKey(s.Type, message.HomePartition(s.ID, parts), s.ID)
+	if err := rdb.HSet(testContext(t), key, "version", s.Version, "state", b).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// compensateRedis starts a redis-server holding the view of the order
+// sagas o-7 (running), o-done (completed), o-undone (compensated),
+// o-undoing (compensating) and o-failed (failed), for an inbox of 3
+// partitions.
+func compensateRedis(t *testing.T) *redistest.Server {
+	t.Helper()
+	rs := redistest.StartServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	for id, status := range map[string]string{"o-7": message.StatusRunning, "o-done": message.StatusCompleted,
+		"o-undone": message.StatusCompensated, "o-undoing": message.StatusCompensating, "o-failed": message.StatusFailed} {
+		putStateIn(t, rdb, 3, orchestrator.State{ID: id, Type: "order", Version: 3, Status: status, Step: 1, Undoing: -1, Updated: time.Now()})
+	}
+	return rs
+}
+
 func TestCompensateSaga(t *testing.T) {
 	brokers := newClusterWith(t, kfake.SeedTopics(3, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+	rs := compensateRedis(t)
 	ctx := testContext(t)
-	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--note", "customer cancelled by phone", "--as", "alice"}
+	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--redis-addr", rs.Addr,
+		"--note", "customer cancelled by phone", "--as", "alice"}
 
 	// Not a terminal, no --yes: nothing is sent.
 	var stdout, stderr bytes.Buffer
@@ -196,6 +229,22 @@ func TestCompensateSaga(t *testing.T) {
 	}
 	if n := endOffsets(t, brokers, inbox) + endOffsets(t, brokers, audit); n != 0 {
 		t.Errorf("without --yes: end offsets sum to %d, want nothing written", n)
+	}
+
+	// --dry-run: no --yes needed, the records it would send, nothing sent.
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(ctx, append(args, "--dry-run"), envOf(), &stdout, &stderr); code != exitOK {
+		t.Fatalf("--dry-run: exit code %d, stderr %s", code, stderr.String())
+	}
+	home := message.HomePartition("o-7", 3)
+	wantOut := fmt.Sprintf("would send: Compensate to %s partition %d, key o-7, reason %q\n", inbox, home, "customer cancelled by phone")
+	if !strings.HasPrefix(stdout.String(), wantOut) || !strings.Contains(stdout.String(), "would audit: saga-compensate on "+audit) ||
+		!strings.Contains(stderr.String(), "dry run: saga order/o-7 is running (version 3, step 1); nothing was sent") {
+		t.Errorf("--dry-run: stdout %q, stderr %q; want it to start with %q and say nothing was sent", stdout.String(), stderr.String(), wantOut)
+	}
+	if n := endOffsets(t, brokers, inbox) + endOffsets(t, brokers, audit); n != 0 {
+		t.Errorf("--dry-run: end offsets sum to %d, want nothing written", n)
 	}
 
 	stdout.Reset()
@@ -207,7 +256,6 @@ func TestCompensateSaga(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &printed); err != nil {
 		t.Fatalf("saga compensate -o json: %v\n%s", err, stdout.String())
 	}
-	home := message.HomePartition("o-7", 3)
 	recs := consumeAll(t, brokers, inbox, 1)
 	if len(recs) != 1 {
 		t.Fatalf("inbox: got %d records, want the Compensate message", len(recs))
@@ -215,7 +263,7 @@ func TestCompensateSaga(t *testing.T) {
 	r := recs[0]
 	if r.Partition != home || string(r.Key) != "o-7" || headerValue(r, message.HeaderMessageType) != message.TypeCompensate ||
 		headerValue(r, message.HeaderSagaID) != "o-7" || headerValue(r, message.HeaderReason) != "customer cancelled by phone" ||
-		headerValue(r, message.HeaderMessageID) == "" {
+		!strings.HasPrefix(headerValue(r, message.HeaderMessageID), "compensate-o-7-") {
 		t.Errorf("Compensate message: got partition %d key %q headers %v, want partition %d", r.Partition, r.Key, r.Headers, home)
 	}
 	audits := auditRecords(t, brokers, 1)
@@ -224,7 +272,7 @@ func TestCompensateSaga(t *testing.T) {
 	}
 	a := audits[0]
 	if a.Action != message.AuditCompensate || a.SagaID != "o-7" || a.By != "alice" || a.Note != "customer cancelled by phone" ||
-		a.Inbox != inbox || a.Partition == nil || *a.Partition != home || a.Run != printed.Run {
+		a.Inbox != inbox || a.Partition == nil || *a.Partition != home || a.Run != printed.Run || a.Tool != "sagactl" {
 		t.Errorf("audit record: got %+v (printed %+v)", a, printed)
 	}
 
@@ -234,6 +282,51 @@ func TestCompensateSaga(t *testing.T) {
 	run(ctx, []string{"audit", "list", "--saga", "order", "--kafka-brokers", brokers[0], "--action", "compensate"}, envOf(), &stdout, &stderr)
 	if lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n"); len(lines) != 2 || !slices.Equal(strings.Fields(lines[1])[1:5], []string{"saga-compensate", "alice", "1", "o-7"}) {
 		t.Errorf("audit list:\n%s", stdout.String())
+	}
+}
+
+// TestCompensateSagaRefused asks unknown and finished sagas to compensate,
+// with and without --dry-run, and once with Redis down: each is refused
+// with exit status 1 and a message that says why, and nothing is written
+// (rather than a request the engine would dead-letter as unknown-saga, or
+// drop).
+func TestCompensateSagaRefused(t *testing.T) {
+	brokers := newClusterWith(t, kfake.SeedTopics(3, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+	rs := compensateRedis(t)
+	down := closedAddr(t)
+	for _, tc := range []struct {
+		name, id, redis string
+		dryRun          bool
+		want            string
+	}{
+		{"unknown saga", "o-404", rs.Addr, false, "saga not found: Redis has no key ksaga:{order:"},
+		{"unknown saga, dry run", "o-404", rs.Addr, true, "saga not found"},
+		{"completed", "o-done", rs.Addr, false, "saga not running: saga order/o-done has ended (completed): nothing to compensate, nothing was sent"},
+		{"compensated", "o-undone", rs.Addr, false, "has ended (compensated)"},
+		{"failed", "o-failed", rs.Addr, true, "has ended (failed)"},
+		{"compensating", "o-undoing", rs.Addr, false, "saga order/o-undoing is compensating already"},
+		{"Redis down", "o-7", down, false, "Redis at " + down},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"saga", "compensate", tc.id, "--saga", "order", "--kafka-brokers", brokers[0], "--redis-addr", tc.redis,
+				"--note", "n", "--as", "alice", "--yes", "--timeout", "2s"}
+			if tc.dryRun {
+				args = append(args, "--dry-run")
+			}
+			var stdout, stderr bytes.Buffer
+			if code := run(testContext(t), args, envOf(), &stdout, &stderr); code != exitError {
+				t.Errorf("exit code %d, want %d", code, exitError)
+			}
+			if !strings.Contains(stderr.String(), tc.want) || !strings.Contains(stderr.String(), "nothing was sent") {
+				t.Errorf("stderr %q, want it to contain %q and say nothing was sent", stderr.String(), tc.want)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+	if n := endOffsets(t, brokers, inbox) + endOffsets(t, brokers, audit); n != 0 {
+		t.Errorf("end offsets of the inbox and the audit topic sum to %d, want nothing written", n)
 	}
 }
 
@@ -270,7 +363,8 @@ func TestCompensateSagaAuditRefused(t *testing.T) {
 	brokers := c.ListenAddrs()
 	ctx := testContext(t)
 	var stdout, stderr bytes.Buffer
-	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--note", "n", "--as", "alice", "--yes"}
+	args := []string{"saga", "compensate", "o-7", "--saga", "order", "--kafka-brokers", brokers[0], "--redis-addr", compensateRedis(t).Addr,
+		"--note", "n", "--as", "alice", "--yes"}
 	if code := run(ctx, args, envOf(), &stdout, &stderr); code == exitOK || !strings.Contains(stderr.String(), "nothing was sent") {
 		t.Errorf("saga compensate with the audit topic refused: exit code %d, stderr %q; want a failure that says nothing was sent", code, stderr.String())
 	}
