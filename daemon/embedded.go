@@ -1,3 +1,10 @@
+//go:build !ksaga_production
+
+// The embedded mode pulls in an in-process Kafka (kfake) and Redis
+// (miniredis, with its Lua interpreter): test code a production image does
+// without. The production build (go build -tags ksaga_production, as make
+// image does) leaves this file out, and embedded_off.go stands in for it.
+
 package daemon
 
 import (

@@ -2,7 +2,10 @@
 # Builds sagad's OCI image (make image) without a Docker daemon and without
 # pulling a base image. The image holds one layer:
 #
-#   /sagad                                static binary (CGO_ENABLED=0, -trimpath)
+#   /sagad                                static binary (CGO_ENABLED=0, -trimpath,
+#                                         -tags ksaga_production: no embedded demo,
+#                                         no kfake, miniredis or gopher-lua, no
+#                                         --chaos-faults)
 #   /etc/ssl/certs/ca-certificates.crt    this machine's ca-certificates bundle
 #   /etc/passwd, /etc/group               root and nonroot (65532)
 #   /etc/nsswitch.conf                    hosts: files dns
@@ -22,6 +25,8 @@
 # Environment: VERSION (the tag; make passes the Makefile's), NAME and PKG
 # (the daemon: default sagad and ./cmd/sagad; make image-tripd builds
 # examples/trip's tripd), IMAGE (default ghcr.io/ksaga/$NAME), GOARCH (default the Go toolchain's), IMAGE_DIR,
+# TAGS (Go build tags, default ksaga_production: the production build, which
+# leaves the test code out),
 # SOURCE_DATE_EPOCH (file times in the layer; default the last commit's time,
 # so an unchanged tree gives the same layer).
 set -euo pipefail
@@ -33,6 +38,7 @@ PKG="${PKG:-./cmd/sagad}"
 IMAGE="${IMAGE:-ghcr.io/ksaga/$NAME}"
 OUT="${IMAGE_DIR:-build/image}"
 GOARCH="${GOARCH:-$(go env GOARCH)}"
+TAGS="${TAGS-ksaga_production}"
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 revision="$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)"
 ca=/etc/ssl/certs/ca-certificates.crt
@@ -65,8 +71,9 @@ ldflags="-s -w"
 if grep -qE '^[[:space:]]*(var[[:space:]]+)?version[[:space:]]+(string|=)' "$PKG"/*.go; then
   ldflags="$ldflags -X main.version=$VERSION"
 fi
-echo "building $NAME $VERSION for linux/$GOARCH" >&2
-CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH" go build -trimpath -ldflags="$ldflags" -o "$root/$NAME" "$PKG"
+echo "building $NAME $VERSION for linux/$GOARCH (tags: ${TAGS:-none})" >&2
+CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH" go build -trimpath -tags="$TAGS" -ldflags="$ldflags" -o "$root/$NAME" "$PKG"
+echo "$NAME: $(wc -c <"$root/$NAME") bytes" >&2
 cp "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"

@@ -1,8 +1,15 @@
+//go:build !ksaga_production
+
+// The chaos suite's fault hooks are test code: the production build
+// (go build -tags ksaga_production, as make image does) leaves this file
+// out, and chaos_off.go stands in for it.
+
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"log/slog"
 	"strconv"
 	"time"
@@ -22,6 +29,17 @@ const (
 	// whose decrement leaves it at 0 or more panics.
 	chaosPanicKey = "ksaga:chaos:fault:panic"
 )
+
+// registerChaosFlag adds --chaos-faults, which sets chaos.
+func registerChaosFlag(fs *flag.FlagSet, chaos *bool) {
+	fs.BoolVar(chaos, "chaos-faults", false, "TESTS ONLY: before each complete-order, obey the fault keys ksaga:chaos:fault:hang and ksaga:chaos:fault:panic on the orders Redis (the chaos suite sets them); never set it in production (the production build has no such flag)")
+}
+
+// withChaos wraps s with the chaos suite's fault hooks, read on rdb.
+func withChaos(s order.Store, rdb redis.UniversalClient, log *slog.Logger) order.Store {
+	log.Warn("chaos faults enabled (--chaos-faults): complete-order obeys " + chaosHangKey + " and " + chaosPanicKey + "; tests only")
+	return &chaosStore{Store: s, rdb: rdb, log: log}
+}
 
 // chaosPanicValue is what a Complete panics with when chaosPanicKey says so.
 const chaosPanicValue = "chaos: saga-panic"

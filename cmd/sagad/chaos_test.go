@@ -1,3 +1,5 @@
+//go:build !ksaga_production
+
 package main
 
 import (

@@ -99,7 +99,7 @@ func (s *sagad) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ordersRedisAddr, "orders-redis-addr", "", "Redis `addresses` of the orders store, the saga's last step (real services only; default: --redis-addr); point it elsewhere to simulate an orders-database outage")
 	fs.Int64Var(&s.paymentLimit, "payment-limit-cents", sim.DefaultPaymentLimitCents, "largest amount the payment participant authorizes, in `cents`")
 	fs.IntVar(&s.demoOrders, "demo-orders", 2000, "`orders` the demo sends (embedded mode only)")
-	fs.BoolVar(&s.chaosFaults, "chaos-faults", false, "TESTS ONLY: before each complete-order, obey the fault keys ksaga:chaos:fault:hang and ksaga:chaos:fault:panic on the orders Redis (the chaos suite sets them); never set it in production")
+	registerChaosFlag(fs, &s.chaosFaults)
 }
 
 // validate checks sagad's own flags, after the daemon's.
@@ -173,12 +173,11 @@ func (s *sagad) handler(name string) daemon.HandlerBuilder {
 
 // ordersStore returns the store of the saga's complete-order step on rdb,
 // wrapped with the chaos suite's fault hooks when chaos is set
-// (--chaos-faults).
+// (--chaos-faults, which the production build does not have).
 func ordersStore(chaos bool, rdb redis.UniversalClient, log *slog.Logger) order.Store {
 	var s order.Store = sim.NewOrderStore(rdb)
 	if chaos {
-		log.Warn("chaos faults enabled (--chaos-faults): complete-order obeys " + chaosHangKey + " and " + chaosPanicKey + "; tests only")
-		s = &chaosStore{Store: s, rdb: rdb, log: log}
+		s = withChaos(s, rdb, log)
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"debug/buildinfo"
 	"debug/elf"
 	"encoding/json"
 	"errors"
@@ -79,6 +80,7 @@ func TestImage(t *testing.T) {
 		t.Errorf("image files = %q, want %q", files, want)
 	}
 	checkFiles(t, rootfs)
+	checkProductionBinary(t, filepath.Join(rootfs, "sagad"))
 	if t.Failed() {
 		return
 	}
@@ -98,6 +100,9 @@ func TestImage(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "kafka-brokers") {
 		t.Fatalf("sagad -help in the image: exit %d, want 0 and the flags\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
+	if strings.Contains(stdout, "chaos-faults") {
+		t.Errorf("sagad -help in the image lists --chaos-faults: the image must be the production build")
+	}
 	// With the image's environment alone (KSAGA_REQUIRE_CONFIG=true) and no
 	// Kafka or Redis setting, sagad must refuse to start the embedded demo.
 	// The flag comes with the runtime refactor: check it once -help lists it.
@@ -110,6 +115,61 @@ func TestImage(t *testing.T) {
 		t.Fatalf("sagad in the image with no Kafka or Redis setting: exit %d, want 2 and a message naming Kafka\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	t.Logf("fail-fast start: exit 2: %s", strings.TrimSpace(stderr))
+
+	// Even told not to require the settings, the production build has no
+	// embedded demo to fall back to.
+	noRequire := cfg
+	noRequire.Config.Env = append(slices.Clone(cfg.Config.Env), "KSAGA_REQUIRE_CONFIG=false")
+	stdout, stderr, code = runImage(t, rootfs, noRequire, "--metrics-addr", "")
+	if code != 2 || !strings.Contains(stderr, "production build") {
+		t.Fatalf("sagad in the image with KSAGA_REQUIRE_CONFIG=false and no settings: exit %d, want 2 and a message naming the production build\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// testModules are the modules of test code that the production binary
+// must not hold: the in-process Kafka and Redis of the embedded demo, and
+// the Lua interpreter of the latter.
+var testModules = []string{
+	"github.com/twmb/franz-go/pkg/kfake",
+	"github.com/alicebob/miniredis/v2",
+	"github.com/yuin/gopher-lua",
+}
+
+// checkProductionBinary checks that bin is sagad's production build (go
+// build -tags ksaga_production, as scripts/image.sh makes it): its build
+// information (what go version -m prints) names the tag and none of
+// testModules, and it holds neither the chaos suite's flag nor its keys.
+func checkProductionBinary(t *testing.T, bin string) {
+	t.Helper()
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Errorf("/sagad has no Go build information: %v", err)
+		return
+	}
+	tags := ""
+	for _, s := range info.Settings {
+		if s.Key == "-tags" {
+			tags = s.Value
+		}
+	}
+	if !slices.Contains(strings.Split(tags, ","), "ksaga_production") {
+		t.Errorf("/sagad was built with tags %q, want ksaga_production (the production build)", tags)
+	}
+	for _, d := range info.Deps {
+		if slices.Contains(testModules, d.Path) {
+			t.Errorf("/sagad holds module %s %s: test code, which the production build leaves out", d.Path, d.Version)
+		}
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"chaos-faults", "ksaga:chaos:fault"} {
+		if bytes.Contains(b, []byte(s)) {
+			t.Errorf("/sagad holds %q: the chaos suite's fault hooks are test code", s)
+		}
+	}
+	t.Logf("/sagad: %d bytes, %d modules, tags %q", len(b), len(info.Deps), tags)
 }
 
 // startRegistry starts crane's in-memory registry on a free port of the
