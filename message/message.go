@@ -15,7 +15,10 @@
 // topic breaks running sagas and outside tools.
 package message
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Topic names for a saga type T.
 
@@ -101,6 +104,10 @@ type Event struct {
 	Version  int64     `json:"version"`
 	At       time.Time `json:"at"`
 	Reason   string    `json:"reason,omitempty"`
+	// Data is the saga's data as it ended, on the terminal event only
+	// (SagaCompleted, SagaCompensated, SagaFailed): what it started with
+	// and what its steps kept from the replies (a tracking number).
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // Terminal reports whether an event type ends a saga.
@@ -118,6 +125,12 @@ type Reply struct {
 	Outcome string
 	// Reason is a failure code such as OUT_OF_STOCK; empty on success.
 	Reason string
+	// Data is what the participant returns with its answer, as JSON text:
+	// a result with success (a payment's authorization id, a booking
+	// reference), details with failure. Empty for none. The saga's step
+	// reads it (saga.Step.OnReply) and may keep it in the saga's data. It
+	// is a string so that a Reply stays comparable.
+	Data string
 }
 
 // Audit records. sagactl writes one JSON record to saga.T.audit

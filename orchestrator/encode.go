@@ -108,6 +108,9 @@ func appendEventJSON(b []byte, ev *message.Event) ([]byte, error) {
 		b = append(b, `,"reason":`...)
 		b = appendString(b, ev.Reason)
 	}
+	if len(ev.Data) > 0 {
+		b = append(append(b, `,"data":`...), ev.Data...)
+	}
 	return append(b, '}'), nil
 }
 

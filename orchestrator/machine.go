@@ -178,6 +178,9 @@ func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, er
 // SagaStarted event.
 func (m *machine) begin(in *input, hash string) (*outcome, error) {
 	data, err := m.def.Decode(in.value)
+	if err == nil {
+		err = m.def.CheckID(data, in.sagaID)
+	}
 	if err != nil {
 		return nil, retry.Permanent(&InputError{Reason: ReasonInvalid, Err: err})
 	}
@@ -216,7 +219,7 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		}
 		st.Step, st.StepStarted = i, m.now().UnixMilli()
 		if !step.Local {
-			cmd, err := m.def.Do(ctx, i, out.data)
+			cmd, err := m.def.Do(m.info(ctx, st, i, 1, false), i, out.data)
 			if err == nil {
 				err = m.send(out, cmd, commandID(st.ID, step.Name, "do"), 1, step.Deadline)
 			}
@@ -227,7 +230,7 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		}
 		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
 		lctx, end := m.traceLocal(ctx, step.Name, false)
-		err = m.def.RunLocal(lctx, i, out.data, key)
+		err = m.def.RunLocal(m.info(lctx, st, i, 1, false), i, out.data, key)
 		end(err)
 		if err != nil {
 			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
@@ -296,6 +299,11 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 	next := out.state
 	i := stepOf(next)
 	name := m.steps[i].Name
+	if next.Status == message.StatusRunning && m.steps[i].OnReply {
+		if err := m.onReply(ctx, out, i, in); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case next.Status == message.StatusRunning && in.outcome == message.OutcomeSuccess:
 		m.event(out, message.EventStepSucceeded, name, "")
@@ -319,6 +327,36 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 		next.Deadline = m.now().Add(undoBackoff.Backoff(next.UndoSends + 1)).UnixMilli()
 		return out, nil
 	}
+}
+
+// onReply runs step i's OnReply for the reply in, and keeps the data it
+// leaves in the saga's state. OnReply works on a copy of the data, so that
+// a transaction that aborts leaves the saga in memory as it was.
+func (m *machine) onReply(ctx context.Context, out *outcome, i int, in *input) error {
+	st, step := out.state, m.steps[i]
+	var v struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if len(in.value) > 0 {
+		if err := json.Unmarshal(in.value, &v); err != nil {
+			return inputErr(ReasonUndecodable, "reply %s for step %s: value is not a reply: %v", in.msgID, step.Name, err)
+		}
+	}
+	data, err := m.def.DecodeStored(st.Data)
+	if err != nil {
+		return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
+	}
+	reply := saga.Reply{Success: in.outcome == message.OutcomeSuccess, Reason: in.reason, Data: v.Data}
+	info := saga.Info{SagaID: st.ID, Type: st.Type, Step: step.Name, Attempt: st.Attempt, Started: st.Created}
+	if err := m.def.OnReply(ctx, i, data, reply, info); err != nil {
+		return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("reply: %w", err)}
+	}
+	enc, err := json.Marshal(data)
+	if err != nil {
+		return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("encode data after its reply: %w", err)}
+	}
+	st.Data, out.data = enc, data
+	return nil
 }
 
 // sent reports whether id names a command that the saga has sent before.
@@ -363,7 +401,7 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 	step := m.steps[i]
 	if next.Status == message.StatusRunning {
 		if !step.Retry.Exhausted(next.Attempt) {
-			cmd, err := m.def.Do(ctx, i, out.data)
+			cmd, err := m.def.Do(m.info(ctx, next, i, next.Attempt+1, false), i, out.data)
 			if err != nil {
 				return nil, &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("build command: %w", err)}
 			}
@@ -393,7 +431,7 @@ func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
 	name := m.steps[i].Name
 	st.UndoSends++
 	lctx, end := m.traceLocal(ctx, name, true)
-	err := m.def.RunUndoLocal(lctx, i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
+	err := m.def.RunUndoLocal(m.info(lctx, st, i, st.UndoSends, true), i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
 	end(err)
 	if err == nil {
 		m.event(out, message.EventStepCompensated, name, "")
@@ -548,7 +586,7 @@ func (m *machine) sendUndo(ctx context.Context, out *outcome, i, attempt int) er
 		st.Waiting, st.Attempt, st.Deadline = commandID(st.ID, m.steps[i].Name, "undo-local"), attempt, m.now().UnixMilli()
 		return nil
 	}
-	cmd, err := m.def.Undo(ctx, i, out.data)
+	cmd, err := m.def.Undo(m.info(ctx, st, i, attempt, true), i, out.data)
 	if err != nil {
 		return &StepError{Step: m.steps[i].Name, Index: i, Retry: m.steps[i].Retry, Err: fmt.Errorf("build compensation: %w", err)}
 	}
@@ -591,10 +629,22 @@ func (m *machine) event(out *outcome, typ, step, reason string) {
 	if st.Version == 0 {
 		st.Version = 1
 	}
-	out.events = append(out.events, message.Event{
+	ev := message.Event{
 		SagaID: st.ID, SagaType: st.Type, Type: typ, State: st.Status, Step: step,
 		Version: st.Version, At: m.now().UTC(), Reason: reason,
-	})
+	}
+	if message.Terminal(typ) {
+		// The saga's data as it ended; the state's Data is final by now
+		// (replies are folded in before the saga moves on).
+		ev.Data = st.Data
+	}
+	out.events = append(out.events, ev)
+}
+
+// info returns ctx carrying the saga.Info of a call into step i's code.
+func (m *machine) info(ctx context.Context, st *State, i, attempt int, compensating bool) context.Context {
+	return saga.WithInfo(ctx, saga.Info{SagaID: st.ID, Type: st.Type, Step: m.steps[i].Name,
+		Attempt: attempt, Compensating: compensating, Started: st.Created})
 }
 
 // undoBackoff spaces the sends of a compensation that its participant failed.

@@ -3,6 +3,7 @@ package participant
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"github.com/ksaga/ksaga/message"
 )
@@ -26,6 +27,29 @@ func Success() Reply { return Reply{Outcome: message.OutcomeSuccess} }
 // steps it completed. The reason goes to the ksaga-reason header and the
 // saga's events.
 func Failure(reason string) Reply { return Reply{Outcome: message.OutcomeFailure, Reason: reason} }
+
+// SuccessWith returns the reply of a request whose effect happened, with
+// data for the saga: a result such as a payment's authorization id, which
+// the step reads (saga.Step.OnReply, saga.OnSuccess) and may keep in the
+// saga's data for later steps and compensations. data is encoded as JSON;
+// an error is one of encoding.
+func SuccessWith(data any) (Reply, error) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return Reply{}, fmt.Errorf("encode reply data: %w", err)
+	}
+	return Reply{Outcome: message.OutcomeSuccess, Data: string(b)}, nil
+}
+
+// FailureWith is Failure with details for the saga, encoded as JSON (see
+// SuccessWith).
+func FailureWith(reason string, details any) (Reply, error) {
+	b, err := json.Marshal(details)
+	if err != nil {
+		return Reply{}, fmt.Errorf("encode reply details: %w", err)
+	}
+	return Reply{Outcome: message.OutcomeFailure, Reason: reason, Data: string(b)}, nil
+}
 
 // ReasonBadCommand is the failure reason Routes replies to a request it
 // cannot understand: an unknown command type, or a payload that does not

@@ -658,9 +658,11 @@ func decode(r *kgo.Record) (Command, error) {
 	return c, nil
 }
 
+// replyValue is a reply record's value.
 type replyValue struct {
-	Outcome string `json:"outcome"`
-	Reason  string `json:"reason,omitempty"`
+	Outcome string          `json:"outcome"`
+	Reason  string          `json:"reason,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
 }
 
 // replyRecord returns the reply to c. It carries the trace context
@@ -671,7 +673,10 @@ func replyRecord(c Request, r message.Reply, traceparent, tracestate string) (*k
 		return nil, fmt.Errorf("handler replied outcome %q to message %s, want %q or %q",
 			r.Outcome, c.MessageID, message.OutcomeSuccess, message.OutcomeFailure)
 	}
-	value, err := json.Marshal(replyValue(r))
+	if r.Data != "" && !json.Valid([]byte(r.Data)) {
+		return nil, fmt.Errorf("handler replied data that is not JSON to message %s", c.MessageID)
+	}
+	value, err := json.Marshal(replyValue{Outcome: r.Outcome, Reason: r.Reason, Data: json.RawMessage(r.Data)})
 	if err != nil {
 		return nil, fmt.Errorf("encode reply to message %s: %w", c.MessageID, err)
 	}

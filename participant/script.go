@@ -34,7 +34,8 @@ func DedupeKey(participant, sagaType, msgID string) string {
 //
 // The body is Lua. It sees its own keys and arguments as KEYS and ARGV (the
 // dedupe key and its TTL are kept apart), and must return success() or
-// failure(reason):
+// failure(reason); success(data) and failure(reason, details) give the saga
+// data too (a Lua table, encoded as JSON: see SuccessWith):
 //
 //	var book = participant.NewScript("hotel", `
 //	local left = tonumber(redis.call('GET', KEYS[2]) or '1')
@@ -61,8 +62,8 @@ const (
 	scriptHead = `
 local stored = redis.call('GET', KEYS[1])
 if stored then return stored end
-local function success() return cjson.encode({outcome = 'success'}) end
-local function failure(reason) return cjson.encode({outcome = 'failure', reason = tostring(reason)}) end
+local function success(data) return cjson.encode({outcome = 'success', data = data}) end
+local function failure(reason, details) return cjson.encode({outcome = 'failure', reason = tostring(reason), data = details}) end
 local keys, args = {}, {}
 for i = 2, #KEYS do keys[#keys + 1] = KEYS[i] end
 for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
@@ -108,12 +109,13 @@ func (s *Script) Run(ctx context.Context, rdb redis.Scripter, keys []string, arg
 		return Reply{}, fmt.Errorf("%s: %s of saga %s (message %s): %w", s.participant, req.Type, req.SagaID, req.MessageID, err)
 	}
 	var v struct {
-		Outcome string `json:"outcome"`
-		Reason  string `json:"reason"`
+		Outcome string          `json:"outcome"`
+		Reason  string          `json:"reason"`
+		Data    json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal([]byte(raw), &v); err != nil ||
 		(v.Outcome != message.OutcomeSuccess && v.Outcome != message.OutcomeFailure) {
 		return Reply{}, fmt.Errorf("%s: stored reply %q of message %s is not a reply", s.participant, raw, req.MessageID)
 	}
-	return Reply{Outcome: v.Outcome, Reason: v.Reason}, nil
+	return Reply{Outcome: v.Outcome, Reason: v.Reason, Data: string(v.Data)}, nil
 }

@@ -111,6 +111,95 @@ type Step[T any] struct {
 	// calls into saga code it runs under Timeout with a recover; its error
 	// or panic fails the step as a Local step's error does.
 	Skip func(data *T) bool
+	// OnReply, when set, reads the participant's reply to Do (success or
+	// failure) before the saga moves on, and may fold what the reply
+	// carries into data: the engine then stores the changed data with the
+	// saga's state, in the same transaction, so that later steps,
+	// compensations (an Undo that names the payment's authorization id)
+	// and the terminal event see it. It runs under Timeout with a
+	// recover; its error is a failed attempt of the reply's record, as a
+	// Local step's is. OnSuccess builds one from a typed function.
+	OnReply func(ctx context.Context, data *T, reply Reply) error
+}
+
+// Reply is a participant's answer to a step's command, as OnReply sees it.
+type Reply struct {
+	// Success reports whether the participant carried the command out.
+	Success bool
+	// Reason is the failure code, such as PAYMENT_DECLINED; empty on
+	// success.
+	Reason string
+	// Data is what the participant returned with its answer, as JSON
+	// (participant.SuccessWith); empty for none.
+	Data []byte
+}
+
+// Decode decodes the reply's data into v. A reply without data leaves v
+// as it is.
+func (r Reply) Decode(v any) error {
+	if len(r.Data) == 0 {
+		return nil
+	}
+	return json.Unmarshal(r.Data, v)
+}
+
+// OnSuccess returns an OnReply that decodes a successful reply's data into
+// an R and hands it to fn with the saga's data; a failure reply is passed
+// over. Data that does not decode into R is an error (a failed attempt).
+//
+//	saga.Step[Order]{Name: "authorize-payment", Do: authorize, Undo: cancel,
+//		OnReply: saga.OnSuccess(func(o *Order, a Authorization) { o.AuthorizationID = a.ID })}
+func OnSuccess[T, R any](fn func(data *T, result R)) func(context.Context, *T, Reply) error {
+	return func(_ context.Context, data *T, reply Reply) error {
+		if !reply.Success {
+			return nil
+		}
+		var r R
+		if err := reply.Decode(&r); err != nil {
+			return fmt.Errorf("reply data: %w", err)
+		}
+		fn(data, r)
+		return nil
+	}
+}
+
+// Identified is implemented by saga data that names its own saga id (an
+// order's order_id). The engine refuses a start request whose key differs
+// from it: the data of another saga would otherwise run under this id.
+type Identified interface {
+	SagaID() string
+}
+
+// Info describes the saga that a call into saga code serves. The engine
+// puts it in the ctx of every call into a step's code (Do, Undo, Local,
+// UndoLocal, OnReply); read it with InfoFrom. Skip and Validate, which see
+// only the data, get none.
+type Info struct {
+	// SagaID and Type name the saga; Step is the step being run or
+	// compensated.
+	SagaID, Type, Step string
+	// Attempt counts the sends of the step's command (Do, Undo) or the
+	// failed tries of a compensation before this one (UndoLocal, Undo);
+	// 1 for a first send.
+	Attempt int
+	// Compensating is set for Undo and UndoLocal.
+	Compensating bool
+	// Started is when the saga started.
+	Started time.Time
+}
+
+type infoCtx struct{}
+
+// WithInfo returns ctx carrying i. The engine calls it; tests of saga code
+// may too.
+func WithInfo(ctx context.Context, i Info) context.Context {
+	return context.WithValue(ctx, infoCtx{}, i)
+}
+
+// InfoFrom returns the Info of the saga that ctx's call serves.
+func InfoFrom(ctx context.Context) (Info, bool) {
+	i, ok := ctx.Value(infoCtx{}).(Info)
+	return i, ok
 }
 
 // StepInfo describes a step to the engine.
@@ -122,6 +211,8 @@ type StepInfo struct {
 	// Undoable is set when the step has a compensation: Undo for a
 	// participant step, UndoLocal for a Local one.
 	Undoable bool
+	// OnReply is set when the step reads its replies (Step.OnReply).
+	OnReply  bool
 	Retry    retry.Policy
 	Deadline time.Duration
 	Timeout  time.Duration
@@ -181,6 +272,7 @@ type Definition struct {
 	// undoLocal compensates local steps.
 	undoLocal []func(context.Context, any) error
 	skip      []func(any) bool
+	onReply   []func(context.Context, any, Reply) error
 }
 
 // Validator is implemented by saga data that checks itself. Decode calls it
@@ -224,12 +316,14 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 			return nil, fmt.Errorf("saga %s step %s: a Local step is undone by UndoLocal, not Undo", name, s.Name)
 		case s.Do != nil && s.UndoLocal != nil:
 			return nil, fmt.Errorf("saga %s step %s: a Do step is undone by Undo, not UndoLocal", name, s.Name)
+		case s.Local != nil && s.OnReply != nil:
+			return nil, fmt.Errorf("saga %s step %s: a Local step gets no reply; OnReply is for Do steps", name, s.Name)
 		case s.Timeout < 0:
 			return nil, fmt.Errorf("saga %s step %s: Timeout must not be negative", name, s.Name)
 		}
 		seen[s.Name] = true
 		info := StepInfo{Name: s.Name, Local: s.Local != nil, Optional: s.Skip != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
-			Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
+			OnReply: s.OnReply != nil, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
 		if info.Deadline <= 0 {
 			info.Deadline = DefaultDeadline
 		}
@@ -242,6 +336,7 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 		d.local = append(d.local, typedLocal(s.Local))
 		d.undoLocal = append(d.undoLocal, typedLocal(s.UndoLocal))
 		d.skip = append(d.skip, typedSkip(s.Skip))
+		d.onReply = append(d.onReply, typedReply(s.OnReply))
 	}
 	return d, nil
 }
@@ -251,6 +346,13 @@ func typedLocal[T any](fn func(context.Context, *T) error) func(context.Context,
 		return nil
 	}
 	return func(ctx context.Context, data any) error { return fn(ctx, data.(*T)) }
+}
+
+func typedReply[T any](fn func(context.Context, *T, Reply) error) func(context.Context, any, Reply) error {
+	if fn == nil {
+		return nil
+	}
+	return func(ctx context.Context, data any, r Reply) error { return fn(ctx, data.(*T), r) }
 }
 
 func typedSkip[T any](fn func(*T) bool) func(any) bool {
@@ -497,4 +599,25 @@ func (d *Definition) RunLocal(ctx context.Context, i int, data any, k Key) error
 // StepInfo.Undoable is true.
 func (d *Definition) RunUndoLocal(ctx context.Context, i int, data any, k Key) error {
 	return Call(WithKey(ctx, k), d.steps[i].Timeout, func(ctx context.Context) error { return d.undoLocal[i](ctx, data) })
+}
+
+// OnReply runs the OnReply of participant step i for data and reply within
+// the step's Timeout, with info in its ctx. It does nothing for a step
+// without OnReply. data may be changed by it.
+func (d *Definition) OnReply(ctx context.Context, i int, data any, reply Reply, info Info) error {
+	if d.onReply[i] == nil {
+		return nil
+	}
+	return Call(WithInfo(ctx, info), d.steps[i].Timeout, func(ctx context.Context) error { return d.onReply[i](ctx, data, reply) })
+}
+
+// CheckID reports an error when data names a saga id (Identified) other
+// than id. The error wraps ErrInvalidData and is permanent.
+func (d *Definition) CheckID(data any, id string) error {
+	if v, ok := data.(Identified); ok {
+		if got := v.SagaID(); got != id {
+			return retry.Permanent(fmt.Errorf("%w: %s: the data names saga %q, but the start request is for %q", ErrInvalidData, d.name, got, id))
+		}
+	}
+	return nil
 }

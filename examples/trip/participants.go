@@ -38,17 +38,18 @@ var (
 	book = participant.NewScript(Hotel, `
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'cancelled' then return failure('CANCELLED') end
-if status == 'booked' then return success() end
+if status == 'booked' then return success({reference = redis.call('HGET', KEYS[1], 'reference')}) end
 local left = redis.call('GET', KEYS[2])
 if left and tonumber(left) < 1 then return failure('`+ReasonNoRooms+`') end
 if left then redis.call('DECR', KEYS[2]) end
-redis.call('HSET', KEYS[1], 'status', 'booked', 'hotel', ARGV[1], 'nights', ARGV[2])
-return success()`)
+redis.call('HSET', KEYS[1], 'status', 'booked', 'hotel', ARGV[1], 'nights', ARGV[2], 'reference', ARGV[3])
+return success({reference = ARGV[3]})`)
 	cancelBooking = participant.NewScript(Hotel, `
 if redis.call('HGET', KEYS[1], 'status') == 'booked' and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('INCR', KEYS[2])
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'cancelled_reference', ARGV[1]) end
 return success()`)
 	charge = participant.NewScript(Card, `
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -62,16 +63,19 @@ redis.call('HSET', KEYS[1], 'status', 'refunded')
 return success()`)
 )
 
+// BookingReference is the reference the hotel gives a trip's booking.
+func BookingReference(tripID string) string { return "HTL-" + tripID }
+
 // NewHotel returns the hotel participant: BookRoom takes a room (failing
-// with ReasonNoRooms when the hotel's counter is at 0), CancelRoom gives it
-// back.
+// with ReasonNoRooms when the hotel's counter is at 0) and returns its
+// booking reference (Booking), CancelRoom gives it back.
 func NewHotel(rdb redis.UniversalClient) participant.Handler {
 	return participant.Routes{
 		BookRoom: participant.Typed(func(ctx context.Context, r *Room) (participant.Reply, error) {
-			return book.Run(ctx, rdb, []string{BookingKey(r.TripID), RoomsKey(r.Hotel)}, r.Hotel, r.Nights)
+			return book.Run(ctx, rdb, []string{BookingKey(r.TripID), RoomsKey(r.Hotel)}, r.Hotel, r.Nights, BookingReference(r.TripID))
 		}),
 		CancelRoom: participant.Typed(func(ctx context.Context, r *Room) (participant.Reply, error) {
-			return cancelBooking.Run(ctx, rdb, []string{BookingKey(r.TripID), RoomsKey(r.Hotel)})
+			return cancelBooking.Run(ctx, rdb, []string{BookingKey(r.TripID), RoomsKey(r.Hotel)}, r.Reference)
 		}),
 	}
 }

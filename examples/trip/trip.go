@@ -41,6 +41,18 @@ type Trip struct {
 	Hotel       string `json:"hotel"`
 	Nights      int    `json:"nights"`
 	AmountCents int64  `json:"amount_cents"`
+	// BookingRef is the hotel's booking reference, kept from its reply to
+	// BookRoom; CancelRoom names it. A start request leaves it out.
+	BookingRef string `json:"booking_ref,omitempty"`
+}
+
+// SagaID names the trip's saga: the engine refuses a start request for
+// another id (saga.Identified).
+func (t *Trip) SagaID() string { return t.TripID }
+
+// Booking is the hotel's data on a successful BookRoom.
+type Booking struct {
+	Reference string `json:"reference"`
 }
 
 // Validate rejects trips that no retry can fix: the engine dead-letters
@@ -53,6 +65,8 @@ func (t *Trip) Validate() error {
 		return fmt.Errorf("nights %d is out of range (1..365)", t.Nights)
 	case t.AmountCents < 1:
 		return fmt.Errorf("amount_cents %d must be positive", t.AmountCents)
+	case t.BookingRef != "":
+		return errors.New("booking_ref is set by the saga from the hotel's reply: leave it out")
 	}
 	return nil
 }
@@ -63,17 +77,20 @@ func (t *Trip) Validate() error {
 // headers and Redis keys: renaming one orphans trips in flight.
 func New(store *Store) *saga.Definition {
 	return saga.New(Name,
-		saga.Step[Trip]{Name: "book-hotel", Do: bookRoom, Undo: cancelRoom},
+		saga.Step[Trip]{Name: "book-hotel", Do: bookRoom, Undo: cancelRoom,
+			OnReply: saga.OnSuccess(func(t *Trip, b Booking) { t.BookingRef = b.Reference })},
 		saga.Step[Trip]{Name: "charge-card", Do: chargeCard, Undo: refundCard, Deadline: 10 * time.Second},
 		saga.Step[Trip]{Name: "confirm", Local: store.Confirm, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 5}},
 	)
 }
 
-// Room is the payload of BookRoom and CancelRoom.
+// Room is the payload of BookRoom and CancelRoom; CancelRoom names the
+// booking's reference when the hotel returned one.
 type Room struct {
-	TripID string `json:"trip_id"`
-	Hotel  string `json:"hotel"`
-	Nights int    `json:"nights"`
+	TripID    string `json:"trip_id"`
+	Hotel     string `json:"hotel"`
+	Nights    int    `json:"nights"`
+	Reference string `json:"reference,omitempty"`
 }
 
 // Charge is the payload of ChargeCard and RefundCard.
@@ -84,11 +101,11 @@ type Charge struct {
 }
 
 func bookRoom(_ context.Context, t *Trip) (saga.Command, error) {
-	return saga.Command{Participant: Hotel, Type: BookRoom, Payload: Room{t.TripID, t.Hotel, t.Nights}}, nil
+	return saga.Command{Participant: Hotel, Type: BookRoom, Payload: Room{TripID: t.TripID, Hotel: t.Hotel, Nights: t.Nights}}, nil
 }
 
 func cancelRoom(_ context.Context, t *Trip) (saga.Command, error) {
-	return saga.Command{Participant: Hotel, Type: CancelRoom, Payload: Room{t.TripID, t.Hotel, t.Nights}}, nil
+	return saga.Command{Participant: Hotel, Type: CancelRoom, Payload: Room{TripID: t.TripID, Hotel: t.Hotel, Nights: t.Nights, Reference: t.BookingRef}}, nil
 }
 
 func chargeCard(_ context.Context, t *Trip) (saga.Command, error) {

@@ -2,6 +2,7 @@ package trip_test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,21 @@ func TestTrip(t *testing.T) {
 				if got := rdb.HGet(ctx, key, "status").Val(); got != want {
 					t.Errorf("%s status: got %q, want %q", key, got, want)
 				}
+			}
+			// The hotel's booking reference came back with its reply: a
+			// cancellation names it, a completed trip's event carries it.
+			ref := trip.BookingReference(tt.trip.TripID)
+			if tt.booking == "cancelled" {
+				if got := rdb.HGet(ctx, trip.BookingKey(tt.trip.TripID), "cancelled_reference").Val(); got != ref {
+					t.Errorf("CancelRoom named booking %q, want %q", got, ref)
+				}
+			}
+			var final trip.Trip
+			if err := json.Unmarshal(ev.Data, &final); err != nil {
+				t.Fatalf("terminal event data %s: %v", ev.Data, err)
+			}
+			if tt.booking != "" && final.BookingRef != ref {
+				t.Errorf("terminal event's booking_ref %q, want %q", final.BookingRef, ref)
 			}
 		})
 	}

@@ -79,6 +79,29 @@ type Order struct {
 	// issued up to its limit, once per customer (package sim). An order
 	// without one never reaches the coupon participant.
 	Coupon string `json:"coupon,omitempty"`
+	// AuthorizationID is the payment's authorization, as the payment
+	// participant returned it (step authorize-payment); CancelPayment
+	// names it. TrackingNumber is the shipment's, as the shipping
+	// participant returned it; SagaCompleted carries it. Both are set by
+	// the saga from the replies: a start request must leave them out.
+	AuthorizationID string `json:"authorization_id,omitempty"`
+	TrackingNumber  string `json:"tracking_number,omitempty"`
+}
+
+// SagaID names the order's saga: its order_id. The engine refuses a start
+// request whose key is another id (saga.Identified).
+func (o *Order) SagaID() string { return o.OrderID }
+
+// PaymentResult is the payment participant's data on a successful
+// AuthorizePayment.
+type PaymentResult struct {
+	AuthorizationID string `json:"authorization_id"`
+}
+
+// ShippingResult is the shipping participant's data on a successful
+// ScheduleShipment.
+type ShippingResult struct {
+	TrackingNumber string `json:"tracking_number"`
 }
 
 // Item is a line of an order.
@@ -99,6 +122,8 @@ func (o *Order) Validate() error {
 	switch {
 	case o.OrderID == "":
 		return errors.New("order_id is required")
+	case o.AuthorizationID != "" || o.TrackingNumber != "":
+		return errors.New("authorization_id and tracking_number are set by the saga from its participants' replies: leave them out")
 	case o.CustomerID == "":
 		return errors.New("customer_id is required")
 	case o.AmountCents <= 0 || o.AmountCents > MaxAmountCents:
@@ -181,11 +206,15 @@ type InventoryCommand struct {
 }
 
 // PaymentCommand is the payload of AuthorizePayment and CancelPayment.
+// CancelPayment names the authorization it cancels, when the payment
+// participant returned one (an authorization whose reply never came has
+// none: the participant cancels by order id).
 type PaymentCommand struct {
-	OrderID     string `json:"order_id"`
-	CustomerID  string `json:"customer_id"`
-	AmountCents int64  `json:"amount_cents"`
-	Currency    string `json:"currency"`
+	OrderID         string `json:"order_id"`
+	CustomerID      string `json:"customer_id"`
+	AmountCents     int64  `json:"amount_cents"`
+	Currency        string `json:"currency"`
+	AuthorizationID string `json:"authorization_id,omitempty"`
 }
 
 // ShippingCommand is the payload of ScheduleShipment and CancelShipment.
@@ -208,8 +237,10 @@ func New(store Store) *saga.Definition {
 		saga.Step[Order]{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
 			Skip: func(o *Order) bool { return o.Coupon == "" }},
 		saga.Step[Order]{Name: StepReserveInventory, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
-		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment)},
-		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping)},
+		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
+			OnReply: saga.OnSuccess(func(o *Order, r PaymentResult) { o.AuthorizationID = r.AuthorizationID })},
+		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
+			OnReply: saga.OnSuccess(func(o *Order, r ShippingResult) { o.TrackingNumber = r.TrackingNumber })},
 		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
 	)
 }
@@ -229,7 +260,7 @@ func inventory(o *Order) InventoryCommand {
 }
 
 func payment(o *Order) PaymentCommand {
-	return PaymentCommand{OrderID: o.OrderID, CustomerID: o.CustomerID, AmountCents: o.AmountCents, Currency: o.Currency}
+	return PaymentCommand{OrderID: o.OrderID, CustomerID: o.CustomerID, AmountCents: o.AmountCents, Currency: o.Currency, AuthorizationID: o.AuthorizationID}
 }
 
 func shipping(o *Order) ShippingCommand {

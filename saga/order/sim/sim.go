@@ -115,6 +115,14 @@ func PaymentKey(orderID string) string { return keyPayment + orderID }
 // ShipmentKey returns the Redis key of the shipment of an order.
 func ShipmentKey(orderID string) string { return keyShipment + orderID }
 
+// AuthorizationID is the authorization id the payment participant gives an
+// order's payment, kept in its hash as authorization_id.
+func AuthorizationID(orderID string) string { return "auth-" + orderID }
+
+// TrackingNumber is the tracking number the shipping participant gives an
+// order's shipment, kept in its hash as tracking_number.
+func TrackingNumber(orderID string) string { return "trk-" + orderID }
+
 // OrderKey returns the Redis key of a completed order.
 func OrderKey(orderID string) string { return keyOrder + orderID }
 
@@ -135,6 +143,8 @@ local done = redis.call('GET', KEYS[1])
 if done then return done end
 local function failure(reason) return '{"outcome":"failure","reason":"' .. reason .. '"}' end
 local success = '{"outcome":"success"}'
+-- successWith is success with data for the saga (a Lua table).
+local function successWith(data) return cjson.encode({outcome = 'success', data = data}) end
 local reply
 -- integer reads a stock key (missing = 0). A value that is not an integer
 -- raises an error before the script writes anything: Redis does not roll
@@ -213,24 +223,26 @@ end
 reply = success
 ` + luaTail)
 
-// scriptAuthorize authorizes a payment. KEYS[2] = payment; ARGV[2] = amount,
-// ARGV[3] = limit.
+// scriptAuthorize authorizes a payment and returns its authorization id
+// ("auth-<order id>"). KEYS[2] = payment; ARGV[2] = amount, ARGV[3] = limit,
+// ARGV[4] = the authorization id.
 var scriptAuthorize = redis.NewScript(luaHead + `
 local status = redis.call('HGET', KEYS[2], 'status')
 if status == 'cancelled' then
   reply = failure('` + ReasonCancelled + `')
 elseif status == 'authorized' then
-  reply = success
+  reply = successWith({authorization_id = redis.call('HGET', KEYS[2], 'authorization_id') or ARGV[4]})
 elseif tonumber(ARGV[2]) > tonumber(ARGV[3]) then
   reply = failure('` + order.ReasonPaymentDeclined + `')
 else
-  redis.call('HSET', KEYS[2], 'status', 'authorized', 'amount_cents', ARGV[2])
-  reply = success
+  redis.call('HSET', KEYS[2], 'status', 'authorized', 'amount_cents', ARGV[2], 'authorization_id', ARGV[4])
+  reply = successWith({authorization_id = ARGV[4]})
 end
 ` + luaTail)
 
 // scriptCancelPayment cancels a payment, or leaves a cancelled tombstone.
-// KEYS[2] = payment.
+// KEYS[2] = payment; ARGV[2] = the authorization id the saga names (empty
+// when it has none), kept as cancelled_authorization_id.
 var scriptCancelPayment = redis.NewScript(luaHead + `
 local status = redis.call('HGET', KEYS[2], 'status')
 if status == 'authorized' then
@@ -238,22 +250,26 @@ if status == 'authorized' then
 elseif not status then
   redis.call('HSET', KEYS[2], 'status', 'cancelled', 'amount_cents', '0')
 end
+if ARGV[2] ~= '' and (status == 'authorized' or not status) then
+  redis.call('HSET', KEYS[2], 'cancelled_authorization_id', ARGV[2])
+end
 reply = success
 ` + luaTail)
 
-// scriptSchedule schedules a shipment. KEYS[2] = shipment; ARGV[2] =
-// country, ARGV[3] = city.
+// scriptSchedule schedules a shipment and returns its tracking number
+// ("trk-<order id>"). KEYS[2] = shipment; ARGV[2] = country, ARGV[3] =
+// city, ARGV[4] = the tracking number.
 var scriptSchedule = redis.NewScript(luaHead + `
 local status = redis.call('HGET', KEYS[2], 'status')
 if status == 'cancelled' then
   reply = failure('` + ReasonCancelled + `')
 elseif status == 'scheduled' then
-  reply = success
+  reply = successWith({tracking_number = redis.call('HGET', KEYS[2], 'tracking_number') or ARGV[4]})
 elseif ARGV[2] == '' or ARGV[2] == 'XX' then
   reply = failure('` + order.ReasonUndeliverable + `')
 else
-  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'country', ARGV[2], 'city', ARGV[3])
-  reply = success
+  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'country', ARGV[2], 'city', ARGV[3], 'tracking_number', ARGV[4])
+  reply = successWith({tracking_number = ARGV[4]})
 end
 ` + luaTail)
 
@@ -386,13 +402,14 @@ func (h *handler) Handle(ctx context.Context, cmds []participant.Request) ([]mes
 	replies := make([]message.Reply, len(results))
 	for i, r := range results {
 		var v struct {
-			Outcome string `json:"outcome"`
-			Reason  string `json:"reason"`
+			Outcome string          `json:"outcome"`
+			Reason  string          `json:"reason"`
+			Data    json.RawMessage `json:"data"`
 		}
 		if err := json.Unmarshal([]byte(r), &v); err != nil {
 			return nil, fmt.Errorf("%s: stored reply %q of message %s: %w", h.name, r, cmds[i].MessageID, err)
 		}
-		replies[i] = message.Reply{Outcome: v.Outcome, Reason: v.Reason}
+		replies[i] = message.Reply{Outcome: v.Outcome, Reason: v.Reason, Data: string(v.Data)}
 	}
 	return replies, nil
 }
@@ -550,9 +567,9 @@ func NewPayment(rdb redis.UniversalClient, limitCents int64) participant.Handler
 			if cmd.AmountCents <= 0 {
 				return bad()
 			}
-			return call{script: scriptAuthorize, keys: key, args: []any{cmd.AmountCents, limitCents}}
+			return call{script: scriptAuthorize, keys: key, args: []any{cmd.AmountCents, limitCents, AuthorizationID(cmd.OrderID)}}
 		case order.CancelPayment:
-			return call{script: scriptCancelPayment, keys: key}
+			return call{script: scriptCancelPayment, keys: key, args: []any{cmd.AuthorizationID}}
 		}
 		return bad()
 	}}
@@ -570,7 +587,7 @@ func NewShipping(rdb redis.UniversalClient) participant.Handler {
 		key := []string{ShipmentKey(cmd.OrderID)}
 		switch c.Type {
 		case order.ScheduleShipment:
-			return call{script: scriptSchedule, keys: key, args: []any{cmd.ShipTo.Country, cmd.ShipTo.City}}
+			return call{script: scriptSchedule, keys: key, args: []any{cmd.ShipTo.Country, cmd.ShipTo.City, TrackingNumber(cmd.OrderID)}}
 		case order.CancelShipment:
 			return call{script: scriptCancelShipment, keys: key}
 		}

@@ -283,6 +283,10 @@ func TestPayment(t *testing.T) {
 	cancel := func(msgID, orderID string) participant.Request {
 		return cmd(t, order.CancelPayment, msgID, order.PaymentCommand{OrderID: orderID})
 	}
+	cancelNamed := func(msgID, orderID, auth string) participant.Request {
+		return cmd(t, order.CancelPayment, msgID, order.PaymentCommand{OrderID: orderID, AuthorizationID: auth})
+	}
+	authorized := message.Reply{Outcome: message.OutcomeSuccess, Data: `{"authorization_id":"auth-o-1"}`}
 	tests := []struct {
 		name  string
 		limit int64
@@ -305,14 +309,14 @@ func TestPayment(t *testing.T) {
 			name:  "at the limit authorizes once",
 			limit: 1000,
 			steps: [][]participant.Request{{authorize("m-1", "o-1", 1000), authorize("m-1", "o-1", 1000)}, {authorize("m-1", "o-1", 1000)}},
-			want:  []message.Reply{ok, ok, ok},
-			hash:  map[string]string{"status": "authorized", "amount_cents": "1000"},
+			want:  []message.Reply{authorized, authorized, authorized},
+			hash:  map[string]string{"status": "authorized", "amount_cents": "1000", "authorization_id": "auth-o-1"},
 		},
 		{
 			name:  "cancel keeps the amount",
-			steps: [][]participant.Request{{authorize("m-1", "o-1", 4599)}, {cancel("m-2", "o-1"), cancel("m-2", "o-1")}},
-			want:  []message.Reply{ok, ok, ok},
-			hash:  map[string]string{"status": "cancelled", "amount_cents": "4599"},
+			steps: [][]participant.Request{{authorize("m-1", "o-1", 4599)}, {cancelNamed("m-2", "o-1", "auth-o-1"), cancelNamed("m-2", "o-1", "auth-o-1")}},
+			want:  []message.Reply{authorized, ok, ok},
+			hash:  map[string]string{"status": "cancelled", "amount_cents": "4599", "authorization_id": "auth-o-1", "cancelled_authorization_id": "auth-o-1"},
 		},
 		{
 			name:  "cancel before authorize leaves a tombstone",
@@ -342,6 +346,9 @@ func TestPayment(t *testing.T) {
 	}
 }
 
+// scheduled is the reply to a shipment scheduled for order o-1.
+var scheduled = message.Reply{Outcome: message.OutcomeSuccess, Data: `{"tracking_number":"trk-o-1"}`}
+
 func TestShipping(t *testing.T) {
 	schedule := func(msgID, country, city string) participant.Request {
 		return cmd(t, order.ScheduleShipment, msgID, order.ShippingCommand{OrderID: "o-1", ShipTo: order.Address{Country: country, City: city}})
@@ -368,14 +375,14 @@ func TestShipping(t *testing.T) {
 		{
 			name:  "schedules once",
 			steps: [][]participant.Request{{schedule("m-1", "DE", "Berlin"), schedule("m-1", "DE", "Berlin")}},
-			want:  []message.Reply{ok, ok},
-			hash:  map[string]string{"status": "scheduled", "country": "DE", "city": "Berlin"},
+			want:  []message.Reply{scheduled, scheduled},
+			hash:  map[string]string{"status": "scheduled", "country": "DE", "city": "Berlin", "tracking_number": "trk-o-1"},
 		},
 		{
 			name:  "cancel keeps the address",
 			steps: [][]participant.Request{{schedule("m-1", "DE", "Berlin")}, {cancel("m-2")}},
-			want:  []message.Reply{ok, ok},
-			hash:  map[string]string{"status": "cancelled", "country": "DE", "city": "Berlin"},
+			want:  []message.Reply{scheduled, ok},
+			hash:  map[string]string{"status": "cancelled", "country": "DE", "city": "Berlin", "tracking_number": "trk-o-1"},
 		},
 		{
 			name:  "cancel before schedule leaves a tombstone",
