@@ -117,6 +117,28 @@ func (c *Client) Compensate(ctx context.Context, def *saga.Definition, id, reaso
 	return c.send(ctx, r)
 }
 
+// Resume asks a parked saga (a step whose attempts ran out and that parks:
+// saga.Step.Park) to go on: the engine runs its step again, or sends it
+// again with fresh attempts. reason is kept in its SagaResumed event. A
+// saga that is not parked ignores it.
+func (c *Client) Resume(ctx context.Context, def *saga.Definition, id, reason string) error {
+	r, err := c.ResumeRecord(ctx, def, id, reason)
+	if err != nil {
+		return err
+	}
+	return c.send(ctx, r)
+}
+
+// ResumeRecord returns the record Resume produces, without producing it
+// (see CompensateRecord).
+func (c *Client) ResumeRecord(ctx context.Context, def *saga.Definition, id, reason string) (*kgo.Record, error) {
+	msgID, err := randomID()
+	if err != nil {
+		return nil, err
+	}
+	return c.record(ctx, def.Name(), id, message.TypeResume, "resume-"+id+"-"+msgID, nil, reason)
+}
+
 // CompensateRecord returns the record Compensate produces, without
 // producing it: for a caller that writes it together with records of its
 // own in one Kafka transaction (sagactl writes its audit record so). The

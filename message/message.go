@@ -64,6 +64,8 @@ const (
 	TypeReply      = "Reply"
 	TypeTimeout    = "Timeout"
 	TypeCompensate = "Compensate"
+	// TypeResume resumes a parked saga (see StatusParked).
+	TypeResume = "Resume"
 )
 
 // Reply outcomes.
@@ -79,6 +81,11 @@ const (
 	StatusCompleted    = "completed"
 	StatusCompensated  = "compensated"
 	StatusFailed       = "failed"
+	// StatusParked: a step whose attempts ran out parks the saga instead
+	// of compensating it (saga.Step.Park). It waits, where it is, for an
+	// operator's Resume (the step again, with fresh attempts) or
+	// Compensate; a participant's late reply to the step resumes it too.
+	StatusParked = "parked"
 )
 
 // Event types on saga.T.events. Every saga ends with exactly one of
@@ -92,6 +99,10 @@ const (
 	EventSagaCompleted       = "SagaCompleted"
 	EventSagaCompensated     = "SagaCompensated"
 	EventSagaFailed          = "SagaFailed"
+	// EventSagaParked: the step named ran out of attempts and parks the
+	// saga; EventSagaResumed: it goes on (a Resume, a late reply).
+	EventSagaParked  = "SagaParked"
+	EventSagaResumed = "SagaResumed"
 )
 
 // Event is the JSON value of a record on saga.T.events.

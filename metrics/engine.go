@@ -14,6 +14,9 @@ import (
 const (
 	PhaseDo         = "do"
 	PhaseCompensate = "compensate"
+	// PhaseParked counts the sagas parked at a step (saga.Step.Park):
+	// they wait for an operator, so their budget is 0.
+	PhaseParked = "parked"
 )
 
 // Engine is what WatchEngine reads; *orchestrator.Engine implements it.
@@ -96,7 +99,10 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.now()
 	for _, f := range c.eng.InFlight() {
 		phase := PhaseDo
-		if f.Compensating {
+		switch {
+		case f.Parked:
+			phase = PhaseParked
+		case f.Compensating:
 			phase = PhaseCompensate
 		}
 		age := 0.0

@@ -3,6 +3,8 @@ package orchestrator
 import (
 	"context"
 	"time"
+
+	"github.com/ksaga/ksaga/message"
 )
 
 // DeadLetterReasons lists every reason the engine dead-letters an inbox
@@ -18,7 +20,7 @@ func DeadLetterReasons() []string {
 // DropReasons lists every reason the engine drops a duplicate or stale
 // inbox record with (the Drop* constants).
 func DropReasons() []string {
-	return []string{DropDuplicateStart, DropStaleReply, DropStaleTimeout, DropEnded}
+	return []string{DropDuplicateStart, DropStaleReply, DropStaleTimeout, DropEnded, DropNotParked}
 }
 
 // StepFlight is what InFlight reports for one step of the saga, or for its
@@ -28,6 +30,9 @@ type StepFlight struct {
 	// compensate it.
 	Step         string
 	Compensating bool
+	// Parked is set for the sagas parked at the step (saga.Step.Park):
+	// they wait for an operator, with no Budget.
+	Parked bool
 	// Sagas counts the running sagas that wait on the step.
 	Sagas int
 	// Oldest is when the longest-waiting of them entered the step
@@ -43,10 +48,11 @@ type StepFlight struct {
 
 // flying is a running saga in the in-flight index.
 type flying struct {
-	p     int32
-	step  int
-	undo  bool
-	since int64 // Unix ms
+	p      int32
+	step   int
+	undo   bool
+	parked bool
+	since  int64 // Unix ms
 }
 
 // InFlight returns the running sagas of the partitions this instance owns,
@@ -58,6 +64,7 @@ func (e *Engine) InFlight() []StepFlight {
 	steps := e.m.steps
 	do := make([]StepFlight, len(steps))
 	undo := make([]StepFlight, len(steps))
+	parked := make([]StepFlight, len(steps))
 	for i, s := range steps {
 		do[i] = StepFlight{Step: s.Name, Budget: s.Deadline * time.Duration(s.Retry.Attempts())}
 		per := undoBackoff.MaxInterval
@@ -65,6 +72,7 @@ func (e *Engine) InFlight() []StepFlight {
 			per += e.cfg.comp.ReplyDeadline()
 		}
 		undo[i] = StepFlight{Step: s.Name, Compensating: true, Budget: per * time.Duration(e.cfg.comp.Attempts())}
+		parked[i] = StepFlight{Step: s.Name, Parked: true}
 	}
 	e.flightMu.Lock()
 	for _, f := range e.flight {
@@ -72,7 +80,10 @@ func (e *Engine) InFlight() []StepFlight {
 			continue
 		}
 		sf := &do[f.step]
-		if f.undo {
+		switch {
+		case f.parked:
+			sf = &parked[f.step]
+		case f.undo:
 			sf = &undo[f.step]
 		}
 		sf.Sagas++
@@ -92,6 +103,11 @@ func (e *Engine) InFlight() []StepFlight {
 			out = append(out, undo[i])
 		}
 	}
+	for i, s := range steps {
+		if s.Park || parked[i].Sagas > 0 {
+			out = append(out, parked[i])
+		}
+	}
 	return out
 }
 
@@ -102,7 +118,7 @@ func (e *Engine) fly(p int32, st *State) {
 		delete(e.flight, st.ID)
 		return
 	}
-	e.flight[st.ID] = flying{p: p, step: stepOf(st), undo: st.Undoing >= 0, since: st.StepStarted}
+	e.flight[st.ID] = flying{p: p, step: stepOf(st), undo: st.Undoing >= 0, parked: st.Status == message.StatusParked, since: st.StepStarted}
 }
 
 // landAll removes partition p's sagas from the in-flight index.

@@ -54,6 +54,7 @@ const (
 	DropStaleReply     = "stale-reply"
 	DropStaleTimeout   = "stale-timeout"
 	DropEnded          = "saga-ended"
+	DropNotParked      = "not-parked"
 )
 
 // input is a decoded inbox record.
@@ -145,8 +146,10 @@ func (m *machine) apply(ctx context.Context, st *State, data any, in *input) (*o
 		return m.timeout(ctx, st, data, in)
 	case message.TypeCompensate:
 		return m.compensate(ctx, st, data, in)
+	case message.TypeResume:
+		return m.resume(ctx, st, data, in)
 	}
-	return nil, inputErr(ReasonUnknownType, "message type %q is not one of StartSaga, Reply, Timeout, Compensate", in.typ)
+	return nil, inputErr(ReasonUnknownType, "message type %q is not one of StartSaga, Reply, Timeout, Compensate, Resume", in.typ)
 }
 
 func (m *machine) start(ctx context.Context, st *State, in *input) (*outcome, error) {
@@ -299,6 +302,12 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 	next := out.state
 	i := stepOf(next)
 	name := m.steps[i].Name
+	if next.Status == message.StatusParked {
+		// The participant answered after all: the saga goes on from its
+		// answer.
+		next.Status = message.StatusRunning
+		m.event(out, message.EventSagaResumed, name, "the step's reply arrived")
+	}
 	if next.Status == message.StatusRunning && m.steps[i].OnReply {
 		if err := m.onReply(ctx, out, i, in); err != nil {
 			return nil, err
@@ -385,7 +394,7 @@ func (m *machine) sent(ctx context.Context, st *State, data any, id string) bool
 func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
 	// A timeout names the send it times out; one read back from Redis's
 	// deadline index names none and counts if the deadline has passed.
-	if st == nil || st.Terminal() {
+	if st == nil || st.Terminal() || st.Status == message.StatusParked {
 		return &outcome{drop: DropStaleTimeout}, nil
 	}
 	current := in.inReplyTo == st.Waiting && in.attempt == st.Attempt
@@ -408,6 +417,10 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 			return out, m.send(out, cmd, next.Waiting, next.Attempt+1, step.Deadline)
 		}
 		reason := fmt.Sprintf("no reply after %d attempts", next.Attempt)
+		if step.Park {
+			m.park(out, i, reason)
+			return out, nil
+		}
 		m.event(out, message.EventStepFailed, step.Name, reason)
 		return out, m.startCompensation(ctx, out, i, compensation.OutcomeUnknown, reason)
 	}
@@ -454,7 +467,7 @@ func (m *machine) compensate(ctx context.Context, st *State, data any, in *input
 	if st == nil {
 		return nil, inputErr(ReasonUnknownSaga, "compensate saga %s, which does not exist", in.sagaID)
 	}
-	if st.Status != message.StatusRunning {
+	if st.Status != message.StatusRunning && st.Status != message.StatusParked {
 		return &outcome{drop: DropEnded}, nil
 	}
 	out := m.next(st, data)
@@ -464,6 +477,49 @@ func (m *machine) compensate(ctx context.Context, st *State, data any, in *input
 	}
 	m.event(out, message.EventStepFailed, m.steps[st.Step].Name, reason)
 	return out, m.startCompensation(ctx, out, st.Step, compensation.OutcomeUnknown, reason)
+}
+
+// park parks the saga at step i, whose attempts ran out for reason: it
+// waits for a Resume or a Compensate, or for the step's late reply (its
+// Waiting stays set), with no deadline.
+func (m *machine) park(out *outcome, i int, reason string) {
+	st := out.state
+	st.Status, st.Step, st.Reason, st.Deadline = message.StatusParked, i, reason, 0
+	if m.steps[i].Local {
+		st.Waiting, st.Attempt = "", 0
+	}
+	m.event(out, message.EventSagaParked, m.steps[i].Name, reason)
+}
+
+// resume resumes a parked saga: its step is run again (a Local step, in
+// this transaction) or sent again with fresh attempts and the same message
+// id, so that a participant that acted but whose reply was lost answers
+// with its stored reply.
+func (m *machine) resume(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
+	if st == nil {
+		return nil, inputErr(ReasonUnknownSaga, "resume saga %s, which does not exist", in.sagaID)
+	}
+	if st.Status != message.StatusParked {
+		return &outcome{drop: DropNotParked}, nil
+	}
+	out := m.next(st, data)
+	next := out.state
+	i := next.Step
+	step := m.steps[i]
+	reason := "resumed"
+	if in.reason != "" {
+		reason += ": " + in.reason
+	}
+	next.Status, next.Reason, next.StepStarted = message.StatusRunning, "", m.now().UnixMilli()
+	m.event(out, message.EventSagaResumed, step.Name, reason)
+	if step.Local {
+		return out, m.advance(ctx, out, i)
+	}
+	cmd, err := m.def.Do(m.info(ctx, next, i, 1, false), i, out.data)
+	if err != nil {
+		return nil, &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("build command: %w", err)}
+	}
+	return out, m.send(out, cmd, commandID(next.ID, step.Name, "do"), 1, step.Deadline)
 }
 
 // Abort moves a saga to compensation after a processing failure of its
@@ -494,10 +550,11 @@ func (m *machine) abort(ctx context.Context, st *State, data any, in *input, rea
 // failing at step failed until its attempts ran out, and compensates it:
 // the local steps before failed succeeded in the last attempt (their
 // effects stand), and failed's own may have been made before its
-// transaction aborted. Without a saga nothing could ever undo them. When
-// none of them has an UndoLocal there is nothing to undo: abortStart
-// returns a nil outcome and no saga starts, so that the dead-lettered start
-// can be redriven once its cause is fixed.
+// transaction aborted. Without a saga nothing could ever undo them. A step
+// that parks (saga.Step.Park) parks the new saga instead. When neither
+// applies (nothing to undo, no parking) abortStart returns a nil outcome
+// and no saga starts, so that the dead-lettered start can be redriven once
+// its cause is fixed.
 func (m *machine) abortStart(ctx context.Context, in *input, reason string, failed int) (*outcome, error) {
 	if failed < 0 || failed >= len(m.steps) {
 		failed = 0
@@ -507,7 +564,7 @@ func (m *machine) abortStart(ctx context.Context, in *input, reason string, fail
 		return nil, err
 	}
 	plan := compensation.Plan(m.undo, failed, m.failedOutcome(failed))
-	if !slices.ContainsFunc(plan, func(i int) bool { return !m.skipped(ctx, i, out.data) }) {
+	if !m.steps[failed].Park && !slices.ContainsFunc(plan, func(i int) bool { return !m.skipped(ctx, i, out.data) }) {
 		return nil, nil
 	}
 	m.reached(ctx, out, 0, failed)
@@ -537,9 +594,14 @@ func (m *machine) reached(ctx context.Context, out *outcome, from, to int) {
 	}
 }
 
-// failStep reports step failed as failed for reason and compensates.
+// failStep reports step failed as failed for reason and compensates, or
+// parks the saga when the step says so (saga.Step.Park).
 func (m *machine) failStep(ctx context.Context, out *outcome, failed int, reason string) error {
 	step := m.steps[failed]
+	if step.Park {
+		m.park(out, failed, reason)
+		return nil
+	}
 	m.event(out, message.EventStepFailed, step.Name, reason)
 	return m.startCompensation(ctx, out, failed, m.failedOutcome(failed), reason)
 }

@@ -120,6 +120,16 @@ type Step[T any] struct {
 	// recover; its error is a failed attempt of the reply's record, as a
 	// Local step's is. OnSuccess builds one from a typed function.
 	OnReply func(ctx context.Context, data *T, reply Reply) error
+	// Park, when set, parks the saga when the step's attempts run out (a
+	// Do step's sends that got no reply, a Local step's processing
+	// attempts) instead of compensating it: the saga stays where it is,
+	// visible (status parked, a SagaParked event) and alerted, until an
+	// operator resumes it (the step is run or sent again with fresh
+	// attempts, same message id) or compensates it. A participant's late
+	// reply resumes it too. A failure reply still compensates: it is an
+	// answer, not silence. Use it where compensating is worse than waiting
+	// (write-up 004: a coupon service down for five minutes).
+	Park bool
 }
 
 // Reply is a participant's answer to a step's command, as OnReply sees it.
@@ -212,7 +222,10 @@ type StepInfo struct {
 	// participant step, UndoLocal for a Local one.
 	Undoable bool
 	// OnReply is set when the step reads its replies (Step.OnReply).
-	OnReply  bool
+	OnReply bool
+	// Park is set when the step parks the saga when its attempts run out
+	// (Step.Park).
+	Park     bool
 	Retry    retry.Policy
 	Deadline time.Duration
 	Timeout  time.Duration
@@ -323,7 +336,7 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 		}
 		seen[s.Name] = true
 		info := StepInfo{Name: s.Name, Local: s.Local != nil, Optional: s.Skip != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
-			OnReply: s.OnReply != nil, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
+			OnReply: s.OnReply != nil, Park: s.Park, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
 		if info.Deadline <= 0 {
 			info.Deadline = DefaultDeadline
 		}

@@ -235,7 +235,11 @@ type ShippingCommand struct {
 func New(store Store) *saga.Definition {
 	return saga.New(Name,
 		saga.Step[Order]{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
-			Skip: func(o *Order) bool { return o.Coupon == "" }},
+			Skip: func(o *Order) bool { return o.Coupon == "" },
+			// A coupon service that stays silent parks the order rather
+			// than cancelling it (write-up 004): an operator resumes it
+			// once the service is back, and the coupon is issued then.
+			Park: true},
 		saga.Step[Order]{Name: StepReserveInventory, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
 		saga.Step[Order]{Name: StepAuthorizePayment, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
 			OnReply: saga.OnSuccess(func(o *Order, r PaymentResult) { o.AuthorizationID = r.AuthorizationID })},
