@@ -50,10 +50,13 @@ var ErrNoInbox = errors.New("the saga type's inbox topic does not exist")
 // Client produces start and compensate requests. It is safe for concurrent
 // use. Close it when done.
 type Client struct {
-	cl *kgo.Client
+	cl   *kgo.Client
+	opts []kgo.Opt // the caller's, for the consumers of saga.T.events
 
-	mu    sync.Mutex
-	parts map[string]int32 // inbox partition counts, by saga type
+	mu       sync.Mutex
+	parts    map[string]int32    // inbox partition counts, by saga type
+	watchers map[string]*watcher // readers of saga.T.events (see Run)
+	wg       sync.WaitGroup
 }
 
 // New returns a Client whose Kafka client is made with opts, which must
@@ -65,11 +68,21 @@ func New(opts ...kgo.Opt) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Client{cl: cl, parts: make(map[string]int32)}, nil
+	return &Client{cl: cl, opts: opts, parts: make(map[string]int32)}, nil
 }
 
-// Close closes the Kafka client. Requests after Close fail.
-func (c *Client) Close() { c.cl.Close() }
+// Close closes the Kafka clients, including the readers of saga.T.events
+// that runs wait on (their Get then waits until its ctx ends), and waits for
+// them. Requests after Close fail.
+func (c *Client) Close() {
+	c.mu.Lock()
+	for _, w := range c.watchers {
+		w.cl.Close()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+	c.cl.Close()
+}
 
 // Start asks the engine of def's saga type to start saga id with data. data
 // is encoded as JSON in canonical form (message.Canonical: keys sorted, no
@@ -78,8 +91,8 @@ func (c *Client) Close() { c.cl.Close() }
 // dead-letter, or JSON that has no canonical form (a MarshalJSON that
 // writes a key twice or invalid UTF-8), is refused here with an error
 // wrapping saga.ErrInvalidData, and nothing is produced. Start returns once
-// the request is durable in Kafka; the saga then runs asynchronously (watch
-// saga.T.events for its end). Any other error leaves it unknown whether the
+// the request is durable in Kafka; the saga then runs asynchronously
+// (StartRun and Run.Get wait for its end). Any other error leaves it unknown whether the
 // request was written: retrying with the same id and data is safe.
 func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, data any) error {
 	value, err := json.Marshal(data)
