@@ -445,11 +445,25 @@ func (e *Engine) intervalWait() time.Duration {
 
 // pollWait bounds a poll so that deadlines fire on time.
 func (e *Engine) pollWait() time.Duration {
-	wait := time.Second
+	wait := e.cfg.maxPollWait
 	if next, ok := e.timers.next(); ok {
-		wait = min(wait, max(time.Until(time.UnixMilli(next)), time.Millisecond))
+		wait = min(wait, max(time.UnixMilli(next).Sub(e.cfg.now()), time.Millisecond))
 	}
 	return wait
+}
+
+// sleep waits d on the engine's clock, or until ctx ends. On the wall clock
+// it is ctxtime.Sleep; on a clock a test moves (Clock) it looks at the clock
+// every millisecond.
+func (e *Engine) sleep(ctx context.Context, d time.Duration) {
+	if e.cfg.clockSet {
+		until := e.cfg.now().Add(d)
+		for ctx.Err() == nil && e.cfg.now().Before(until) {
+			ctxtime.Sleep(ctx, time.Millisecond)
+		}
+		return
+	}
+	ctxtime.Sleep(ctx, d)
 }
 
 // batch is the work of one transaction.
@@ -1254,7 +1268,7 @@ func (e *Engine) retryLater(ctx, runCtx context.Context, r *kgo.Record, err erro
 		wait = 0
 	}
 	e.log.WarnContext(ctx, "processing failed; retrying", "saga_id", string(r.Key), "trace_id", traceID(r), "err", err, "partition", r.Partition, "offset", r.Offset, "attempt", n, "of", policy.Attempts(), "wait", wait)
-	ctxtime.Sleep(runCtx, wait)
+	e.sleep(runCtx, wait)
 	return nil
 }
 

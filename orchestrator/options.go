@@ -41,6 +41,8 @@ type config struct {
 	redisTimeout time.Duration
 	retention    time.Duration
 	retentionSet bool
+	maxPollWait  time.Duration
+	clockSet     bool
 }
 
 // Brokers sets the Kafka seed brokers. Required.
@@ -85,7 +87,16 @@ func Compensation(p compensation.Policy) Opt { return opt(func(c *config) { c.co
 func MaxPollRecords(n int) Opt { return opt(func(c *config) { c.maxPoll = n }) }
 
 // Clock sets the engine's clock, for tests. The default is time.Now.
-func Clock(now func() time.Time) Opt { return opt(func(c *config) { c.now = now }) }
+// Deadlines, undo backoffs, retention and the waits between a failed
+// processing attempt and the next are measured on it, so a test can move
+// time forward (package sagatest's Clock); pair it with MaxPollWait so
+// that the engine looks at the clock often.
+func Clock(now func() time.Time) Opt { return opt(func(c *config) { c.now, c.clockSet = now, true }) }
+
+// MaxPollWait bounds how long the engine waits for records before it looks
+// at its deadlines again. The default is 1s; a test that moves a Clock
+// forward sets a few milliseconds.
+func MaxPollWait(d time.Duration) Opt { return opt(func(c *config) { c.maxPollWait = d }) }
 
 // MaxValueBytes bounds the value of an inbox record; larger records are
 // dead-lettered unread. The default is 256 KiB.
@@ -171,6 +182,9 @@ func newConfig(sagaName string, opts []Opt) (config, error) {
 		return c, errors.New("TransactionInterval must not be negative")
 	case c.redisTimeout < 0 || (c.redisTimeout > 0 && c.redisTimeout >= c.txnTimeout):
 		return c, fmt.Errorf("RedisTimeout %v must be positive and shorter than the transaction timeout %v", c.redisTimeout, c.txnTimeout)
+	}
+	if c.maxPollWait <= 0 {
+		c.maxPollWait = time.Second
 	}
 	if c.retention < 0 {
 		return c, fmt.Errorf("Retention %v is negative: want a duration, or 0 to keep ended sagas forever", c.retention)

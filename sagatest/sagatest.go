@@ -73,6 +73,7 @@ type config struct {
 	partitions int
 	timeout    time.Duration
 	logger     *slog.Logger
+	clock      *Clock
 }
 
 // Miniredis runs the Harness on an in-process miniredis instead of a
@@ -90,6 +91,35 @@ func Partitions(n int) Opt { return optFunc(func(c *config) { c.partitions = n }
 // Timeout sets how long Wait and WaitDeadLetter wait when their ctx has no
 // deadline. The default is DefaultTimeout.
 func Timeout(d time.Duration) Opt { return optFunc(func(c *config) { c.timeout = d }) }
+
+// FakeClock runs the Harness's engines on a clock that the test moves
+// forward (Harness.Clock().Advance), starting at the wall clock's time:
+// step deadlines, compensation backoffs, retention and the waits between a
+// failed attempt and the next pass when the test says so. A test of a 30s
+// deadline then takes milliseconds.
+func FakeClock() Opt { return optFunc(func(c *config) { c.clock = &Clock{t: time.Now()} }) }
+
+// Clock is a Harness's fake clock (FakeClock). It is safe for concurrent
+// use.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Advance moves the clock forward by d. The engines see it within a few
+// milliseconds: deadlines that passed fire, backoffs that ended go on.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
 
 // Logger sets the logger of the engines and participants. The default logs
 // warnings and errors to the test's log (New) or discards them (Open).
@@ -270,6 +300,9 @@ func (h *Harness) Redis() redis.UniversalClient { return h.rdb }
 // Client returns the client that Start and Compensate use.
 func (h *Harness) Client() *client.Client { return h.client }
 
+// Clock returns the Harness's fake clock, or nil without FakeClock.
+func (h *Harness) Clock() *Clock { return h.cfg.clock }
+
 // Saga creates the topics of def's saga type and runs its engine until
 // Close, with opts after the Harness's own. Register the participants its
 // steps send commands to before starting sagas: their topics must exist
@@ -287,6 +320,9 @@ func (h *Harness) Saga(def *saga.Definition, opts ...orchestrator.Opt) error {
 		orchestrator.Retry(retry.Policy{InitialInterval: 10 * time.Millisecond}),
 		orchestrator.InfraBackoff(retry.Policy{InitialInterval: 10 * time.Millisecond, MaxInterval: 200 * time.Millisecond}),
 		orchestrator.KafkaOpts(fastKafka...),
+	}
+	if c := h.cfg.clock; c != nil {
+		base = append(base, orchestrator.Clock(c.Now), orchestrator.MaxPollWait(5*time.Millisecond))
 	}
 	eng, err := orchestrator.New(def, append(base, opts...)...)
 	if err != nil {

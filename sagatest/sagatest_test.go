@@ -83,3 +83,55 @@ func TestHarness(t *testing.T) {
 		t.Errorf("dead letters: got %q and %d, want undecodable and 1", d.Reason, len(h.DeadLetters(waiting)))
 	}
 }
+
+// TestFakeClock runs a saga whose participant never answers, with a 30s
+// step deadline and three sends, on a clock the test moves: the three
+// deadlines (90s) pass and the saga compensates in the time its messages
+// take through Kafka (about 0.3s a hop here), not in 90s.
+func TestFakeClock(t *testing.T) {
+	h := sagatest.New(t, sagatest.FakeClock(), sagatest.Logger(slog.New(slog.DiscardHandler)))
+	ctx := context.Background()
+	silent := saga.New("silent",
+		saga.Step[order]{Name: "reserve", Do: cmd("mute", "Reserve"), Undo: cmd("up", "Release"), Deadline: 30 * time.Second},
+	)
+	mute := participant.HandlerFunc(func(_ context.Context, reqs []participant.Request) ([]participant.Reply, error) {
+		return nil, errors.New("mute") // never answers
+	})
+	up := participant.Routes{"Release": func(context.Context, participant.Request) (participant.Reply, error) {
+		return participant.Success(), nil
+	}}
+	for _, err := range []error{h.Participant("mute", mute), h.Participant("up", up), h.Saga(silent)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Start(ctx, silent, "s-1", order{ID: "s-1"}); err != nil {
+		t.Fatal(err)
+	}
+	for len(h.Events(silent, "s-1")) == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	began := time.Now()
+	var ev message.Event
+	for {
+		h.Clock().Advance(31 * time.Second)
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		got, err := h.Wait(wctx, silent, "s-1")
+		cancel()
+		if err == nil {
+			ev = got
+			break
+		}
+		if time.Since(began) > 10*time.Second {
+			t.Fatalf("no terminal event 10s after the clock began to move: %v", err)
+		}
+	}
+	took := time.Since(began)
+	t.Logf("three 30s deadlines and a compensation in %v of wall time", took.Round(time.Millisecond))
+	if ev.Type != message.EventSagaCompensated || !strings.Contains(ev.Reason, "no reply after 3 attempts") {
+		t.Errorf("terminal event %s %q, want SagaCompensated after no reply", ev.Type, ev.Reason)
+	}
+	if took > 10*time.Second {
+		t.Errorf("took %v of wall time, want seconds, not the deadlines' 90s", took)
+	}
+}
