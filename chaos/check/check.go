@@ -32,6 +32,12 @@
 //	                   for each completed transfer, approved exactly then, and each account's held
 //	                   total is the sum of its completed transfers
 //
+//	retention          a saga deleted from the state topic (a tombstone) had ended, exactly once,
+//	                   at least the engines' retention before; it never comes back, and Redis no
+//	                   longer holds it (InvRetention). The state, redis and history rules take
+//	                   such a saga's last state from before its tombstone, and hold Redis only to
+//	                   the sagas that were not deleted
+//
 // The checker is used by cmd/sagachaos; Analyze works on Data read by Read,
 // so that the rules can be tested without a cluster.
 package check
@@ -151,10 +157,10 @@ const (
 	InvCoupons     = "coupons"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 14
+	invariantCount = 15
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory, InvLocal}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory, InvLocal, InvRetention}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -171,8 +177,14 @@ type Report struct {
 	// Checked counts the items each invariant was checked on.
 	Checked map[string]int
 	// Outcomes counts the sagas by terminal event.
-	Outcomes  map[string]int
-	Anomalies []Anomaly
+	Outcomes map[string]int
+	// Tombstones counts the tombstones read on the state topics, Expired
+	// the sagas whose last state record is one (InvRetention).
+	// DeletedAfter is the least and the most time from a saga's end to its
+	// tombstone.
+	Tombstones, Expired int
+	DeletedAfter        [2]time.Duration
+	Anomalies           []Anomaly
 	// Read describes what was read (records per topic, keys).
 	Read string
 }
@@ -203,6 +215,10 @@ func (r *Report) Text(limit int) string {
 		parts = append(parts, fmt.Sprintf("%s %d", o, r.Outcomes[o]))
 	}
 	fmt.Fprintf(&b, "outcomes: %s\n", strings.Join(parts, ", "))
+	if r.Tombstones > 0 {
+		fmt.Fprintf(&b, "retention: %d tombstones, %d sagas deleted, each %v to %v after it ended\n",
+			r.Tombstones, r.Expired, r.DeletedAfter[0].Round(time.Millisecond), r.DeletedAfter[1].Round(time.Millisecond))
+	}
 	per := make(map[string]int)
 	for _, a := range r.Anomalies {
 		per[a.Invariant]++
@@ -235,10 +251,17 @@ type Data struct {
 	Partitions int32
 	// Events are the committed events of each saga, in log order.
 	Events map[string][]message.Event
-	// States is the last committed state record of each saga.
+	// States is the last committed state record of each saga; a saga
+	// whose last record is a tombstone has none.
 	States map[string][]byte
+	// Tombstones are the tombstones of each saga's state topic, in log
+	// order: the engine deleted the saga after its retention.
+	Tombstones map[string][]Tombstone
+	// Retention is the engines' retention (Config.Retention); 0 keeps
+	// ended sagas forever.
+	Retention time.Duration
 	// StatePartitions are the partitions of the state topic that hold
-	// committed state records of each saga.
+	// committed state records (tombstones included) of each saga.
 	StatePartitions map[string][]int32
 	// Redis is the engine's Redis view of each saga.
 	Redis map[string]RedisState
@@ -353,6 +376,7 @@ func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a.strays()
 	a.history()
 	a.local()
+	a.retention()
 	return a.rep
 }
 
@@ -363,6 +387,9 @@ type analysis struct {
 	// ended is the terminal event of each saga that has exactly one.
 	ended  map[string]string
 	poison map[string]*Expectation // by marker
+	// timed counts the tombstones whose time after the saga's end is in
+	// rep.DeletedAfter.
+	timed int
 }
 
 func (a *analysis) fail(inv, id, format string, args ...any) {
@@ -512,9 +539,13 @@ var statusOf = map[string]string{
 func (a *analysis) states() {
 	for _, id := range a.ids() {
 		a.rep.Checked[InvState]++
-		b, ok := a.d.States[id]
+		b, ok := a.finalState(id)
+		_, expired := a.expired(id)
 		if !ok && a.sagas[id].Kind == KindLocalOutage && len(a.d.Events[id]) == 0 {
 			continue // no saga: its start was dead-lettered
+		}
+		if !ok && expired {
+			continue // its states were compacted away after its tombstone
 		}
 		if !ok {
 			a.fail(InvState, id, "no state record")
@@ -524,6 +555,9 @@ func (a *analysis) states() {
 		if err != nil {
 			a.fail(InvState, id, "last state record does not decode: %v", err)
 			continue
+		}
+		if !st.Terminal() && expired {
+			continue // deleted while running: the retention rule reports it
 		}
 		if !st.Terminal() {
 			a.fail(InvState, id, "still %s at step %d after the drain (version %d)", st.Status, st.Step, st.Version)
@@ -553,12 +587,18 @@ func (a *analysis) redis() {
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(a.d.Redis)) {
+		if _, ok := a.expired(id); ok {
+			continue // the retention rule holds a deleted saga's key
+		}
 		if _, ok := a.d.States[id]; !ok {
 			a.rep.Checked[InvRedis]++
 			a.fail(InvRedis, id, "Redis holds a state (version %s) that no state record has", a.d.Redis[id].Version)
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(a.d.RedisDuplicates)) {
+		if _, ok := a.expired(id); ok {
+			continue
+		}
 		a.rep.Checked[InvRedis]++
 		keys := []string{a.d.Redis[id].Key}
 		for _, r := range a.d.RedisDuplicates[id] {
@@ -879,6 +919,9 @@ func (a *analysis) strays() {
 	}
 	for _, id := range slices.Sorted(maps.Keys(a.d.States)) {
 		stray(id, "a state record")
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.d.Tombstones)) {
+		stray(id, "a tombstone")
 	}
 	for k := range a.d.Commands {
 		stray(k.SagaID, "a command")

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ksaga/ksaga/chaos/check/localfirst"
 	"github.com/ksaga/ksaga/message"
@@ -22,12 +23,12 @@ func home(id string) int32 { return message.HomePartition(id, partitions) }
 // elsewhere returns a partition that is not id's home.
 func elsewhere(id string) int32 { return (home(id) + 1) % partitions }
 
-// run is a consistent run: a completed order, a declined one, an
-// undeliverable one, an outage, an order compensated on request, coupon
-// orders (one that got the last coupon of its code, one refused because the
-// code ran out, one of an unknown code, and a declined one whose coupon was
-// given back), a poison record and a stray reply that landed off its home
-// partition and was moved there.
+// run is a consistent run: a completed order, a declined one (deleted
+// after the retention), an undeliverable one, an outage, an order
+// compensated on request, coupon orders (one that got the last coupon of
+// its code, one refused because the code ran out, one of an unknown code,
+// and a declined one whose coupon was given back), a poison record and a
+// stray reply that landed off its home partition and was moved there.
 func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	t.Helper()
 	ord := func(id string, amount int64, qty int64) *order.Order {
@@ -85,6 +86,8 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	d.Orders["o-1"] = map[string]string{"status": "completed", "amount_cents": "500", "fence": "7"}
 	end("o-2", "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-2"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	d.Retention = time.Hour
+	expire(t, d, "o-2", d.Retention+time.Second)
 	end("o-3", "+"+inv, "+"+pay, "x"+ship+" "+order.ReasonUndeliverable, "!"+order.ReasonUndeliverable, "~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-3"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.Payments["o-3"] = map[string]string{"status": "cancelled", "amount_cents": "700"}
@@ -174,6 +177,29 @@ func tell(t *testing.T, id string, story ...string) ([]message.Event, []byte) {
 	return evs, b
 }
 
+// ended is when the sagas that expire in these tests ended.
+var ended = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+// expire deletes saga id of d after it ended (at ended): a tombstone
+// written after that deletes its last state record, and its Redis key
+// goes.
+func expire(t *testing.T, d *Data, id string, after time.Duration) {
+	t.Helper()
+	var st orchestrator.State
+	if err := json.Unmarshal(d.States[id], &st); err != nil {
+		t.Fatal(err)
+	}
+	st.Updated = ended
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(d.States, id)
+	d.addState(id, home(id), 10, ended.Add(-time.Second), b)
+	d.addState(id, home(id), 11, ended.Add(after), nil)
+	delete(d.Redis, id)
+}
+
 // coupon gives o a coupon of code, for customer.
 func coupon(o *order.Order, customer, code string) *order.Order {
 	o.CustomerID, o.Coupon = customer, code
@@ -237,10 +263,10 @@ func TestAnomalies(t *testing.T) {
 			return e
 		}, InvState, "o-3"},
 		{"no state record", func(e []Expectation, d *Data) []Expectation {
-			delete(d.States, "o-2")
-			delete(d.Redis, "o-2")
+			delete(d.States, "o-3")
+			delete(d.Redis, "o-3")
 			return e
-		}, InvState, "o-2"},
+		}, InvState, "o-3"},
 		{"redis holds an older state", func(e []Expectation, d *Data) []Expectation {
 			r := d.Redis["o-1"]
 			r.Version, r.State = "4", state("o-1", 4, message.StatusRunning)
@@ -615,5 +641,140 @@ func TestHistoryInAnalyze(t *testing.T) {
 		return a.Invariant == InvHistory && a.ID == "o-2" && strings.Contains(a.Detail, "refused")
 	}) {
 		t.Fatalf("want a history anomaly about o-2's refused payment being compensated; report:\n%s", rep)
+	}
+}
+
+// A saga deleted after the retention passes when it had ended long enough
+// before its tombstone, and each way the deletion can go wrong is reported
+// under retention, naming the saga.
+func TestRetention(t *testing.T) {
+	const retention = time.Hour
+	// o-2 has ended; its state record is at offset 10, its tombstone at
+	// 11 (see expire), written an hour and a second after it ended.
+	cases := []struct {
+		name   string
+		change func(d *Data)
+		// want are parts of the retention anomalies about o-2, one each,
+		// with {p} for its home partition; none: the run passes.
+		want []string
+	}{
+		{name: "expired and fine", change: func(d *Data) {}},
+		{name: "expired within the clock slack", change: func(d *Data) {
+			d.Tombstones["o-2"][0].At = ended.Add(retention - ClockSlack/2)
+		}},
+		{name: "states compacted away: the terminal event tells when it ended", change: func(d *Data) {
+			d.Tombstones["o-2"][0].Deleted = nil
+			evs := d.Events["o-2"]
+			evs[len(evs)-1].At = ended
+		}},
+		{name: "tombstone before the terminal state", change: func(d *Data) {
+			var st orchestrator.State
+			json.Unmarshal(d.Tombstones["o-2"][0].Deleted, &st)
+			final := d.Tombstones["o-2"][0].Deleted
+			st.Status, st.Version = message.StatusCompensating, st.Version-1
+			running, _ := json.Marshal(st)
+			delete(d.Tombstones, "o-2")
+			d.addState("o-2", home("o-2"), 10, ended.Add(-time.Second), running)
+			d.addState("o-2", home("o-2"), 11, ended.Add(retention+time.Second), nil)
+			d.addState("o-2", home("o-2"), 12, ended, final)
+			d.Redis["o-2"] = RedisState{Key: orchestrator.StateKey("order", home("o-2"), "o-2"), Partition: home("o-2"), Version: fmt.Sprint(version(final)), State: final}
+		}, want: []string{
+			"1 state records after its tombstone at {p}@11: the saga came back after it was deleted",
+			"tombstone at {p}@11 deleted the saga while it was compensating at version 5",
+		}},
+		{name: "key still in Redis after the tombstone", change: func(d *Data) {
+			final := d.Tombstones["o-2"][0].Deleted
+			d.Redis["o-2"] = RedisState{Key: orchestrator.StateKey("order", home("o-2"), "o-2"), Partition: home("o-2"), Version: "6", State: final}
+		}, want: []string{"Redis still holds its state (key ksaga:{order:{p}}:state:o-2, version 6) after its tombstone at {p}@11"}},
+		{name: "expired too early", change: func(d *Data) {
+			d.Tombstones["o-2"][0].At = ended.Add(retention / 2)
+		}, want: []string{"deleted 30m0s after it ended (at 2026-12-01T10:00:00Z; tombstone at {p}@11 written at 2026-12-01T10:30:00Z), before the retention 1h0m0s"}},
+		{name: "compacted and expired too early", change: func(d *Data) {
+			d.Tombstones["o-2"][0].Deleted = nil
+			evs := d.Events["o-2"]
+			evs[len(evs)-1].At = ended.Add(retention / 2)
+		}, want: []string{"deleted 30m1s after it ended"}},
+		{name: "deleted though the engines keep sagas forever", change: func(d *Data) {
+			d.Retention = 0
+		}, want: []string{"tombstone at {p}@11, but the engines keep ended sagas forever (retention 0)"}},
+		{name: "deleted after two terminal events", change: func(d *Data) {
+			d.Events["o-2"] = append(d.Events["o-2"], message.Event{SagaID: "o-2", Type: message.EventSagaCompleted, Version: 7})
+		}, want: []string{"deleted by its tombstone at {p}@11 with 2 terminal events, want exactly one"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			exp, initial, d := run(t)
+			c.change(d)
+			rep := Analyze(exp, initial, d)
+			var got []string
+			for _, a := range rep.Anomalies {
+				if a.Invariant == InvRetention && a.ID == "o-2" {
+					got = append(got, a.Detail)
+				}
+			}
+			if len(c.want) == 0 && !rep.OK() {
+				t.Fatalf("got anomalies, want none:\n%s", rep)
+			}
+			if len(got) != len(c.want) {
+				t.Fatalf("got %d retention anomalies about o-2 %q, want %d %q; report:\n%s", len(got), got, len(c.want), c.want, rep)
+			}
+			for i, w := range c.want {
+				if w = strings.ReplaceAll(w, "{p}", fmt.Sprint(home("o-2"))); !strings.Contains(got[i], w) {
+					t.Errorf("got anomaly %q, want one with %q", got[i], w)
+				}
+			}
+			if rep.Tombstones != 1 {
+				t.Errorf("got %d tombstones in the report, want 1", rep.Tombstones)
+			}
+		})
+	}
+}
+
+// Read keeps a saga's last state, or, when its last record is a tombstone,
+// what the tombstone deleted; a saga started again after its tombstone
+// counts its versions from 1.
+func TestAddState(t *testing.T) {
+	state := func(v int64) []byte { return []byte(fmt.Sprintf(`{"version":%d}`, v)) }
+	at := ended
+	cases := []struct {
+		name string
+		recs [][]byte // in log order, from offset 0; nil is a tombstone
+		// want is the last state; deleted the versions the tombstones
+		// deleted, followed how many states came after each.
+		want     []byte
+		deleted  []int64
+		followed []int
+	}{
+		{name: "states", recs: [][]byte{state(1), state(3), state(2)}, want: state(3)},
+		{name: "expired", recs: [][]byte{state(1), state(2), nil}, deleted: []int64{2}, followed: []int{0}},
+		{name: "started again", recs: [][]byte{state(1), state(5), nil, state(1), state(2)}, want: state(2), deleted: []int64{5}, followed: []int{2}},
+		{name: "tombstone with nothing before", recs: [][]byte{nil}, deleted: []int64{-1}, followed: []int{0}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := &Data{States: make(map[string][]byte), StatePartitions: make(map[string][]int32)}
+			for i, r := range c.recs {
+				d.addState("o-1", 3, int64(i), at, r)
+			}
+			if got := d.States["o-1"]; string(got) != string(c.want) {
+				t.Errorf("got last state %s, want %s", got, c.want)
+			}
+			ts := d.Tombstones["o-1"]
+			if len(ts) != len(c.deleted) {
+				t.Fatalf("got %d tombstones, want %d", len(ts), len(c.deleted))
+			}
+			for i, tb := range ts {
+				v := int64(-1)
+				if tb.Deleted != nil {
+					v = version(tb.Deleted)
+				}
+				if v != c.deleted[i] || tb.Followed != c.followed[i] {
+					t.Errorf("tombstone %d deleted version %d and was followed by %d states, want %d and %d", i, v, tb.Followed, c.deleted[i], c.followed[i])
+				}
+			}
+			if !slices.Equal(d.StatePartitions["o-1"], []int32{3}) {
+				t.Errorf("got state partitions %v, want [3]", d.StatePartitions["o-1"])
+			}
+		})
 	}
 }

@@ -38,8 +38,9 @@ type history struct {
 	// events are the saga's committed events, in log order (one partition
 	// of saga.T.events holds them all).
 	events []message.Event
-	// state is the saga's last state record; redis its state in the
-	// engine's Redis. Either is nil when missing (the state and redis
+	// state is the saga's last state record (for a saga deleted after
+	// the retention, the one its tombstone deleted); redis its state in
+	// the engine's Redis. Either is nil when missing (the state and redis
 	// invariants report that).
 	state, redis *orchestrator.State
 	// effect reports whether step's effect stands in the ledger the
@@ -266,7 +267,8 @@ func (a *analysis) history() {
 		}
 		a.rep.Checked[InvHistory]++
 		steps, effect := a.stepsOf(id)
-		h := history{steps: steps, events: evs, state: stateOrNil(a.d.States[id]), effect: effect}
+		final, _ := a.finalState(id)
+		h := history{steps: steps, events: evs, state: stateOrNil(final), effect: effect}
 		if r, ok := a.d.Redis[id]; ok {
 			h.redis = stateOrNil(r.State)
 		}

@@ -46,7 +46,18 @@ type Config struct {
 	Idle time.Duration
 	// ReadTimeout bounds reading the topics (default 5 minutes).
 	ReadTimeout time.Duration
+	// Retention is the engines' retention (sagad --retention): an ended
+	// saga is deleted from the state topic and Redis this long after it
+	// ended (InvRetention). 0 means the engines keep ended sagas forever,
+	// so any tombstone is an anomaly.
+	Retention time.Duration
 }
+
+// DeleteGrace is how long Read waits for the engine to delete the Redis
+// key of a saga whose tombstone it read: the engine deletes the key once
+// the tombstone's transaction has committed, so the Redis view read
+// before the topics may still hold it.
+const DeleteGrace = 10 * time.Second
 
 // Run reads everything back and analyzes it.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
@@ -63,6 +74,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // state, events and dead-letter topics and of the participants' command and
 // dead-letter topics, the engine's saga states in Redis, the participants'
 // ledgers (coupons included) and the orders store. It returns a line saying what it read.
+//
+// Once the topics are quiet, it reads the engine's Redis view first and
+// the topics after, up to ends listed then: while ended sagas expire (a
+// retention), a saga whose key the view has lost was deleted by a
+// tombstone committed before, which the topics then hold. A saga whose
+// tombstone the topics hold while the view still had its key gets
+// DeleteGrace for its key to go.
 func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 	if cfg.OrdersRedis == "" {
 		return nil, "", errors.New("check: Config.OrdersRedis is required")
@@ -83,13 +101,19 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		Orders:  make(map[string]map[string]string),
 		Coupons: make(map[string]CouponLedger), CouponClaims: make(map[string]map[string]string),
 		Holds: make(map[string]map[string]string), Held: make(map[string]int64), Approvals: make(map[string]map[string]string),
+		Tombstones: make(map[string][]Tombstone), Retention: cfg.Retention,
 	}
-	counts, err := readTopics(ctx, cfg, d)
+	tr, err := newTopicReader(cfg)
 	if err != nil {
+		return nil, "", err
+	}
+	defer tr.close()
+	if err := tr.waitQuiet(ctx); err != nil {
 		return nil, "", err
 	}
 	eng := redis.NewClient(&redis.Options{Addr: cfg.EngineRedis})
 	defer eng.Close()
+	var view []string
 	for _, t := range cfg.types() {
 		n, err := scanHashes(ctx, eng, orchestrator.StateKeyPattern(t), func(key string, h map[string]string) {
 			id, p := parseStateKey(t, key)
@@ -103,7 +127,17 @@ func Read(ctx context.Context, cfg Config) (*Data, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
 		}
-		counts = append(counts, fmt.Sprintf("%d engine states of %s", n, t))
+		view = append(view, fmt.Sprintf("%d engine states of %s", n, t))
+	}
+	counts, err := tr.read(ctx, d)
+	if err != nil {
+		return nil, "", err
+	}
+	counts = append(counts, view...)
+	if n, err := awaitDeleted(ctx, eng, d); err != nil {
+		return nil, "", fmt.Errorf("engine redis %s: %w", cfg.EngineRedis, err)
+	} else if n > 0 {
+		counts = append(counts, fmt.Sprintf("%d engine states deleted after their tombstones while the topics were read", n))
 	}
 
 	ord := redis.NewClient(&redis.Options{Addr: cfg.OrdersRedis})
@@ -250,36 +284,69 @@ func readCoupons(ctx context.Context, rdb *redis.Client, d *Data) error {
 	return nil
 }
 
-// readTopics reads the topics of a run with read_committed, once they have
-// been quiet for cfg.Idle, up to their end.
-func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
+// topicReader reads the topics of a run with read_committed.
+type topicReader struct {
+	cfg                  Config
+	adm                  *kadm.Client
+	topics               []string
+	states, events, dlts map[string]bool
+}
+
+func newTopicReader(cfg Config) (*topicReader, error) {
 	adm, err := kadm.NewOptClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
 		return nil, err
 	}
-	defer adm.Close()
-	listed, err := adm.ListTopics(ctx)
+	tr := &topicReader{cfg: cfg, adm: adm, states: make(map[string]bool), events: make(map[string]bool), dlts: make(map[string]bool)}
+	for _, t := range cfg.types() {
+		tr.states[message.State(t)], tr.events[message.Events(t)], tr.dlts[message.DLT(t)] = true, true, true
+	}
+	return tr, nil
+}
+
+func (tr *topicReader) close() { tr.adm.Close() }
+
+// waitQuiet lists the topics to read and waits until they have been quiet
+// for cfg.Idle. With a retention, the state topics are left out of the
+// wait: tombstones come on them until the last saga to end has expired,
+// and every other change of a saga writes its events too.
+func (tr *topicReader) waitQuiet(ctx context.Context) error {
+	listed, err := tr.adm.ListTopics(ctx)
+	if err != nil {
+		return fmt.Errorf("list topics: %w", err)
+	}
+	var watched []string
+	for _, t := range listed.Names() {
+		switch {
+		case tr.states[t] || tr.events[t] || tr.dlts[t],
+			strings.HasSuffix(t, ".commands"), strings.HasSuffix(t, ".commands-dlt"):
+			tr.topics = append(tr.topics, t)
+			if !tr.states[t] || tr.cfg.Retention <= 0 {
+				watched = append(watched, t)
+			}
+		}
+	}
+	_, err = quietEnds(ctx, tr.adm, watched, tr.cfg.Idle)
+	return err
+}
+
+// read reads the topics listed by waitQuiet into d, up to their ends as
+// they are now, and returns what it read.
+func (tr *topicReader) read(ctx context.Context, d *Data) ([]string, error) {
+	cfg, topics, states, events, dlts := tr.cfg, tr.topics, tr.states, tr.events, tr.dlts
+	listed, err := tr.adm.ListTopics(ctx, message.Inbox(cfg.SagaType))
 	if err != nil {
 		return nil, fmt.Errorf("list topics: %w", err)
 	}
-	states, events, dlts := make(map[string]bool), make(map[string]bool), make(map[string]bool)
-	for _, t := range cfg.types() {
-		states[message.State(t)], events[message.Events(t)], dlts[message.DLT(t)] = true, true, true
-	}
-	if td, ok := listed[message.Inbox(cfg.SagaType)]; ok {
+	if td, ok := listed[message.Inbox(cfg.SagaType)]; ok && td.Err == nil {
 		d.Partitions = int32(len(td.Partitions))
 	}
-	var topics []string
-	for _, t := range listed.Names() {
-		switch {
-		case states[t] || events[t] || dlts[t],
-			strings.HasSuffix(t, ".commands"), strings.HasSuffix(t, ".commands-dlt"):
-			topics = append(topics, t)
-		}
+	ends, err := tr.adm.ListEndOffsets(ctx, topics...)
+	if err == nil {
+		err = ends.Error()
 	}
-	ends, err := quietEnds(ctx, adm, topics, cfg.Idle)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list end offsets: %w", err)
 	}
 
 	cl, err := kgo.NewClient(
@@ -317,16 +384,7 @@ func readTopics(ctx context.Context, cfg Config, d *Data) ([]string, error) {
 		perTopic[r.Topic]++
 		switch {
 		case states[r.Topic]:
-			if !slices.Contains(d.StatePartitions[string(r.Key)], r.Partition) {
-				d.StatePartitions[string(r.Key)] = append(d.StatePartitions[string(r.Key)], r.Partition)
-			}
-			// The highest version wins: transactions are released at
-			// their markers, not in the order of their records.
-			if r.Value == nil {
-				delete(d.States, string(r.Key))
-			} else if prev, ok := d.States[string(r.Key)]; !ok || version(r.Value) >= version(prev) {
-				d.States[string(r.Key)] = r.Value
-			}
+			d.addState(string(r.Key), r.Partition, r.Offset, r.Timestamp, r.Value)
 		case events[r.Topic]:
 			var ev message.Event
 			if err := json.Unmarshal(r.Value, &ev); err != nil {
@@ -467,6 +525,43 @@ func deadLetter(r *kgo.Record) DeadLetter {
 		Reason: header(r, dlq.HeaderReason), Exception: header(r, dlq.HeaderExceptionMessage),
 		Marker: header(r, HeaderMarker), ForwardedFrom: header(r, message.HeaderForwardedFrom),
 	}
+}
+
+// awaitDeleted waits, up to DeleteGrace, for the engine to delete the
+// Redis keys of the sagas whose last state record is a tombstone, and
+// drops those it deleted from d.Redis. It returns how many it dropped; a
+// key still there after DeleteGrace stays in d.Redis (InvRetention).
+func awaitDeleted(ctx context.Context, rdb *redis.Client, d *Data) (int, error) {
+	keys := make(map[string]string) // id → key
+	for id, ts := range d.Tombstones {
+		if r, ok := d.Redis[id]; ok && ts[len(ts)-1].Followed == 0 {
+			keys[id] = r.Key
+		}
+	}
+	dropped := 0
+	deadline := time.Now().Add(DeleteGrace)
+	for len(keys) > 0 {
+		for id, key := range keys {
+			n, err := rdb.Exists(ctx, key).Result()
+			if err != nil {
+				return dropped, err
+			}
+			if n == 0 {
+				delete(d.Redis, id)
+				delete(keys, id)
+				dropped++
+			}
+		}
+		if len(keys) == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return dropped, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return dropped, nil
 }
 
 // parseStateKey returns the saga id and the partition of an engine state
