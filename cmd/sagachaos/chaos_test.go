@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os/exec"
 	"slices"
@@ -51,9 +52,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// TestPlan holds the load to its mix, with and without the bound that a
+// retention puts on how far back records keyed by an earlier saga reach.
 func TestPlan(t *testing.T) {
+	for _, recent := range []int{0, 100} {
+		t.Run(fmt.Sprintf("recent %d", recent), func(t *testing.T) { testPlan(t, recent) })
+	}
+}
+
+func testPlan(t *testing.T, recent int) {
 	const n = 2000
-	p := newPlan(n, rand.New(rand.NewPCG(1, 2)))
+	p := newPlan(n, rand.New(rand.NewPCG(1, 2)), recent)
 	if got, want := len(p.sagas), n+p.large+p.transfers; got != want {
 		t.Fatalf("got %d sagas, want %d (%d large, %d transfers)", got, want, p.large, p.transfers)
 	}
@@ -219,6 +228,88 @@ func TestPlan(t *testing.T) {
 		if len(hs) != 1 {
 			t.Errorf("burst %d spans home partitions %v", b, hs)
 		}
+	}
+	// Every record keyed by a saga of the load after its first start is
+	// one that sendLoad may hold back (plan.reuses); with recent, the
+	// duplicate starts come at most about that many records after the
+	// first, and the records keyed by an earlier saga pick one of the
+	// last recent sagas.
+	first := make(map[string]int)
+	reused := 0
+	for i, r := range p.recs {
+		id := string(r.Key)
+		if p.sagas[id] == nil {
+			continue
+		}
+		j, seen := first[id]
+		if !seen {
+			first[id] = i
+			if _, ok := p.reuses[i]; ok {
+				t.Errorf("record %d, the first of saga %s, is in reuses", i, id)
+			}
+			continue
+		}
+		reused++
+		if got, ok := p.reuses[i]; !ok || got != j {
+			t.Errorf("record %d for saga %s: reuses has %d (%v), want its start %d", i, id, got, ok, j)
+		}
+		if recent > 0 && header(r, message.HeaderMessageType) == message.TypeStartSaga && header(r, headerMarker) == "" && i-j > recent+50 {
+			t.Errorf("second start of %s %d records after the first, want at most about %d", id, i-j, recent)
+		}
+		if recent > 0 && header(r, headerMarker) != "" && slices.Index(p.ids, id) < slices.Index(p.ids, idAt(p, i))-recent {
+			t.Errorf("poison %s is keyed by %s, more than %d sagas back", header(r, headerMarker), id, recent)
+		}
+	}
+	if reused != len(p.reuses) {
+		t.Errorf("reuses has %d records, want %d", len(p.reuses), reused)
+	}
+}
+
+// idAt returns the id of the latest saga started at or before record i.
+func idAt(p *plan, i int) string {
+	for ; i >= 0; i-- {
+		id := string(p.recs[i].Key)
+		if p.sagas[id] != nil && header(p.recs[i], message.HeaderMessageType) == message.TypeStartSaga && header(p.recs[i], headerMarker) == "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// A record that sendLoad holds back leaves what the load expects: a
+// poison record is not checked, a second start or a Compensate is not
+// counted.
+func TestSkip(t *testing.T) {
+	p := newPlan(2000, rand.New(rand.NewPCG(1, 2)), 0)
+	dups, comps := p.dupSends, p.compensates
+	skipped := map[string]int{}
+	for i := range p.reuses {
+		r := p.recs[i]
+		p.skip(i)
+		switch m := header(r, headerMarker); {
+		case m != "":
+			skipped["poison"]++
+			for _, e := range p.exps {
+				if e.Marker == m && !e.Skipped {
+					t.Errorf("poison %s not marked skipped", m)
+				}
+			}
+		case header(r, message.HeaderMessageType) == message.TypeStartSaga:
+			skipped["second start"]++
+		case header(r, message.HeaderMessageType) == message.TypeCompensate:
+			skipped["Compensate"]++
+		default:
+			skipped["other"]++
+		}
+	}
+	if !maps.Equal(p.skipped, skipped) {
+		t.Errorf("got skipped %v, want %v", p.skipped, skipped)
+	}
+	if p.dupSends != dups-skipped["second start"] || p.compensates != comps-skipped["Compensate"] {
+		t.Errorf("got %d second starts and %d Compensates, want %d and %d", p.dupSends, p.compensates, dups-skipped["second start"], comps-skipped["Compensate"])
+	}
+	if skipped["second start"] == 0 || skipped["Compensate"] == 0 || skipped["poison"] == 0 {
+		t.Errorf("the plan reuses no second start, Compensate or poison record: %v", skipped)
 	}
 }
 

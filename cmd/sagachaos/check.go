@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/ksaga/ksaga/chaos/check"
 	"github.com/ksaga/ksaga/saga/order"
@@ -16,12 +17,20 @@ type checkResult struct {
 	text  string
 	// full lists every anomaly (report.txt).
 	full string
+	// tombstones counts the tombstones on the state topics, expired the
+	// sagas they deleted; deletedAfter is the least and the most time
+	// from a saga's end to its tombstone.
+	tombstones, expired int
+	deletedAfter        [2]time.Duration
 }
 
 // check runs chaos/check on the run's topics and Redis servers.
 func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 	ex := make([]check.Expectation, 0, len(p.exps))
 	for _, e := range p.exps {
+		if e.Skipped {
+			continue // never sent
+		}
 		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Transfer: e.Transfer, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
 	}
 	rep, err := check.Run(ctx, check.Config{
@@ -36,11 +45,13 @@ func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 		InitialCoupons: p.coupons,
 		Expect:         ex,
 		Idle:           checkIdle,
+		Retention:      h.cfg.retention(),
 	})
 	if err != nil {
 		return checkResult{}, err
 	}
-	res := checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String(), full: rep.Text(0)}
+	res := checkResult{ok: rep.OK(), anomalies: len(rep.Anomalies), text: rep.String(), full: rep.Text(0),
+		tombstones: rep.Tombstones, expired: rep.Expired, deletedAfter: rep.DeletedAfter}
 	for _, a := range rep.Anomalies[:min(len(rep.Anomalies), 5)] {
 		res.first = append(res.first, a.String())
 	}

@@ -261,7 +261,7 @@ func (h *harness) setUp(ctx context.Context) error {
 	for i := range h.engines {
 		h.engineHTTP[i] = addrs[5+i]
 		name := fmt.Sprintf("engine-%d", i+1)
-		h.engines[i] = h.newProc(name, sagad, true, append(slicesClone(common),
+		h.engines[i] = h.newProc(name, sagad, true, append(append(slicesClone(common), h.engineFlags()...),
 			"--participants", "none", "--transactional-id", "chaos-"+name, "--chaos-faults",
 			"--metrics-addr", h.engineHTTP[i],
 			"--redis-addr", h.redisAddr[redisEngine], "--orders-redis-addr", h.redisAddr[redisOrders])...)
@@ -327,7 +327,7 @@ func (h *harness) startLocals(ctx context.Context, common, httpAddrs []string) e
 	h.locals = make([]*proc, len(httpAddrs))
 	for i, addr := range httpAddrs {
 		name := fmt.Sprintf("local-%d", i+1)
-		h.locals[i] = h.newProc(name, bin, true, append(slicesClone(common),
+		h.locals[i] = h.newProc(name, bin, true, append(append(slicesClone(common), h.engineFlags()...),
 			"--participants", "all", "--transactional-id", "chaos-"+name, "--chaos-faults", "--metrics-addr", addr,
 			"--redis-addr", h.redisAddr[redisEngine], "--participants-redis-addr", h.redisAddr[redisSim],
 			"--holds-redis-addr", h.redisAddr[redisOrders])...)
@@ -351,6 +351,16 @@ func (h *harness) startLocals(ctx context.Context, common, httpAddrs []string) e
 	}
 	h.logf("localsaga ready: local-1 (pid %d) http://%s, local-2 (pid %d) http://%s", h.locals[0].pid(), httpAddrs[0], h.locals[1].pid(), httpAddrs[1])
 	return nil
+}
+
+// engineFlags are the flags of the processes that run an engine (the
+// sagads and the local-first saga's daemons) beyond the common ones: the
+// retention, when --retention is given.
+func (h *harness) engineFlags() []string {
+	if !h.cfg.RetentionSet {
+		return nil
+	}
+	return []string{"--retention", h.cfg.Retention.String()}
 }
 
 // brokerMaxMessageBytes is Kafka's default message.max.bytes: the largest

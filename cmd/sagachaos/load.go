@@ -56,6 +56,9 @@ type expectation struct {
 	Marker   string               `json:"marker,omitempty"`
 	// Variant names the kind of bad input of a poison record.
 	Variant string `json:"variant,omitempty"`
+	// Skipped marks a poison record that the load did not send: the saga
+	// it was keyed by had started more than config.resendWindow before.
+	Skipped bool `json:"skipped,omitempty"`
 	// Via names the partitioner that the saga's start request (or the
 	// poison record) was produced with.
 	Via string `json:"via,omitempty"`
@@ -109,6 +112,19 @@ type plan struct {
 	// (see harness.surge). surged counts those sent.
 	surges [][]*kgo.Record
 	surged int
+	// recent, when not 0, is how many ids back the records keyed by an
+	// earlier saga reach, and how many records later a duplicate start's
+	// second copy comes at most (see newPlan).
+	recent int
+	// startOf is the index in recs of each saga's first start request;
+	// reuses maps the index of every later record keyed by a saga of the
+	// load (a second start, a conflicting start, a Compensate, a poison
+	// record) to it. sendLoad sends such a record only within
+	// config.resendWindow of that start; skipped counts those it did not
+	// send, by what they are.
+	startOf map[string]int
+	reuses  map[int]int
+	skipped map[string]int
 }
 
 // surgeSize orders make one surge, sent over surgeOver.
@@ -227,13 +243,22 @@ const (
 // records (every variant at least once), the second copy of each duplicate
 // start and the Compensate of each compensate order a little later in the
 // stream, stray replies for unknown sagas through every foreign
-// partitioner, and bursts of large orders on top of the n.
-func newPlan(n int, rng *rand.Rand) *plan {
+// partitioner, and bursts of large orders on top of the n. With recent
+// (not 0), the records keyed by an earlier saga pick one of the last
+// recent ids, and a second copy comes at most recent records after the
+// first: with a short retention, an older saga may have been deleted by
+// the time they come (config.resendWindow).
+func newPlan(n int, rng *rand.Rand, recent int) *plan {
 	p := &plan{
 		sagas: make(map[string]*expectation), kinds: make(map[string]int), variants: make(map[string]int),
 		after: make(map[int]int), landing: make(map[*kgo.Record]*expectation),
 		partitioners: make(map[string]int), rotate: make(map[string]int),
-		coupons: couponLimits(n),
+		coupons: couponLimits(n), recent: recent,
+		startOf: make(map[string]int), reuses: make(map[int]int), skipped: make(map[string]int),
+	}
+	dupGap := 300
+	if recent > 0 {
+		dupGap = min(dupGap, recent)
 	}
 	variants := poisonVariants
 	poisons := max(len(variants), n/100)
@@ -299,7 +324,7 @@ func newPlan(n int, rng *rand.Rand) *plan {
 		p.addVia(rec, kind, via)
 		switch kind {
 		case kindDupStart:
-			pending = append(pending, due{at: len(p.recs) + 1 + rng.IntN(300), rec: startRecord(id, rec.Value),
+			pending = append(pending, due{at: len(p.recs) + 1 + rng.IntN(dupGap), rec: startRecord(id, rec.Value),
 				kind: kindDupStart + " (second copy)", via: p.next("dup-start", partitionerNames), after: -1})
 		case kindCompensate:
 			pending = append(pending, due{at: len(p.recs) + rng.IntN(20), rec: compensateRecord(id),
@@ -442,6 +467,13 @@ func (p *plan) transfer(rng *rand.Rand) *kgo.Record {
 func (p *plan) add(r *kgo.Record, kind string) { p.addVia(r, kind, viaMurmur2) }
 
 func (p *plan) addVia(r *kgo.Record, kind, via string) {
+	if id := string(r.Key); p.sagas[id] != nil {
+		if first, ok := p.startOf[id]; ok {
+			p.reuses[len(p.recs)] = first
+		} else if header(r, message.HeaderMessageType) == message.TypeStartSaga {
+			p.startOf[id] = len(p.recs)
+		}
+	}
 	p.recs = append(p.recs, r)
 	p.via = append(p.via, via)
 	p.kinds[kind]++
@@ -539,7 +571,11 @@ func (p *plan) earlier(rng *rand.Rand, kinds ...string) string {
 		if len(p.ids) < 10 {
 			return ""
 		}
-		id := p.ids[rng.IntN(len(p.ids)-5)]
+		from := 0
+		if p.recent > 0 {
+			from = max(0, len(p.ids)-p.recent)
+		}
+		id := p.ids[from+rng.IntN(len(p.ids)-5-from)]
 		if e := p.sagas[id]; e.Via != viaMurmur2 || e.Large {
 			continue
 		}
@@ -732,9 +768,33 @@ func (s *sender) wait() error {
 	return nil
 }
 
+// skip marks record i of reuses as not sent, and takes it out of what the
+// load expects.
+func (p *plan) skip(i int) {
+	r := p.recs[i]
+	what := "other"
+	switch m := header(r, headerMarker); {
+	case m != "":
+		what = "poison"
+		for _, e := range p.exps {
+			if e.Marker == m {
+				e.Skipped = true
+			}
+		}
+	case header(r, message.HeaderMessageType) == message.TypeStartSaga:
+		what = "second start"
+		p.dupSends--
+	case header(r, message.HeaderMessageType) == message.TypeCompensate:
+		what = "Compensate"
+		p.compensates--
+	}
+	p.skipped[what]++
+}
+
 // sendLoad sends p.recs at rate records per second and waits for them to
 // be acknowledged. A record that waits for another (plan.after) is sent
-// only once that one is acknowledged.
+// only once that one is acknowledged. A record keyed by a saga that
+// started more than config.resendWindow before is not sent (plan.skip).
 func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
 	s := newSender(h.producers)
 	s.landing = p.landing
@@ -744,6 +804,8 @@ func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
 			waits[dep] = s.watch(p.recs[dep])
 		}
 	}
+	window := h.cfg.resendWindow()
+	sentAt := make([]time.Time, len(p.recs))
 	start := time.Now()
 	lastLog := start
 	for i, r := range p.recs {
@@ -760,6 +822,11 @@ func (h *harness) sendLoad(ctx context.Context, p *plan, rate float64) error {
 		if ctx.Err() != nil {
 			break
 		}
+		if first, ok := p.reuses[i]; ok && window > 0 && time.Since(sentAt[first]) > window {
+			p.skip(i)
+			continue
+		}
+		sentAt[i] = time.Now()
 		s.send(ctx, r, p.via[i])
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()

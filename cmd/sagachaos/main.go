@@ -21,6 +21,7 @@
 //
 //	go run ./cmd/sagachaos --short     # CI: 2,000 sagas, one or two faults of each kind
 //	go run ./cmd/sagachaos             # make chaos: 100,000 sagas, 20 faults of each kind
+//	go run ./cmd/sagachaos --short --retention 30s   # ended sagas are deleted during the run
 //
 // It exits 0 only when every saga ended, the checker found no anomaly and no
 // process crashed. The work directory (printed at start) keeps every
@@ -40,6 +41,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ksaga/ksaga/orchestrator"
 )
 
 func main() {
@@ -94,7 +97,39 @@ type config struct {
 	// kfake does not recover every transaction that was open at a crash
 	// (docs/RELIABILITY.md), so this tests kfake more than ksaga.
 	BrokerSigkill bool
+	// Retention, when RetentionSet, is the engines' retention (sagad
+	// --retention): how long an ended saga stays in the view and on the
+	// state topic. Unset, the engines keep their default (or
+	// KSAGA_RETENTION from the environment).
+	Retention    time.Duration
+	RetentionSet bool
 }
+
+// retention returns the retention the engines run with: --retention, else
+// KSAGA_RETENTION, which the sagads read from the environment they inherit,
+// else their default. 0 keeps ended sagas forever.
+func (c config) retention() time.Duration {
+	if c.RetentionSet {
+		return c.Retention
+	}
+	if v, ok := os.LookupEnv("KSAGA_RETENTION"); ok {
+		if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil {
+			return d
+		}
+	}
+	return orchestrator.DefaultRetention
+}
+
+// resendWindow is how long after a saga's start the load still sends
+// records keyed by it (a second start, a conflicting start, a Compensate,
+// a poison record), and how recently a saga must have ended for the
+// post-load replies to pick it: half the retention, 0 for no bound. An ended
+// saga is deleted the retention after it ended, and its id is free again:
+// a second start that came later would start a new saga with it, a reply
+// or a Compensate would be dead-lettered unknown-saga, and neither is what
+// the load expects. Half leaves the other half for the record to be
+// handled, faults included.
+func (c config) resendWindow() time.Duration { return c.retention() / 2 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("sagachaos", flag.ContinueOnError)
@@ -112,6 +147,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.BinDir, "bin-dir", "", "`directory` holding prebuilt sagad, kfaked and localsaga (default: build them into the work dir)")
 	fs.BoolVar(&c.BrokerSigkill, "broker-sigkill", false, "restart the broker with SIGKILL instead of SIGTERM (exposes kfake's crash recovery of open transactions; see docs/RELIABILITY.md)")
 	fs.Int64Var(&c.Seed, "seed", 0, "random `seed` of the load and the schedule (default: the time)")
+	fs.Func("retention", "how long an ended saga stays in the engines' Redis view and on the state topic, a `duration` passed to them as --retention; the checker holds each deletion to it and the load sends nothing for a saga started more than half of it before (default: the engines' default, 168h, or KSAGA_RETENTION; 0 keeps ended sagas forever)", func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("want a duration such as 30s or 168h")
+		}
+		c.Retention, c.RetentionSet = d, true
+		return nil
+	})
 	fs.Func("faults", "the schedule itself: comma-separated `kind=count` pairs (kinds: "+strings.Join(faultKinds, ", ")+"); overrides --short and --faults-per-kind", func(v string) error {
 		c.Faults = make(map[string]int)
 		for _, kv := range strings.Split(v, ",") {
@@ -174,6 +217,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--faults-per-kind %d: want zero or more", c.FaultsPerKind)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("--drain-timeout %v: want a positive duration", c.DrainTimeout)
+	case c.Retention < 0:
+		return fmt.Errorf("--retention %v: want a duration such as 30s, or 0 to keep ended sagas forever", c.Retention)
 	}
 	for k, n := range c.Faults {
 		if _, ok := faultDurations[k]; !ok {

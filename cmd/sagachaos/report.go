@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/ksaga/ksaga/chaos/check/localfirst"
 )
@@ -124,6 +125,36 @@ func (h *harness) summary(res *result) {
 		r, fenced, crashes := pr.summary()
 		if r > 0 {
 			fmt.Fprintf(tw, "  %s\t%d\t%d after being fenced (expected), %d crashes\n", pr.name, r, fenced, crashes)
+		}
+	}
+	retention := "(the engines' default or KSAGA_RETENTION"
+	if h.cfg.RetentionSet {
+		retention = "(--retention"
+	}
+	if h.cfg.retention() == 0 {
+		retention += "; 0 keeps ended sagas forever)"
+	} else {
+		retention += fmt.Sprintf("; nothing sent for a saga started more than %v before", h.cfg.resendWindow())
+		if n := sum(p.skipped); n > 0 {
+			var what []string
+			for _, k := range sortedKinds(p.skipped) {
+				what = append(what, fmt.Sprintf("%d %s", p.skipped[k], k))
+			}
+			retention += fmt.Sprintf(": %s not sent", strings.Join(what, ", "))
+		}
+		retention += ")"
+	}
+	fmt.Fprintf(tw, "retention\t%v\t%s\n", h.cfg.retention(), retention)
+	if res.checkRan {
+		note := ""
+		if res.tombstones > 0 {
+			note = fmt.Sprintf("(%d sagas deleted, each %v to %v after it ended)", res.expired, res.deletedAfter[0].Round(time.Millisecond), res.deletedAfter[1].Round(time.Millisecond))
+		}
+		fmt.Fprintf(tw, "tombstones on the state topics\t%d\t%s\n", res.tombstones, note)
+		if res.viewErr != nil {
+			fmt.Fprintf(tw, "engine redis at the end\t\tnot read: %v\n", res.viewErr)
+		} else {
+			fmt.Fprintf(tw, "engine redis at the end\t\t%s\n", res.view.String(h.sagaTypes()))
 		}
 	}
 	drain := "complete"

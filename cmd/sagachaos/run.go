@@ -75,6 +75,15 @@ type result struct {
 	// the local-first saga.
 	panics, hangs           int
 	localPanics, localHangs int
+	// tombstones, expired and deletedAfter are the checker's count of the
+	// state topics' tombstones, of the sagas they deleted, and the least
+	// and most time from a saga's end to its tombstone.
+	tombstones, expired int
+	deletedAfter        [2]time.Duration
+	// view is the size of the engine's Redis view after the check; viewErr
+	// says why it could not be read.
+	view    viewSize
+	viewErr error
 }
 
 // run runs one chaos run and writes its log and summary to stdout. It
@@ -202,7 +211,7 @@ func (h *harness) crashes() int {
 func (h *harness) chaos(ctx context.Context) (*result, error) {
 	cfg := h.cfg
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5eed))
-	p := newPlan(cfg.Sagas, rng)
+	p := newPlan(cfg.Sagas, rng, recentIDs(cfg))
 	h.plan = p
 	res := &result{plan: p}
 	if err := sim.SeedCoupons(ctx, h.simRdb, p.coupons); err != nil {
@@ -283,11 +292,25 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 		return res, fmt.Errorf("chaos/check: %w", err)
 	}
 	res.checkRan, res.checkOK, res.report, res.anomalies, res.firstAnomaly = true, rep.ok, rep.text, rep.anomalies, rep.first
+	res.tombstones, res.expired, res.deletedAfter = rep.tombstones, rep.expired, rep.deletedAfter
+	res.view, res.viewErr = h.readViewSize(ctx)
 	if err := os.WriteFile(filepath.Join(h.work, "report.txt"), []byte(rep.full), 0o644); err != nil {
 		h.logf("writing report.txt: %v", err)
 	}
 	h.logf("chaos/check took %.1fs", time.Since(t).Seconds())
 	return res, nil
+}
+
+// recentIDs is how far back the load's records keyed by an earlier saga
+// reach (newPlan's recent): 100 ids when --retention is given, so that
+// most of them come before config.resendWindow has passed, and any
+// otherwise, as they did before there was a retention (the same seed
+// makes the same load).
+func recentIDs(cfg config) int {
+	if cfg.RetentionSet && cfg.Retention > 0 {
+		return 100
+	}
+	return 0
 }
 
 // sagasEnded returns how many sagas of the load have ended so far, and how
@@ -330,11 +353,22 @@ func (h *harness) drain(ctx context.Context, p *plan, deadline time.Time, res *r
 // proves that the partition processed everything before it. It returns the
 // markers of the poison records it sent.
 func (h *harness) postLoad(ctx context.Context, p *plan, rng *rand.Rand, res *result) []string {
+	// Only sagas that ended within the resend window: an older one may
+	// have been deleted by the time its reply comes, and the reply would
+	// then be dead-lettered unknown-saga.
 	var completed []string
+	old, window := 0, h.cfg.resendWindow()
 	for _, id := range p.ids {
 		if e := p.sagas[id]; e.Kind == kindComplete && slices.Equal(h.track.terminalOf(id), []string{message.EventSagaCompleted}) {
+			if window > 0 && time.Since(h.track.endedAt(id)) > window {
+				old++
+				continue
+			}
 			completed = append(completed, id)
 		}
+	}
+	if old > 0 {
+		h.logf("post-load replies go to none of the %d completed sagas that ended more than %v ago (half the retention %v): they may have been deleted", old, window, h.cfg.retention())
 	}
 	rng.Shuffle(len(completed), func(i, j int) { completed[i], completed[j] = completed[j], completed[i] })
 	s := newSender(h.producers)
@@ -469,7 +503,7 @@ func (h *harness) writeExpectations(p *plan) error {
 // saga that a poison record started.
 func (h *harness) logPoisonOnSagas(p *plan) {
 	for _, e := range p.exps {
-		if e.Kind != kindPoison || e.ID == "" {
+		if e.Kind != kindPoison || e.ID == "" || e.Skipped {
 			continue
 		}
 		end := h.track.terminalOf(e.ID)

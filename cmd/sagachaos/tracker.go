@@ -35,8 +35,10 @@ type tracker struct {
 	done   chan struct{}
 
 	mu sync.Mutex
-	// terminal holds the terminal event types of each saga, in order.
+	// terminal holds the terminal event types of each saga, in order;
+	// endAt is when its first one says it ended (the engine's clock).
 	terminal map[string][]string
+	endAt    map[string]time.Time
 	// dlqByKey holds the dead-letter records of each key.
 	dlqByKey map[string][]deadLetter
 	// dlqByMarker holds the dead-letter reasons of each poison marker.
@@ -61,7 +63,8 @@ func newTracker(brokers []string) (*tracker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &tracker{
 		client: cl, cancel: cancel, done: make(chan struct{}),
-		terminal: make(map[string][]string), dlqByKey: make(map[string][]deadLetter), dlqByMarker: make(map[string][]string),
+		terminal: make(map[string][]string), endAt: make(map[string]time.Time),
+		dlqByKey: make(map[string][]deadLetter), dlqByMarker: make(map[string][]string),
 	}
 	go t.run(ctx)
 	return t, nil
@@ -84,6 +87,9 @@ func (t *tracker) run(ctx context.Context) {
 				t.events++
 				var ev message.Event
 				if json.Unmarshal(r.Value, &ev) == nil && message.Terminal(ev.Type) {
+					if len(t.terminal[ev.SagaID]) == 0 {
+						t.endAt[ev.SagaID] = ev.At
+					}
 					t.terminal[ev.SagaID] = append(t.terminal[ev.SagaID], ev.Type)
 					if ev.At.After(t.lastEnd) {
 						t.lastEnd = ev.At
@@ -134,6 +140,14 @@ func (t *tracker) terminalOf(id string) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return append([]string(nil), t.terminal[id]...)
+}
+
+// endedAt returns when saga id ended by its first terminal event, or the
+// zero time.
+func (t *tracker) endedAt(id string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.endAt[id]
 }
 
 // deadLetter is a dead-letter record's reason and error message.
