@@ -248,7 +248,9 @@ type namedRedis struct {
 func (e *Env) Redis() redis.UniversalClient { return e.rdb }
 
 // ParticipantsRedis returns the Redis client of the participants run in this
-// process: --participants-redis-addr, else Redis().
+// process: on --participants-redis-addr, else on the address of Redis(),
+// but a client of its own, counted as
+// ksaga_redis_round_trips_total{client="participants"}.
 func (e *Env) ParticipantsRedis() redis.UniversalClient { return e.partsRdb }
 
 // NewRedis returns a Redis client for addrs (several: Redis Cluster), made
@@ -390,9 +392,12 @@ func (a *app) run(ctx context.Context) int {
 		if env.rdb, err = env.NewRedis("engine", c.RedisAddrs); err != nil {
 			return a.failf("%v", err)
 		}
+		// The participants get a client of their own, on the engine's
+		// Redis when --participants-redis-addr is not set, so that
+		// ksaga_redis_round_trips_total counts their calls apart.
 		env.partsRdb = env.rdb
-		if len(c.ParticipantsRedisAddrs) > 0 {
-			if env.partsRdb, err = env.NewRedis("participants", c.ParticipantsRedisAddrs); err != nil {
+		if len(c.Participants) > 0 || len(c.ParticipantsRedisAddrs) > 0 {
+			if env.partsRdb, err = env.NewRedis("participants", c.participantsRedisAddrs()); err != nil {
 				return a.failf("%v", err)
 			}
 		}
@@ -518,6 +523,15 @@ func (a *app) run(ctx context.Context) int {
 	return code
 }
 
+// participantsRedisAddrs is the Redis of the participants run in this
+// process: --participants-redis-addr, else --redis-addr.
+func (c *Config) participantsRedisAddrs() []string {
+	if len(c.ParticipantsRedisAddrs) > 0 {
+		return c.ParticipantsRedisAddrs
+	}
+	return c.RedisAddrs
+}
+
 // ping checks that Kafka and the Redis the daemon needs answer.
 func (a *app) ping(ctx context.Context, env *Env, adm *kadm.Client) (int, bool) {
 	c := a.cfg
@@ -533,7 +547,7 @@ func (a *app) ping(ctx context.Context, env *Env, adm *kadm.Client) (int, bool) 
 	if err := pingRedis(ctx, env.rdb); err != nil {
 		return fail("cannot reach Redis at %s: %v; %s", strings.Join(c.RedisAddrs, ","), err, redisHint(err, "--redis-addr"))
 	}
-	if env.partsRdb != env.rdb && len(c.Participants) > 0 {
+	if len(c.ParticipantsRedisAddrs) > 0 && len(c.Participants) > 0 {
 		if err := pingRedis(ctx, env.partsRdb); err != nil {
 			return fail("cannot reach Redis at %s: %v; %s", strings.Join(c.ParticipantsRedisAddrs, ","), err, redisHint(err, "--participants-redis-addr"))
 		}

@@ -54,8 +54,10 @@ func (a *app) startEmbedded(env *Env) (stop func(), code int) {
 	env.Brokers = cluster.ListenAddrs()
 	env.redisAddr = mr.Addr()
 	env.rdb = redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{mr.Addr()}})
-	env.partsRdb = env.rdb
 	env.track("engine", env.rdb)
+	// The participants' own client, counted apart (see run).
+	env.partsRdb = redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{mr.Addr()}})
+	env.track("participants", env.partsRdb)
 	a.log.Info("embedded Kafka and Redis started", "kafka", env.Brokers, "data_dir", c.DataDir, "redis", mr.Addr())
 	return func() {
 		// The engines and participants have stopped; env closes its Redis
