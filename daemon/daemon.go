@@ -66,6 +66,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,6 +132,9 @@ func Run(ctx context.Context, args []string, opts ...Opt) int {
 	for _, opt := range opts {
 		opt.apply(o)
 	}
+	shutdown := &shutdownFlags{}
+	o.flags = append([]func(*flag.FlagSet){shutdown.register}, o.flags...)
+	o.validators = append([]func(*Config) error{shutdown.validate}, o.validators...)
 	// Two loggers and failf share stderr: serialize their writes.
 	stderr := &lockedWriter{w: o.stderr}
 	if err := o.check(); err != nil {
@@ -146,6 +150,11 @@ func Run(ctx context.Context, args []string, opts ...Opt) int {
 		fmt.Fprintf(stderr, "%s: %v\n", o.name, err)
 		return ExitUsage
 	}
+	if cfg.Embedded() {
+		// A demo on a laptop: ":9090" means the loopback, not every
+		// interface.
+		cfg.MetricsAddr, cfg.API.Addr = loopback(cfg.MetricsAddr), loopback(cfg.API.Addr)
+	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
 	// The engines, the participants and kfake log at warn in the embedded
 	// mode, so that a demo's output stays readable, unless a level was
@@ -157,7 +166,7 @@ func Run(ctx context.Context, args []string, opts ...Opt) int {
 	// go-redis logs connection failures itself; send them through slog.
 	// SetLogger is process-wide (and atomic).
 	redis.SetLogger(redisLogger{compLog})
-	a := &app{o: o, cfg: cfg, log: log, compLog: compLog, stderr: stderr}
+	a := &app{o: o, cfg: cfg, log: log, compLog: compLog, stderr: stderr, drainFor: shutdown.drain}
 	return a.run(ctx)
 }
 
@@ -193,6 +202,10 @@ type app struct {
 	log, compLog *slog.Logger
 	stderr       io.Writer
 	tracer       *tracing.Tracer
+	// drainFor is --shutdown-drain as it applies; draining is set once the
+	// drain has begun (see drain).
+	drainFor time.Duration
+	draining atomic.Bool
 }
 
 // failf reports an error that ends the daemon and returns ExitError.
@@ -471,7 +484,7 @@ func (a *app) run(ctx context.Context) int {
 		svc.stop()
 		return a.failf("%v", err)
 	}
-	stopHTTP, err := a.startHTTP(env.Registry, ready.check)
+	stopHTTP, err := a.startHTTP(env.Registry, a.readyUnlessDraining(ready.check))
 	if err != nil {
 		svc.stop()
 		return a.failf("%v", err)
@@ -495,12 +508,17 @@ func (a *app) run(ctx context.Context) int {
 		}
 		return a.failf("%v", err)
 	}
-	svc.start(ctx)
+	// The engines and participants run until svc.stop, through the drain
+	// that follows the end of ctx.
+	svc.start(context.WithoutCancel(ctx))
 	if c.Embedded() && a.o.demo != nil {
 		code := a.runDemo(ctx, env)
 		if code == ExitOK && c.Serve && ctx.Err() == nil {
 			a.serving(env)
-			code = a.wait(ctx, svc)
+			if code = a.wait(ctx, svc); code == ExitOK {
+				a.drain(svc)
+				a.log.Info("shutting down: finishing the current transactions")
+			}
 		}
 		stopOutbox()
 		stopAPI()
@@ -515,6 +533,10 @@ func (a *app) run(ctx context.Context) int {
 			"transactional_id", c.TransactionalID, "participants", participantList(c.Participants), "engine", c.Engine)
 	}
 	code := a.wait(ctx, svc)
+	if code == ExitOK {
+		a.drain(svc)
+		a.log.Info("shutting down: finishing the current transactions")
+	}
 	stopOutbox()
 	stopAPI()
 	svc.stop()
@@ -669,12 +691,12 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 	return 0, true
 }
 
-// wait blocks until ctx is cancelled (ExitOK) or a service stops on its own
-// (ExitError: the instance should restart, e.g. after being fenced).
+// wait blocks until ctx is cancelled (ExitOK: the caller drains, then
+// stops) or a service stops on its own (ExitError: the instance should
+// restart, e.g. after being fenced).
 func (a *app) wait(ctx context.Context, svc *services) int {
 	select {
 	case <-ctx.Done():
-		a.log.Info("shutting down: finishing the current transactions")
 		return ExitOK
 	case <-svc.failed:
 		return a.failf("%v; stopping (restart the instance)", svc.err)
