@@ -4,12 +4,13 @@
 #   make image  build sagad's OCI image into build/image (no Docker needed)
 
 GO ?= go
-# The image's tag. deploy/k8s/kustomization.yaml pins the same one: make
-# deploy-check fails when they differ.
+# The image's tag. deploy/k8s/kustomization.yaml and the overlays pin the
+# same one, with a digest (make pin-image): make deploy-check fails when
+# they differ.
 VERSION ?= 0.1.0
 IMAGE ?= ghcr.io/ksaga/sagad
 
-.PHONY: demo test vet unit chaos chaos-short bench image image-tripd manifests deploy-check
+.PHONY: demo test vet unit chaos chaos-short bench image image-tripd pin-image manifests deploy-check
 
 demo:
 	$(GO) run ./cmd/sagad
@@ -66,6 +67,13 @@ image:
 # examples/trip/deploy overlay runs).
 image-tripd:
 	VERSION=$(VERSION) NAME=tripd PKG=./examples/trip/cmd/tripd IMAGE_DIR=build/image-tripd ./scripts/image.sh
+
+# pin-image writes the tag ($(VERSION)) and the digest of the images make
+# image and make image-tripd built (build/image/digest,
+# build/image-tripd/digest) into the kustomizations of deploy/ and
+# examples/*/deploy (scripts/pin-image.sh): run it after pushing them.
+pin-image:
+	VERSION=$(VERSION) ./scripts/pin-image.sh
 
 # manifests prints deploy/k8s rendered by kustomize (kubectl kustomize
 # deploy/k8s prints the same).

@@ -274,12 +274,9 @@ func TestManifestsRender(t *testing.T) {
 	find(t, objs, "ConfigMap", "sagad-config").decode(t, &cm)
 
 	t.Run("image", func(t *testing.T) {
-		want := "ghcr.io/ksaga/sagad:" + makeVersion(t)
-		if c.Image != want {
-			t.Errorf("image %q, want %q (make image's VERSION): pin it in kustomization.yaml", c.Image, want)
-		}
-		if strings.HasSuffix(c.Image, ":latest") {
-			t.Errorf("image %q: latest is not a version", c.Image)
+		want := "ghcr.io/ksaga/sagad:" + makeVersion(t) + "@sha256:"
+		if !strings.HasPrefix(c.Image, want) || !pinnedImage.MatchString(c.Image) {
+			t.Errorf("image %q, want %s<digest> (make image's VERSION and digest): pin both in kustomization.yaml (make pin-image)", c.Image, want)
 		}
 	})
 
@@ -375,7 +372,8 @@ func TestManifestsRender(t *testing.T) {
 	})
 
 	t.Run("secrets", func(t *testing.T) {
-		for _, name := range []string{"KSAGA_KAFKA_SASL_USERNAME", "KSAGA_KAFKA_SASL_PASSWORD", "KSAGA_REDIS_USERNAME", "KSAGA_REDIS_PASSWORD"} {
+		// Usernames as variables; passwords as files (TestEveryOverlay).
+		for _, name := range []string{"KSAGA_KAFKA_SASL_USERNAME", "KSAGA_REDIS_USERNAME"} {
 			e := env[name]
 			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != "ksaga-credentials" ||
 				e.ValueFrom.SecretKeyRef.Optional == nil || !*e.ValueFrom.SecretKeyRef.Optional {
@@ -388,7 +386,7 @@ func TestManifestsRender(t *testing.T) {
 				mounts[m.MountPath] = m.Name
 			}
 		}
-		for _, path := range []string{"/etc/ksaga/kafka-tls", "/etc/ksaga/redis-tls"} {
+		for _, path := range []string{"/etc/ksaga/kafka-tls", "/etc/ksaga/redis-tls", "/etc/ksaga/credentials"} {
 			name, ok := mounts[path]
 			i := slices.IndexFunc(pod.Volumes, func(v volume) bool { return v.Name == name })
 			if !ok || i < 0 || pod.Volumes[i].Secret == nil || pod.Volumes[i].Secret.Optional == nil || !*pod.Volumes[i].Secret.Optional {
