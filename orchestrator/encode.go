@@ -35,6 +35,28 @@ func (s *State) appendJSON(b []byte) ([]byte, error) {
 	}
 	b = appendNonZero(b, `,"attempt":`, int64(s.Attempt))
 	b = appendNonZero(b, `,"deadline_ms":`, s.Deadline)
+	if len(s.Group) > 0 {
+		b = append(b, `,"group":[`...)
+		for i, m := range s.Group {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"step":`...)
+			b = strconv.AppendInt(b, int64(m.Step), 10)
+			b = append(b, `,"waiting":`...)
+			b = appendString(b, m.Waiting)
+			b = append(b, `,"attempt":`...)
+			b = strconv.AppendInt(b, int64(m.Attempt), 10)
+			b = append(b, `,"deadline_ms":`...)
+			b = strconv.AppendInt(b, m.Deadline, 10)
+			if m.Outcome != "" {
+				b = append(b, `,"outcome":`...)
+				b = appendString(b, m.Outcome)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
 	b = appendNonZero(b, `,"step_started_ms":`, s.StepStarted)
 	b = appendNonZero(b, `,"undo_failures":`, int64(s.UndoFailures))
 	b = appendNonZero(b, `,"undo_sends":`, int64(s.UndoSends))

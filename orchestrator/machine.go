@@ -220,6 +220,14 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 		if skip {
 			continue
 		}
+		if step.Group != "" {
+			sent, err := m.sendGroup(ctx, out, i)
+			if err != nil || sent {
+				return err
+			}
+			i = m.groupEnd(i) - 1 // every member skipped
+			continue
+		}
 		st.Step, st.StepStarted = i, m.now().UnixMilli()
 		if !step.Local {
 			cmd, err := m.def.Do(m.info(ctx, st, i, 1, false), i, out.data)
@@ -261,15 +269,24 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 func (m *machine) send(out *outcome, cmd saga.Command, id string, attempt int, deadline time.Duration) error {
 	st := out.state
+	if err := m.appendCommand(out, cmd, id, m.steps[stepOf(st)].Name, attempt); err != nil {
+		return err
+	}
+	st.Waiting, st.Attempt = id, attempt
+	st.Deadline = m.now().Add(deadline).UnixMilli()
+	return nil
+}
+
+// appendCommand adds cmd, with message id id, of step step, to out's
+// commands.
+func (m *machine) appendCommand(out *outcome, cmd saga.Command, id, step string, attempt int) error {
 	value, err := json.Marshal(cmd.Payload)
 	if err != nil {
 		return fmt.Errorf("encode command %s: %w", cmd.Type, err)
 	}
-	st.Waiting, st.Attempt = id, attempt
-	st.Deadline = m.now().Add(deadline).UnixMilli()
 	out.commands = append(out.commands, command{
 		topic: message.Commands(cmd.Participant), msgType: cmd.Type, msgID: id,
-		step: m.steps[stepOf(st)].Name, attempt: attempt, value: value,
+		step: step, attempt: attempt, value: value,
 	})
 	return nil
 }
@@ -288,6 +305,9 @@ func commandID(sagaID, step, kind string) string { return sagaID + "/" + step + 
 func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*outcome, error) {
 	if st == nil {
 		return nil, inputErr(ReasonUnknownSaga, "reply %s for saga %s, which does not exist", in.msgID, in.sagaID)
+	}
+	if len(st.Group) > 0 && st.Status == message.StatusRunning {
+		return m.groupReply(ctx, st, data, in)
 	}
 	if st.Terminal() || in.inReplyTo != st.Waiting {
 		if m.sent(ctx, st, data, in.inReplyTo) {
@@ -406,6 +426,9 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 	}
 	out := m.next(st, data)
 	next := out.state
+	if len(next.Group) > 0 && next.Status == message.StatusRunning {
+		return out, m.groupTimeout(ctx, out)
+	}
 	i := stepOf(next)
 	step := m.steps[i]
 	if next.Status == message.StatusRunning {
@@ -608,10 +631,18 @@ func (m *machine) failStep(ctx context.Context, out *outcome, failed int, reason
 
 func (m *machine) startCompensation(ctx context.Context, out *outcome, failed int, o compensation.Outcome, reason string) error {
 	st := out.state
-	st.Status, st.Step, st.Reason = message.StatusCompensating, failed, reason
-	st.Plan = slices.DeleteFunc(compensation.Plan(m.undo, failed, o), func(i int) bool { return m.skipped(ctx, i, out.data) })
+	st.Status, st.Step, st.Reason, st.Group = message.StatusCompensating, failed, reason, nil
+	st.Plan = m.plan(ctx, out, failed, o)
 	m.event(out, message.EventCompensationStarted, "", reason)
 	return m.nextUndo(ctx, out)
+}
+
+// plan is the compensation plan of a failure at step failed whose outcome
+// is o: the steps before it that the data does not skip and that have a
+// compensation, last first, after failed itself when its effect may have
+// happened.
+func (m *machine) plan(ctx context.Context, out *outcome, failed int, o compensation.Outcome) []int {
+	return slices.DeleteFunc(compensation.Plan(m.undo, failed, o), func(i int) bool { return m.skipped(ctx, i, out.data) })
 }
 
 // skipped reports whether data skips step i (saga.Step.Skip). When Skip

@@ -93,7 +93,7 @@ func start(t *testing.T, completeErr error) *run {
 	m, _ := newTestMachine(completeErr)
 	r := &run{t: t, m: m}
 	out := r.must(&input{typ: message.TypeStartSaga, sagaID: "o-1", msgID: "m-1", value: startValue})
-	if got, want := cmdTypes(out), []string{order.ReserveInventory}; !slices.Equal(got, want) {
+	if got, want := cmdTypes(out), []string{order.ReserveInventory, order.AuthorizePayment}; !slices.Equal(got, want) {
 		t.Fatalf("start sent %v, want %v", got, want)
 	}
 	return r
@@ -181,11 +181,19 @@ func TestMachineTimeouts(t *testing.T) {
 			t.Fatalf("timeout %d: commands %+v, want a re-send of the same message id with attempt %d", attempt-1, out.commands, attempt)
 		}
 	}
-	// The third timeout exhausts the step: its outcome is unknown, so it
-	// is undone too.
+	// The third timeout exhausts the step: its outcome is unknown. Its
+	// parallel partner, authorize-payment, is still awaited.
 	out := timeout()
-	if got, want := cmdTypes(out), []string{order.ReleaseInventory}; !slices.Equal(got, want) {
-		t.Fatalf("exhausted step sent %v, want %v", got, want)
+	if got := cmdTypes(out); len(got) != 0 || r.st.Waiting != "o-1/authorize-payment/do" {
+		t.Fatalf("exhausted member sent %v and waits on %q, want nothing sent and authorize-payment awaited", got, r.st.Waiting)
+	}
+	for attempt := 2; attempt <= 3; attempt++ {
+		timeout()
+	}
+	// Both outcomes unknown: both are undone, last first.
+	out = timeout()
+	if got, want := cmdTypes(out), []string{order.CancelPayment}; !slices.Equal(got, want) {
+		t.Fatalf("exhausted group sent %v, want %v", got, want)
 	}
 	stale := r.must(&input{typ: message.TypeTimeout, sagaID: "o-1", inReplyTo: "o-1/reserve-inventory/do", attempt: 3})
 	if stale.drop != DropStaleTimeout {

@@ -29,6 +29,11 @@ type State struct {
 	Waiting  string `json:"waiting,omitempty"`
 	Attempt  int    `json:"attempt,omitempty"`
 	Deadline int64  `json:"deadline_ms,omitempty"`
+	// Group holds the members of the parallel group the saga waits on
+	// (saga.Step.Group), each with its command; Step is then the group's
+	// last member, and Waiting, Attempt and Deadline those of the member
+	// whose deadline comes first.
+	Group []Member `json:"group,omitempty"`
 	// StepStarted (Unix ms) is when the current step or undo began.
 	StepStarted int64 `json:"step_started_ms,omitempty"`
 	// UndoFailures counts failure replies to the current undo, so its
@@ -61,6 +66,24 @@ type State struct {
 	StepTrace *TraceContext `json:"step_trace,omitempty"`
 }
 
+// Member is one step of a parallel group in flight.
+type Member struct {
+	Step     int    `json:"step"`
+	Waiting  string `json:"waiting"`
+	Attempt  int    `json:"attempt"`
+	Deadline int64  `json:"deadline_ms"`
+	// Outcome is "" while its reply is awaited, then success, failure or
+	// unknown (no reply after its attempts).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// Member outcomes.
+const (
+	memberSuccess = "success"
+	memberFailure = "failure"
+	memberUnknown = "unknown"
+)
+
 // Terminal reports whether the saga has ended.
 func (s *State) Terminal() bool {
 	switch s.Status {
@@ -75,5 +98,8 @@ func (s *State) clone() *State {
 	c := *s
 	c.Plan = append([]int(nil), s.Plan...)
 	c.Undone = append([]int(nil), s.Undone...)
+	if s.Group != nil {
+		c.Group = append([]Member(nil), s.Group...)
+	}
 	return &c
 }

@@ -130,6 +130,16 @@ type Step[T any] struct {
 	// answer, not silence. Use it where compensating is worse than waiting
 	// (write-up 004: a coupon service down for five minutes).
 	Park bool
+	// Group, when set, makes the step a member of a parallel group: the
+	// consecutive Do steps with the same Group send their commands in one
+	// transaction and wait for all the replies; the saga moves on when
+	// every member succeeded. When one fails (a failure reply, no reply
+	// after its attempts), the others still in flight are awaited, then
+	// the members that succeeded (or whose outcome is unknown) and the
+	// steps before the group are compensated, each once, last first. Each
+	// member has its own events. A member may not be Local or Park. It must
+	// match [a-z0-9][a-z0-9-]*.
+	Group string
 }
 
 // Reply is a participant's answer to a step's command, as OnReply sees it.
@@ -225,7 +235,9 @@ type StepInfo struct {
 	OnReply bool
 	// Park is set when the step parks the saga when its attempts run out
 	// (Step.Park).
-	Park     bool
+	Park bool
+	// Group names the step's parallel group (Step.Group), "" for none.
+	Group    string
 	Retry    retry.Policy
 	Deadline time.Duration
 	Timeout  time.Duration
@@ -317,6 +329,7 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 	}
 	d := &Definition{name: name, newData: func() any { return new(T) }}
 	seen := make(map[string]bool, len(steps))
+	groups := make(map[string]bool)
 	for i, s := range steps {
 		switch {
 		case !nameRE.MatchString(s.Name):
@@ -331,12 +344,21 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 			return nil, fmt.Errorf("saga %s step %s: a Do step is undone by Undo, not UndoLocal", name, s.Name)
 		case s.Local != nil && s.OnReply != nil:
 			return nil, fmt.Errorf("saga %s step %s: a Local step gets no reply; OnReply is for Do steps", name, s.Name)
+		case s.Group != "" && !nameRE.MatchString(s.Group):
+			return nil, fmt.Errorf("saga %s step %s: group %q must match %s", name, s.Name, s.Group, nameRE)
+		case s.Group != "" && (s.Local != nil || s.Park):
+			return nil, fmt.Errorf("saga %s step %s: a member of parallel group %s must be a Do step that does not Park", name, s.Name, s.Group)
+		case s.Group != "" && groups[s.Group] && (i == 0 || steps[i-1].Group != s.Group):
+			return nil, fmt.Errorf("saga %s step %s: the members of parallel group %s must be consecutive", name, s.Name, s.Group)
 		case s.Timeout < 0:
 			return nil, fmt.Errorf("saga %s step %s: Timeout must not be negative", name, s.Name)
 		}
 		seen[s.Name] = true
+		if s.Group != "" {
+			groups[s.Group] = true
+		}
 		info := StepInfo{Name: s.Name, Local: s.Local != nil, Optional: s.Skip != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
-			OnReply: s.OnReply != nil, Park: s.Park, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
+			OnReply: s.OnReply != nil, Park: s.Park, Group: s.Group, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
 		if info.Deadline <= 0 {
 			info.Deadline = DefaultDeadline
 		}

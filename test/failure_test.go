@@ -54,7 +54,9 @@ func TestBusinessFailures(t *testing.T) {
 		shipment string
 	}{
 		{"declined", order.ReasonPaymentDeclined, "", ""},
-		{"scarce", order.ReasonOutOfStock, "", ""},
+		// Stock and payment are reserved in parallel: the payment was
+		// authorized while the stock was refused, and is cancelled.
+		{"scarce", order.ReasonOutOfStock, "cancelled", ""},
 		{"undeliverable", order.ReasonUndeliverable, "cancelled", ""},
 	}
 	for _, tt := range tests {
