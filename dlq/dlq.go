@@ -39,6 +39,22 @@ const (
 	HeaderReason = "ksaga-dlt-reason"
 )
 
+// Dead-letter reasons of the engine (HeaderReason, Info.Reason): why an
+// inbox record was dead-lettered. A saga author's tests compare them.
+const (
+	ReasonUndecodable      = "undecodable"            // not JSON, not UTF-8, a header that does not parse
+	ReasonMissingSagaID    = "missing-saga-id"        // no key, or a saga id header that differs from it
+	ReasonUnknownType      = "unknown-message-type"   // a message type the engine does not know
+	ReasonUnknownSaga      = "unknown-saga"           // a reply, Compensate or Resume for a saga that does not exist
+	ReasonNotWaiting       = "not-waiting-on-step"    // a reply to a command the saga never sent
+	ReasonConflictingStart = "conflicting-start"      // a start that reuses a saga id with other data
+	ReasonTooLarge         = "value-too-large"        // a record, or what handling it writes, over the limits
+	ReasonInvalid          = "invalid"                // data that fails Decode, Validate or names another saga id
+	ReasonExhausted        = "retries-exhausted"      // a record whose processing attempts ran out
+	ReasonPermanent        = "permanent-error"        // a record whose processing failed with retry.Permanent
+	ReasonCompensation     = "compensation-exhausted" // a compensation that could not be completed (SagaFailed)
+)
+
 // MaxExceptionMessage bounds the exception message header, so an error that
 // quotes a huge value cannot make the dead-letter record too large.
 const MaxExceptionMessage = 4096

@@ -134,6 +134,9 @@ type Engine struct {
 	running atomic.Bool
 	closed  chan struct{}
 	once    sync.Once
+	// stop cancels Run's context (Close).
+	stopMu sync.Mutex
+	stop   context.CancelFunc
 }
 
 type assignment struct {
@@ -281,6 +284,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return errors.New("orchestrator: Run called twice")
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	e.stopMu.Lock()
+	e.stop = cancel
+	e.stopMu.Unlock()
 	defer close(e.closed)
 	defer func() {
 		if e.workers != nil {
@@ -341,11 +349,18 @@ func (e *Engine) initProducer(ctx context.Context) error {
 	}
 }
 
-// Close waits for Run to return (cancel its context first), then leaves the
-// group and closes the Kafka client. It does not close the Redis client.
+// Close stops Run, as cancelling its context does, waits for it to return,
+// then leaves the group and closes the Kafka client. It does not close the
+// Redis client. It is safe to call more than once.
 func (e *Engine) Close() {
 	e.once.Do(func() {
 		if e.running.Load() {
+			e.stopMu.Lock()
+			stop := e.stop
+			e.stopMu.Unlock()
+			if stop != nil {
+				stop()
+			}
 			<-e.closed
 		}
 		e.sess.Close()

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ksaga/ksaga/compensation"
+	"github.com/ksaga/ksaga/dlq"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
@@ -33,19 +34,19 @@ func inputErr(reason, format string, args ...any) error {
 	return retry.Permanent(&InputError{Reason: reason, Err: fmt.Errorf(format, args...)})
 }
 
-// Dead-letter reasons.
+// Dead-letter reasons: the dlq package's, where saga authors look for them.
 const (
-	ReasonUndecodable      = "undecodable"
-	ReasonMissingSagaID    = "missing-saga-id"
-	ReasonUnknownType      = "unknown-message-type"
-	ReasonUnknownSaga      = "unknown-saga"
-	ReasonNotWaiting       = "not-waiting-on-step"
-	ReasonConflictingStart = "conflicting-start"
-	ReasonTooLarge         = "value-too-large"
-	ReasonInvalid          = "invalid"
-	ReasonExhausted        = "retries-exhausted"
-	ReasonPermanent        = "permanent-error"
-	ReasonCompensation     = "compensation-exhausted"
+	ReasonUndecodable      = dlq.ReasonUndecodable
+	ReasonMissingSagaID    = dlq.ReasonMissingSagaID
+	ReasonUnknownType      = dlq.ReasonUnknownType
+	ReasonUnknownSaga      = dlq.ReasonUnknownSaga
+	ReasonNotWaiting       = dlq.ReasonNotWaiting
+	ReasonConflictingStart = dlq.ReasonConflictingStart
+	ReasonTooLarge         = dlq.ReasonTooLarge
+	ReasonInvalid          = dlq.ReasonInvalid
+	ReasonExhausted        = dlq.ReasonExhausted
+	ReasonPermanent        = dlq.ReasonPermanent
+	ReasonCompensation     = dlq.ReasonCompensation
 )
 
 // Drop reasons: messages that are recognised and ignored.

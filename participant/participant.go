@@ -177,9 +177,10 @@ func Trace(t Tracer) Opt { return optFunc(func(c *config) { c.tracer = t }) }
 // transaction as soon as commands are there.
 func TransactionInterval(d time.Duration) Opt { return optFunc(func(c *config) { c.txnInterval = d }) }
 
-// Brokers sets the Kafka seed brokers, host:port. It is required.
+// Brokers sets the Kafka seed brokers, host:port, replacing any set before
+// (as orchestrator.Brokers and kgo.SeedBrokers do). It is required.
 func Brokers(addrs ...string) Opt {
-	return optFunc(func(c *config) { c.brokers = append(c.brokers, addrs...) })
+	return optFunc(func(c *config) { c.brokers = addrs })
 }
 
 // TransactionalID sets the Kafka transactional id. It must be stable per

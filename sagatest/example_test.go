@@ -21,9 +21,16 @@ func Example() {
 	defer h.Close()
 	rdb := h.Redis()
 	def := trip.New(trip.NewStore(rdb))
-	_ = h.Participant(trip.Hotel, trip.NewHotel(rdb))
-	_ = h.Participant(trip.Card, trip.NewCard(rdb, 100_000))
-	_ = h.Saga(def)
+	for _, err := range []error{
+		h.Participant(trip.Hotel, trip.NewHotel(rdb)),
+		h.Participant(trip.Card, trip.NewCard(rdb, 100_000)),
+		h.Saga(def),
+	} {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
 
 	ctx := context.Background()
 	for _, t := range []trip.Trip{

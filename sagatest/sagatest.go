@@ -128,6 +128,7 @@ func Logger(l *slog.Logger) Opt { return optFunc(func(c *config) { c.logger = l 
 // Harness is a Kafka, a Redis, and the engines and participants registered
 // with it. Its methods are safe for concurrent use.
 type Harness struct {
+	tb      testing.TB // New's test, failed by a registration error
 	cfg     config
 	cluster *kfake.Cluster
 	brokers []string
@@ -178,8 +179,19 @@ func New(t testing.TB, opts ...Opt) *Harness {
 	if lh != nil {
 		h.stopLog = func() { lh.stopped.Store(true) }
 	}
+	h.tb = t
 	t.Cleanup(h.Close)
 	return h
+}
+
+// fail fails the test of a Harness made by New when err is not nil: a
+// registration that failed must not be ignored.
+func (h *Harness) fail(err error) error {
+	if err != nil && h.tb != nil {
+		h.tb.Helper()
+		h.tb.Fatalf("%v", err)
+	}
+	return err
 }
 
 func hasLogger(opts []Opt) bool {
@@ -307,7 +319,20 @@ func (h *Harness) Clock() *Clock { return h.cfg.clock }
 // Close, with opts after the Harness's own. Register the participants its
 // steps send commands to before starting sagas: their topics must exist
 // when the engine sends the first command.
+//
+// With a Harness made by New, an error also fails the test (Fatalf).
 func (h *Harness) Saga(def *saga.Definition, opts ...orchestrator.Opt) error {
+	h.tbHelper()
+	return h.fail(h.saga(def, opts...))
+}
+
+func (h *Harness) tbHelper() {
+	if h.tb != nil {
+		h.tb.Helper()
+	}
+}
+
+func (h *Harness) saga(def *saga.Definition, opts ...orchestrator.Opt) error {
 	name := def.Name()
 	if err := h.register(h.sagas, "saga", name, topic.OfSaga(def, h.spec)); err != nil {
 		return err
@@ -338,7 +363,14 @@ func (h *Harness) Saga(def *saga.Definition, opts ...orchestrator.Opt) error {
 
 // Participant creates the topics of participant name and runs it with
 // handler until Close, with opts after the Harness's own.
+//
+// With a Harness made by New, an error also fails the test (Fatalf).
 func (h *Harness) Participant(name string, handler participant.Handler, opts ...participant.Opt) error {
+	h.tbHelper()
+	return h.fail(h.participant(name, handler, opts...))
+}
+
+func (h *Harness) participant(name string, handler participant.Handler, opts ...participant.Opt) error {
 	if err := h.register(h.parts, "participant", name, topic.OfParticipant(name, h.spec)); err != nil {
 		return err
 	}

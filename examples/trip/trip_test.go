@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ksaga/ksaga/dlq"
 	"github.com/ksaga/ksaga/examples/trip"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/sagatest"
@@ -104,7 +105,7 @@ func TestTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Reason != "permanent-error" || !strings.Contains(d.ErrorMessage, trip.ErrBlocked.Error()) {
+		if d.Reason != dlq.ReasonPermanent || !strings.Contains(d.ErrorMessage, trip.ErrBlocked.Error()) {
 			t.Errorf("dead letter: reason %q, message %q; want permanent-error and %q", d.Reason, d.ErrorMessage, trip.ErrBlocked)
 		}
 	})
@@ -116,7 +117,7 @@ func TestTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Reason != "undecodable" {
+		if d.Reason != dlq.ReasonUndecodable {
 			t.Errorf("dead-letter reason: got %q, want undecodable", d.Reason)
 		}
 		if evs := h.Events(def, "t-poison"); len(evs) != 0 {
