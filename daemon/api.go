@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
@@ -14,16 +13,17 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga"
@@ -34,11 +34,13 @@ import (
 //
 //	POST /v1/sagas/{type}/{id}             start: 202 once the request is stored in Kafka
 //	GET  /v1/sagas/{type}/{id}             the saga's state from the Redis view; ETag = version
-//	POST /v1/sagas/{type}/{id}/compensate  ask the saga to compensate: 202 once stored
+//	POST /v1/sagas/{type}/{id}/compensate  ask a running saga to compensate: 202 once stored, audited
 //	GET  /v1/openapi.json                  the OpenAPI 3 document of all this (no token needed)
 //
 // openapi.json is the contract; api_test.go checks that the handlers answer
-// exactly the statuses it documents.
+// exactly the statuses it documents. Every answer is JSON, the router's own
+// (404 for another path, 405 for another method) included; the API never
+// redirects.
 //
 // A start is the same record package client produces: key = id, on the
 // saga's home partition, header ksaga-message-type StartSaga, message id
@@ -63,6 +65,23 @@ import (
 // is down), the API produces; a duplicate is then dropped by the engine, and
 // a conflicting start is dead-lettered by it (reason conflicting-start) while
 // the caller got 202. Each saga is started once whatever the retries.
+//
+// Hostile input. Saga ids follow an allow-list (checkID); a body is read
+// into one buffer of its length, canonicalized in one pass (which refuses
+// duplicate keys and invalid UTF-8), checked for field names that match the
+// data type's only when case is ignored (checkFieldNames; encoding/json
+// would take "ORDER_ID" for order_id), and decoded into the saga's own data
+// type (saga.Definition.Decode, as the engine will), never into a generic
+// tree. At most --api-max-in-flight requests are served at once (429 past
+// it), so the API's memory is bounded by that times a few bodies.
+//
+// Compensations. A compensate request reads the saga from the Redis view
+// first: 404 when the view does not have it, 409 when it is not running,
+// 503 when Redis does not answer, and nothing is produced then (the engine
+// would dead-letter a Compensate for an unknown saga, reason unknown-saga,
+// and page the on-call). An accepted one is written with its audit record
+// (package audit, as sagactl saga compensate does), by the token's name, in
+// one Kafka transaction.
 
 //go:embed openapi.json
 var openAPIDoc []byte
@@ -75,11 +94,14 @@ const (
 	// apiMaxCompensateBytes bounds a compensate request's body; its
 	// reason travels in a header.
 	apiMaxCompensateBytes = 16 << 10
-	// apiMaxIDBytes bounds a saga id, which travels in the key and a
-	// header of every record of the saga.
-	apiMaxIDBytes = 1024
+	// apiMaxReasonBytes bounds a compensate request's reason, which goes
+	// into a header, the saga's state and events, and its audit record.
+	apiMaxReasonBytes = 1024
 	// apiRetryAfter is the Retry-After of a 503, in seconds.
 	apiRetryAfter = "2"
+	// apiBusyRetryAfter is the Retry-After of a 429 past
+	// --api-max-in-flight, in seconds.
+	apiBusyRetryAfter = "1"
 	// apiRedisTimeout bounds a read of the Redis view.
 	apiRedisTimeout = 2 * time.Second
 )
@@ -90,6 +112,12 @@ type apiSaga struct {
 	// partitions is the inbox's partition count, which places a saga's
 	// home partition and Redis key. It never changes.
 	partitions int32
+	// auditPartitions is the partition count of saga.<type>.audit.
+	auditPartitions int32
+	// data is the saga's data type (T of saga.New[T]), whose JSON field
+	// names a start's body must spell as the type does; nil when it
+	// cannot be told.
+	data reflect.Type
 }
 
 // api is the HTTP API's handlers.
@@ -97,54 +125,142 @@ type api struct {
 	sagas map[string]apiSaga
 	rdb   redis.UniversalClient
 	kc    *kgo.Client
+	// comp writes compensations with their audit records.
+	comp *compensator
+	// tool is the audit records' Tool: "<daemon name>-api".
+	tool string
 	// tokens is nil with --api-insecure-no-auth.
-	tokens   *tokenSet
+	tokens  *tokenSet
+	backoff *authBackoff
+	// inFlight holds one element per request being served; its capacity
+	// is --api-max-in-flight.
+	inFlight chan struct{}
 	timeout  time.Duration
+	now      func() time.Time
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 }
 
-// newAPIRequests registers ksaga_api_requests_total{method,route,code}.
-func newAPIRequests(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+// apiRoutes are the API's operations, as openapi.json names them: method
+// and path. ksaga_api_requests_total's route label is the path.
+const (
+	routeSaga       = "/v1/sagas/{type}/{id}"
+	routeCompensate = "/v1/sagas/{type}/{id}/compensate"
+	routeOpenAPI    = "/v1/openapi.json"
+	// routeUnmatched labels the answers to requests that match no
+	// operation: 404 (another path) and 405 (another method).
+	routeUnmatched = "unmatched"
+)
+
+// newAPIMetrics registers ksaga_api_requests_total{method,route,code},
+// with the series alerts use created at zero, and ksaga_api_in_flight and
+// ksaga_api_in_flight_limit.
+func newAPIMetrics(reg prometheus.Registerer, inFlight chan struct{}) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ksaga_api_requests_total",
 		Help: "HTTP API requests answered, by method, route (the OpenAPI path; unmatched for others) and status code.",
 	}, []string{"method", "route", "code"})
-	if err := reg.Register(c); err != nil {
-		return nil, err
+	for _, op := range []struct {
+		method, route string
+		codes         []int
+	}{
+		{http.MethodPost, routeSaga, []int{202, 401, 429, 503}},
+		{http.MethodGet, routeSaga, []int{200, 401, 429, 503}},
+		{http.MethodPost, routeCompensate, []int{202, 401, 429, 503}},
+	} {
+		for _, code := range op.codes {
+			c.WithLabelValues(op.method, op.route, strconv.Itoa(code))
+		}
+	}
+	cs := []prometheus.Collector{c,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ksaga_api_in_flight",
+			Help: "HTTP API requests being served now; past ksaga_api_in_flight_limit they are answered 429.",
+		}, func() float64 { return float64(len(inFlight)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ksaga_api_in_flight_limit",
+			Help: "The HTTP API's --api-max-in-flight.",
+		}, func() float64 { return float64(cap(inFlight)) }),
+	}
+	for _, col := range cs {
+		if err := reg.Register(col); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
 
-// handler returns the API's routes.
+// handler returns the API: its router, counting every answer.
 func (a *api) handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("POST /v1/sagas/{type}/{id}", a.authed(a.start))
-	mux.Handle("GET /v1/sagas/{type}/{id}", a.authed(a.get))
-	mux.Handle("POST /v1/sagas/{type}/{id}/compensate", a.authed(a.compensate))
-	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(openAPIDoc)
-	})
-	return a.counted(mux)
-}
-
-// counted counts every answer in ksaga_api_requests_total.
-func (a *api) counted(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		mux.ServeHTTP(sw, r)
-		// The mux set r.Pattern ("POST /v1/sagas/{type}/{id}") when a
-		// route matched.
-		method, route, ok := strings.Cut(r.Pattern, " ")
-		if !ok {
-			method, route = r.Method, "unmatched"
-			if !slices.Contains([]string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead}, method) {
-				method = "other"
-			}
-		}
+		method, route := a.route(sw, r)
 		a.requests.WithLabelValues(method, route, strconv.Itoa(sw.code)).Inc()
 	})
+}
+
+// route answers r and returns the method and route labels it is counted
+// under. It parses the path itself rather than through http.ServeMux,
+// which cleans paths and redirects, and answers 404 and 405 in plain text:
+// a segment is unescaped after the path is split, so %2F is part of an id
+// (and refused by checkID), never a separator.
+func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route string) {
+	method = r.Method
+	if !slices.Contains([]string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead, http.MethodOptions}, method) {
+		method = "other"
+	}
+	path := r.URL.EscapedPath()
+	var typSeg, idSeg string
+	var allow []string
+	if path == routeOpenAPI {
+		route, allow = routeOpenAPI, []string{http.MethodGet}
+	} else if rest, ok := strings.CutPrefix(path, "/v1/sagas/"); ok {
+		parts := strings.Split(rest, "/")
+		switch {
+		case len(parts) == 2:
+			route, allow = routeSaga, []string{http.MethodGet, http.MethodPost}
+		case len(parts) == 3 && parts[2] == "compensate":
+			route, allow = routeCompensate, []string{http.MethodPost}
+		}
+		if len(parts) >= 2 {
+			typSeg, idSeg = parts[0], parts[1]
+		}
+	}
+	switch {
+	case route == "":
+		writeError(w, http.StatusNotFound, "no such endpoint: the API serves "+routeSaga+" (GET, POST), "+routeCompensate+" (POST) and "+routeOpenAPI+" (GET)")
+		return method, routeUnmatched
+	case !slices.Contains(allow, r.Method):
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s: use %s", method, route, strings.Join(allow, " or ")))
+		return method, routeUnmatched
+	case route == routeOpenAPI:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openAPIDoc)
+		return method, route
+	}
+	// At most cap(a.inFlight) requests at once: a request that finds
+	// them all taken is answered at once rather than queued, so that
+	// neither memory nor latency grows with the callers.
+	select {
+	case a.inFlight <- struct{}{}:
+		defer func() { <-a.inFlight }()
+	default:
+		w.Header().Set("Retry-After", apiBusyRetryAfter)
+		// Answer before the body is read (net/http would otherwise
+		// read it first, holding the answer back while the caller
+		// sends it), then read what the caller sends, up to a start's
+		// limit, into a shared scratch buffer: a connection closed with
+		// a body unread is reset, and the caller may lose the answer.
+		rc := http.NewResponseController(w)
+		_ = rc.EnableFullDuplex()
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("the API is serving as many requests as it may at once (%d): retry after %s s", cap(a.inFlight), apiBusyRetryAfter))
+		_ = rc.Flush()
+		_, _ = io.CopyN(io.Discard, r.Body, apiMaxStartBytes+1)
+		return method, route
+	}
+	a.sagaRequest(w, r, route, typSeg, idSeg)
+	return method, route
 }
 
 // statusWriter remembers the status code written.
@@ -168,25 +284,92 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// authed checks the request's bearer token, unless the API runs without
-// authentication.
-func (a *api) authed(h http.HandlerFunc) http.Handler {
-	if a.tokens == nil {
-		return h
+// sagaRequest serves a request of the routes under /v1/sagas, in the order
+// a caller would fix its mistakes: who (401, or 429 after too many
+// failures), the body's media type (415), the saga type (404), what the
+// token may do (403), the id (400), then the operation's own checks.
+func (a *api) sagaRequest(w http.ResponseWriter, r *http.Request, route, typSeg, idSeg string) {
+	p, ok := a.authenticate(w, r)
+	if !ok {
+		return
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := bearer(r)
-		switch {
-		case !ok:
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ksaga"`)
-			writeError(w, http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token>")
-		case !a.tokens.valid(token):
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ksaga", error="invalid_token"`)
-			writeError(w, http.StatusUnauthorized, "invalid bearer token")
-		default:
-			h(w, r)
+	action := actionRead
+	switch {
+	case route == routeCompensate:
+		action = actionCompensate
+	case r.Method == http.MethodPost:
+		action = actionStart
+	}
+	if r.Method == http.MethodPost {
+		if err := checkContentType(r); err != nil {
+			writeError(w, http.StatusUnsupportedMediaType, err.Error())
+			return
 		}
-	})
+	}
+	typ, err := url.PathUnescape(typSeg)
+	s, known := a.sagas[typ]
+	if err != nil || !known {
+		names := make([]string, 0, len(a.sagas))
+		for n := range a.sagas {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown saga type %s (this daemon runs %s)", quoteShort(typ), strings.Join(names, ", ")))
+		return
+	}
+	if !p.may(action, typ) {
+		a.log.Warn("HTTP API: request refused: the token may not do this", "token", p.name, "action", action, "saga", typ)
+		writeError(w, http.StatusForbidden, fmt.Sprintf("token %s may not %s sagas of type %s: its scopes in the token file do not include %s:%s", p.name, action, typ, action, typ))
+		return
+	}
+	id, err := url.PathUnescape(idSeg)
+	if err == nil {
+		err = checkID(id)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	switch action {
+	case actionStart:
+		a.start(w, r, p, s, id)
+	case actionRead:
+		a.get(w, r, s, id)
+	case actionCompensate:
+		a.compensate(w, r, p, s, id)
+	}
+}
+
+// authenticate returns the principal of the request's bearer token, or
+// answers 401 (no token, or one the file does not hold) or 429 (the
+// caller's address failed too often lately). With --api-insecure-no-auth
+// every request is anonymous.
+func (a *api) authenticate(w http.ResponseWriter, r *http.Request) (*principal, bool) {
+	if a.tokens == nil {
+		return anonymous, true
+	}
+	addr := clientAddr(r)
+	if wait := a.backoff.wait(addr); wait > 0 {
+		secs := strconv.Itoa(int((wait + time.Second - 1) / time.Second))
+		w.Header().Set("Retry-After", secs)
+		writeError(w, http.StatusTooManyRequests, "too many requests from this address had a missing or invalid bearer token: retry after "+secs+" s with a valid one")
+		return nil, false
+	}
+	token, ok := bearer(r)
+	if !ok {
+		a.backoff.failed(addr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ksaga"`)
+		writeError(w, http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token>")
+		return nil, false
+	}
+	p := a.tokens.lookup(token)
+	if p == nil {
+		a.backoff.failed(addr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ksaga", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "invalid bearer token")
+		return nil, false
+	}
+	return p, true
 }
 
 // apiError is the body of every answer that is not a success.
@@ -194,67 +377,37 @@ type apiError struct {
 	Error string `json:"error"`
 }
 
+// writeJSON answers code with v as JSON, with its Content-Length, so that
+// the caller knows it has the whole answer even while the handler goes on
+// (draining a body it refused).
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"the answer could not be encoded"}`)
+	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(b)
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, apiError{Error: msg})
 }
 
-// unavailable answers 503 with Retry-After.
+// unavailable answers 503 with Retry-After. msg says what the caller can
+// do; the cause (an address, Redis's or Kafka's error) is for the log.
 func unavailable(w http.ResponseWriter, msg string) {
 	w.Header().Set("Retry-After", apiRetryAfter)
 	writeError(w, http.StatusServiceUnavailable, msg)
 }
 
-// target resolves the request's saga type and id, or answers 404 (an
-// unknown type) or 400 (an id that cannot be a key).
-func (a *api) target(w http.ResponseWriter, r *http.Request) (apiSaga, string, bool) {
-	typ, id := r.PathValue("type"), r.PathValue("id")
-	s, ok := a.sagas[typ]
-	if !ok {
-		names := make([]string, 0, len(a.sagas))
-		for n := range a.sagas {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		writeError(w, http.StatusNotFound, fmt.Sprintf("unknown saga type %q (this daemon runs %s)", typ, strings.Join(names, ", ")))
-		return s, "", false
-	}
-	switch {
-	case !utf8.ValidString(id):
-		writeError(w, http.StatusBadRequest, "the saga id is not valid UTF-8")
-		return s, "", false
-	case len(id) > apiMaxIDBytes:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("the saga id is %d bytes long, the limit is %d", len(id), apiMaxIDBytes))
-		return s, "", false
-	}
-	return s, id, true
-}
-
-// readBody reads a request body of at most limit bytes, or answers 413.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
-	tooLarge := func() ([]byte, bool) {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", limit))
-		return nil, false
-	}
-	if r.ContentLength > limit {
-		return tooLarge()
-	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var tl *http.MaxBytesError
-	switch {
-	case errors.As(err, &tl):
-		return tooLarge()
-	case err != nil:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("cannot read the body: %v", err))
-		return nil, false
-	}
-	return b, true
-}
+// Answers of 503, which say nothing of the cause (logged instead).
+const (
+	msgStoreUnavailable = "the saga store is unavailable; retry later"
+)
 
 // accepted is the answer to a stored start or compensate request.
 type accepted struct {
@@ -264,20 +417,17 @@ type accepted struct {
 }
 
 // start handles POST /v1/sagas/{type}/{id}.
-func (a *api) start(w http.ResponseWriter, r *http.Request) {
-	s, id, ok := a.target(w, r)
-	if !ok {
-		return
-	}
+func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string) {
 	body, ok := readBody(w, r, apiMaxStartBytes)
 	if !ok {
 		return
 	}
 	value, err := message.Canonical(body)
+	body = nil // the canonical form replaces it: let the collector have it
 	var dup *message.DuplicateKeyError
 	switch {
 	case errors.As(err, &dup):
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("the body has the key %q twice in one object (at offset %d): keys must be unique", dup.Key, dup.Offset))
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("the body has the key %s twice in one object (at offset %d): keys must be unique", quoteShort(dup.Key), dup.Offset))
 		return
 	case err != nil:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("the body is not one JSON value: %v", err))
@@ -289,9 +439,17 @@ func (a *api) start(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", apiMaxStartBytes))
 		return
 	}
-	// The engine decodes the stored value so: what passes here passes
-	// there.
-	if _, err := s.def.Decode(value); err != nil {
+	if err := checkFieldNames(value, s.data); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	// The engine decodes the stored value so, and checks that data that
+	// names its saga id names this one: what passes here passes there.
+	data, err := s.def.Decode(value)
+	if err == nil {
+		err = s.def.CheckID(data, id)
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -309,12 +467,13 @@ func (a *api) start(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s was started with other data (it is %s); a saga id starts one saga", s.def.Name(), id, st.Status))
 		return
 	}
-	rec := a.record(r, s, id, message.TypeStartSaga, "start-"+id, value, "")
+	rec := a.record(r, s, id, message.TypeStartSaga, "start-"+id, value)
 	if err := a.produce(r.Context(), rec); err != nil {
-		a.log.Warn("HTTP API: start not stored in Kafka", "saga", s.def.Name(), "id", id, "err", err)
-		unavailable(w, "Kafka did not store the start request: "+err.Error()+"; retry with the same body")
+		a.log.Warn("HTTP API: start not stored in Kafka", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
+		unavailable(w, "Kafka did not store the start request in time; retry with the same body after Retry-After")
 		return
 	}
+	a.log.Debug("HTTP API: start stored", "saga", s.def.Name(), "id", id, "token", p.name)
 	a.acceptedAt(w, r, ok202)
 }
 
@@ -342,37 +501,72 @@ type compensateRequest struct {
 }
 
 // compensate handles POST /v1/sagas/{type}/{id}/compensate.
-func (a *api) compensate(w http.ResponseWriter, r *http.Request) {
-	s, id, ok := a.target(w, r)
-	if !ok {
-		return
-	}
+func (a *api) compensate(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string) {
 	body, ok := readBody(w, r, apiMaxCompensateBytes)
 	if !ok {
 		return
 	}
 	var req compensateRequest
 	if len(bytes.TrimSpace(body)) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(body))
+		canon, err := message.Canonical(body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf(`the body is not {"reason": "..."}: %v`, err))
+			return
+		}
+		dec := json.NewDecoder(bytes.NewReader(canon))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf(`the body is not {"reason": "..."}: %v`, err))
 			return
 		}
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-			writeError(w, http.StatusBadRequest, "the body has data after its JSON object")
+		if err := checkFieldNames(canon, reflect.TypeFor[compensateRequest]()); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	rec := a.record(r, s, id, message.TypeCompensate, "compensate-"+id+"-"+hex.EncodeToString(b[:]), nil, req.Reason)
-	if err := a.produce(r.Context(), rec); err != nil {
-		a.log.Warn("HTTP API: compensate request not stored in Kafka", "saga", s.def.Name(), "id", id, "err", err)
-		unavailable(w, "Kafka did not store the compensate request: "+err.Error())
+	if err := checkReason(req.Reason); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	// Up front, from the view: the engine would dead-letter a Compensate
+	// for a saga it does not have (unknown-saga, which pages), and drop
+	// one for a saga that is not running.
+	st, _, err := a.load(r.Context(), s, id)
+	switch {
+	case err != nil:
+		a.log.Warn("HTTP API: cannot read the Redis view before a compensate request; refusing it", "saga", s.def.Name(), "id", id, "err", err)
+		unavailable(w, msgStoreUnavailable)
+		return
+	case st == nil:
+		writeError(w, http.StatusNotFound, notFound(s, id))
+		return
+	case st.Status == message.StatusCompensating:
+		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s is compensating already: nothing to do", s.def.Name(), id))
+		return
+	case st.Status != message.StatusRunning:
+		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s has ended (%s): there is nothing to compensate", s.def.Name(), id, st.Status))
+		return
+	}
+	comp, err := audit.NewCompensation(audit.Compensate{SagaType: s.def.Name(), SagaID: id, InboxPartitions: s.partitions, AuditPartitions: s.auditPartitions,
+		By: p.name, Note: req.Reason, Tool: a.tool, At: a.now(), Headers: traceHeaders(r)})
+	if err != nil {
+		// Only a principal whose name is not valid, which parseTokens
+		// does not let through.
+		a.log.Error("HTTP API: cannot build the compensate request", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
+		unavailable(w, "the compensate request cannot be built; retry later")
+		return
+	}
+	if err := a.comp.write(r.Context(), comp.Request, comp.Audit); err != nil {
+		a.log.Warn("HTTP API: compensate request not stored in Kafka", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
+		unavailable(w, "Kafka did not store the compensate request in time; retry after Retry-After")
+		return
+	}
+	a.log.Info("HTTP API: compensate requested", "saga", s.def.Name(), "id", id, "token", p.name, "reason", req.Reason, "run", comp.Record.Run)
 	writeJSON(w, http.StatusAccepted, accepted{SagaID: id, Type: s.def.Name(), Status: "accepted"})
+}
+
+func notFound(s apiSaga, id string) string {
+	return fmt.Sprintf("saga %s/%s not found: no such saga, or its start request is not handled yet", s.def.Name(), id)
 }
 
 // sagaView is the answer to GET /v1/sagas/{type}/{id}.
@@ -405,19 +599,15 @@ type sagaView struct {
 }
 
 // get handles GET /v1/sagas/{type}/{id}.
-func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	s, id, ok := a.target(w, r)
-	if !ok {
-		return
-	}
+func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string) {
 	st, version, err := a.load(r.Context(), s, id)
 	switch {
 	case err != nil:
 		a.log.Warn("HTTP API: cannot read the Redis view", "saga", s.def.Name(), "id", id, "err", err)
-		unavailable(w, "cannot read the saga's state from Redis: "+err.Error())
+		unavailable(w, msgStoreUnavailable)
 		return
 	case st == nil:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("saga %s/%s not found: no such saga, or its start request is not handled yet", s.def.Name(), id))
+		writeError(w, http.StatusNotFound, notFound(s, id))
 		return
 	}
 	etag := `"` + strconv.FormatInt(version, 10) + `"`
@@ -486,9 +676,9 @@ func (a *api) load(ctx context.Context, s apiSaga, id string) (*orchestrator.Sta
 	return &st, version, nil
 }
 
-// record builds an inbox record as package client does, with the caller's
+// record builds a start request as package client does, with the caller's
 // W3C trace context when the request carries one.
-func (a *api) record(r *http.Request, s apiSaga, id, typ, msgID string, value []byte, reason string) *kgo.Record {
+func (a *api) record(r *http.Request, s apiSaga, id, typ, msgID string, value []byte) *kgo.Record {
 	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	rec := &kgo.Record{
 		Topic: message.Inbox(s.def.Name()), Partition: message.HomePartition(id, s.partitions), Key: []byte(id), Value: value,
@@ -499,17 +689,21 @@ func (a *api) record(r *http.Request, s apiSaga, id, typ, msgID string, value []
 			hdr(message.HeaderMessageID, msgID),
 		},
 	}
-	if reason != "" {
-		rec.Headers = append(rec.Headers, hdr(message.HeaderReason, reason))
-	}
-	// The engine checks the traceparent's shape itself; bound the sizes.
+	rec.Headers = append(rec.Headers, traceHeaders(r)...)
+	return rec
+}
+
+// traceHeaders returns the request's W3C trace context as record headers.
+// The engine checks the traceparent's shape itself; this bounds the sizes.
+func traceHeaders(r *http.Request) []kgo.RecordHeader {
+	var out []kgo.RecordHeader
 	if tp := r.Header.Get("traceparent"); len(tp) == 55 {
-		rec.Headers = append(rec.Headers, hdr(message.HeaderTraceParent, tp))
+		out = append(out, kgo.RecordHeader{Key: message.HeaderTraceParent, Value: []byte(tp)})
 		if ts := r.Header.Get("tracestate"); ts != "" && len(ts) <= 512 {
-			rec.Headers = append(rec.Headers, hdr(message.HeaderTraceState, ts))
+			out = append(out, kgo.RecordHeader{Key: message.HeaderTraceState, Value: []byte(ts)})
 		}
 	}
-	return rec
+	return out
 }
 
 // errNoAck is the error of a produce that Kafka did not acknowledge in time.
@@ -537,4 +731,13 @@ func (a *api) produce(ctx context.Context, rec *kgo.Record) error {
 		// failed safely): answer now; the promise's send does not block.
 		return fmt.Errorf("%w (%v)", errNoAck, a.timeout)
 	}
+}
+
+// quoteShort quotes s for an error message, cut to 64 bytes: a path
+// segment can be long and hostile, and %q escapes control characters.
+func quoteShort(s string) string {
+	if len(s) > 64 {
+		return strconv.Quote(s[:64]) + "…"
+	}
+	return strconv.Quote(s)
 }

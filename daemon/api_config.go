@@ -16,8 +16,11 @@ import (
 type APIConfig struct {
 	// Addr is where the API listens (--api-addr); empty disables it.
 	Addr string
-	// TokenFile holds the bearer tokens the API accepts, one a line
-	// (--api-token-file). The daemon reads it again when it changes. A
+	// TokenFile holds the bearer tokens the API accepts, one a line, each
+	// with a name and scopes (parseTokens describes the format;
+	// --api-token-file). Every line must be a valid token, of at least 32
+	// bytes, when the daemon starts. The daemon reads it again when it
+	// changes, skipping invalid lines then. A
 	// file that does not exist (yet) is no token: every request gets 401
 	// until it appears, so that an optional Kubernetes Secret can be
 	// created after the pods.
@@ -33,6 +36,11 @@ type APIConfig struct {
 	// acknowledge its record (--api-produce-timeout); past it the API
 	// answers 503.
 	ProduceTimeout time.Duration
+	// MaxInFlight bounds the requests served at once
+	// (--api-max-in-flight); past it the API answers 429 with
+	// Retry-After. Each holds at most a few times the body limit (256
+	// KiB) in memory.
+	MaxInFlight int
 }
 
 // Enabled reports whether the API runs (--api-addr is set).
@@ -43,27 +51,34 @@ type apiFlags struct {
 	addr, tokenFile, tlsCert, tlsKey string
 	insecure                         bool
 	produceTimeout                   time.Duration
+	maxInFlight                      int
 }
 
 // defaultProduceTimeout is the default of --api-produce-timeout: long
 // enough for a leader election, short enough for an HTTP caller.
 const defaultProduceTimeout = 5 * time.Second
 
+// defaultMaxInFlight is the default of --api-max-in-flight: at about 1 MiB
+// for a request with a body of the 256 KiB limit (TestAPIBoundedMemory),
+// 64 MiB at most.
+const defaultMaxInFlight = 64
+
 func (v *apiFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&v.addr, "api-addr", "", "`address` of the HTTP API (POST /v1/sagas/{type}/{id} starts a saga, GET reads it); empty disables it")
-	fs.StringVar(&v.tokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line (# starts a comment); read again when it changes")
+	fs.StringVar(&v.tokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line: NAME TOKEN SCOPE... (SCOPE: start|read|compensate|*:TYPE|*), or TOKEN alone (every scope); # starts a comment; read again when it changes")
 	fs.BoolVar(&v.insecure, "api-insecure-no-auth", false, "serve the HTTP API without authentication (instead of --api-token-file): anyone who reaches it can start and compensate sagas")
 	fs.StringVar(&v.tlsCert, "api-tls-cert", "", "PEM `file` of the HTTP API's TLS certificate (with --api-tls-key; read again when it changes); default plain HTTP")
 	fs.StringVar(&v.tlsKey, "api-tls-key", "", "PEM `file` of the HTTP API's TLS key (with --api-tls-cert)")
 	fs.DurationVar(&v.produceTimeout, "api-produce-timeout", defaultProduceTimeout, "how long an HTTP API request waits for Kafka to store its record before answering 503")
+	fs.IntVar(&v.maxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB)")
 }
 
 // config validates the --api-* flags; name names a flag as it was given.
 func (v *apiFlags) config(name func(string) string, set map[string]string) (APIConfig, error) {
 	c := APIConfig{Addr: v.addr, TokenFile: v.tokenFile, InsecureNoAuth: v.insecure,
-		TLSCert: v.tlsCert, TLSKey: v.tlsKey, ProduceTimeout: v.produceTimeout}
+		TLSCert: v.tlsCert, TLSKey: v.tlsKey, ProduceTimeout: v.produceTimeout, MaxInFlight: v.maxInFlight}
 	if c.Addr == "" {
-		for _, f := range []string{"api-token-file", "api-insecure-no-auth", "api-tls-cert", "api-tls-key", "api-produce-timeout"} {
+		for _, f := range []string{"api-token-file", "api-insecure-no-auth", "api-tls-cert", "api-tls-key", "api-produce-timeout", "api-max-in-flight"} {
 			if _, ok := set[f]; ok {
 				return c, fmt.Errorf("%s applies only with --api-addr (the HTTP API is off without it)", name(f))
 			}
@@ -82,6 +97,8 @@ func (v *apiFlags) config(name func(string) string, set map[string]string) (APIC
 		return c, fmt.Errorf("%s and %s go together: set both or neither", name("api-tls-cert"), name("api-tls-key"))
 	case c.ProduceTimeout < 10*time.Millisecond:
 		return c, fmt.Errorf("%s %v is too short: want a duration such as 5s", name("api-produce-timeout"), c.ProduceTimeout)
+	case c.MaxInFlight < 1:
+		return c, fmt.Errorf("%s %d: want 1 or more requests at once (default %d)", name("api-max-in-flight"), c.MaxInFlight, defaultMaxInFlight)
 	}
 	if c.TokenFile != "" {
 		// The file may appear later (an optional Secret), but its
@@ -97,8 +114,20 @@ func (v *apiFlags) config(name func(string) string, set map[string]string) (APIC
 		case fi.IsDir():
 			return c, fmt.Errorf("%s %s is a directory: want the file of the tokens", name("api-token-file"), c.TokenFile)
 		default:
-			if _, err := os.ReadFile(c.TokenFile); err != nil {
+			b, err := os.ReadFile(c.TokenFile)
+			if err != nil {
 				return c, fmt.Errorf("%s: %w", name("api-token-file"), err)
+			}
+			// At start every line must be a token: a short token or a
+			// mistyped scope stops the daemon here, where it is seen,
+			// rather than being skipped (as a reload of the file skips
+			// it, with an error in the log).
+			if _, problems := parseTokens(b); len(problems) > 0 {
+				more := ""
+				if len(problems) > 1 {
+					more = fmt.Sprintf(" (and %d more lines)", len(problems)-1)
+				}
+				return c, fmt.Errorf("%s %s: %v%s", name("api-token-file"), c.TokenFile, problems[0], more)
 			}
 		}
 	}

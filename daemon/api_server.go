@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"reflect"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -16,6 +17,7 @@ import (
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/saga"
+	"github.com/ksaga/ksaga/topic"
 )
 
 // apiMaxBufferedBytes bounds the records the API's Kafka client holds while
@@ -36,7 +38,8 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	if len(defs) == 0 {
 		return nil, errors.New("--api-addr: no saga type is registered, so the HTTP API has nothing to serve")
 	}
-	requests, err := newAPIRequests(env.Registry)
+	inFlight := make(chan struct{}, c.MaxInFlight)
+	requests, err := newAPIMetrics(env.Registry, inFlight)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +60,12 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 		kc.Close()
 		return nil, err
 	}
-	h := &api{sagas: sagas, rdb: env.rdb, kc: kc, timeout: c.ProduceTimeout, log: a.log, requests: requests}
+	// Compensations are written with their audit records in
+	// transactions of their own client: the starts' producer is not
+	// transactional (a transaction would serialize them).
+	comp := newCompensator(env.KafkaOpts(), a.cfg.TransactionalID+".api", c.ProduceTimeout)
+	h := &api{sagas: sagas, rdb: env.rdb, kc: kc, comp: comp, tool: a.o.name + "-api", inFlight: inFlight,
+		backoff: newAuthBackoff(time.Now, a.log), timeout: c.ProduceTimeout, now: time.Now, log: a.log, requests: requests}
 	reloadCtx, stopReload := context.WithCancel(context.Background())
 	var loads []func()
 	if c.TokenFile != "" {
@@ -79,6 +87,7 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 		if err != nil {
 			stopReload()
 			kc.Close()
+			comp.close()
 			return nil, fmt.Errorf("--api-tls-cert %s, --api-tls-key %s: %w", c.TLSCert, c.TLSKey, err)
 		}
 		loads = append(loads, certs.load)
@@ -88,6 +97,7 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	if err != nil {
 		stopReload()
 		kc.Close()
+		comp.close()
 		return nil, fmt.Errorf("cannot listen on --api-addr %s: %w; choose another address, or \"\" to disable the HTTP API", c.Addr, err)
 	}
 	useTLS := srv.TLSConfig != nil
@@ -115,7 +125,7 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	if useTLS {
 		scheme = "https"
 	}
-	a.log.Info("serving the HTTP API", "addr", ln.Addr().String(), "scheme", scheme, "auth", auth)
+	a.log.Info("serving the HTTP API", "addr", ln.Addr().String(), "scheme", scheme, "auth", auth, "max_in_flight", c.MaxInFlight)
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
@@ -126,35 +136,51 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 		<-done
 		<-done
 		kc.Close()
+		comp.close()
 	}, nil
 }
 
-// apiSagas reads the partition count of every saga type's inbox, which the
-// daemon has created or checked by now. A topic created a moment ago may
-// be unknown to the broker's metadata for a moment: it asks again until
-// kafkaPingTimeout.
+// apiSagas reads the partition counts of every saga type's inbox and audit
+// topic, which the daemon has created or checked by now, and the type of
+// its data. A topic created a moment ago may be unknown to the broker's
+// metadata for a moment: it asks again until kafkaPingTimeout.
 func apiSagas(ctx context.Context, cl *kgo.Client, defs []*saga.Definition) (map[string]apiSaga, error) {
 	ctx, cancel := context.WithTimeout(ctx, kafkaPingTimeout)
 	defer cancel()
 	sagas := make(map[string]apiSaga, len(defs))
 	for _, def := range defs {
-		inbox := message.Inbox(def.Name())
-		for {
-			n, err := inboxPartitions(ctx, cl, inbox)
-			if err == nil {
-				sagas[def.Name()] = apiSaga{def: def, partitions: n}
-				break
-			}
-			if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
-				return nil, fmt.Errorf("HTTP API: read the partitions of %s: %w", inbox, err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
+		var parts [2]int32
+		for i, name := range []string{message.Inbox(def.Name()), topic.Audit(def.Name())} {
+			for {
+				n, err := inboxPartitions(ctx, cl, name)
+				if err == nil {
+					parts[i] = n
+					break
+				}
+				if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+					return nil, fmt.Errorf("HTTP API: read the partitions of %s: %w", name, err)
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
 		}
+		sagas[def.Name()] = apiSaga{def: def, partitions: parts[0], auditPartitions: parts[1], data: dataType(def)}
 	}
 	return sagas, nil
+}
+
+// dataType returns the type of def's data (T of saga.New[T]): DecodeStored
+// of null returns a new *T for any T whose decoding accepts null, as
+// encoding/json's own do. nil when it cannot be told (a T that refuses
+// null): the field-name check is then skipped.
+func dataType(def *saga.Definition) reflect.Type {
+	data, err := def.DecodeStored([]byte("null"))
+	if err != nil || data == nil {
+		return nil
+	}
+	return reflect.TypeOf(data)
 }
 
 // inboxPartitions asks the broker for the partition count of topic, with a

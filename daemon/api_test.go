@@ -28,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/client"
 	"github.com/ksaga/ksaga/daemon"
 	"github.com/ksaga/ksaga/internal/kfaketest"
@@ -35,6 +36,7 @@ import (
 	"github.com/ksaga/ksaga/internal/tlstest"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
+	"github.com/ksaga/ksaga/topic"
 )
 
 // parcel is the data of the parcel saga: a local step, then a command to
@@ -193,6 +195,21 @@ func (d *apiDaemon) do(t *testing.T, method, path, token string, body io.Reader,
 	return resp.StatusCode, resp.Header, b
 }
 
+// from returns d with a client whose requests come from the loopback
+// address ip (127.0.0.2, …): the API's backoff after failed
+// authentications counts per client address.
+func (d *apiDaemon) from(ip string) *apiDaemon {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if base, ok := d.client.Transport.(*http.Transport); ok {
+		tr = base.Clone()
+	}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+	tr.DialContext = dialer.DialContext
+	c := *d
+	c.client = &http.Client{Transport: tr, Timeout: d.client.Timeout}
+	return &c
+}
+
 func (d *apiDaemon) get(t *testing.T, path, token string, hdr map[string]string) (int, http.Header, []byte) {
 	t.Helper()
 	return d.do(t, http.MethodGet, path, token, nil, hdr)
@@ -204,7 +221,8 @@ func (d *apiDaemon) post(t *testing.T, path, token, body string) (int, http.Head
 }
 
 // routes returns the method, route and status of every answer the API
-// counted in ksaga_api_requests_total, but the unmatched ones.
+// counted in ksaga_api_requests_total (series at zero left out); the
+// answers to requests that matched no operation are "unmatched <code>".
 func (d *apiDaemon) routes(t *testing.T) []string {
 	t.Helper()
 	resp, err := http.Get("http://" + d.metrics + "/metrics")
@@ -224,7 +242,12 @@ func (d *apiDaemon) routes(t *testing.T) []string {
 		for _, m := range label.FindAllStringSubmatch(line, -1) {
 			labels[m[1]] = m[2]
 		}
-		if labels["route"] != "unmatched" {
+		if strings.HasSuffix(line, "} 0") {
+			continue
+		}
+		if labels["route"] == "unmatched" {
+			out = append(out, "unmatched "+labels["code"])
+		} else {
 			out = append(out, labels["method"]+" "+labels["route"]+" "+labels["code"])
 		}
 	}
@@ -233,12 +256,16 @@ func (d *apiDaemon) routes(t *testing.T) []string {
 }
 
 // documented returns the method, path and status of every response the
-// OpenAPI document lists.
+// OpenAPI document lists, and "unmatched <code>" for each answer its
+// x-ksaga-unmatched lists (to requests that match no operation).
 func documented(t *testing.T, doc []byte) []string {
 	t.Helper()
 	var d struct {
-		OpenAPI string                                `json:"openapi"`
-		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+		OpenAPI   string                                `json:"openapi"`
+		Paths     map[string]map[string]json.RawMessage `json:"paths"`
+		Unmatched struct {
+			Responses map[string]json.RawMessage `json:"responses"`
+		} `json:"x-ksaga-unmatched"`
 	}
 	if err := json.Unmarshal(doc, &d); err != nil {
 		t.Fatalf("the OpenAPI document is not JSON: %v", err)
@@ -263,22 +290,52 @@ func documented(t *testing.T, doc []byte) []string {
 			}
 		}
 	}
+	for code := range d.Unmatched.Responses {
+		out = append(out, "unmatched "+code)
+	}
 	slices.Sort(out)
 	return out
 }
 
 // failAPIProduces makes the broker answer NOT_ENOUGH_REPLICAS to every
-// produce request outside a transaction (the API's; the engine's are
-// transactional) while fail is set.
+// produce request of the API while fail is set: its starts, outside a
+// transaction, and its compensations, in transactions of the id
+// <transactional id>.api (the engine's transactional ids have no dot).
 func failAPIProduces(cluster *kfake.Cluster, fail *atomic.Bool) {
 	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		cluster.KeepControl()
 		pr := req.(*kmsg.ProduceRequest)
-		if !fail.Load() || pr.TransactionID != nil {
+		if !fail.Load() || (pr.TransactionID != nil && !strings.HasSuffix(*pr.TransactionID, ".api")) {
 			return nil, nil, false
 		}
 		return kfaketest.ProduceError(pr, kerr.NotEnoughReplicas.Code), nil, true
 	})
+}
+
+// auditRecords reads the committed audit records of saga.<typ>.audit
+// until there are want of them or the timeout passes.
+func auditRecords(t *testing.T, brokers []string, typ string, want int, timeout time.Duration) []audit.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic.Audit(typ)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []audit.Record
+	for len(out) < want && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			var a audit.Record
+			if err := json.Unmarshal(r.Value, &a); err != nil {
+				t.Errorf("audit record %s: %v", r.Value, err)
+				return
+			}
+			out = append(out, a)
+		})
+	}
+	return out
 }
 
 // history is what a saga type's events and dead letters say per saga id.
@@ -342,9 +399,12 @@ func writeFile(t *testing.T, path, content string) {
 
 // TestAPI drives every status of the HTTP API through a daemon on kfake and
 // a redis-server, checks what each means (a 202 start is one saga whatever
-// the retries, a 409 starts nothing, a 503 comes with Retry-After, the
-// token file is read again when it changes), and finally that the statuses
-// the handlers answered are exactly those the OpenAPI document lists.
+// the retries, a 409 starts nothing, a 503 comes with Retry-After and no
+// internals, a compensation is checked against the view and audited with
+// the token's name, a token does only what its scopes allow, the token
+// file is read again when it changes), and finally that the statuses the
+// handlers and the router answered are exactly those the OpenAPI document
+// lists.
 func TestAPI(t *testing.T) {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
@@ -358,8 +418,12 @@ func TestAPI(t *testing.T) {
 	brokers := cluster.ListenAddrs()
 	rs := redistest.StartServer(t)
 	tokenFile := filepath.Join(t.TempDir(), "tokens")
-	const token, token2 = "t0ken-one_0123456789", "t0ken-two_0123456789"
-	writeFile(t, tokenFile, "# the API's tokens\n\n  "+token+"  \nnot a token\n")
+	const (
+		token       = "t0ken-one_0123456789abcdefghijkl" // the old format, line 3: named line-3
+		token2      = "t0ken-two_0123456789abcdefghijkl"
+		readerToken = "t0ken-reader_0123456789abcdefghi"
+	)
+	writeFile(t, tokenFile, "# the API's tokens\n\n  "+token+"  \nparcel-reader "+readerToken+" read:parcel\n")
 	d := startAPIDaemon(t, brokers, rs.Addr, nil, "--api-token-file", tokenFile, "--api-produce-timeout", "1s")
 
 	wantStatus := func(t *testing.T, what string, code int, body []byte, want int) {
@@ -377,6 +441,16 @@ func TestAPI(t *testing.T) {
 			t.Fatalf("body %q is not {\"error\": ...}", body)
 		}
 		return e.Error
+	}
+	// noInternals fails when an answer names an address, a Redis command
+	// or a Kafka error: those are for the log.
+	noInternals := func(t *testing.T, what string, body []byte) {
+		t.Helper()
+		for _, s := range []string{"127.0.0.1", "dial", "HMGET", "ksaga:{", "NOT_ENOUGH_REPLICAS", "connection refused", rs.Addr} {
+			if strings.Contains(string(body), s) {
+				t.Errorf("%s: body %s names %q", what, body, s)
+			}
+		}
 	}
 	const start = `{"id":"p-1","weight":3}`
 
@@ -396,20 +470,25 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("401", func(t *testing.T) {
-		for _, tc := range []struct {
+		for i, tc := range []struct {
 			name, auth, challenge string
 		}{
 			{"no token", "", `Bearer realm="ksaga"`},
 			{"wrong token", "Bearer nope", `Bearer realm="ksaga", error="invalid_token"`},
 			{"other scheme", "Basic " + token, `Bearer realm="ksaga"`},
 			{"a comment of the file", "Bearer #", `Bearer realm="ksaga", error="invalid_token"`},
-			{"a skipped line of the file", "Bearer not a token", `Bearer realm="ksaga", error="invalid_token"`},
+			{"the name of a token", "Bearer parcel-reader", `Bearer realm="ksaga", error="invalid_token"`},
+			{"a token's prefix", "Bearer " + token[:31], `Bearer realm="ksaga", error="invalid_token"`},
 		} {
+			// Each case from an address of its own: the backoff
+			// after failed authentications counts per address.
+			c := d.from(fmt.Sprintf("127.0.0.%d", 10+i))
 			for _, r := range []struct{ method, path string }{
 				{http.MethodPost, "/v1/sagas/parcel/p-1"}, {http.MethodGet, "/v1/sagas/parcel/p-1"},
 				{http.MethodPost, "/v1/sagas/parcel/p-1/compensate"}, {http.MethodPost, "/v1/sagas/nosuch/p-1"},
 			} {
-				code, hdr, body := d.do(t, r.method, r.path, "", strings.NewReader(start), map[string]string{"Authorization": tc.auth})
+				code, hdr, body := c.do(t, r.method, r.path, "", strings.NewReader(start),
+					map[string]string{"Authorization": tc.auth, "Content-Type": "application/json"})
 				wantStatus(t, tc.name+": "+r.method+" "+r.path, code, body, http.StatusUnauthorized)
 				if got := hdr.Get("WWW-Authenticate"); got != tc.challenge {
 					t.Errorf("%s: WWW-Authenticate %q, want %q", tc.name, got, tc.challenge)
@@ -420,6 +499,118 @@ func TestAPI(t *testing.T) {
 		// Nothing was started.
 		code, _, body := d.get(t, "/v1/sagas/parcel/p-1", token, nil)
 		wantStatus(t, "GET after refused starts", code, body, http.StatusNotFound)
+	})
+
+	t.Run("429 after failed authentications", func(t *testing.T) {
+		c := d.from("127.0.0.30")
+		for i := range 10 {
+			code, _, body := c.get(t, "/v1/sagas/parcel/p-1", "wrong-"+strconv.Itoa(i), nil)
+			wantStatus(t, fmt.Sprintf("failure %d", i+1), code, body, http.StatusUnauthorized)
+		}
+		// The address is backed off on every route, whatever its
+		// token, the valid one included: it cannot learn which is.
+		for _, r := range []struct{ method, path, body string }{
+			{http.MethodGet, "/v1/sagas/parcel/p-1", ""}, {http.MethodPost, "/v1/sagas/parcel/p-1", start},
+			{http.MethodPost, "/v1/sagas/parcel/p-1/compensate", "{}"},
+		} {
+			for _, tok := range []string{"wrong", token} {
+				code, hdr, body := c.do(t, r.method, r.path, tok, strings.NewReader(r.body), map[string]string{"Content-Type": "application/json"})
+				wantStatus(t, r.method+" "+r.path+" after 10 failures", code, body, http.StatusTooManyRequests)
+				if ra, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || ra < 1 || ra > 5 {
+					t.Errorf("Retry-After %q, want 1 to 5 seconds", hdr.Get("Retry-After"))
+				}
+				if msg := errorOf(t, body); !strings.Contains(msg, "missing or invalid bearer token") {
+					t.Errorf("429 error %q", msg)
+				}
+			}
+		}
+		// Another address is not.
+		code, _, body := d.from("127.0.0.31").get(t, "/v1/sagas/parcel/p-1", token, nil)
+		wantStatus(t, "another address", code, body, http.StatusNotFound)
+	})
+
+	t.Run("hostile input", func(t *testing.T) {
+		deep := strings.Repeat("[", 10001) + strings.Repeat("]", 10001)
+		asJSON := map[string]string{"Content-Type": "application/json"}
+		for _, tc := range []struct {
+			name, method, path, body string
+			hdr                      map[string]string
+			want                     int
+			reason                   string
+		}{
+			// Saga ids: idRule, percent-encoded or not.
+			{"NUL in the id", "GET", "/v1/sagas/parcel/a%00b", "", nil, 400, "the saga id has U+0000 (NUL) at byte 1: a saga id is 1 to 128 characters of A-Z, a-z, 0-9 and . _ : @ -, not starting with '.'"},
+			{"CR LF in the id", "POST", "/v1/sagas/parcel/a%0D%0Ab", `{"id":"a","weight":1}`, asJSON, 400, "U+000D (CR) at byte 1"},
+			{"LF in the id", "GET", "/v1/sagas/parcel/a%0Ab", "", nil, 400, "U+000A (LF) at byte 1"},
+			{"ESC in the id", "POST", "/v1/sagas/parcel/a%1B%5B2Jb", `{"id":"a","weight":1}`, asJSON, 400, "U+001B (ESC) at byte 1"},
+			{"U+202E in the id", "POST", "/v1/sagas/parcel/p-%E2%80%AEgnp.exe", `{"id":"a","weight":1}`, asJSON, 400, "U+202E at byte 2"},
+			{"%2F in the id", "GET", "/v1/sagas/parcel/a%2Fb", "", nil, 400, "'/' (%2F) at byte 1"},
+			{"%2f in the id", "POST", "/v1/sagas/parcel/a%2fb/compensate", "", nil, 400, "'/' (%2F) at byte 1"},
+			{"%2E%2E as the id", "GET", "/v1/sagas/parcel/%2E%2E", "", nil, 400, "a leading '.' at byte 0"},
+			{".. as the id", "GET", "/v1/sagas/parcel/..", "", nil, 400, "a leading '.' at byte 0"},
+			{"%252F in the id", "GET", "/v1/sagas/parcel/a%252Fb", "", nil, 400, "'%' at byte 1"},
+			{"a space in the id", "GET", "/v1/sagas/parcel/a%20b", "", nil, 400, "' ' at byte 1"},
+			{"non-ASCII in the id", "GET", "/v1/sagas/parcel/caf%C3%A9", "", nil, 400, "U+00E9 at byte 3"},
+			{"id not UTF-8", "POST", "/v1/sagas/parcel/%FF", start, asJSON, 400, "the byte 0xFF (not UTF-8) at byte 0"},
+			{"id too long", "POST", "/v1/sagas/parcel/" + strings.Repeat("i", 129), start, asJSON, 400, "the saga id is 129 bytes long, the limit is 128"},
+			{"id empty", "GET", "/v1/sagas/parcel/", "", nil, 400, "the saga id is empty"},
+			// Paths the router does not serve: JSON, never a redirect.
+			{"a path with ..", "GET", "/v1/sagas/parcel/a/../b", "", nil, 404, "no such endpoint"},
+			{"a path with //", "GET", "/v1/sagas//p-1", "", nil, 404, `unknown saga type ""`},
+			{"another path", "GET", "/metrics", "", nil, 404, "no such endpoint"},
+			{"a trailing slash", "GET", "/v1/openapi.json/", "", nil, 404, "no such endpoint"},
+			{"another method", "DELETE", "/v1/sagas/parcel/p-1", "", nil, 405, "method DELETE is not allowed on /v1/sagas/{type}/{id}: use GET or POST"},
+			{"GET compensate", "GET", "/v1/sagas/parcel/p-1/compensate", "", nil, 405, "use POST"},
+			{"POST the document", "POST", "/v1/openapi.json", "{}", asJSON, 405, "use GET"},
+			// Bodies: one JSON value, canonical, of the data type's
+			// field names.
+			{"a key twice", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1,"weight":2}`, asJSON, 400, `the body has the key "weight" twice in one object (at offset 23): keys must be unique`},
+			{"a key twice, escaped", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1,"w\u0065ight":2}`, asJSON, 400, `the key "weight" twice`},
+			{"a field name in capitals", "POST", "/v1/sagas/parcel/p-2", `{"ID":"p-2","weight":1}`, asJSON, 400, `the body has the key "ID" where "id" is expected: field names are case-sensitive; write "id"`},
+			{"a field name in mixed case", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","Weight":1}`, asJSON, 400, `the key "Weight" where "weight" is expected`},
+			{"a field name with a Kelvin sign", "POST", "/v1/sagas/parcel/p-2", "{\"id\":\"p-2\",\"weight\":1,\"\u212aey\":1}", asJSON, 400, `json: unknown field`},
+			{"a compensate field in capitals", "POST", "/v1/sagas/parcel/p-1/compensate", `{"REASON":"x"}`, asJSON, 400, `the key "REASON" where "reason" is expected`},
+			{"body not UTF-8", "POST", "/v1/sagas/parcel/p-2", "{\"id\":\"p-2\xff\",\"weight\":1}", asJSON, 400, "the body is not one JSON value: invalid UTF-8 in a string at offset 10"},
+			{"a key not UTF-8", "POST", "/v1/sagas/parcel/p-2", "{\"id\xc3\":\"p-2\",\"weight\":1}", asJSON, 400, "invalid UTF-8"},
+			{"lone surrogate", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2\ud800","weight":1}`, asJSON, 400, `lone UTF-16 surrogate \ud800`},
+			{"nested 10001 deep", "POST", "/v1/sagas/parcel/p-2", deep, asJSON, 400, "the body is not one JSON value"},
+			{"a reason with a newline", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"ok\nby: root"}`, asJSON, 400, "the reason has U+000A (LF) at byte 2"},
+			{"a reason with ESC", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"\u001b[2J"}`, asJSON, 400, "U+001B (ESC)"},
+			{"a reason too long", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"` + strings.Repeat("r", 1025) + `"}`, asJSON, 400, "the reason is 1025 bytes long, the limit is 1024"},
+			// Media types: a cross-site form cannot post JSON.
+			{"a form post", "POST", "/v1/sagas/parcel/p-2", `id=p-2&weight=1`, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415, `Content-Type "application/x-www-form-urlencoded" is not application/json`},
+			{"a text/plain post", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, map[string]string{"Content-Type": "text/plain"}, 415, "is not application/json"},
+			{"a multipart post", "POST", "/v1/sagas/parcel/p-2/compensate", "--x\r\n\r\n--x--", map[string]string{"Content-Type": "multipart/form-data; boundary=x"}, 415, "is not application/json"},
+			{"no Content-Type", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, nil, 415, "no Content-Type"},
+			{"another charset", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, map[string]string{"Content-Type": "application/json; charset=latin1"}, 415, `charset "latin1": the body must be UTF-8`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var body io.Reader
+				if tc.body != "" {
+					body = strings.NewReader(tc.body)
+				}
+				code, hdr, got := d.do(t, tc.method, tc.path, token, body, tc.hdr)
+				wantStatus(t, tc.name, code, got, tc.want)
+				if ct := hdr.Get("Content-Type"); ct != "application/json" {
+					t.Errorf("Content-Type %q, want application/json", ct)
+				}
+				if msg := errorOf(t, got); !strings.Contains(msg, tc.reason) {
+					t.Errorf("error %q, want it to contain %q", msg, tc.reason)
+				}
+				if tc.want == 405 && hdr.Get("Allow") == "" {
+					t.Error("405 without Allow")
+				}
+			})
+		}
+		// None of them started a saga.
+		for _, id := range []string{"p-2", "a"} {
+			code, _, body := d.get(t, "/v1/sagas/parcel/"+id, token, nil)
+			wantStatus(t, "GET "+id+" after the hostile requests", code, body, http.StatusNotFound)
+		}
+		// A charset of utf-8 is fine.
+		code, _, body := d.do(t, http.MethodPost, "/v1/sagas/note/n-utf8", token, strings.NewReader(`{"id":"n-utf8"}`),
+			map[string]string{"Content-Type": "application/json; charset=UTF-8"})
+		wantStatus(t, "charset=UTF-8", code, body, http.StatusAccepted)
 	})
 
 	t.Run("400 404 413", func(t *testing.T) {
@@ -433,18 +624,13 @@ func TestAPI(t *testing.T) {
 			{"unknown type, compensate", "POST", "/v1/sagas/nosuch/p-1/compensate", "", 404, `unknown saga type "nosuch"`},
 			{"unknown type, get", "GET", "/v1/sagas/nosuch/p-1", "", 404, `unknown saga type "nosuch"`},
 			{"unknown saga", "GET", "/v1/sagas/parcel/nobody", "", 404, "saga parcel/nobody not found"},
+			{"compensate an unknown saga", "POST", "/v1/sagas/parcel/nobody/compensate", `{"reason":"r"}`, 404, "saga parcel/nobody not found: no such saga, or its start request is not handled yet"},
 			{"not JSON", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2",`, 400, "the body is not one JSON value"},
 			{"two JSON values", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1} {}`, 400, "data after the JSON value"},
-			{"a key twice", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1,"weight":2}`, 400, `the body has the key "weight" twice in one object (at offset 23): keys must be unique`},
-			{"body not UTF-8", "POST", "/v1/sagas/parcel/p-2", "{\"id\":\"p-2\xff\",\"weight\":1}", 400, "the body is not one JSON value: invalid UTF-8 in a string at offset 10"},
-			{"lone surrogate", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2\ud800","weight":1}`, 400, `lone UTF-16 surrogate \ud800`},
 			{"empty body", "POST", "/v1/sagas/parcel/p-2", ``, 400, "the body is not one JSON value"},
 			{"unknown field", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1,"colour":"red"}`, 400, `json: unknown field "colour"`},
 			{"wrong type", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":"heavy"}`, 400, "invalid saga data: parcel"},
 			{"Validate fails", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":0}`, 400, "weight must be positive"},
-			{"id not UTF-8", "POST", "/v1/sagas/parcel/%FF", start, 400, "not valid UTF-8"},
-			{"id not UTF-8, get", "GET", "/v1/sagas/parcel/%FF", "", 400, "not valid UTF-8"},
-			{"id too long", "POST", "/v1/sagas/parcel/" + strings.Repeat("i", 1025), start, 400, "the limit is 1024"},
 			{"compensate body not JSON", "POST", "/v1/sagas/parcel/p-1/compensate", `reason`, 400, `the body is not {"reason": "..."}`},
 			{"compensate unknown field", "POST", "/v1/sagas/parcel/p-1/compensate", `{"why":"x"}`, 400, `unknown field "why"`},
 			{"start too large", "POST", "/v1/sagas/parcel/p-big", huge, 413, "larger than 262144 bytes"},
@@ -454,15 +640,37 @@ func TestAPI(t *testing.T) {
 			if tc.body != "" || tc.method == "POST" {
 				body = strings.NewReader(tc.body)
 			}
-			code, _, got := d.do(t, tc.method, tc.path, token, body, nil)
+			code, _, got := d.do(t, tc.method, tc.path, token, body, map[string]string{"Content-Type": "application/json"})
 			wantStatus(t, tc.name, code, got, tc.want)
 			if msg := errorOf(t, got); !strings.Contains(msg, tc.reason) {
 				t.Errorf("%s: error %q, want it to contain %q", tc.name, msg, tc.reason)
 			}
 		}
 		// Without Content-Length, the limit applies while reading.
-		code, _, got := d.do(t, "POST", "/v1/sagas/parcel/p-big", token, io.MultiReader(strings.NewReader(huge)), nil)
+		code, _, got := d.do(t, "POST", "/v1/sagas/parcel/p-big", token, io.MultiReader(strings.NewReader(huge)), map[string]string{"Content-Type": "application/json"})
 		wantStatus(t, "chunked start too large", code, got, 413)
+	})
+
+	t.Run("403", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, method, path, body, reason string
+		}{
+			{"start", "POST", "/v1/sagas/parcel/p-9", `{"id":"p-9","weight":1}`, "token parcel-reader may not start sagas of type parcel: its scopes in the token file do not include start:parcel"},
+			{"compensate", "POST", "/v1/sagas/parcel/p-1/compensate", `{}`, "may not compensate sagas of type parcel"},
+			{"read another type", "GET", "/v1/sagas/note/n-1", "", "may not read sagas of type note"},
+		} {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			code, _, got := d.do(t, tc.method, tc.path, readerToken, body, map[string]string{"Content-Type": "application/json"})
+			wantStatus(t, tc.name, code, got, http.StatusForbidden)
+			if msg := errorOf(t, got); msg != tc.reason && !strings.Contains(msg, tc.reason) {
+				t.Errorf("%s: error %q, want it to contain %q", tc.name, msg, tc.reason)
+			}
+		}
+		code, _, got := d.get(t, "/v1/sagas/parcel/p-9", readerToken, nil)
+		wantStatus(t, "read:parcel reads parcel sagas", code, got, http.StatusNotFound)
 	})
 
 	t.Run("start is idempotent", func(t *testing.T) {
@@ -567,12 +775,17 @@ func TestAPI(t *testing.T) {
 		}
 		code, _, body = d.get(t, "/v1/sagas/parcel/p-1", token, map[string]string{"If-None-Match": `"0"`})
 		wantStatus(t, "If-None-Match of another version", code, body, http.StatusOK)
+		// The reader token reads.
+		code, _, body = d.get(t, "/v1/sagas/parcel/p-1", readerToken, nil)
+		wantStatus(t, "get with read:parcel", code, body, http.StatusOK)
 	})
 
 	t.Run("compensate", func(t *testing.T) {
 		_, hdr, _ := d.get(t, "/v1/sagas/parcel/p-1", token, nil)
 		etag := hdr.Get("ETag")
-		code, _, body := d.post(t, "/v1/sagas/parcel/p-1/compensate", token, `{"reason":"customer cancelled"}`)
+		tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+		code, _, body := d.do(t, http.MethodPost, "/v1/sagas/parcel/p-1/compensate", token, strings.NewReader(`{"reason":"customer cancelled"}`),
+			map[string]string{"Content-Type": "application/json", "traceparent": tp})
 		wantStatus(t, "compensate", code, body, http.StatusAccepted)
 		v := waitStatus(t, d, token, "p-1", "compensated")
 		if !strings.Contains(v, "customer cancelled") {
@@ -580,9 +793,28 @@ func TestAPI(t *testing.T) {
 		}
 		code, _, body = d.get(t, "/v1/sagas/parcel/p-1", token, map[string]string{"If-None-Match": etag})
 		wantStatus(t, "If-None-Match of the running saga's version", code, body, http.StatusOK)
-		// No body at all is a compensate request without a reason.
+		// Audited, in the request's transaction, by the token's name:
+		// the token of line 3 in the one-token-a-line format.
+		audits := auditRecords(t, brokers, "parcel", 1, 30*time.Second)
+		if len(audits) != 1 {
+			t.Fatalf("audit records: got %d, want 1", len(audits))
+		}
+		a := audits[0]
+		if a.Action != message.AuditCompensate || a.SagaType != "parcel" || a.SagaID != "p-1" || a.By != "line-3" ||
+			a.Note != "customer cancelled" || a.Tool != "apid-api" || a.Inbox != "saga.parcel.inbox" || a.Partition == nil ||
+			*a.Partition != message.HomePartition("p-1", 3) || a.Run == "" {
+			t.Errorf("audit record %+v: want a saga-compensate of parcel/p-1 by line-3, tool apid-api, note customer cancelled", a)
+		}
+		// Now that it has ended: 409 up front, with or without a body,
+		// and nothing more is written.
 		code, _, body = d.do(t, http.MethodPost, "/v1/sagas/parcel/p-1/compensate", token, nil, nil)
-		wantStatus(t, "compensate without a body", code, body, http.StatusAccepted)
+		wantStatus(t, "compensate without a body, of an ended saga", code, body, http.StatusConflict)
+		if msg := errorOf(t, body); msg != "saga parcel/p-1 has ended (compensated): there is nothing to compensate" {
+			t.Errorf("409 error %q", msg)
+		}
+		if n := len(auditRecords(t, brokers, "parcel", 2, 2*time.Second)); n != 1 {
+			t.Errorf("audit records after a refused compensate: %d, want 1", n)
+		}
 	})
 
 	t.Run("503", func(t *testing.T) {
@@ -597,13 +829,18 @@ func TestAPI(t *testing.T) {
 		if took := time.Since(began); took > 3*time.Second {
 			t.Errorf("the 503 took %v, want about --api-produce-timeout (1s)", took)
 		}
+		noInternals(t, "start while Kafka refuses", body)
+		if msg := errorOf(t, body); msg != "Kafka did not store the start request in time; retry with the same body after Retry-After" {
+			t.Errorf("503 error %q", msg)
+		}
 		failProduce.Store(true)
-		code, hdr, body = d.post(t, "/v1/sagas/parcel/p-1/compensate", token, ``)
+		code, hdr, body = d.post(t, "/v1/sagas/parcel/p-4/compensate", token, ``)
 		failProduce.Store(false)
 		wantStatus(t, "compensate while Kafka refuses", code, body, http.StatusServiceUnavailable)
 		if hdr.Get("Retry-After") == "" {
 			t.Error("no Retry-After")
 		}
+		noInternals(t, "compensate while Kafka refuses", body)
 		// The client retries after Retry-After (kgo may still be backing
 		// off from the refusals for a moment): one saga.
 		for try := 1; ; try++ {
@@ -615,26 +852,43 @@ func TestAPI(t *testing.T) {
 		}
 		wantStatus(t, "start retried", code, body, http.StatusAccepted)
 		waitStatus(t, d, token, "p-3", "running")
+		// The refused compensation was not written: p-4 runs on.
+		waitStatus(t, d, token, "p-4", "running")
+		if n := len(auditRecords(t, brokers, "parcel", 2, 2*time.Second)); n != 1 {
+			t.Errorf("audit records after a compensation Kafka refused: %d, want 1", n)
+		}
 	})
 
 	t.Run("token file reloaded", func(t *testing.T) {
-		writeFile(t, tokenFile, token2+"\n")
-		waitFor(t, "the new token to be accepted", func() bool {
-			code, _, _ := d.get(t, "/v1/sagas/parcel/p-1", token2, nil)
+		// Each wait from an address of its own, polling every 200ms:
+		// its polls fail until the file is read again (within a
+		// second), and ten failures back an address off.
+		c := d.from("127.0.0.40")
+		writeFile(t, tokenFile, token2+"\nshort\n")
+		waitForEvery(t, "the new token to be accepted", 200*time.Millisecond, func() bool {
+			code, _, _ := c.get(t, "/v1/sagas/parcel/p-1", token2, nil)
 			return code == http.StatusOK
 		})
-		code, _, body := d.get(t, "/v1/sagas/parcel/p-1", token, nil)
+		code, _, body := c.get(t, "/v1/sagas/parcel/p-1", token, nil)
 		wantStatus(t, "the removed token", code, body, http.StatusUnauthorized)
+		if !strings.Contains(d.stderr.String(), `"msg":"HTTP API token file: line skipped: the token is 5 bytes long, shorter than the minimum of 32`) {
+			t.Error("the short token of the reloaded file is not logged as skipped")
+		}
+		if strings.Contains(d.stderr.String(), token2) {
+			t.Error("the log holds a token")
+		}
 		if err := os.Remove(tokenFile); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "a deleted token file to revoke every token", func() bool {
-			code, _, _ := d.get(t, "/v1/sagas/parcel/p-1", token2, nil)
+		c = d.from("127.0.0.41")
+		waitForEvery(t, "a deleted token file to revoke every token", 200*time.Millisecond, func() bool {
+			code, _, _ := c.get(t, "/v1/sagas/parcel/p-1", token2, nil)
 			return code == http.StatusUnauthorized
 		})
+		c = d.from("127.0.0.42")
 		writeFile(t, tokenFile, token+"\n"+token2+"\n")
-		waitFor(t, "the restored tokens", func() bool {
-			code, _, _ := d.get(t, "/v1/sagas/parcel/p-1", token, nil)
+		waitForEvery(t, "the restored tokens", 200*time.Millisecond, func() bool {
+			code, _, _ := c.get(t, "/v1/sagas/parcel/p-1", token, nil)
 			return code == http.StatusOK
 		})
 	})
@@ -642,7 +896,8 @@ func TestAPI(t *testing.T) {
 	// p-1 was started three times and asked for a conflicting start once,
 	// p-4 started through the API and again with package client: one
 	// SagaStarted each, one terminal event for p-1, and nothing
-	// dead-lettered.
+	// dead-lettered (neither the compensate requests for an unknown or an
+	// ended saga, refused up front).
 	h := readHistory(t, brokers, "parcel", 30*time.Second, func(h history) bool {
 		return h.terminal["p-1"] > 0 && h.started["p-3"] > 0 && h.started["p-4"] > 0
 	})
@@ -661,17 +916,26 @@ func TestAPI(t *testing.T) {
 		if hdr.Get("Retry-After") == "" {
 			t.Error("no Retry-After")
 		}
+		if msg := errorOf(t, body); msg != "the saga store is unavailable; retry later" {
+			t.Errorf("503 error %q", msg)
+		}
+		noInternals(t, "get without Redis", body)
+		// A compensate request needs the view: 503, nothing produced.
+		code, _, body = d.post(t, "/v1/sagas/parcel/p-4/compensate", token, `{"reason":"r"}`)
+		wantStatus(t, "compensate without Redis", code, body, http.StatusServiceUnavailable)
+		noInternals(t, "compensate without Redis", body)
 		// A start does not need the view: the engine dedupes.
 		code, _, body = d.post(t, "/v1/sagas/note/n-1", token, `{"id":"n-1"}`)
 		wantStatus(t, "start without Redis", code, body, http.StatusAccepted)
 	})
 
-	// The contract: what the handlers answered is what the document says.
+	// The contract: what the handlers and the router answered is what
+	// the document says.
 	_, _, doc := d.get(t, "/v1/openapi.json", "", nil)
 	got, want := d.routes(t), documented(t, doc)
 	for _, r := range got {
 		if !slices.Contains(want, r) {
-			t.Errorf("the handlers answered %s, which daemon/openapi.json does not document", r)
+			t.Errorf("the API answered %s, which daemon/openapi.json does not document", r)
 		}
 	}
 	for _, r := range want {
@@ -697,17 +961,25 @@ func waitStatus(t *testing.T, d *apiDaemon, token, id, status string) string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	waitForEvery(t, what, 50*time.Millisecond, cond)
+}
+
+// waitForEvery waits until cond holds, asking every interval, for at most
+// 30 seconds.
+func waitForEvery(t *testing.T, what string, interval time.Duration, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
 // TestAPITLS serves the API over TLS: a client that trusts the CA gets its
-// answers, a plain-HTTP one does not.
+// answers, a plain-HTTP one does not. It runs without authentication, and
+// checks that a cross-site form post cannot start a saga then either.
 func TestAPITLS(t *testing.T) {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
@@ -726,6 +998,18 @@ func TestAPITLS(t *testing.T) {
 	if code != http.StatusAccepted {
 		t.Fatalf("start over TLS: %d %s, want 202", code, body)
 	}
+	// Without authentication, what a web page's form can send (no CORS
+	// preflight: form-urlencoded, multipart or text/plain) starts
+	// nothing.
+	for _, ct := range []string{"application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=b"} {
+		code, _, body := d.do(t, http.MethodPost, "/v1/sagas/note/n-form", "", strings.NewReader(`{"id":"n-form"}`), map[string]string{"Content-Type": ct})
+		if code != http.StatusUnsupportedMediaType {
+			t.Errorf("a cross-site form post (%s): %d %s, want 415", ct, code, body)
+		}
+	}
+	if code, _, body := d.get(t, "/v1/sagas/note/n-form", "", nil); code != http.StatusNotFound {
+		t.Errorf("the saga of the form posts: %d %s, want 404", code, body)
+	}
 	plain := &http.Client{Timeout: 5 * time.Second}
 	resp, err := plain.Get(strings.Replace(d.base, "https://", "http://", 1) + "/v1/openapi.json")
 	if err == nil {
@@ -738,10 +1022,12 @@ func TestAPITLS(t *testing.T) {
 
 // TestAPIKafkaOutage is the outage of issue 11: 1,000 starts from
 // concurrent clients while Kafka (kfake, persisting in a data directory)
-// is closed for 10 seconds and reopened on its data. Every answer is 202 or
-// 503; every 202 becomes exactly one saga; clients that retry their 503s
-// lose nothing: each of the 1,000 ids has one SagaStarted and one terminal
-// event, and nothing is dead-lettered.
+// is closed for 10 seconds and reopened on its data. Every answer is 202,
+// 503 or 429 (more requests wait for Kafka at once than the API's
+// --api-max-in-flight, 64, admits); every 202 becomes exactly one saga;
+// clients that retry their 503s and 429s after Retry-After lose nothing:
+// each of the 1,000 ids has one SagaStarted and one terminal event, and
+// nothing is dead-lettered.
 func TestAPIKafkaOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 10-second Kafka outage")
@@ -847,11 +1133,11 @@ func TestAPIKafkaOutage(t *testing.T) {
 				switch {
 				case code == http.StatusAccepted:
 					return
-				case code != http.StatusServiceUnavailable:
+				case code != http.StatusServiceUnavailable && code != http.StatusTooManyRequests:
 					r.err = fmt.Sprintf("try %d: %d %s", r.tries, code, resp)
 					return
 				case time.Now().After(deadline):
-					r.err = "still 503 after two minutes"
+					r.err = fmt.Sprintf("still %d after two minutes", code)
 					return
 				}
 				wait, _ := strconv.Atoi(hdr.Get("Retry-After"))
@@ -888,11 +1174,11 @@ func TestAPIKafkaOutage(t *testing.T) {
 	}
 	sort.Ints(codes)
 	for _, c := range codes {
-		if c != http.StatusAccepted && c != http.StatusServiceUnavailable {
-			t.Errorf("%d first tries answered %d, want only 202 and 503", firsts[c], c)
+		if c != http.StatusAccepted && c != http.StatusServiceUnavailable && c != http.StatusTooManyRequests {
+			t.Errorf("%d first tries answered %d, want only 202, 503 and 429", firsts[c], c)
 		}
 	}
-	t.Logf("first tries: %d × 202, %d × 503 (of %d); %d requests in all", firsts[202], firsts[503], n, tries)
+	t.Logf("first tries: %d × 202, %d × 503, %d × 429 (of %d); %d requests in all", firsts[202], firsts[503], firsts[429], n, tries)
 
 	h := readHistory(t, brokers, "note", 2*time.Minute, func(h history) bool { return len(h.terminal) == n })
 	missing, dup := 0, 0
