@@ -164,35 +164,46 @@ func (m *machine) groupProgress(ctx context.Context, out *outcome) error {
 	if st.Waiting != "" {
 		return nil // members in flight
 	}
+	if !slices.ContainsFunc(st.Group, func(mem Member) bool { return mem.Outcome != memberSuccess }) {
+		st.Group = nil
+		return m.advance(ctx, out, st.Step+1)
+	}
+	return m.compensateGroup(ctx, out, st.Reason)
+}
+
+// compensateGroup compensates a saga whose parallel group failed or that is
+// asked to compensate (a Compensate message, a record whose attempts ran
+// out) while the group is in flight. A member still in flight has an
+// unknown outcome: it fails with reason (a StepFailed, so that its
+// compensation follows its failure in the history). The members that
+// succeeded or whose outcome is unknown are undone, last first, then the
+// steps before the group; a member that failed is not: it had no effect.
+func (m *machine) compensateGroup(ctx context.Context, out *outcome, reason string) error {
+	st := out.state
 	members := st.Group
 	st.Group = nil
 	failed := -1
 	var undo []int
-	for _, mem := range members {
-		switch mem.Outcome {
-		case memberSuccess, memberUnknown:
-			if m.steps[mem.Step].Undoable {
-				undo = append(undo, mem.Step)
-			}
+	for k := range members {
+		mem := &members[k]
+		if mem.Outcome == "" {
+			mem.Outcome = memberUnknown
+			m.event(out, message.EventStepFailed, m.steps[mem.Step].Name, reason)
+		}
+		if mem.Outcome != memberFailure && m.steps[mem.Step].Undoable {
+			undo = append(undo, mem.Step)
 		}
 		if mem.Outcome != memberSuccess && failed < 0 {
 			failed = mem.Step
 		}
 	}
-	if failed < 0 {
-		return m.advance(ctx, out, st.Step+1)
-	}
-	// The members to undo, last first, then the steps before the group
-	// (the plan of a failure at the group's first step).
 	slices.Reverse(undo)
 	first := members[0].Step
 	for first > 0 && m.steps[first-1].Group != "" && m.steps[first-1].Group == m.steps[first].Group {
 		first--
 	}
-	reason := st.Reason
-	st.Status, st.Step, st.Reason = message.StatusCompensating, failed, reason
-	before := m.plan(ctx, out, first, compensation.NotApplied)
-	st.Plan = append(undo, before...)
+	st.Status, st.Step, st.Reason, st.Waiting, st.Attempt, st.Deadline = message.StatusCompensating, failed, reason, "", 0, 0
+	st.Plan = append(undo, m.plan(ctx, out, first, compensation.NotApplied)...)
 	m.event(out, message.EventCompensationStarted, "", reason)
 	return m.nextUndo(ctx, out)
 }

@@ -499,6 +499,9 @@ func (m *machine) compensate(ctx context.Context, st *State, data any, in *input
 	if in.reason != "" {
 		reason += ": " + in.reason
 	}
+	if len(st.Group) > 0 && st.Status == message.StatusRunning {
+		return out, m.compensateGroup(ctx, out, reason)
+	}
 	m.event(out, message.EventStepFailed, m.steps[st.Step].Name, reason)
 	return out, m.startCompensation(ctx, out, st.Step, compensation.OutcomeUnknown, reason)
 }
@@ -560,6 +563,11 @@ func (m *machine) resume(ctx context.Context, st *State, data any, in *input) (*
 // succeeded first.
 func (m *machine) abort(ctx context.Context, st *State, data any, in *input, reason string, failed int) (*outcome, error) {
 	out := m.next(st, data)
+	if len(st.Group) > 0 {
+		// A record of a member (its reply's OnReply, its re-send) ran
+		// out of attempts: the group cannot complete.
+		return out, m.compensateGroup(ctx, out, reason)
+	}
 	if failed < st.Step || failed >= len(m.steps) {
 		failed = st.Step
 	}

@@ -39,7 +39,7 @@ func TestParallelGroup(t *testing.T) {
 	}
 	def := saga.New(order.Name,
 		saga.Step[order.Order]{Name: "stock", Group: "reserve", Do: to("inventory", "Reserve"), Undo: to("inventory", "Release"),
-			Deadline: 3 * time.Second, Retry: retry.Policy{MaxAttempts: 1}},
+			Deadline: 8 * time.Second, Retry: retry.Policy{MaxAttempts: 1}},
 		saga.Step[order.Order]{Name: "pay", Group: "reserve", Do: to("payment", "Authorize"), Undo: to("payment", "Cancel")},
 		saga.Step[order.Order]{Name: "note", Local: func(context.Context, *order.Order) error { return nil }},
 	)
@@ -55,15 +55,18 @@ func TestParallelGroup(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	for _, id := range []string{"g-ok", "g-fail", "g-silent"} {
+	ids := []string{"g-ok", "g-fail", "g-silent", "g-comp"}
+	for _, id := range ids {
 		e.start(newOrder(id))
 	}
-	for _, id := range []string{"g-ok", "g-fail", "g-silent"} {
+	for _, id := range ids {
 		waitCommand("inventory", id+"/stock/do")
 		waitCommand("payment", id+"/pay/do")
 	}
 	// g-ok: both succeed. g-fail: pay fails while stock is in flight, then
-	// stock succeeds. g-silent: pay fails, stock never answers.
+	// stock succeeds. g-silent: pay fails, stock never answers. g-comp: pay
+	// succeeds, then an operator compensates while stock is in flight.
+	e.produce(replyRecord("g-comp", "g-comp/pay/do"), compensateRecord("g-comp"))
 	e.produce(replyRecord("g-ok", "g-ok/pay/do"), replyRecord("g-ok", "g-ok/stock/do"),
 		failureReply("g-fail", "g-fail/pay/do", "PAYMENT_DECLINED"), failureReply("g-silent", "g-silent/pay/do", "PAYMENT_DECLINED"))
 	time.Sleep(300 * time.Millisecond)
@@ -73,10 +76,13 @@ func TestParallelGroup(t *testing.T) {
 	e.produce(replyRecord("g-fail", "g-fail/stock/do"))
 	waitCommand("inventory", "g-fail/stock/undo")
 	waitCommand("inventory", "g-silent/stock/undo")
-	e.produce(replyRecord("g-fail", "g-fail/stock/undo"), replyRecord("g-silent", "g-silent/stock/undo"))
+	waitCommand("payment", "g-comp/pay/undo")
+	e.produce(replyRecord("g-comp", "g-comp/pay/undo"))
+	waitCommand("inventory", "g-comp/stock/undo")
+	e.produce(replyRecord("g-fail", "g-fail/stock/undo"), replyRecord("g-silent", "g-silent/stock/undo"), replyRecord("g-comp", "g-comp/stock/undo"))
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		evs := e.events()
-		if terminal(evs["g-ok"]) != "" && terminal(evs["g-fail"]) != "" && terminal(evs["g-silent"]) != "" {
+		if terminal(evs["g-ok"]) != "" && terminal(evs["g-fail"]) != "" && terminal(evs["g-silent"]) != "" && terminal(evs["g-comp"]) != "" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -92,6 +98,8 @@ func TestParallelGroup(t *testing.T) {
 			"StepCompensated stock", "SagaCompensated "},
 		"g-silent": {"SagaStarted ", "StepFailed pay", "StepFailed stock", "CompensationStarted ",
 			"StepCompensated stock", "SagaCompensated "},
+		"g-comp": {"SagaStarted ", "StepSucceeded pay", "StepFailed stock", "CompensationStarted ",
+			"StepCompensated pay", "StepCompensated stock", "SagaCompensated "},
 	}
 	for id, w := range want {
 		if got := history(evs[id]); !equalStrings(got, w) {
