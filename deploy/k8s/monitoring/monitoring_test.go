@@ -213,11 +213,11 @@ func queried(t *testing.T) map[string][]string {
 }
 
 // TestScrape starts sagad (the embedded demo, kept serving, relaying its
-// Redis outbox) with --metrics-addr on a free port, scrapes /metrics once the demo's orders
-// went through, and fails when an alert or a dashboard query names a
-// metric that sagad does not export, or promtool check metrics finds
-// fault with the exposition. KSAGA_SAGAD_BIN names a sagad binary to test
-// instead of building ./cmd/sagad.
+// Redis outbox, serving the HTTP API) with --metrics-addr on a free port,
+// scrapes /metrics once the demo's orders went through, and fails when an
+// alert or a dashboard query names a metric that sagad does not export, or
+// promtool check metrics finds fault with the exposition. KSAGA_SAGAD_BIN
+// names a sagad binary to test instead of building ./cmd/sagad.
 func TestScrape(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs sagad")
@@ -226,9 +226,11 @@ func TestScrape(t *testing.T) {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	// --outbox-relay: the outbox metrics exist only where a relay runs.
+	// --outbox-relay: the outbox metrics exist only where a relay runs;
+	// --api-addr: the HTTP API's, only where the API runs.
 	cmd := exec.CommandContext(ctx, bin, "--serve", "--demo-orders", "50", "--metrics-addr", addr,
-		"--data-dir", t.TempDir(), "--log-format", "json", "--outbox-relay", "redis")
+		"--data-dir", t.TempDir(), "--log-format", "json", "--outbox-relay", "redis",
+		"--api-addr", freeAddr(t), "--api-insecure-no-auth")
 	// A tracing endpoint nobody listens on: tracing is on, and its exports,
 	// tried every 100ms, fail; sagad runs on and logs that as JSON too.
 	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:1", "OTEL_BSP_SCHEDULE_DELAY=100")
