@@ -42,7 +42,8 @@ import (
 // dlq redrive writes one per transaction, in that transaction, all with the
 // run's id; a compensate writes one with its Compensate message.
 type Record struct {
-	// Action is message.AuditRedrive or message.AuditCompensate.
+	// Action is message.AuditRedrive, message.AuditCompensate or
+	// message.AuditResume.
 	Action   string `json:"action"`
 	SagaType string `json:"saga_type"`
 	// Run identifies the run (NewRun): the records of one redrive share
@@ -165,6 +166,10 @@ type Compensate struct {
 	// Headers are added to the Compensate message (a W3C traceparent and
 	// tracestate).
 	Headers []kgo.RecordHeader
+	// Resume makes the request a Resume message for a parked saga
+	// (saga.Step.Park), audited as message.AuditResume, instead of a
+	// Compensate.
+	Resume bool
 }
 
 // Compensation is a Compensate message and its audit record: write both in
@@ -195,20 +200,24 @@ func NewCompensation(c Compensate) (*Compensation, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	home := message.HomePartition(c.SagaID, c.InboxPartitions)
+	typ, prefix, action := message.TypeCompensate, "compensate-", message.AuditCompensate
+	if c.Resume {
+		typ, prefix, action = message.TypeResume, "resume-", message.AuditResume
+	}
 	req := &kgo.Record{
 		Topic: message.Inbox(c.SagaType), Partition: home, Key: []byte(c.SagaID),
 		Headers: []kgo.RecordHeader{
 			header(message.HeaderSagaID, c.SagaID),
 			header(message.HeaderSagaType, c.SagaType),
-			header(message.HeaderMessageType, message.TypeCompensate),
-			header(message.HeaderMessageID, "compensate-"+c.SagaID+"-"+hex.EncodeToString(b[:])),
+			header(message.HeaderMessageType, typ),
+			header(message.HeaderMessageID, prefix+c.SagaID+"-"+hex.EncodeToString(b[:])),
 		},
 	}
 	if c.Note != "" {
 		req.Headers = append(req.Headers, header(message.HeaderReason, c.Note))
 	}
 	req.Headers = append(req.Headers, c.Headers...)
-	r := New(message.AuditCompensate, c.SagaType, NewRun(c.At), c.By, c.Note, c.Tool, c.At)
+	r := New(action, c.SagaType, NewRun(c.At), c.By, c.Note, c.Tool, c.At)
 	r.SagaID, r.Inbox, r.Partition = c.SagaID, message.Inbox(c.SagaType), &home
 	a, err := r.KafkaRecord(c.SagaID, c.AuditPartitions)
 	if err != nil {

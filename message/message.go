@@ -157,6 +157,8 @@ const (
 	AuditRedrive = "dlq-redrive"
 	// AuditCompensate: saga compensate sent a Compensate message.
 	AuditCompensate = "saga-compensate"
+	// AuditResume: saga resume sent a Resume message to a parked saga.
+	AuditResume = "saga-resume"
 )
 
 // HeaderForwardedFrom is set by the engine on an inbox record it moved to

@@ -27,10 +27,11 @@ const (
 	cmdSagaGet        = "saga get"
 	cmdSagaList       = "saga list"
 	cmdSagaCompensate = "saga compensate"
+	cmdSagaResume     = "saga resume"
 	cmdAuditList      = "audit list"
 )
 
-var commands = []string{cmdDLQList, cmdDLQShow, cmdDLQRedrive, cmdSagaGet, cmdSagaList, cmdSagaCompensate, cmdAuditList}
+var commands = []string{cmdDLQList, cmdDLQShow, cmdDLQRedrive, cmdSagaGet, cmdSagaList, cmdSagaCompensate, cmdSagaResume, cmdAuditList}
 
 // isGroup reports whether name is the first word of commands.
 func isGroup(name string) bool {
@@ -229,7 +230,7 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		if at, err = parsePos(posArgs[0]); err != nil {
 			return inv, usageErr("%v", err)
 		}
-	case cmdSagaGet, cmdSagaCompensate:
+	case cmdSagaGet, cmdSagaCompensate, cmdSagaResume:
 		switch {
 		case len(posArgs) == 0:
 			return inv, usageErr("missing saga id: sagactl %s --saga %s ID", name, sagaType)
@@ -286,13 +287,15 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	}
 	action := c.action
 	switch action {
-	case "", message.AuditRedrive, message.AuditCompensate:
+	case "", message.AuditRedrive, message.AuditCompensate, message.AuditResume:
 	case "redrive":
 		action = message.AuditRedrive
 	case "compensate":
 		action = message.AuditCompensate
+	case "resume":
+		action = message.AuditResume
 	default:
-		return inv, usageErr("--action %q: want %s or %s", c.action, message.AuditRedrive, message.AuditCompensate)
+		return inv, usageErr("--action %q: want %s, %s or %s", c.action, message.AuditRedrive, message.AuditCompensate, message.AuditResume)
 	}
 
 	// The services each command needs.
@@ -302,7 +305,7 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		usesKafka, usesRedis = c.parts == 0, true
 	case cmdSagaList:
 		usesKafka, usesRedis = false, true
-	case cmdSagaCompensate:
+	case cmdSagaCompensate, cmdSagaResume:
 		// The Redis view says whether the saga exists and runs.
 		usesRedis = true
 	}
@@ -339,15 +342,16 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	}
 
 	// Who and why, for the audit record of what changes something.
-	changes := (name == cmdSagaCompensate || name == cmdDLQRedrive) && !c.dryRun
+	acts := name == cmdSagaCompensate || name == cmdSagaResume
+	changes := (acts || name == cmdDLQRedrive) && !c.dryRun
 	by := c.as
 	if c.as != "" {
 		if err := kaudit.ValidName(c.as); err != nil {
 			return inv, usageErr("--as %q is not a name: want %s", c.as, kaudit.NameRule)
 		}
 	}
-	if name == cmdSagaCompensate || changes {
-		if name == cmdSagaCompensate && !sagaNameRE.MatchString(sagaType) {
+	if acts || changes {
+		if acts && !sagaNameRE.MatchString(sagaType) {
 			return inv, usageErr("--saga %q is not a saga type's name: lower-case letters, digits and '-'", sagaType)
 		}
 		if strings.TrimSpace(c.note) == "" {
@@ -374,7 +378,7 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 	inv.sagaList = sagaListOptions{sagaType: sagaType, redisAddrs: inv.redisAddrs, stuck: c.stuck, olderThan: c.olderThan,
 		status: c.status, limit: c.limit, output: out, timeout: g.timeout}
 	inv.compensate = compensateOptions{sagaType: sagaType, id: id, kafka: inv.kafka, redisAddrs: inv.redisAddrs, dryRun: c.dryRun, yes: c.yes,
-		by: by, note: c.note, output: out, timeout: g.timeout}
+		by: by, note: c.note, output: out, timeout: g.timeout, resume: name == cmdSagaResume}
 	inv.auditList = auditListOptions{sagaType: sagaType, kafka: inv.kafka, action: action, since: f.since, until: f.until,
 		limit: c.limit, output: out, timeout: g.timeout}
 	return inv, nil
@@ -497,11 +501,11 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 		fs.DurationVar(&c.olderThan, "older-than", 0, "list only sagas whose updated_at is older than this `duration`, e.g. 10m")
 		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, completed, compensated or failed")
 		fs.IntVar(&c.limit, "limit", 0, "print at most `N` sagas, the longest unchanged first; 0 prints all")
-	case cmdSagaCompensate:
-		fs.BoolVar(&c.dryRun, "dry-run", false, "check the saga and print the Compensate message and audit record that would be sent; send nothing")
+	case cmdSagaCompensate, cmdSagaResume:
+		fs.BoolVar(&c.dryRun, "dry-run", false, "check the saga and print the message and audit record that would be sent; send nothing")
 		who()
 	case cmdAuditList:
-		fs.StringVar(&c.action, "action", "", "list only records of this `action`: dlq-redrive or saga-compensate")
+		fs.StringVar(&c.action, "action", "", "list only records of this `action`: dlq-redrive, saga-compensate or saga-resume")
 		fs.StringVar(&c.since, "since", "", "list only records at or after `when`: a duration ago (90m, 2h, 3d) or a time")
 		fs.StringVar(&c.until, "until", "", "list only records before `when`, as for --since")
 		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records, oldest first; 0 prints all")
@@ -671,6 +675,20 @@ letters, digits and . _ @ -. Asks for confirmation as dlq redrive does. Needs --
 
 Flags:
 `)
+	case cmdSagaResume:
+		fmt.Fprint(w, `Usage: sagactl saga resume --saga TYPE ID --note WHY [--as WHO] [--dry-run] [--yes] [-o ...]
+
+Resumes a parked saga: one whose step (declared with saga.Step.Park) ran out of attempts and
+that waits for an operator instead of compensating. Reads saga ID from the Redis view first: a
+saga that is not there or not parked is refused with exit status 1, and nothing is sent. Otherwise
+sends a Resume message (with --note as its reason) to the saga's home partition of
+saga.TYPE.inbox: the engine runs the step again, or sends its command again with fresh attempts
+and the same message id; and, in the same Kafka transaction, an audit record to saga.TYPE.audit.
+To give up on a parked saga instead, use saga compensate. --dry-run, --as and the confirmation
+work as in saga compensate. Needs --kafka-brokers and --redis-addr.
+
+Flags:
+`)
 	case cmdAuditList:
 		fmt.Fprint(w, `Usage: sagactl audit list --saga TYPE [--action A] [--since WHEN] [--until WHEN] [--limit N] [-o ...]
 
@@ -693,6 +711,8 @@ Usage:
                                                                         sagas in Redis, e.g. stuck ones
   sagactl [global flags] saga compensate --saga TYPE ID --note WHY [--dry-run]
                                                                         ask a saga to compensate, audited
+  sagactl [global flags] saga resume     --saga TYPE ID --note WHY [--dry-run]
+                                                                        resume a parked saga, audited
   sagactl [global flags] audit list      --saga TYPE                    what operators did
   sagactl help COMMAND                                                  help on one command
 

@@ -145,7 +145,7 @@ func runStreams(ctx context.Context, args []string, getenv func(string) string, 
 		_, err = showDLQ(ctx, inv.brokers, st, inv.show)
 	case cmdDLQRedrive:
 		_, err = redriveDLQ(ctx, inv.brokers, st, inv.redrive)
-	case cmdSagaCompensate:
+	case cmdSagaCompensate, cmdSagaResume:
 		err = withRedis(inv, func(rdb redis.UniversalClient) error {
 			_, err := compensateSaga(ctx, inv.brokers, rdb, st, inv.compensate)
 			return err

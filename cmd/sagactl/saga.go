@@ -337,6 +337,8 @@ type compensateOptions struct {
 	output   string
 	timeout  time.Duration
 	clock    clock
+	// resume sends a Resume to a parked saga instead of a Compensate.
+	resume bool
 }
 
 // errSagaEnded means the saga is not running (it has ended, or is
@@ -374,12 +376,18 @@ func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalCl
 	case s == nil:
 		return auditRecord{}, fmt.Errorf("%w: Redis has no key %s (check the id and --saga; a saga whose start request is not handled yet is not there either): nothing was sent",
 			errSagaNotFound, key)
-	case s.Status != message.StatusRunning:
+	case opt.resume && s.Status != message.StatusParked:
+		return auditRecord{}, fmt.Errorf("%w: saga %s/%s is %s, not parked: nothing to resume, nothing was sent", errSagaEnded, opt.sagaType, opt.id, s.Status)
+	case !opt.resume && s.Status != message.StatusRunning && s.Status != message.StatusParked:
 		what := "has ended (" + s.Status + ")"
 		if s.Status == message.StatusCompensating {
 			what = "is compensating already"
 		}
 		return auditRecord{}, fmt.Errorf("%w: saga %s/%s %s: nothing to compensate, nothing was sent", errSagaEnded, opt.sagaType, opt.id, what)
+	}
+	verb, msgType := "compensate", message.TypeCompensate
+	if opt.resume {
+		verb, msgType = "resume", message.TypeResume
 	}
 	adm, err := newAdminClient(brokers, opt.kafka, timeout)
 	if err != nil {
@@ -398,23 +406,26 @@ func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalCl
 		return auditRecord{}, err
 	}
 	comp, err := kaudit.NewCompensation(kaudit.Compensate{SagaType: opt.sagaType, SagaID: opt.id, InboxPartitions: n, AuditPartitions: auditParts,
-		By: opt.by, Note: opt.note, Tool: "sagactl", At: opt.clock.Now()})
+		By: opt.by, Note: opt.note, Tool: "sagactl", At: opt.clock.Now(), Resume: opt.resume})
 	if err != nil {
 		return auditRecord{}, err
 	}
 	a := comp.Record
 	if opt.dryRun {
-		fmt.Fprintf(st.errw, "dry run: saga %s/%s is running (version %d, step %d); nothing was sent\n", opt.sagaType, opt.id, s.Version, s.Step)
+		fmt.Fprintf(st.errw, "dry run: saga %s/%s is %s (version %d, step %d); nothing was sent\n", opt.sagaType, opt.id, s.Status, s.Version, s.Step)
 		if opt.output != outTable {
 			return a, writeData(st.out, opt.output, a)
 		}
 		fmt.Fprintf(st.out, "would send: %s to %s partition %d, key %s, reason %q\nwould audit: %s on %s partition %d, by %s, run %s\n",
-			message.TypeCompensate, comp.Request.Topic, comp.Request.Partition, opt.id, opt.note,
-			message.AuditCompensate, comp.Audit.Topic, comp.Audit.Partition, opt.by, a.Run)
+			msgType, comp.Request.Topic, comp.Request.Partition, opt.id, opt.note,
+			a.Action, comp.Audit.Topic, comp.Audit.Partition, opt.by, a.Run)
 		return a, nil
 	}
 	if !opt.yes {
 		q := fmt.Sprintf("Compensate saga %s/%s (%s, step %d; undo its completed steps) as %s, note %q?", opt.sagaType, opt.id, s.Status, s.Step, opt.by, opt.note)
+		if opt.resume {
+			q = fmt.Sprintf("Resume saga %s/%s (parked at step %d: run or send it again) as %s, note %q?", opt.sagaType, opt.id, s.Step, opt.by, opt.note)
+		}
 		if !confirm(ctx, st, q) {
 			return auditRecord{}, fmt.Errorf("%w: nothing was sent", errNotConfirmed)
 		}
@@ -422,15 +433,15 @@ func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalCl
 	// The request and its audit record commit together or not at all. The
 	// transactional id is this run's: two operators do not fence each other.
 	if err := produceInTransaction(ctx, append(clientOpts(brokers, opt.kafka, timeout),
-		kgo.TransactionalID("sagactl-compensate-"+opt.sagaType+"-"+a.Run),
+		kgo.TransactionalID("sagactl-"+verb+"-"+opt.sagaType+"-"+a.Run),
 		kgo.RecordPartitioner(kgo.ManualPartitioner())), timeout, comp.Request, comp.Audit); err != nil {
-		return auditRecord{}, fmt.Errorf("compensate saga %s: nothing was sent: %w", opt.id, err)
+		return auditRecord{}, fmt.Errorf("%s saga %s: nothing was sent: %w", verb, opt.id, err)
 	}
 	if opt.output != outTable {
 		return a, writeData(st.out, opt.output, a)
 	}
-	fmt.Fprintf(st.out, "compensate requested: saga %s/%s on %s partition %d, by %s, note %q; audited in %s\n",
-		opt.sagaType, opt.id, message.Inbox(opt.sagaType), home, opt.by, opt.note, topic.Audit(opt.sagaType))
+	fmt.Fprintf(st.out, "%s requested: saga %s/%s on %s partition %d, by %s, note %q; audited in %s\n",
+		verb, opt.sagaType, opt.id, message.Inbox(opt.sagaType), home, opt.by, opt.note, topic.Audit(opt.sagaType))
 	return a, nil
 }
 

@@ -209,7 +209,8 @@ func compensateRedis(t *testing.T) *redistest.Server {
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	for id, status := range map[string]string{"o-7": message.StatusRunning, "o-done": message.StatusCompleted,
-		"o-undone": message.StatusCompensated, "o-undoing": message.StatusCompensating, "o-failed": message.StatusFailed} {
+		"o-undone": message.StatusCompensated, "o-undoing": message.StatusCompensating, "o-failed": message.StatusFailed,
+		"o-parked": message.StatusParked} {
 		putStateIn(t, rdb, 3, orchestrator.State{ID: id, Type: "order", Version: 3, Status: status, Step: 1, Undoing: -1, Updated: time.Now()})
 	}
 	return rs
@@ -381,5 +382,38 @@ func TestCompensateSagaAuditRefused(t *testing.T) {
 	defer cancel()
 	if n := cl.PollFetches(pctx).NumRecords(); n != 0 {
 		t.Errorf("the inbox holds %d committed records, want none: the request went out without its audit record", n)
+	}
+}
+
+// TestResumeSaga resumes a parked saga: a Resume message and its audit
+// record, in one transaction; a saga that is not parked is refused and
+// nothing is sent.
+func TestResumeSaga(t *testing.T) {
+	brokers := newClusterWith(t, kfake.SeedTopics(3, inbox), kfake.SeedTopics(2, dlt), kfake.SeedTopics(2, audit))
+	rs := compensateRedis(t)
+	ctx := testContext(t)
+	resume := func(id string) (int, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, []string{"saga", "resume", id, "--saga", "order", "--kafka-brokers", brokers[0], "--redis-addr", rs.Addr,
+			"--note", "coupon service is back", "--as", "alice", "--yes"}, envOf(), &stdout, &stderr)
+		return code, stderr.String()
+	}
+	if code, stderr := resume("o-7"); code != exitError || !strings.Contains(stderr, "saga order/o-7 is running, not parked") {
+		t.Errorf("resume of a running saga: exit code %d, stderr %q; want %d and not parked", code, stderr, exitError)
+	}
+	if n := endOffsets(t, brokers, inbox) + endOffsets(t, brokers, audit); n != 0 {
+		t.Fatalf("a refused resume wrote %d records, want none", n)
+	}
+	if code, stderr := resume("o-parked"); code != exitOK {
+		t.Fatalf("resume: exit code %d, stderr %s", code, stderr)
+	}
+	recs := consumeAll(t, brokers, inbox, 1)
+	if len(recs) != 1 || headerValue(recs[0], message.HeaderMessageType) != message.TypeResume ||
+		headerValue(recs[0], message.HeaderReason) != "coupon service is back" || recs[0].Partition != message.HomePartition("o-parked", 3) {
+		t.Fatalf("inbox: %d records, want one Resume on the saga's home partition", len(recs))
+	}
+	audits := consumeAll(t, brokers, audit, 1)
+	if len(audits) != 1 || headerValue(audits[0], message.HeaderAuditAction) != message.AuditResume {
+		t.Errorf("audit: %d records, want one %s", len(audits), message.AuditResume)
 	}
 }
