@@ -275,9 +275,9 @@ func parseArgs(args []string, getenv func(string) string) (inv invocation, err e
 		return inv, usageErr("--state %q: want pending, redriven or invalid", c.state)
 	}
 	switch c.status {
-	case "", message.StatusRunning, message.StatusCompensating, message.StatusCompleted, message.StatusCompensated, message.StatusFailed:
+	case "", message.StatusRunning, message.StatusCompensating, message.StatusParked, message.StatusCompleted, message.StatusCompensated, message.StatusFailed:
 	default:
-		return inv, usageErr("--status %q: want running, compensating, completed, compensated or failed", c.status)
+		return inv, usageErr("--status %q: want running, compensating, parked, completed, compensated or failed", c.status)
 	}
 	if c.olderThan < 0 {
 		return inv, usageErr("--older-than must not be negative, got %s", c.olderThan)
@@ -499,7 +499,7 @@ func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
 	case cmdSagaList:
 		fs.BoolVar(&c.stuck, "stuck", false, "list only sagas that have not ended (running or compensating) and have not changed for --older-than (default 10m)")
 		fs.DurationVar(&c.olderThan, "older-than", 0, "list only sagas whose updated_at is older than this `duration`, e.g. 10m")
-		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, completed, compensated or failed")
+		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, parked, completed, compensated or failed")
 		fs.IntVar(&c.limit, "limit", 0, "print at most `N` sagas, the longest unchanged first; 0 prints all")
 	case cmdSagaCompensate, cmdSagaResume:
 		fs.BoolVar(&c.dryRun, "dry-run", false, "check the saga and print the message and audit record that would be sent; send nothing")
