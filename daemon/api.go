@@ -76,7 +76,8 @@ import (
 // it), so the API's memory is bounded by that times a few bodies.
 //
 // Compensations. A compensate request reads the saga from the Redis view
-// first: 404 when the view does not have it, 409 when it is not running,
+// first: 404 when the view does not have it, 409 when it is neither
+// running nor parked (the engine compensates those only),
 // 503 when Redis does not answer, and nothing is produced then (the engine
 // would dead-letter a Compensate for an unknown saga, reason unknown-saga,
 // and page the on-call). An accepted one is written with its audit record
@@ -530,7 +531,7 @@ func (a *api) compensate(w http.ResponseWriter, r *http.Request, p *principal, s
 	}
 	// Up front, from the view: the engine would dead-letter a Compensate
 	// for a saga it does not have (unknown-saga, which pages), and drop
-	// one for a saga that is not running.
+	// one for a saga that is neither running nor parked.
 	st, _, err := a.load(r.Context(), s, id)
 	switch {
 	case err != nil:
@@ -543,7 +544,7 @@ func (a *api) compensate(w http.ResponseWriter, r *http.Request, p *principal, s
 	case st.Status == message.StatusCompensating:
 		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s is compensating already: nothing to do", s.def.Name(), id))
 		return
-	case st.Status != message.StatusRunning:
+	case st.Status != message.StatusRunning && st.Status != message.StatusParked:
 		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s has ended (%s): there is nothing to compensate", s.def.Name(), id, st.Status))
 		return
 	}
@@ -573,7 +574,8 @@ func notFound(s apiSaga, id string) string {
 type sagaView struct {
 	SagaID string `json:"saga_id"`
 	Type   string `json:"type"`
-	// Status is running, compensating, completed, compensated or failed.
+	// Status is running, parked, compensating, completed, compensated or
+	// failed.
 	Status string `json:"status"`
 	// Step is the current step (while compensating: the one that
 	// failed), StepIndex its index.
