@@ -182,7 +182,6 @@ func (m *machine) compensateGroup(ctx context.Context, out *outcome, reason stri
 	st := out.state
 	members := st.Group
 	st.Group = nil
-	failed := -1
 	var undo []int
 	for k := range members {
 		mem := &members[k]
@@ -193,10 +192,11 @@ func (m *machine) compensateGroup(ctx context.Context, out *outcome, reason stri
 		if mem.Outcome != memberFailure && m.steps[mem.Step].Undoable {
 			undo = append(undo, mem.Step)
 		}
-		if mem.Outcome != memberSuccess && failed < 0 {
-			failed = mem.Step
-		}
 	}
+	// Step stays the group's last member while the saga compensates: a
+	// late reply to any member is then recognised as one to a command
+	// the saga sent (stale), not dead-lettered.
+	failed := members[len(members)-1].Step
 	slices.Reverse(undo)
 	first := members[0].Step
 	for first > 0 && m.steps[first-1].Group != "" && m.steps[first-1].Group == m.steps[first].Group {
