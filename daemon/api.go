@@ -257,7 +257,11 @@ func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route strin
 		_ = rc.EnableFullDuplex()
 		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("the API is serving as many requests as it may at once (%d): retry after %s s", cap(a.inFlight), apiBusyRetryAfter))
 		_ = rc.Flush()
-		_, _ = io.CopyN(io.Discard, r.Body, apiMaxStartBytes+1)
+		if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+			// (A caller that waits for 100 Continue sends no body
+			// after a final answer: there is nothing to read.)
+			_, _ = io.CopyN(io.Discard, r.Body, apiMaxStartBytes+1)
+		}
 		return method, route
 	}
 	a.sagaRequest(w, r, route, typSeg, idSeg)
