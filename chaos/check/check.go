@@ -6,7 +6,8 @@
 // The invariants, each reported under its name:
 //
 //	terminal           every saga has exactly one terminal event, of the kind its order expects
-//	no-duplicate       no event and no command (same message id and attempt) was committed twice
+//	no-duplicate       no event and no command (same message id and attempt) was committed twice,
+//	                   but for the command of a parked step that a Resume sent again
 //	state              the last state record of every saga is terminal and agrees with its event
 //	redis              the engine's Redis holds exactly the last state record of every saga
 //	home-partition     every saga's state records and Redis key are on its home partition
@@ -28,6 +29,14 @@
 //	                   and replaying them gives its final state (status, version, steps undone)
 //	                   and what the ledgers hold (an effect stands exactly when its step
 //	                   succeeded and was not compensated); see history.problems
+//	parking            a saga parks only at a step that parks; each parking is resolved exactly once,
+//	                   by a SagaResumed or a compensation, before the saga ends; nothing else happens
+//	                   while it is parked, and a saga that parked ends once (InvPark); the sagas the
+//	                   harness resumed or compensated while parked took its message
+//	terminal-data      the terminal event of every order carries its final data: the order it started
+//	                   with, the authorization and tracking number its payment and shipment hold (a
+//	                   completed order names both), and a cancelled payment's cancelled_authorization_id
+//	                   is its own authorization (InvData)
 //	local-ledger       the local-first saga (package localfirst): a hold stands, taken once, exactly
 //	                   for each completed transfer, approved exactly then, and each account's held
 //	                   total is the sum of its completed transfers
@@ -91,6 +100,12 @@ const (
 	// event that names CompensateReason; if it had ended, the Compensate
 	// is dropped and it must end SagaCompleted with no such event.
 	KindCompensate = "compensate"
+	// KindParkCompensate is an order that parked at reserve-coupon (its
+	// coupon participant stayed silent) and was sent a Compensate (with
+	// ksaga-reason ParkCompensateReason) while parked: it must end
+	// SagaCompensated, its parking resolved by that compensation
+	// (InvPark).
+	KindParkCompensate = "park-compensate"
 )
 
 // CompensateReason is the ksaga-reason of the Compensate records of
@@ -114,6 +129,10 @@ type Expectation struct {
 	Poison string
 	// Marker is the value of the poison record's HeaderMarker.
 	Marker string
+	// Resumed says the order was sent a Resume (with ksaga-reason
+	// ResumeReason) while it was parked: a SagaResumed must name it
+	// (InvPark). Its outcome is its Kind's.
+	Resumed bool
 	// Landed, when set, is where a poison record keyed by a saga id
 	// landed on the inbox. If that is not the id's home partition, the
 	// engine must move it there: its dead-letter copy must carry
@@ -133,7 +152,7 @@ func outcome(kind string) (string, bool) {
 	switch kind {
 	case KindComplete, KindDupStart, KindDupReply:
 		return message.EventSagaCompleted, true
-	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage, KindCouponUnknown:
+	case KindDeclined, KindOutOfStock, KindUndeliverable, KindOutage, KindCouponUnknown, KindParkCompensate:
 		return message.EventSagaCompensated, true
 	case KindLocalComplete:
 		return message.EventSagaCompleted, true
@@ -157,10 +176,10 @@ const (
 	InvCoupons     = "coupons"
 	InvDLQ         = "dlq"
 	InvStray       = "no-stray-saga"
-	invariantCount = 15
+	invariantCount = 17
 )
 
-var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory, InvLocal, InvRetention}
+var invariants = [invariantCount]string{InvTerminal, InvDuplicate, InvState, InvRedis, InvHome, InvStock, InvPayments, InvShipments, InvOrders, InvCoupons, InvDLQ, InvStray, InvHistory, InvPark, InvData, InvLocal, InvRetention}
 
 // Anomaly is one broken invariant.
 type Anomaly struct {
@@ -375,6 +394,8 @@ func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a.deadLetters()
 	a.strays()
 	a.history()
+	a.parking()
+	a.terminalData()
 	a.local()
 	a.retention()
 	return a.rep
@@ -512,10 +533,13 @@ func (a *analysis) duplicates() {
 	keys := slices.SortedFunc(maps.Keys(a.d.Commands), func(x, y CommandKey) int {
 		return strings.Compare(x.Topic+x.MessageID+x.Attempt, y.Topic+y.MessageID+y.Attempt)
 	})
+	again := resends(a.d.Events)
 	for _, k := range keys {
 		a.rep.Checked[InvDuplicate]++
-		if n := a.d.Commands[k]; n > 1 {
-			a.fail(InvDuplicate, k.SagaID, "command %s attempt %s on %s committed %d times", k.MessageID, k.Attempt, k.Topic, n)
+		// A Resume sends the parked step's command again with the same
+		// message id, from attempt 1.
+		if n, most := a.d.Commands[k], 1+again[k.SagaID][commandStep(k)]; n > most {
+			a.fail(InvDuplicate, k.SagaID, "command %s attempt %s on %s committed %d times (%d resumes sent it again)", k.MessageID, k.Attempt, k.Topic, n, most-1)
 		}
 	}
 }

@@ -27,8 +27,12 @@ func elsewhere(id string) int32 { return (home(id) + 1) % partitions }
 // after the retention), an undeliverable one, an outage, an order
 // compensated on request, coupon orders (one that got the last coupon of
 // its code, one refused because the code ran out, one of an unknown code,
-// and a declined one whose coupon was given back), a poison record and a
-// stray reply that landed off its home partition and was moved there.
+// and a declined one whose coupon was given back), coupon orders that
+// parked (one resumed by a Resume that completed, one compensated while
+// parked, one resumed by its late reply that was refused), a poison record
+// and a stray reply that landed off its home partition and was moved
+// there. Each terminal event carries the order with what the replies added
+// (withData).
 func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	t.Helper()
 	ord := func(id string, amount int64, qty int64) *order.Order {
@@ -48,6 +52,9 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		{ID: "l-2", Kind: KindLocalRefused, Transfer: &localfirst.Transfer{TransferID: "l-2", Account: "a-1", AmountCents: 20, Refuse: true}},
 		{ID: "l-3", Kind: KindLocalOutage, Transfer: &localfirst.Transfer{TransferID: "l-3", Account: "a-2", AmountCents: 30}},
 		{ID: "l-4", Kind: KindLocalCompensate, Transfer: &localfirst.Transfer{TransferID: "l-4", Account: "a-2", AmountCents: 40}},
+		{ID: "o-10", Kind: KindCoupon, Order: coupon(ord("o-10", 200, 1), "c-10", "C2"), Resumed: true},
+		{ID: "o-11", Kind: KindParkCompensate, Order: coupon(ord("o-11", 200, 1), "c-11", "C2")},
+		{ID: "o-12", Kind: KindCoupon, Order: coupon(ord("o-12", 200, 1), "c-12", "C2")},
 		{ID: "p-1", Kind: KindPoison, Poison: orchestrator.ReasonUndecodable, Marker: "m-1"},
 		{ID: "s-1", Kind: KindPoison, Poison: orchestrator.ReasonUnknownSaga, Marker: "m-2",
 			Landed: &Landing{Partition: elsewhere("s-1"), Offset: 17}},
@@ -57,12 +64,15 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		Events:     make(map[string][]message.Event), States: make(map[string][]byte),
 		StatePartitions: make(map[string][]int32),
 		Redis:           make(map[string]RedisState), Commands: make(map[CommandKey]int),
-		Stock:        map[string]int64{"sku-1": 97},
+		Stock:        map[string]int64{"sku-1": 96},
 		Reservations: make(map[string]map[string]string),
 		Payments:     make(map[string]map[string]string),
 		Shipments:    make(map[string]map[string]string),
 		Orders:       make(map[string]map[string]string),
-		Coupons:      map[string]CouponLedger{"C1": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-6"}}},
+		Coupons: map[string]CouponLedger{
+			"C1": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-6"}},
+			"C2": {Limit: 1, HasLimit: true, Issued: 1, Customers: []string{"c-10"}},
+		},
 		CouponClaims: make(map[string]map[string]string),
 		Holds:        make(map[string]map[string]string),
 		Held:         map[string]int64{"a-1": 70, "a-2": 0},
@@ -81,21 +91,21 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	)
 	end("o-1", "+"+inv, "+"+pay, "+"+ship, "+"+done, message.EventSagaCompleted)
 	d.Reservations["o-1"] = map[string]string{"status": "reserved", "item:sku-1": "2"}
-	d.Payments["o-1"] = map[string]string{"status": "authorized", "amount_cents": "500"}
-	d.Shipments["o-1"] = map[string]string{"status": "scheduled"}
+	d.Payments["o-1"] = map[string]string{"status": "authorized", "amount_cents": "500", "authorization_id": "auth-o-1"}
+	d.Shipments["o-1"] = map[string]string{"status": "scheduled", "tracking_number": "trk-o-1"}
 	d.Orders["o-1"] = map[string]string{"status": "completed", "amount_cents": "500", "fence": "7"}
 	end("o-2", "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-2"] = map[string]string{"status": "released", "item:sku-1": "1"}
 	d.Retention = time.Hour
 	expire(t, d, "o-2", d.Retention+time.Second)
-	end("o-3", "+"+inv, "+"+pay, "x"+ship+" "+order.ReasonUndeliverable, "!"+order.ReasonUndeliverable, "~"+pay, "~"+inv, message.EventSagaCompensated)
+	end("o-3", "+"+pay, "+"+inv, "x"+ship+" "+order.ReasonUndeliverable, "!"+order.ReasonUndeliverable, "~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-3"] = map[string]string{"status": "released", "item:sku-1": "1"}
-	d.Payments["o-3"] = map[string]string{"status": "cancelled", "amount_cents": "700"}
+	d.Payments["o-3"] = map[string]string{"status": "cancelled", "amount_cents": "700", "authorization_id": "auth-o-3", "cancelled_authorization_id": "auth-o-3"}
 	end("o-4", "+"+inv, "+"+pay, "+"+ship, "x"+done+" "+orchestrator.ReasonExhausted, "!"+orchestrator.ReasonExhausted,
 		"~"+done, "~"+ship, "~"+pay, "~"+inv, message.EventSagaCompensated)
 	d.Reservations["o-4"] = map[string]string{"status": "released", "item:sku-1": "3"}
-	d.Payments["o-4"] = map[string]string{"status": "cancelled", "amount_cents": "300"}
-	d.Shipments["o-4"] = map[string]string{"status": "cancelled"}
+	d.Payments["o-4"] = map[string]string{"status": "cancelled", "amount_cents": "300", "authorization_id": "auth-o-4", "cancelled_authorization_id": "auth-o-4"}
+	d.Shipments["o-4"] = map[string]string{"status": "cancelled", "tracking_number": "trk-o-4"}
 	d.Orders["o-4"] = map[string]string{"status": "cancelled", "fence": "9"}
 	end("o-5", "+"+inv, "x"+pay+" compensation requested: "+CompensateReason, "!compensation requested: "+CompensateReason,
 		"~"+pay, "~"+inv, message.EventSagaCompensated)
@@ -103,8 +113,8 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	end("o-6", "+"+coup, "+"+inv, "+"+pay, "+"+ship, "+"+done, message.EventSagaCompleted)
 	d.CouponClaims["o-6"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-6"}
 	d.Reservations["o-6"] = map[string]string{"status": "reserved", "item:sku-1": "1"}
-	d.Payments["o-6"] = map[string]string{"status": "authorized", "amount_cents": "100"}
-	d.Shipments["o-6"] = map[string]string{"status": "scheduled"}
+	d.Payments["o-6"] = map[string]string{"status": "authorized", "amount_cents": "100", "authorization_id": "auth-o-6"}
+	d.Shipments["o-6"] = map[string]string{"status": "scheduled", "tracking_number": "trk-o-6"}
 	d.Orders["o-6"] = map[string]string{"status": "completed", "amount_cents": "100", "fence": "9"}
 	refused := func(id, reason string) {
 		end(id, "x"+coup+" "+reason, "!"+reason, message.EventSagaCompensated)
@@ -114,6 +124,23 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 	end("o-9", "+"+coup, "+"+inv, "x"+pay+" "+order.ReasonPaymentDeclined, "!"+order.ReasonPaymentDeclined, "~"+inv, "~"+coup, message.EventSagaCompensated)
 	d.CouponClaims["o-9"] = map[string]string{"status": "released", "code": "C1", "customer_id": "c-9"}
 	d.Reservations["o-9"] = map[string]string{"status": "released", "item:sku-1": "1"}
+	// o-10 parked at reserve-coupon and was resumed: its coupon command
+	// went out again from attempt 1, with the same message id.
+	end("o-10", "P"+coup+" no reply after 3 attempts", "R"+coup+" resumed: "+ResumeReason, "+"+coup, "+"+inv, "+"+pay, "+"+ship, "+"+done, message.EventSagaCompleted)
+	d.Commands[CommandKey{"coupon.commands", "o-10", "o-10/reserve-coupon/do", "1"}] = 2
+	d.CouponClaims["o-10"] = map[string]string{"status": "issued", "code": "C2", "customer_id": "c-10"}
+	d.Reservations["o-10"] = map[string]string{"status": "reserved", "item:sku-1": "1"}
+	d.Payments["o-10"] = map[string]string{"status": "authorized", "amount_cents": "200", "authorization_id": "auth-o-10"}
+	d.Shipments["o-10"] = map[string]string{"status": "scheduled", "tracking_number": "trk-o-10"}
+	d.Orders["o-10"] = map[string]string{"status": "completed", "amount_cents": "200", "fence": "12"}
+	// o-11 parked and was compensated: its coupon, issued when the
+	// coupon participant came back, was given back.
+	end("o-11", "P"+coup+" no reply after 3 attempts", "x"+coup+" compensation requested: "+ParkCompensateReason,
+		"!compensation requested: "+ParkCompensateReason, "~"+coup, message.EventSagaCompensated)
+	d.CouponClaims["o-11"] = map[string]string{"status": "released", "code": "C2", "customer_id": "c-11"}
+	// o-12 parked, and its late reply refused it.
+	end("o-12", "P"+coup+" no reply after 3 attempts", "R"+coup+" "+ReplyArrivedReason, "x"+coup+" "+order.ReasonCouponExhausted,
+		"!"+order.ReasonCouponExhausted, message.EventSagaCompensated)
 	const hold, approve = localfirst.StepHold, localfirst.StepApprove
 	end("l-1", "+"+hold, "+"+approve, message.EventSagaCompleted)
 	d.Holds["l-1"] = map[string]string{"status": "held", "amount_cents": "70", "account": "a-1", "fence": "1", "applies": "1"}
@@ -132,13 +159,39 @@ func run(t *testing.T) ([]Expectation, Initial, *Data) {
 		{Key: "s-1", Reason: orchestrator.ReasonUnknownSaga, Marker: "m-2", ForwardedFrom: fmt.Sprintf("%d/17", elsewhere("s-1"))},
 		{Key: "l-3", Reason: orchestrator.ReasonExhausted, Exception: "step hold-funds: saga code did not return in time (3s)"},
 	}
-	return exp, Initial{Stock: map[string]int64{"sku-1": 100}, Coupons: map[string]int64{"C1": 1}}, d
+	withData(t, exp, d)
+	return exp, Initial{Stock: map[string]int64{"sku-1": 100}, Coupons: map[string]int64{"C1": 1, "C2": 1}}, d
+}
+
+// withData puts in the terminal event of each order of d the order it
+// started with and what its replies added: the authorization id its
+// payment holds, and the tracking number its shipment holds, as the engine
+// folds them in.
+func withData(t *testing.T, exp []Expectation, d *Data) {
+	t.Helper()
+	for _, e := range exp {
+		if e.Order == nil {
+			continue
+		}
+		o := *e.Order
+		o.AuthorizationID, o.TrackingNumber = d.Payments[e.ID]["authorization_id"], d.Shipments[e.ID]["tracking_number"]
+		b, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, ev := range d.Events[e.ID] {
+			if message.Terminal(ev.Type) {
+				d.Events[e.ID][i].Data = b
+			}
+		}
+	}
 }
 
 // tell returns the events of saga id told by story, one version each, and
 // its last state. A story is a list of "+step" (StepSucceeded), "xstep
 // reason" (StepFailed), "!reason" (CompensationStarted), "~step"
-// (StepCompensated) and a terminal event type, which names the step whose
+// (StepCompensated), "Pstep reason" (SagaParked), "Rstep reason"
+// (SagaResumed) and a terminal event type, which names the step whose
 // compensation was given up as "SagaFailed step".
 func tell(t *testing.T, id string, story ...string) ([]message.Event, []byte) {
 	t.Helper()
@@ -155,6 +208,14 @@ func tell(t *testing.T, id string, story ...string) ([]message.Event, []byte) {
 		case '!':
 			st.Status = message.StatusCompensating
 			ev.Type, ev.Reason, ev.State = message.EventCompensationStarted, s[1:], st.Status
+		case 'P':
+			st.Status = message.StatusParked
+			ev.Type, ev.State = message.EventSagaParked, st.Status
+			ev.Step, ev.Reason, _ = strings.Cut(s[1:], " ")
+		case 'R':
+			st.Status = message.StatusRunning
+			ev.Type, ev.State = message.EventSagaResumed, st.Status
+			ev.Step, ev.Reason, _ = strings.Cut(s[1:], " ")
 		case '~':
 			ev.Type, ev.Step = message.EventStepCompensated, s[1:]
 			i := slices.Index(orderSteps, s[1:])
@@ -217,8 +278,8 @@ func TestConsistentRunPasses(t *testing.T) {
 			t.Errorf("invariant %s checked nothing", inv)
 		}
 	}
-	if got := rep.Outcomes[message.EventSagaCompleted]; got != 3 {
-		t.Errorf("report counts %d completed sagas, want 3", got)
+	if got := rep.Outcomes[message.EventSagaCompleted]; got != 4 {
+		t.Errorf("report counts %d completed sagas, want 4", got)
 	}
 }
 
@@ -278,7 +339,7 @@ func TestAnomalies(t *testing.T) {
 			return e
 		}, InvRedis, "o-4"},
 		{"stock taken twice", func(e []Expectation, d *Data) []Expectation {
-			d.Stock["sku-1"] = 96
+			d.Stock["sku-1"] = 95
 			return e
 		}, InvStock, "sku-1"},
 		{"stock not released", func(e []Expectation, d *Data) []Expectation {
@@ -474,6 +535,55 @@ func TestAnomalies(t *testing.T) {
 			e[9].Kind = KindLocalOutage
 			return e
 		}, InvTerminal, "l-1"},
+		{"resumed command sent more often than its resumes allow", func(e []Expectation, d *Data) []Expectation {
+			d.Commands[CommandKey{"coupon.commands", "o-10", "o-10/reserve-coupon/do", "1"}] = 3
+			return e
+		}, InvDuplicate, "o-10"},
+		{"saga ended while parked", func(e []Expectation, d *Data) []Expectation {
+			evs := d.Events["o-12"]
+			d.Events["o-12"] = append(evs[:2:2], evs[len(evs)-1])
+			return e
+		}, InvPark, "o-12"},
+		{"Resume sent while parked but not taken", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-10"][2].Reason = ReplyArrivedReason
+			return e
+		}, InvPark, "o-10"},
+		{"parked saga compensated for another reason", func(e []Expectation, d *Data) []Expectation {
+			d.Events["o-11"][2].Reason = "compensation requested: ops"
+			return e
+		}, InvPark, "o-11"},
+		{"park-compensate order completed", func(e []Expectation, d *Data) []Expectation {
+			evs := d.Events["o-11"]
+			evs[len(evs)-1].Type = message.EventSagaCompleted
+			return e
+		}, InvTerminal, "o-11"},
+		{"terminal event without data", func(e []Expectation, d *Data) []Expectation {
+			evs := d.Events["o-1"]
+			evs[len(evs)-1].Data = nil
+			return e
+		}, InvData, "o-1"},
+		{"completed order names another authorization", func(e []Expectation, d *Data) []Expectation {
+			d.Payments["o-6"]["authorization_id"] = "auth-o-1"
+			return e
+		}, InvData, "o-6"},
+		{"completed order without its tracking number", func(e []Expectation, d *Data) []Expectation {
+			evs := d.Events["o-10"]
+			evs[len(evs)-1].Data = []byte(strings.Replace(string(evs[len(evs)-1].Data), "trk-o-10", "", 1))
+			return e
+		}, InvData, "o-10"},
+		{"terminal data of another order", func(e []Expectation, d *Data) []Expectation {
+			evs := d.Events["o-3"]
+			evs[len(evs)-1].Data = d.Events["o-4"][len(d.Events["o-4"])-1].Data
+			return e
+		}, InvData, "o-3"},
+		{"payment cancelled under another authorization", func(e []Expectation, d *Data) []Expectation {
+			d.Payments["o-4"]["cancelled_authorization_id"] = "auth-o-3"
+			return e
+		}, InvData, "o-4"},
+		{"payment cancelled without naming the saga's authorization", func(e []Expectation, d *Data) []Expectation {
+			delete(d.Payments["o-3"], "cancelled_authorization_id")
+			return e
+		}, InvData, "o-3"},
 		{"poison claimed a coupon", func(e []Expectation, d *Data) []Expectation {
 			d.CouponClaims["p-1"] = map[string]string{"status": "issued", "code": "C1", "customer_id": "c-1"}
 			return e
@@ -523,7 +633,7 @@ func TestParseStateKey(t *testing.T) {
 // wrong with one it cannot tell.
 func TestHistory(t *testing.T) {
 	const (
-		inv, pay, ship, done = order.StepReserveInventory, order.StepAuthorizePayment, order.StepScheduleShipping, order.StepCompleteOrder
+		coup, inv, pay, ship, done = order.StepReserveCoupon, order.StepReserveInventory, order.StepAuthorizePayment, order.StepScheduleShipping, order.StepCompleteOrder
 	)
 	completed := []string{"+" + inv, "+" + pay, "+" + ship, "+" + done, message.EventSagaCompleted}
 	declined := []string{"+" + inv, "x" + pay + " " + order.ReasonPaymentDeclined, "!" + order.ReasonPaymentDeclined, "~" + inv, message.EventSagaCompensated}
@@ -597,6 +707,29 @@ func TestHistory(t *testing.T) {
 			want: "the events compensate [reserve-inventory], the last state record lists [authorize-payment] as undone"},
 		{name: "terminal event carries another state", story: completed, change: func(h *history) { h.events[5].State = message.StatusRunning },
 			want: `SagaCompleted carries state "running", want "completed"`},
+
+		// reserve-inventory and authorize-payment are a parallel group:
+		// their replies come in either order, a member's reply may come
+		// after the other member failed, and the members are undone last
+		// first.
+		{name: "group: payment answers first", story: []string{"+" + pay, "+" + inv, "+" + ship, "+" + done, message.EventSagaCompleted}},
+		{name: "group: payment refused, inventory awaited then undone", story: []string{"x" + pay + " " + order.ReasonPaymentDeclined, "+" + inv,
+			"!" + order.ReasonPaymentDeclined, "~" + inv, message.EventSagaCompensated}},
+		{name: "group: inventory refused, payment awaited then undone", story: []string{"x" + inv + " " + order.ReasonOutOfStock, "+" + pay,
+			"!" + order.ReasonOutOfStock, "~" + pay, message.EventSagaCompensated}},
+		{name: "group: a Compensate fails the member in flight", story: []string{"+" + pay, "x" + inv + " compensation requested: ops",
+			"!compensation requested: ops", "~" + pay, "~" + inv, message.EventSagaCompensated}},
+		{name: "group: both members refused, nothing undone", story: []string{"x" + pay + " " + order.ReasonPaymentDeclined, "x" + inv + " " + order.ReasonOutOfStock,
+			"!" + order.ReasonPaymentDeclined, message.EventSagaCompensated}},
+		{name: "group: member succeeds after the compensation started", story: []string{"x" + pay + " " + order.ReasonPaymentDeclined,
+			"!" + order.ReasonPaymentDeclined, "+" + inv, "~" + inv, message.EventSagaCompensated}, stands: []string{},
+			want: "step reserve-inventory succeeded (version 4) after the compensation started"},
+
+		// A parked saga's events do not change the story.
+		{name: "parked, resumed, completed", story: []string{"P" + coup + " no reply after 3 attempts", "R" + coup + " resumed: ops", "+" + coup,
+			"+" + inv, "+" + pay, "+" + ship, "+" + done, message.EventSagaCompleted}},
+		{name: "parked, compensated", story: []string{"P" + coup + " no reply after 3 attempts", "x" + coup + " compensation requested: ops",
+			"!compensation requested: ops", "~" + coup, message.EventSagaCompensated}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
