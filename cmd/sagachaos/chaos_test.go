@@ -26,9 +26,11 @@ import (
 // rollback to an older snapshot, ten rollbacks aimed at the engines' batch
 // reads (in surges of orders), state keys deleted and evicted, a Redis
 // SIGSTOPped past the transaction timeout, a broker restart, an
-// orders-store outage, a hung and a panicking complete-order, and injected
-// EndTxn, TxnOffsetCommit and Produce errors; then chaos/check. It takes
-// about four minutes.
+// orders-store outage, a hung and a panicking complete-order, injected
+// EndTxn, TxnOffsetCommit and Produce errors, and a coupon participant
+// silent past reserve-coupon's attempts, so that orders park and are
+// resumed or compensated; then chaos/check. It takes about six minutes, a
+// minute and a half of them the coupon participant's silence.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a chaos run takes about two minutes; run without -short")
@@ -373,6 +375,46 @@ func TestPartitioners(t *testing.T) {
 	for i := range 12 {
 		if got := rr.Partition(&kgo.Record{Key: []byte("same")}, partitions); got != i%partitions {
 			t.Fatalf("round-robin record %d went to %d, want %d", i, got, i%partitions)
+		}
+	}
+}
+
+// The coupon participant's silence in a coupon-park parks a saga whose
+// reserve-coupon was sent right after it began, surge and restart
+// included, and ends before a coupon's compensation sent when it began
+// would give up.
+func TestCouponWindow(t *testing.T) {
+	parkAfter, silentMax := couponWindow()
+	if parkAfter <= 0 {
+		t.Fatalf("reserve-coupon parks after %v: the order saga has no such step", parkAfter)
+	}
+	if need := parkAfter + parkSurgeOver + time.Second; need > silentMax-parkRestartFor {
+		t.Errorf("a surge sent over %v parks %v after the coupon participant stops at the latest (%v of attempts, 1s of slack), but it must be back by %v (%v minus %v to restart it)",
+			parkSurgeOver, need, parkAfter, silentMax-parkRestartFor, silentMax, parkRestartFor)
+	}
+	if faultDurations[faultCouponPark] != silentMax {
+		t.Errorf("coupon-park takes %v in the schedule, want %v", faultDurations[faultCouponPark], silentMax)
+	}
+	args := []string{"--engine=false", "--participants", "all", "--static-membership"}
+	if got, want := withoutCoupon(args), []string{"--engine=false", "--participants", "inventory,payment,shipping", "--static-membership"}; !slices.Equal(got, want) {
+		t.Errorf("withoutCoupon(%q) = %q, want %q", args, got, want)
+	}
+	if args[2] != "all" {
+		t.Errorf("withoutCoupon changed its argument: %q", args)
+	}
+	// Each coupon-park has a surge of coupon orders of its own.
+	p := newPlan(200, rand.New(rand.NewPCG(1, 2)), 0)
+	n := len(p.sagas)
+	p.addParkSurges(2, rand.New(rand.NewPCG(3, 4)))
+	if len(p.parkSurges) != 2 || len(p.sagas) != n+2*parkSurgeSize {
+		t.Fatalf("got %d park surges and %d new sagas, want 2 and %d", len(p.parkSurges), len(p.sagas)-n, 2*parkSurgeSize)
+	}
+	for _, recs := range p.parkSurges {
+		for _, r := range recs {
+			e := p.sagas[string(r.Key)]
+			if e == nil || e.Kind != kindCoupon || e.Order.Coupon == "" || header(r, message.HeaderMessageType) != message.TypeStartSaga {
+				t.Errorf("park surge record %s: want the start of a coupon order, got %+v", r.Key, e)
+			}
 		}
 	}
 }

@@ -31,7 +31,7 @@ func (h *harness) check(ctx context.Context, p *plan) (checkResult, error) {
 		if e.Skipped {
 			continue // never sent
 		}
-		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Transfer: e.Transfer, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed})
+		ex = append(ex, check.Expectation{ID: e.ID, Kind: e.Kind, Order: e.Order, Transfer: e.Transfer, Poison: e.Poison, Marker: e.Marker, Landed: e.Landed, Resumed: e.Resumed})
 	}
 	rep, err := check.Run(ctx, check.Config{
 		Brokers:        []string{h.kafkaAddr},

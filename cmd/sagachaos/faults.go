@@ -45,6 +45,7 @@ const (
 	faultRollbackCatchup     = "redis-rollback-catchup"
 	faultRedisEvict          = "redis-evict"
 	faultRedisHang           = "redis-hang"
+	faultCouponPark          = "coupon-park"
 )
 
 // faultKinds lists every fault kind in the order of the summary.
@@ -52,7 +53,7 @@ var faultKinds = []string{
 	faultSigkillEngine, faultSigkillParticipants, faultRedisFlushall, faultRedisRestart,
 	faultBrokerRestart, faultSigstopEngine, faultInjectEndTxn, faultInjectTxnOffset,
 	faultInjectProduce, faultOrdersOutage, faultRedisRollback, faultLocalStepHang, faultSagaPanic,
-	faultCrashLoop, faultUnreadableTakeover, faultRollbackCatchup, faultRedisEvict, faultRedisHang,
+	faultCrashLoop, faultUnreadableTakeover, faultRollbackCatchup, faultRedisEvict, faultRedisHang, faultCouponPark,
 }
 
 // faultDurations is how long each fault keeps its target down.
@@ -75,6 +76,7 @@ var faultDurations = map[string]time.Duration{
 	faultRollbackCatchup:     catchupFor,
 	faultRedisEvict:          evictFor,
 	faultRedisHang:           redisHangFor + 5*time.Second,
+	faultCouponPark:          couponParkFor,
 }
 
 const (
@@ -143,8 +145,14 @@ var shortSchedule = map[string]int{
 	faultSigkillEngine: 2, faultSigkillParticipants: 1, faultRedisFlushall: 1, faultBrokerRestart: 1,
 	faultRedisRestart: 1, faultInjectEndTxn: 1, faultInjectTxnOffset: 1, faultInjectProduce: 1,
 	faultOrdersOutage: 1, faultRedisRollback: 1, faultLocalStepHang: 1, faultSagaPanic: 1, faultCrashLoop: 1,
-	faultUnreadableTakeover: 1, faultRollbackCatchup: 1, faultRedisEvict: 1, faultRedisHang: 1,
+	faultUnreadableTakeover: 1, faultRollbackCatchup: 1, faultRedisEvict: 1, faultRedisHang: 1, faultCouponPark: 1,
 }
+
+// couponParkShare is the share of --faults-per-kind that the long run
+// injects of coupon-park (at least one): each keeps the coupon participant
+// silent for couponParkFor, about a minute and a half, during which no other
+// fault runs.
+const couponParkShare = 5
 
 // counts returns how many faults of each kind the run injects.
 func (c config) counts() map[string]int {
@@ -164,6 +172,7 @@ func (c config) counts() map[string]int {
 	for _, k := range faultKinds {
 		m[k] = c.FaultsPerKind
 	}
+	m[faultCouponPark] = min(c.FaultsPerKind, max(1, c.FaultsPerKind/couponParkShare))
 	return m
 }
 
@@ -296,6 +305,8 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		return h.redisEvict(ctx, f.kind, rand.New(rand.NewPCG(uint64(h.cfg.Seed), uint64(f.n))))
 	case faultRedisHang:
 		return h.redisHang(ctx, f.kind)
+	case faultCouponPark:
+		return h.couponPark(ctx, f.kind)
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()

@@ -20,10 +20,18 @@ const (
 	statResumed    = "resumed"
 	statResumedMs  = "slowest resume (ms)"
 	statNotResumed = "did not resume"
+	// What coupon-park counts: the sagas that parked, and how their
+	// parkings were resolved.
+	statParked          = "parked"
+	statParkResumed     = "resumed by a Resume"
+	statParkCompensated = "compensated while parked"
+	statParkLateReply   = "resumed by a late reply"
+	statParkUnresolved  = "never resolved"
 )
 
 // statOrder is the order of the stats in the summary.
-var statOrder = []string{statRollbacks, statLanded, statRebuilds, statDeleted, statEvicted, statResumed, statResumedMs, statNotResumed}
+var statOrder = []string{statRollbacks, statLanded, statRebuilds, statDeleted, statEvicted, statResumed, statResumedMs, statNotResumed,
+	statParked, statParkResumed, statParkCompensated, statParkLateReply, statParkUnresolved}
 
 // tally adds n to what faults of kind counted under stat. statResumedMs
 // keeps the largest value instead, and counts it under statResumed.

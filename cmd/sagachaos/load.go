@@ -35,6 +35,9 @@ const (
 	kindCompensate    = check.KindCompensate
 	kindCoupon        = check.KindCoupon
 	kindCouponUnknown = check.KindCouponUnknown
+	// kindParkCompensate is an order that the coupon-park fault
+	// compensated while it was parked.
+	kindParkCompensate = check.KindParkCompensate
 	// The local-first saga's kinds (package localfirst).
 	kindLocalComplete   = check.KindLocalComplete
 	kindLocalRefused    = check.KindLocalRefused
@@ -67,6 +70,9 @@ type expectation struct {
 	// Landed is where a stray record sent through a foreign partitioner
 	// landed: its dead-letter copy must say it was forwarded from there.
 	Landed *check.Landing `json:"landed,omitempty"`
+	// Resumed marks an order that the coupon-park fault sent a Resume
+	// while it was parked (check.Expectation.Resumed).
+	Resumed bool `json:"resumed,omitempty"`
 }
 
 // plan is the load: the records in send order and what each saga and
@@ -112,6 +118,12 @@ type plan struct {
 	// (see harness.surge). surged counts those sent.
 	surges [][]*kgo.Record
 	surged int
+	// parkSurges are batches of coupon orders kept apart from recs: each
+	// coupon-park fault sends one right after it stops the coupon
+	// participant, so that orders park (see harness.couponPark).
+	// parkSurged counts those sent.
+	parkSurges [][]*kgo.Record
+	parkSurged int
 	// recent, when not 0, is how many ids back the records keyed by an
 	// earlier saga reach, and how many records later a duplicate start's
 	// second copy comes at most (see newPlan).
@@ -148,6 +160,24 @@ func (p *plan) addSurges(k int, rng *rand.Rand) {
 			recs = append(recs, startRecord(id, mustJSON(o)))
 		}
 		p.surges = append(p.surges, recs)
+	}
+}
+
+// addParkSurges adds k surges of parkSurgeSize coupon orders, sent through
+// murmur2, to p.
+func (p *plan) addParkSurges(k int, rng *rand.Rand) {
+	for b := range k {
+		var recs []*kgo.Record
+		for i := range parkSurgeSize {
+			id := fmt.Sprintf("o-park-%02d-%03d", b, i)
+			o := newOrder(id, kindCoupon, rng)
+			e := &expectation{ID: id, Kind: kindCoupon, Order: &o, Via: viaMurmur2}
+			p.exps = append(p.exps, e)
+			p.sagas[id] = e
+			p.ids = append(p.ids, id)
+			recs = append(recs, startRecord(id, mustJSON(o)))
+		}
+		p.parkSurges = append(p.parkSurges, recs)
 	}
 }
 

@@ -13,7 +13,9 @@
 // FLUSHALL, restarts and rollbacks to an older snapshot, rollbacks aimed at
 // the engines' batch reads, keys deleted and evicted, a Redis that hangs
 // past the transaction timeout, broker restarts, broker-injected errors, an
-// orders-store outage, a hung and a panicking local step), waits until every
+// orders-store outage, a hung and a panicking local step, a coupon
+// participant silent until orders park, which are then resumed or
+// compensated as an operator would), waits until every
 // saga has ended and past the step deadlines, and runs chaos/check on the
 // result. Some faults check as they run (a Redis hang must not stop an
 // engine, and sagas must end again soon after it), and count how often they

@@ -160,6 +160,22 @@ func exitStatus(cmd *exec.Cmd, err error) string {
 	return "exited"
 }
 
+// setArgs sets the arguments of the process's next starts (a restart, the
+// supervisor's restart after an exit of its own); the running process keeps
+// its own.
+func (p *proc) setArgs(args []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.args = slicesClone(args)
+}
+
+// argsNow returns the arguments of the process's next start.
+func (p *proc) argsNow() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slicesClone(p.args)
+}
+
 // pid returns the running process's id, or 0.
 func (p *proc) pid() int {
 	p.mu.Lock()

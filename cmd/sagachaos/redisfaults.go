@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/internal/ctxtime"
 	"github.com/ksaga/ksaga/message"
@@ -142,20 +143,26 @@ func (h *harness) surge(ctx context.Context) (wait func() error, n int) {
 	}
 	recs := p.surges[p.surged]
 	p.surged++
+	return h.sendOver(ctx, recs, surgeOver), len(recs)
+}
+
+// sendOver sends recs through murmur2, spread evenly over over, in the
+// background, and returns a func that waits until they are acknowledged.
+func (h *harness) sendOver(ctx context.Context, recs []*kgo.Record, over time.Duration) (wait func() error) {
 	s := newSender(h.producers)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		start := time.Now()
 		for i, r := range recs {
-			ctxtime.Sleep(ctx, time.Until(start.Add(surgeOver*time.Duration(i)/time.Duration(len(recs)))))
+			ctxtime.Sleep(ctx, time.Until(start.Add(over*time.Duration(i)/time.Duration(len(recs)))))
 			if ctx.Err() != nil {
 				return
 			}
 			s.send(ctx, r, viaMurmur2)
 		}
 	}()
-	return func() error { <-done; return s.wait() }, len(recs)
+	return func() error { <-done; return s.wait() }
 }
 
 // sendSurges sends the surges that no fault sent (a fault that failed
@@ -171,6 +178,18 @@ func (h *harness) sendSurges(ctx context.Context) error {
 	}
 	if n > 0 {
 		h.logf("sent %d orders of surges that no redis-rollback-catchup fault sent", n)
+	}
+	n = 0
+	for h.plan.parkSurged < len(h.plan.parkSurges) {
+		recs := h.plan.parkSurges[h.plan.parkSurged]
+		h.plan.parkSurged++
+		if err := h.sendOver(ctx, recs, parkSurgeOver)(); err != nil {
+			return err
+		}
+		n += len(recs)
+	}
+	if n > 0 {
+		h.logf("sent %d coupon orders of surges that no coupon-park fault sent", n)
 	}
 	return ctx.Err()
 }

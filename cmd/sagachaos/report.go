@@ -25,7 +25,7 @@ func (h *harness) summary(res *result) {
 		}
 	}
 	fmt.Fprintf(tw, "sagas sent\t%d\t(%d records at %.1f/s)\n", len(p.sagas), len(p.recs), res.rate)
-	for _, k := range []string{kindComplete, kindCoupon, kindCouponUnknown, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply, kindCompensate} {
+	for _, k := range []string{kindComplete, kindCoupon, kindCouponUnknown, kindDeclined, kindOutOfStock, kindUndeliverable, kindOutage, kindDupStart, kindDupReply, kindCompensate, kindParkCompensate} {
 		note := ""
 		switch k {
 		case kindComplete:
@@ -35,6 +35,17 @@ func (h *harness) summary(res *result) {
 			}
 		case kindCoupon:
 			note = fmt.Sprintf("race for the coupons %v (completed, or refused exhausted/already used)", p.coupons)
+			if len(p.parkSurges) > 0 {
+				resumed := 0
+				for _, e := range p.exps {
+					if e.Resumed {
+						resumed++
+					}
+				}
+				note += fmt.Sprintf("; %d in %d coupon-park surges of %d; %d sent a Resume while parked", len(p.parkSurges)*parkSurgeSize, len(p.parkSurges), parkSurgeSize, resumed)
+			}
+		case kindParkCompensate:
+			note = "orders with a coupon that parked at reserve-coupon and were sent a Compensate while parked (coupon-park)"
 		case kindCouponUnknown:
 			note = "carry a coupon with no limit (refused unknown)"
 		case kindDeclined, kindUndeliverable:

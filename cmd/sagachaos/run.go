@@ -191,6 +191,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	if n := res.faults[faultRollbackCatchup]; n >= catchupMustLand && h.stat(faultRollbackCatchup, statLanded) == 0 {
 		problems = append(problems, fmt.Sprintf("%d redis-rollback-catchup faults, but no rollback landed while a batch was read: no engine logged %s or %s", n, logBatchReread, logCatchupReread))
 	}
+	if n := h.cfg.counts()[faultCouponPark]; n > 0 && h.stat(faultCouponPark, statParked) == 0 {
+		problems = append(problems, fmt.Sprintf("%d coupon-park faults scheduled (%d injected), but no saga parked: the coupon participant was not silent past reserve-coupon's attempts, or the engine did not park", n, res.faults[faultCouponPark]))
+	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
@@ -221,6 +224,7 @@ func (h *harness) chaos(ctx context.Context) (*result, error) {
 
 	faults, need := schedule(cfg.counts(), cfg.FaultSpacing, rng)
 	p.addSurges(cfg.counts()[faultRollbackCatchup]*catchupRollbacks+cfg.counts()[faultRedisEvict], rng)
+	p.addParkSurges(cfg.counts()[faultCouponPark], rng)
 	rate := cfg.Rate
 	load := time.Duration(float64(len(p.recs)) / rate * float64(time.Second))
 	if want := faultLead + need; len(faults) > 0 && load < want {

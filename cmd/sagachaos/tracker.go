@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,16 @@ type tracker struct {
 	// lastEnd is the latest time a terminal event says its saga ended at
 	// (message.Event.At, the engine's clock).
 	lastEnd time.Time
+	// parks holds, for each saga that parked, its SagaParked events and
+	// the events that may resolve them (SagaResumed, CompensationStarted),
+	// in order.
+	parks map[string][]parkEvent
+}
+
+// parkEvent is an event of a saga that parked.
+type parkEvent struct {
+	typ, step, reason string
+	at                time.Time
 }
 
 func newTracker(brokers []string) (*tracker, error) {
@@ -65,6 +76,7 @@ func newTracker(brokers []string) (*tracker, error) {
 		client: cl, cancel: cancel, done: make(chan struct{}),
 		terminal: make(map[string][]string), endAt: make(map[string]time.Time),
 		dlqByKey: make(map[string][]deadLetter), dlqByMarker: make(map[string][]string),
+		parks: make(map[string][]parkEvent),
 	}
 	go t.run(ctx)
 	return t, nil
@@ -86,7 +98,18 @@ func (t *tracker) run(ctx context.Context) {
 			case events[r.Topic]:
 				t.events++
 				var ev message.Event
-				if json.Unmarshal(r.Value, &ev) == nil && message.Terminal(ev.Type) {
+				if json.Unmarshal(r.Value, &ev) != nil {
+					return
+				}
+				switch ev.Type {
+				case message.EventSagaParked, message.EventSagaResumed, message.EventCompensationStarted:
+					// Only the sagas that parked: CompensationStarted
+					// is common.
+					if ev.Type == message.EventSagaParked || len(t.parks[ev.SagaID]) > 0 {
+						t.parks[ev.SagaID] = append(t.parks[ev.SagaID], parkEvent{typ: ev.Type, step: ev.Step, reason: ev.Reason, at: ev.At})
+					}
+				}
+				if message.Terminal(ev.Type) {
 					if len(t.terminal[ev.SagaID]) == 0 {
 						t.endAt[ev.SagaID] = ev.At
 					}
@@ -180,6 +203,39 @@ func (t *tracker) lastEnded() time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.lastEnd
+}
+
+// parkedSince returns the sagas that parked at or after since (a SagaParked
+// event's time, the engine's clock), in no particular order.
+func (t *tracker) parkedSince(since time.Time) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ids []string
+	for id, evs := range t.parks {
+		if slices.ContainsFunc(evs, func(e parkEvent) bool { return e.typ == message.EventSagaParked && !e.at.Before(since) }) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// parking returns how saga id's last parking was resolved so far: the
+// event that resolved it (SagaResumed or CompensationStarted), or false
+// while it is parked (or never parked).
+func (t *tracker) parking(id string) (parkEvent, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	evs := t.parks[id]
+	last := -1
+	for i, e := range evs {
+		if e.typ == message.EventSagaParked {
+			last = i
+		}
+	}
+	if last < 0 || last == len(evs)-1 {
+		return parkEvent{}, false
+	}
+	return evs[last+1], true
 }
 
 // counts returns the records read so far.
