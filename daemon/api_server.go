@@ -75,7 +75,10 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 		a.log.Warn("HTTP API without authentication (--api-insecure-no-auth): anyone who reaches " + c.Addr + " can start and compensate sagas")
 	}
 	srv := &http.Server{
-		Handler:           h.handler(),
+		// Once the drain begins, answers close their connections: a
+		// caller on a keep-alive connection then reconnects to a pod
+		// that stays (kube-proxy balances connections, not requests).
+		Handler:           a.closeWhileDraining(h.handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      c.ProduceTimeout + 30*time.Second,

@@ -241,8 +241,8 @@ func (m *machine) advance(ctx context.Context, out *outcome, i int) error {
 			return nil
 		}
 		key := saga.Key{SagaID: st.ID, Step: step.Name, Fence: st.Version}
-		lctx, end := m.traceLocal(ctx, step.Name, false)
-		err = m.def.RunLocal(m.info(lctx, st, i, 1, false), i, out.data, key)
+		lctx, end := m.traceLocal(m.info(ctx, st, i, 1, false), step.Name, false)
+		err = m.def.RunLocal(lctx, i, out.data, key)
 		end(err)
 		if err != nil {
 			return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
@@ -467,8 +467,8 @@ func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
 	st := out.state
 	name := m.steps[i].Name
 	st.UndoSends++
-	lctx, end := m.traceLocal(ctx, name, true)
-	err := m.def.RunUndoLocal(m.info(lctx, st, i, st.UndoSends, true), i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
+	lctx, end := m.traceLocal(m.info(ctx, st, i, st.UndoSends, true), name, true)
+	err := m.def.RunUndoLocal(lctx, i, out.data, saga.Key{SagaID: st.ID, Step: name, Fence: st.Version})
 	end(err)
 	if err == nil {
 		m.event(out, message.EventStepCompensated, name, "")

@@ -65,6 +65,7 @@ import (
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/participant"
+	sagadef "github.com/ksaga/ksaga/saga"
 )
 
 // ScopeName is the instrumentation scope of ksaga's spans.
@@ -262,7 +263,11 @@ func (t *Tracer) TraceLocal(ctx context.Context, step string, undo bool) (contex
 	if undo {
 		name = "compensate " + step
 	}
-	ctx, sp := t.tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(AttrStep.String(step)))
+	attrs := []attribute.KeyValue{AttrStep.String(step)}
+	if info, ok := sagadef.InfoFrom(ctx); ok {
+		attrs = append(attrs, AttrSagaID.String(info.SagaID), AttrSagaType.String(info.Type))
+	}
+	ctx, sp := t.tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...))
 	return ctx, func(err error) {
 		if err != nil {
 			sp.RecordError(err)
