@@ -17,13 +17,17 @@ import (
 // asks Redis which of the sagas' keys it lacks, and writes those back from
 // the state topic. A pass starts when Redis reports evicted keys
 // (INFO stats evicted_keys grew) and at least every repairInterval (for
-// keys deleted by hand, which Redis does not count).
+// keys deleted by hand, which Redis does not count), and checks a chunk of
+// sagas every repairChunkEvery.
 
 const (
 	// repairInterval is the longest time between two repair passes.
-	repairInterval = time.Minute
-	// repairChunk is how many sagas one turn of the loop checks.
-	repairChunk = 1000
+	repairInterval = 5 * time.Minute
+	// repairChunk is how many sagas one turn of the loop checks, at most
+	// every repairChunkEvery: a pass costs the loop a round trip to Redis
+	// per partition every 100ms, not one every transaction.
+	repairChunk      = 1000
+	repairChunkEvery = 100 * time.Millisecond
 	// evictionCheckInterval is how often the engine reads evicted_keys.
 	evictionCheckInterval = time.Second
 )
@@ -34,6 +38,8 @@ type repair struct {
 	next int
 	// found counts the keys found missing so far.
 	found int
+	// at is when its last chunk was checked.
+	at time.Time
 }
 
 type repairID struct {
@@ -69,6 +75,10 @@ func (e *Engine) repairView(ctx context.Context) {
 		}
 	}
 	r := e.repairing
+	if now.Sub(r.at) < repairChunkEvery {
+		return
+	}
+	r.at = now
 	chunk := r.ids[r.next:min(r.next+repairChunk, len(r.ids))]
 	byPart := make(map[int32][]string)
 	for _, x := range chunk {
