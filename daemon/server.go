@@ -124,16 +124,18 @@ func (p profiler) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cannot extend the write deadline for the "+p.name+": "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	if err := p.start(w); err != nil {
-		// Another one runs: Go records one CPU profile, and one trace, at
-		// a time.
-		http.Error(w, "cannot start the "+p.name+": "+err.Error(), http.StatusConflict)
-		return
-	}
-	// Set before the first byte of the recording leaves.
+	// Set before the recording starts: from then on its goroutine owns w
+	// (it writes the header with its first bytes).
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+p.name+`"`)
+	if err := p.start(w); err != nil {
+		// Another one runs: Go records one CPU profile, and one trace, at
+		// a time.
+		w.Header().Del("Content-Disposition")
+		http.Error(w, "cannot start the "+p.name+": "+err.Error(), http.StatusConflict)
+		return
+	}
 	t := time.NewTimer(d)
 	select {
 	case <-t.C:
