@@ -153,7 +153,7 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.group, "group", "", "Kafka consumer `group` of the engine (default ksaga-<saga type>; with several saga types, <group>-<saga type>)")
 	fs.IntVar(&v.partitions, "partitions", 6, "`partitions` of the topics "+o.name+" creates; never change it for existing topics")
 	fs.IntVar(&v.replicationFactor, "replication-factor", 0, "replication `factor` of the topics "+o.name+" creates (default 3 with real Kafka, 1 embedded)")
-	fs.StringVar(&v.metricsAddr, "metrics-addr", ":9090", "`address` of the HTTP server for /metrics, /healthz and /readyz; empty disables it")
+	fs.StringVar(&v.metricsAddr, "metrics-addr", ":9090", "`address` of the HTTP server for /metrics, /healthz and /readyz; an address with no host listens on every interface, or on 127.0.0.1 in the embedded demo; empty disables it")
 	fs.StringVar(&v.logFormat, "log-format", "", "log `format`: json or text (default text when stderr is a terminal, else json)")
 	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
