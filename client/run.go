@@ -219,13 +219,7 @@ func (w *watcher) run() {
 // an event's type in its ksaga-message-type header, so other events are
 // passed over undecoded.
 func terminalEvent(rec *kgo.Record) (message.Event, bool) {
-	typ := ""
-	for _, h := range rec.Headers {
-		if h.Key == message.HeaderMessageType {
-			typ = string(h.Value)
-		}
-	}
-	if !message.Terminal(typ) {
+	if !message.Terminal(header(rec, message.HeaderMessageType)) {
 		return message.Event{}, false
 	}
 	var ev message.Event

@@ -377,8 +377,7 @@ func (m *machine) onReply(ctx context.Context, out *outcome, i int, in *input) e
 		return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: err}
 	}
 	reply := saga.Reply{Success: in.outcome == message.OutcomeSuccess, Reason: in.reason, Data: v.Data}
-	info := saga.Info{SagaID: st.ID, Type: st.Type, Step: step.Name, Attempt: st.Attempt, Started: st.Created}
-	if err := m.def.OnReply(ctx, i, data, reply, info); err != nil {
+	if err := m.def.OnReply(ctx, i, data, reply, m.infoOf(st, i, st.Attempt, false)); err != nil {
 		return &StepError{Step: step.Name, Index: i, Retry: step.Retry, Err: fmt.Errorf("reply: %w", err)}
 	}
 	enc, err := json.Marshal(data)
@@ -745,8 +744,13 @@ func (m *machine) event(out *outcome, typ, step, reason string) {
 
 // info returns ctx carrying the saga.Info of a call into step i's code.
 func (m *machine) info(ctx context.Context, st *State, i, attempt int, compensating bool) context.Context {
-	return saga.WithInfo(ctx, saga.Info{SagaID: st.ID, Type: st.Type, Step: m.steps[i].Name,
-		Attempt: attempt, Compensating: compensating, Started: st.Created})
+	return saga.WithInfo(ctx, m.infoOf(st, i, attempt, compensating))
+}
+
+// infoOf is the saga.Info of a call into step i's code.
+func (m *machine) infoOf(st *State, i, attempt int, compensating bool) saga.Info {
+	return saga.Info{SagaID: st.ID, Type: st.Type, Step: m.steps[i].Name,
+		Attempt: attempt, Compensating: compensating, Started: st.Created}
 }
 
 // undoBackoff spaces the sends of a compensation that its participant failed.

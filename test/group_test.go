@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -102,7 +103,7 @@ func TestParallelGroup(t *testing.T) {
 			"StepCompensated pay", "StepCompensated stock", "SagaCompensated "},
 	}
 	for id, w := range want {
-		if got := history(evs[id]); !equalStrings(got, w) {
+		if got := history(evs[id]); !slices.Equal(got, w) {
 			t.Errorf("saga %s: events %q, want %q", id, got, w)
 		}
 	}
@@ -123,16 +124,4 @@ func TestParallelGroup(t *testing.T) {
 	if cmds := e.commands("payment"); cmds["g-fail/pay/undo attempt 1"]+cmds["g-silent/pay/undo attempt 1"] != 0 {
 		t.Errorf("a payment that failed was compensated: %v", cmds)
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
