@@ -28,19 +28,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/retry"
 )
 
-// DefaultDeadline is how long the engine waits for a participant's reply to
-// one attempt of a step whose Deadline is zero.
-const DefaultDeadline = 30 * time.Second
+// DefaultReplyTimeout is how long the engine waits for a participant's
+// reply to one attempt of a step whose ReplyTimeout is zero.
+const DefaultReplyTimeout = 30 * time.Second
 
-// DefaultTimeout bounds each call into a step's code (Do, Undo, Local,
-// UndoLocal) whose Timeout is zero, and each call of a data type's Validate.
+// DefaultCallTimeout bounds each call into a step's code (Do, Undo, Local,
+// UndoLocal) whose CallTimeout is zero, and each call of a data type's
+// Validate.
 // It is well under the engine's transaction timeout (10s by default), so a
 // call that hangs is counted as a failed attempt before the transaction
 // expires.
-const DefaultTimeout = 3 * time.Second
+const DefaultCallTimeout = 3 * time.Second
 
 // Command is what a participant step asks of its participant. The engine
 // produces it to the topic "<Participant>.commands", keyed by the saga id.
@@ -88,27 +90,35 @@ type Step[T any] struct {
 	// SagaFailed. Nil means the step needs no compensation. ctx carries a
 	// Key whose Fence is higher than that of any attempt of Local.
 	UndoLocal func(ctx context.Context, data *T) error
-	// Timeout bounds each call of Do, Undo, Local and UndoLocal. A call
-	// that has not returned by then is abandoned (its goroutine is left to
-	// finish on its own; its ctx is cancelled) and counts as a failed
-	// attempt, as an error and a panic do. Zero means DefaultTimeout.
-	Timeout time.Duration
+	// CallTimeout bounds each call of Do, Undo, Local, UndoLocal, Skip and
+	// OnReply: a call into the step's code, in the engine. A call that has
+	// not returned by then is abandoned (its goroutine is left to finish
+	// on its own; its ctx is cancelled) and counts as a failed attempt, as
+	// an error and a panic do. Zero means DefaultCallTimeout. It is not
+	// how long a participant may take: that is ReplyTimeout.
+	CallTimeout time.Duration
 	// Retry bounds the attempts of the step: for a Local step the
 	// processing attempts of its record, for a Do step the sends of its
-	// command that get no reply before Deadline (re-sent with the same
+	// command that get no reply before ReplyTimeout (re-sent with the same
 	// message id, so participants dedupe). The zero value means three
 	// attempts, the first included.
 	Retry retry.Policy
-	// Deadline is how long one attempt of a Do step waits for its reply.
-	// Zero means DefaultDeadline.
-	Deadline time.Duration
+	// ReplyTimeout is how long one attempt of a Do step waits for its
+	// participant's reply before it is sent again (Retry) or, with its
+	// attempts spent, the saga compensates or parks. Zero means
+	// DefaultReplyTimeout.
+	ReplyTimeout time.Duration
+	// Compensation bounds the attempts of the step's compensation (Undo,
+	// UndoLocal) and how long each waits for its reply. Zero fields take
+	// the engine's policy (orchestrator.Compensation).
+	Compensation compensation.Policy
 	// Skip, when set, says whether the saga passes over this step for its
 	// data: a skipped step runs nothing (no command, no Local call), writes
 	// no event and is never compensated. Nil means the step always runs.
 	// The engine calls it whenever it needs the answer (when the step is
 	// reached, when a compensation is planned, when a reply names the
 	// step), so it must depend on data alone and be quick. Like the other
-	// calls into saga code it runs under Timeout with a recover; its error
+	// calls into saga code it runs under CallTimeout with a recover; its error
 	// or panic fails the step as a Local step's error does.
 	Skip func(data *T) bool
 	// OnReply, when set, reads the participant's reply to Do (success or
@@ -116,7 +126,7 @@ type Step[T any] struct {
 	// carries into data: the engine then stores the changed data with the
 	// saga's state, in the same transaction, so that later steps,
 	// compensations (an Undo that names the payment's authorization id)
-	// and the terminal event see it. It runs under Timeout with a
+	// and the terminal event see it. It runs under CallTimeout with a
 	// recover; its error is a failed attempt of the reply's record, as a
 	// Local step's is. OnSuccess builds one from a typed function.
 	OnReply func(ctx context.Context, data *T, reply Reply) error
@@ -237,10 +247,14 @@ type StepInfo struct {
 	// (Step.Park).
 	Park bool
 	// Group names the step's parallel group (Step.Group), "" for none.
-	Group    string
-	Retry    retry.Policy
+	Group string
+	Retry retry.Policy
+	// Deadline is Step.ReplyTimeout and Timeout Step.CallTimeout, with
+	// their defaults applied.
 	Deadline time.Duration
 	Timeout  time.Duration
+	// Compensation is Step.Compensation, zero fields left for the engine.
+	Compensation compensation.Policy
 }
 
 // Key identifies one attempt of a step for the code it calls. The engine
@@ -274,7 +288,7 @@ func KeyFrom(ctx context.Context) (Key, bool) {
 }
 
 // ErrTimeout is wrapped by the error of a call into saga code that did not
-// return within its step's Timeout.
+// return within its step's CallTimeout.
 var ErrTimeout = errors.New("saga code did not return in time")
 
 // PanicError is the error of a call into saga code that panicked.
@@ -289,6 +303,8 @@ func (e *PanicError) Error() string { return fmt.Sprintf("saga code panicked: %v
 // safe for concurrent use.
 type Definition struct {
 	name    string
+	version int // 0 means 1
+	adopts  map[int]adoption
 	steps   []StepInfo
 	newData func() any
 	do      []func(context.Context, any) (Command, error)
@@ -350,20 +366,23 @@ func build[T any](name string, steps []Step[T]) (*Definition, error) {
 			return nil, fmt.Errorf("saga %s step %s: a member of parallel group %s must be a Do step that does not Park", name, s.Name, s.Group)
 		case s.Group != "" && groups[s.Group] && (i == 0 || steps[i-1].Group != s.Group):
 			return nil, fmt.Errorf("saga %s step %s: the members of parallel group %s must be consecutive", name, s.Name, s.Group)
-		case s.Timeout < 0:
-			return nil, fmt.Errorf("saga %s step %s: Timeout must not be negative", name, s.Name)
+		case s.CallTimeout < 0 || s.ReplyTimeout < 0:
+			return nil, fmt.Errorf("saga %s step %s: CallTimeout and ReplyTimeout must not be negative", name, s.Name)
+		case s.Compensation.MaxAttempts < 0 || s.Compensation.Deadline < 0:
+			return nil, fmt.Errorf("saga %s step %s: Compensation's fields must not be negative", name, s.Name)
 		}
 		seen[s.Name] = true
 		if s.Group != "" {
 			groups[s.Group] = true
 		}
 		info := StepInfo{Name: s.Name, Local: s.Local != nil, Optional: s.Skip != nil, Undoable: s.Undo != nil || s.UndoLocal != nil,
-			OnReply: s.OnReply != nil, Park: s.Park, Group: s.Group, Retry: s.Retry, Deadline: s.Deadline, Timeout: s.Timeout}
+			OnReply: s.OnReply != nil, Park: s.Park, Group: s.Group, Retry: s.Retry, Deadline: s.ReplyTimeout, Timeout: s.CallTimeout,
+			Compensation: s.Compensation}
 		if info.Deadline <= 0 {
-			info.Deadline = DefaultDeadline
+			info.Deadline = DefaultReplyTimeout
 		}
 		if info.Timeout <= 0 {
-			info.Timeout = DefaultTimeout
+			info.Timeout = DefaultCallTimeout
 		}
 		d.steps = append(d.steps, info)
 		d.do = append(d.do, typed(s.Do))
@@ -416,14 +435,14 @@ var ErrInvalidData = errors.New("invalid saga data")
 // Decode decodes a start request's data from JSON and validates it. Unknown
 // fields are rejected. Every error it returns wraps ErrInvalidData and is
 // permanent (retry.IsPermanent): retrying cannot fix the input. A Validate
-// that panics or does not return within DefaultTimeout is such an error too.
+// that panics or does not return within DefaultCallTimeout is such an error too.
 func (d *Definition) Decode(value []byte) (any, error) {
 	data, err := d.decode(value, true)
 	if err != nil {
 		return nil, err
 	}
 	if v, ok := data.(Validator); ok {
-		err := callPure(context.Background(), DefaultTimeout, v.Validate)
+		err := callPure(context.Background(), DefaultCallTimeout, v.Validate)
 		if err != nil {
 			return nil, retry.Permanent(fmt.Errorf("%w: %s: %w", ErrInvalidData, d.name, err))
 		}
@@ -466,10 +485,10 @@ func (d *Definition) decode(value []byte, strict bool) (data any, err error) {
 // fn into a *PanicError and a call that outlives timeout into an error
 // wrapping ErrTimeout. A call that does not return is abandoned: its
 // goroutine runs on until fn returns. The engine runs every call into saga
-// code through it; timeout <= 0 means DefaultTimeout.
+// code through it; timeout <= 0 means DefaultCallTimeout.
 func Call(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
 	if timeout <= 0 {
-		timeout = DefaultTimeout
+		timeout = DefaultCallTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -576,7 +595,7 @@ func safely(ctx context.Context, fn func(context.Context) error) (err error) {
 }
 
 // Do builds the command of participant step i for data, which must come
-// from Decode or DecodeStored, within the step's Timeout (see Call).
+// from Decode or DecodeStored, within the step's CallTimeout (see Call).
 func (d *Definition) Do(ctx context.Context, i int, data any) (Command, error) {
 	return callCommand(ctx, d.steps[i].Timeout, d.do[i], data)
 }
@@ -600,15 +619,15 @@ func callCommand(ctx context.Context, timeout time.Duration, fn func(context.Con
 }
 
 // Undo builds the compensation command of participant step i for data
-// within the step's Timeout. Call it only for a step that is not Local and
+// within the step's CallTimeout. Call it only for a step that is not Local and
 // whose StepInfo.Undoable is true.
 func (d *Definition) Undo(ctx context.Context, i int, data any) (Command, error) {
 	return callCommand(ctx, d.steps[i].Timeout, d.undo[i], data)
 }
 
 // Skip reports whether step i is skipped for data (Step.Skip), within the
-// step's Timeout (see Call). It returns false at once for a step without
-// Skip. An error is a panic or a call that outlived the Timeout.
+// step's CallTimeout (see Call). It returns false at once for a step without
+// Skip. An error is a panic or a call that outlived the CallTimeout.
 func (d *Definition) Skip(ctx context.Context, i int, data any) (bool, error) {
 	if d.skip[i] == nil {
 		return false, nil
@@ -623,21 +642,21 @@ func (d *Definition) Skip(ctx context.Context, i int, data any) (bool, error) {
 	return err == nil && skip.Load(), err
 }
 
-// RunLocal runs local step i for data within the step's Timeout, with k in
+// RunLocal runs local step i for data within the step's CallTimeout, with k in
 // its ctx.
 func (d *Definition) RunLocal(ctx context.Context, i int, data any, k Key) error {
 	return Call(WithKey(ctx, k), d.steps[i].Timeout, func(ctx context.Context) error { return d.local[i](ctx, data) })
 }
 
 // RunUndoLocal runs the UndoLocal of local step i within the step's
-// Timeout, with k in its ctx. Call it only for a Local step whose
+// CallTimeout, with k in its ctx. Call it only for a Local step whose
 // StepInfo.Undoable is true.
 func (d *Definition) RunUndoLocal(ctx context.Context, i int, data any, k Key) error {
 	return Call(WithKey(ctx, k), d.steps[i].Timeout, func(ctx context.Context) error { return d.undoLocal[i](ctx, data) })
 }
 
 // OnReply runs the OnReply of participant step i for data and reply within
-// the step's Timeout, with info in its ctx. It does nothing for a step
+// the step's CallTimeout, with info in its ctx. It does nothing for a step
 // without OnReply. data may be changed by it.
 func (d *Definition) OnReply(ctx context.Context, i int, data any, reply Reply, info Info) error {
 	if d.onReply[i] == nil {

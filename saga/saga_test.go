@@ -119,7 +119,7 @@ func TestSkip(t *testing.T) {
 func TestAbandonedBuilderFinishingLate(t *testing.T) {
 	release := make(chan struct{})
 	done := make(chan struct{})
-	def := saga.New("late", saga.Step[v2]{Name: "s", Timeout: 20 * time.Millisecond,
+	def := saga.New("late", saga.Step[v2]{Name: "s", CallTimeout: 20 * time.Millisecond,
 		Do: func(context.Context, *v2) (saga.Command, error) {
 			defer close(done)
 			<-release
@@ -143,7 +143,7 @@ func TestAbandonedBuilderFinishingLate(t *testing.T) {
 // goroutines serve calls again.
 func TestCallsAfterAbandonedOnes(t *testing.T) {
 	release := make(chan struct{})
-	def := saga.New("hung", saga.Step[v2]{Name: "s", Timeout: 20 * time.Millisecond,
+	def := saga.New("hung", saga.Step[v2]{Name: "s", CallTimeout: 20 * time.Millisecond,
 		Do: func(context.Context, *v2) (saga.Command, error) {
 			return saga.Command{Participant: "p", Type: "T"}, nil
 		},
@@ -177,7 +177,7 @@ func TestCallsAfterAbandonedOnes(t *testing.T) {
 	cancel()
 	block := make(chan struct{})
 	defer close(block)
-	slow := saga.New("slow", saga.Step[v2]{Name: "s", Timeout: time.Minute,
+	slow := saga.New("slow", saga.Step[v2]{Name: "s", CallTimeout: time.Minute,
 		Do:   func(context.Context, *v2) (saga.Command, error) { return saga.Command{}, nil },
 		Skip: func(*v2) bool { <-block; return true }})
 	start := time.Now()

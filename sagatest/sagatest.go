@@ -56,9 +56,9 @@ import (
 	"github.com/ksaga/ksaga/topic"
 )
 
-// DefaultTimeout is how long Wait and WaitDeadLetter wait when their ctx
+// DefaultWaitTimeout is how long Wait and WaitDeadLetter wait when their ctx
 // has no deadline.
-const DefaultTimeout = 30 * time.Second
+const DefaultWaitTimeout = 30 * time.Second
 
 // Opt configures a Harness.
 type Opt interface{ apply(*config) }
@@ -88,9 +88,9 @@ func RedisAddr(addr string) Opt { return optFunc(func(c *config) { c.redisAddr =
 // default is 3.
 func Partitions(n int) Opt { return optFunc(func(c *config) { c.partitions = n }) }
 
-// Timeout sets how long Wait and WaitDeadLetter wait when their ctx has no
-// deadline. The default is DefaultTimeout.
-func Timeout(d time.Duration) Opt { return optFunc(func(c *config) { c.timeout = d }) }
+// WaitTimeout sets how long Wait and WaitDeadLetter wait when their ctx has no
+// deadline. The default is DefaultWaitTimeout.
+func WaitTimeout(d time.Duration) Opt { return optFunc(func(c *config) { c.timeout = d }) }
 
 // FakeClock runs the Harness's engines on a clock that the test moves
 // forward (Harness.Clock().Advance), starting at the wall clock's time:
@@ -205,7 +205,7 @@ func hasLogger(opts []Opt) bool {
 // Open starts a Harness outside a test (an Example, a program of your
 // own). Close it when done.
 func Open(opts ...Opt) (*Harness, error) {
-	cfg := config{partitions: 3, timeout: DefaultTimeout}
+	cfg := config{partitions: 3, timeout: DefaultWaitTimeout}
 	for _, o := range opts {
 		o.apply(&cfg)
 	}

@@ -21,7 +21,7 @@ type order struct {
 // waiting reserves with participant "down", which never answers, and
 // releases with participant "up".
 var waiting = saga.New("waiting",
-	saga.Step[order]{Name: "reserve", Do: cmd("down", "Reserve"), Undo: cmd("up", "Release"), Deadline: time.Hour},
+	saga.Step[order]{Name: "reserve", Do: cmd("down", "Reserve"), Undo: cmd("up", "Release"), ReplyTimeout: time.Hour},
 )
 
 func cmd(participant, typ string) func(context.Context, *order) (saga.Command, error) {
@@ -34,7 +34,7 @@ func cmd(participant, typ string) func(context.Context, *order) (saga.Command, e
 // real redis-server: Wait times out with the saga's events so far,
 // Compensate ends it, and an undecodable start is dead-lettered.
 func TestHarness(t *testing.T) {
-	h := sagatest.New(t, sagatest.Timeout(2*time.Second), sagatest.Logger(slog.New(slog.DiscardHandler)))
+	h := sagatest.New(t, sagatest.WaitTimeout(2*time.Second), sagatest.Logger(slog.New(slog.DiscardHandler)))
 	ctx := context.Background()
 	down := participant.HandlerFunc(func(context.Context, []participant.Request) ([]participant.Reply, error) {
 		return nil, errors.New("down") // retried until the harness closes
@@ -89,7 +89,7 @@ func TestFakeClock(t *testing.T) {
 	h := sagatest.New(t, sagatest.FakeClock(), sagatest.Logger(slog.New(slog.DiscardHandler)))
 	ctx := context.Background()
 	silent := saga.New("silent",
-		saga.Step[order]{Name: "reserve", Do: cmd("mute", "Reserve"), Undo: cmd("up", "Release"), Deadline: 30 * time.Second},
+		saga.Step[order]{Name: "reserve", Do: cmd("mute", "Reserve"), Undo: cmd("up", "Release"), ReplyTimeout: 30 * time.Second},
 	)
 	mute := participant.HandlerFunc(func(_ context.Context, reqs []participant.Request) ([]participant.Reply, error) {
 		return nil, errors.New("mute") // never answers

@@ -192,7 +192,7 @@ func hangingSaga(panics bool, undone *atomic.Int64, fences *sync.Map) *saga.Defi
 	}
 	return saga.New(order.Name,
 		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.ReserveInventory), Undo: cmd(order.ReleaseInventory)},
-		saga.Step[order.Order]{Name: "stuck", Timeout: 500 * time.Millisecond,
+		saga.Step[order.Order]{Name: "stuck", CallTimeout: 500 * time.Millisecond,
 			Local: func(ctx context.Context, o *order.Order) error {
 				k, _ := saga.KeyFrom(ctx)
 				fences.Store(fmt.Sprintf("do-%d", k.Fence), k.Fence)

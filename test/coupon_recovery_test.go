@@ -30,7 +30,7 @@ func quickCouponOrder(store order.Store) *saga.Definition {
 		}
 	}
 	steps := []saga.Step[order.Order]{{Name: order.StepReserveCoupon, Do: coupon(order.ReserveCoupon), Undo: coupon(order.ReleaseCoupon),
-		Deadline: d, Skip: func(o *order.Order) bool { return o.Coupon == "" }}}
+		ReplyTimeout: d, Skip: func(o *order.Order) bool { return o.Coupon == "" }}}
 	cmd := func(participant, typ string, payload func(*order.Order) any) func(context.Context, *order.Order) (saga.Command, error) {
 		return func(_ context.Context, o *order.Order) (saga.Command, error) {
 			return saga.Command{Participant: participant, Type: typ, Payload: payload(o)}, nil
@@ -44,9 +44,9 @@ func quickCouponOrder(store order.Store) *saga.Definition {
 		return order.ShippingCommand{OrderID: o.OrderID, ShipTo: o.ShipTo, Items: o.Items}
 	}
 	steps = append(steps,
-		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory, inv), Undo: cmd(order.Inventory, order.ReleaseInventory, inv), Deadline: d},
-		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment, pay), Undo: cmd(order.Payment, order.CancelPayment, pay), Deadline: d},
-		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment, ship), Undo: cmd(order.Shipping, order.CancelShipment, ship), Deadline: d},
+		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory, inv), Undo: cmd(order.Inventory, order.ReleaseInventory, inv), ReplyTimeout: d},
+		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment, pay), Undo: cmd(order.Payment, order.CancelPayment, pay), ReplyTimeout: d},
+		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment, ship), Undo: cmd(order.Shipping, order.CancelShipment, ship), ReplyTimeout: d},
 		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel},
 	)
 	return saga.New(order.Name, steps...)

@@ -467,9 +467,9 @@ func quickOrder(e *env) *saga.Definition {
 	}
 	const d = 300 * time.Millisecond
 	return saga.New(order.Name,
-		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory), Undo: cmd(order.Inventory, order.ReleaseInventory), Deadline: d},
-		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment), Undo: cmd(order.Payment, order.CancelPayment), Deadline: d},
-		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment), Undo: cmd(order.Shipping, order.CancelShipment), Deadline: d},
+		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: cmd(order.Inventory, order.ReserveInventory), Undo: cmd(order.Inventory, order.ReleaseInventory), ReplyTimeout: d},
+		saga.Step[order.Order]{Name: order.StepAuthorizePayment, Do: cmd(order.Payment, order.AuthorizePayment), Undo: cmd(order.Payment, order.CancelPayment), ReplyTimeout: d},
+		saga.Step[order.Order]{Name: order.StepScheduleShipping, Do: cmd(order.Shipping, order.ScheduleShipment), Undo: cmd(order.Shipping, order.CancelShipment), ReplyTimeout: d},
 		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel},
 	)
 }

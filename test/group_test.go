@@ -40,7 +40,7 @@ func TestParallelGroup(t *testing.T) {
 	}
 	def := saga.New(order.Name,
 		saga.Step[order.Order]{Name: "stock", Group: "reserve", Do: to("inventory", "Reserve"), Undo: to("inventory", "Release"),
-			Deadline: 8 * time.Second, Retry: retry.Policy{MaxAttempts: 1}},
+			ReplyTimeout: 8 * time.Second, Retry: retry.Policy{MaxAttempts: 1}},
 		saga.Step[order.Order]{Name: "pay", Group: "reserve", Do: to("payment", "Authorize"), Undo: to("payment", "Cancel")},
 		saga.Step[order.Order]{Name: "note", Local: func(context.Context, *order.Order) error { return nil }},
 	)

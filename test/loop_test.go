@@ -50,7 +50,7 @@ func TestCatchUpAfterRedisLost(t *testing.T) {
 				return ctx.Err()
 			}
 		},
-		Timeout: time.Minute,
+		CallTimeout: time.Minute,
 	})
 	logs := &logRecorder{Handler: testLogger(t).Handler(), msgs: new(messages)}
 	eng := e.startEngine(def, orchestrator.Logger(slog.New(logs)))

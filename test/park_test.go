@@ -61,7 +61,7 @@ func TestPark(t *testing.T) {
 		return saga.Command{Participant: "coupon", Type: "ReleaseCoupon", Payload: o}, nil
 	}
 	def := saga.New(order.Name,
-		saga.Step[order.Order]{Name: "issue", Do: issue, Undo: release, Deadline: 300 * time.Millisecond,
+		saga.Step[order.Order]{Name: "issue", Do: issue, Undo: release, ReplyTimeout: 300 * time.Millisecond,
 			Retry: retry.Policy{MaxAttempts: 2}, Park: true,
 			Skip: func(o *order.Order) bool { return o.Coupon == "local" }},
 		saga.Step[order.Order]{Name: "store", Local: func(_ context.Context, o *order.Order) error {

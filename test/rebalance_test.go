@@ -57,7 +57,7 @@ func TestSecondRevocationOfAnIdleEngine(t *testing.T) {
 		return saga.Command{Participant: order.Inventory, Type: order.ReserveInventory, Payload: o}, nil
 	}
 	def := saga.New(order.Name,
-		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: send, Deadline: 15 * time.Second},
+		saga.Step[order.Order]{Name: order.StepReserveInventory, Do: send, ReplyTimeout: 15 * time.Second},
 		saga.Step[order.Order]{Name: order.StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel},
 	)
 	a := e.startEngine(def, orchestrator.TransactionalID("engine-a"))

@@ -56,14 +56,14 @@ func TestCatchUpRollbackKeepsRunningSagas(t *testing.T) {
 				}
 				return true
 			},
-			Timeout: time.Minute,
+			CallTimeout: time.Minute,
 		},
 		saga.Step[order.Order]{
 			Name: "wait",
 			Do: func(_ context.Context, o *order.Order) (saga.Command, error) {
 				return saga.Command{Participant: "inventory", Type: "ReserveInventory", Payload: o}, nil
 			},
-			Deadline: 5 * time.Minute,
+			ReplyTimeout: 5 * time.Minute,
 		},
 	)
 	logs := &logRecorder{Handler: testLogger(t).Handler(), msgs: new(messages)}

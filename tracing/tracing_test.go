@@ -107,7 +107,7 @@ func tripSaga(failConfirm *atomic.Bool, deadline time.Duration) *saga.Definition
 			Undo: func(_ context.Context, t *Trip) (saga.Command, error) {
 				return saga.Command{Participant: "hotel", Type: "CancelRoom", Payload: t}, nil
 			}},
-		saga.Step[Trip]{Name: "charge-card", Deadline: deadline, Retry: retry.Policy{MaxAttempts: 2},
+		saga.Step[Trip]{Name: "charge-card", ReplyTimeout: deadline, Retry: retry.Policy{MaxAttempts: 2},
 			Do: func(_ context.Context, t *Trip) (saga.Command, error) {
 				return saga.Command{Participant: "card", Type: "Charge", Payload: t}, nil
 			}},

@@ -79,7 +79,7 @@ func New(store *Store) *saga.Definition {
 	return saga.New(Name,
 		saga.Step[Trip]{Name: "book-hotel", Do: bookRoom, Undo: cancelRoom,
 			OnReply: saga.OnSuccess(func(t *Trip, b Booking) { t.BookingRef = b.Reference })},
-		saga.Step[Trip]{Name: "charge-card", Do: chargeCard, Undo: refundCard, Deadline: 10 * time.Second},
+		saga.Step[Trip]{Name: "charge-card", Do: chargeCard, Undo: refundCard, ReplyTimeout: 10 * time.Second},
 		saga.Step[Trip]{Name: "confirm", Local: store.Confirm, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 5}},
 	)
 }

@@ -73,7 +73,7 @@ func (t *Transfer) Validate() error {
 func New(store *Store) *saga.Definition {
 	return saga.New(Name,
 		saga.Step[Transfer]{Name: StepHold, Local: store.Hold, UndoLocal: store.Release, Retry: retry.Policy{MaxAttempts: 3}},
-		saga.Step[Transfer]{Name: StepApprove, Do: approve, Undo: withdraw, Deadline: ApproveDeadline},
+		saga.Step[Transfer]{Name: StepApprove, Do: approve, Undo: withdraw, ReplyTimeout: ApproveDeadline},
 	)
 }
 
