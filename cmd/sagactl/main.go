@@ -85,6 +85,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ksaga/ksaga/conn"
+	"github.com/ksaga/ksaga/ops"
 )
 
 func main() {
@@ -166,11 +167,7 @@ func runStreams(ctx context.Context, args []string, getenv func(string) string, 
 		})
 	}
 	if err != nil {
-		if _, hinted := errors.AsType[*refusedError](err); conn.IsAuthError(err) && !hinted {
-			// Not a first request: a dlq command's later request, to Kafka.
-			err = &refusedError{service: "Kafka", err: err}
-		}
-		fmt.Fprintf(st.errw, "sagactl %s: %v\n", inv.command, err)
+		fmt.Fprintf(st.errw, "sagactl %s: %v\n", inv.command, explain(err))
 		return exitError
 	}
 	return exitOK
@@ -232,19 +229,21 @@ type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
 
-// firstRequestError explains an error of the first request to a service at
-// addrs: it almost always means a wrong address or a service that is down,
-// and the operator should learn which flag to check.
-func firstRequestError(ctx context.Context, service string, addrs []string, flagName string, timeout time.Duration, err error) error {
-	if ctx.Err() != nil {
-		return err
+// explain adds to err what the operator should check: for an error of
+// the first request to Kafka or Redis (ops.ConnError), which flags; for a
+// refused login, missing ACL or certificate that does not verify, which
+// connection flags (refusedError).
+func explain(err error) error {
+	ce, first := errors.AsType[*ops.ConnError](err)
+	switch {
+	case conn.IsAuthError(err) && first:
+		return &refusedError{service: ce.Service, err: err}
+	case conn.IsAuthError(err):
+		// Not a first request: a dlq command's later request, to Kafka.
+		return &refusedError{service: "Kafka", err: err}
+	case first:
+		flagName := map[string]string{"Kafka": "kafka-brokers", "Redis": "redis-addr"}[ce.Service]
+		return fmt.Errorf("%w (check --%s and that %s is up)", err, flagName, ce.Service)
 	}
-	if conn.IsAuthError(err) {
-		return &refusedError{service: service, err: fmt.Errorf("%s at %s: %w", service, strings.Join(addrs, ","), err)}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s at %s did not answer within %s: check --%s and that %s is up: %w",
-			service, strings.Join(addrs, ","), timeout, flagName, service, err)
-	}
-	return fmt.Errorf("%s at %s: %w (check --%s and that %s is up)", service, strings.Join(addrs, ","), err, flagName, service)
+	return err
 }

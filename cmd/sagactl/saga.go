@@ -2,32 +2,25 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	kaudit "github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/ops"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/topic"
 )
 
-// errSagaNotFound means Redis holds no state for the saga: a wrong id or
-// type, a saga whose start request is not processed yet, or a Redis that
-// lost its data (the engine rebuilds it from saga.<type>.state).
-var errSagaNotFound = errors.New("saga not found")
+// errSagaNotFound means Redis holds no state for the saga (ops.ErrSagaNotFound).
+var errSagaNotFound = ops.ErrSagaNotFound
 
 // sagaRow is a saga as saga get -o table and saga list show it: the fields
 // of its state an operator looks at first, from its Redis view.
@@ -97,7 +90,7 @@ func (r sagaRow) cells(now time.Time) []string {
 type getOptions struct {
 	sagaType string
 	id       string
-	// redisAddrs names Redis in error messages.
+	// redisAddrs is --redis-addr (ops names Redis by its client in errors).
 	redisAddrs []string
 	// timeout bounds the request to Redis; 0 means defaultTimeout.
 	timeout time.Duration
@@ -112,43 +105,16 @@ type getOptions struct {
 // the state itself (as the engine wrote it), -o table a one-row summary.
 // It returns an error wrapping errSagaNotFound when the key does not exist.
 func getSaga(ctx context.Context, rdb redis.UniversalClient, w io.Writer, opt getOptions) error {
-	p := message.HomePartition(opt.id, opt.partitions)
-	key := orchestrator.StateKey(opt.sagaType, p, opt.id)
-	timeout := orDefault(opt.timeout, defaultTimeout)
-	reqCtx, cancel := context.WithTimeout(ctx, timeout)
-	fields, err := rdb.HGetAll(reqCtx, key).Result()
-	cancel()
+	sg, err := ops.GetSaga(ctx, ops.Redis{Client: rdb, Timeout: orDefault(opt.timeout, defaultTimeout)}, opt.sagaType, opt.id, opt.partitions)
 	if err != nil {
-		return firstRequestError(ctx, "Redis", opt.redisAddrs, "redis-addr", timeout, fmt.Errorf("HGETALL %s: %w", key, err))
-	}
-	if len(fields) == 0 {
-		return fmt.Errorf("%w: Redis has no key %s (check the id and --saga; Redis may also lag the engine by a few transactions)", errSagaNotFound, key)
-	}
-	state, ok := fields["state"]
-	if !ok {
-		names := make([]string, 0, len(fields))
-		for k := range fields {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		return fmt.Errorf("key %s has no state field (it has %s): it was not written by the ksaga engine", key, strings.Join(names, ", "))
-	}
-	if !json.Valid([]byte(state)) {
-		return fmt.Errorf("key %s holds a state that is not JSON: %s", key, shorten(state, 200))
+		return err
 	}
 	if opt.output != outTable {
-		return writeData(w, opt.output, json.RawMessage(state))
-	}
-	var s orchestrator.State
-	if err := json.Unmarshal([]byte(state), &s); err != nil {
-		return fmt.Errorf("key %s: decode the state: %w", key, err)
-	}
-	if s.Version == 0 {
-		s.Version, _ = strconv.ParseInt(fields["version"], 10, 64)
+		return writeData(w, opt.output, sg.Raw)
 	}
 	now := nowOf(opt.now)
 	t := newTable(w, sagaColumns...)
-	t.row(newSagaRow(opt.sagaType, p, opt.id, key, &s, now).cells(now)...)
+	t.row(newSagaRow(opt.sagaType, sg.Partition, opt.id, sg.Key, &sg.State, now).cells(now)...)
 	return t.flush()
 }
 
@@ -175,84 +141,22 @@ type sagaListOptions struct {
 	now     func() time.Time
 }
 
-// scanBatch is the SCAN COUNT of saga list, and how many states it reads
-// per pipelined round trip.
-const scanBatch = 500
-
 // listSagas scans the Redis view for the states of opt.sagaType
 // (orchestrator.StateKeyPattern; on Redis Cluster, every primary) and
 // prints those that match, the longest unchanged first.
 func listSagas(ctx context.Context, rdb redis.UniversalClient, st streams, opt sagaListOptions) ([]sagaRow, error) {
 	now := nowOf(opt.now)
-	timeout := orDefault(opt.timeout, defaultTimeout)
-	pattern := orchestrator.StateKeyPattern(opt.sagaType)
-	var rows []sagaRow
-	scanned, invalid := 0, 0
-	first := true
-	scanOne := func(ctx context.Context, c redis.UniversalClient) error {
-		var cursor uint64
-		for {
-			reqCtx, cancel := context.WithTimeout(ctx, timeout)
-			keys, next, err := c.Scan(reqCtx, cursor, pattern, scanBatch).Result()
-			cancel()
-			if err != nil {
-				err = fmt.Errorf("SCAN %s: %w", pattern, err)
-				if first {
-					err = firstRequestError(ctx, "Redis", opt.redisAddrs, "redis-addr", timeout, err)
-				}
-				return err
-			}
-			first = false
-			if len(keys) > 0 {
-				reqCtx, cancel := context.WithTimeout(ctx, timeout)
-				cmds, err := c.Pipelined(reqCtx, func(pipe redis.Pipeliner) error {
-					for _, k := range keys {
-						pipe.HGet(reqCtx, k, "state")
-					}
-					return nil
-				})
-				cancel()
-				if err != nil && !errors.Is(err, redis.Nil) {
-					return fmt.Errorf("read the states: %w", err)
-				}
-				for i, cmd := range cmds {
-					v, err := cmd.(*redis.StringCmd).Result()
-					if errors.Is(err, redis.Nil) {
-						continue // gone since the SCAN
-					}
-					p, id, ok := parseStateKey(opt.sagaType, keys[i])
-					var s orchestrator.State
-					if err != nil || !ok || json.Unmarshal([]byte(v), &s) != nil {
-						invalid++
-						continue
-					}
-					scanned++
-					if r := newSagaRow(opt.sagaType, p, id, keys[i], &s, now); opt.match(r, now) {
-						rows = append(rows, r)
-					}
-				}
-			}
-			if cursor = next; cursor == 0 {
-				return nil
-			}
-		}
-	}
-	var err error
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		// SCAN walks one node: walk every primary. Their callbacks run
-		// concurrently: collect under a lock.
-		var mu sync.Mutex
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			mu.Lock()
-			defer mu.Unlock()
-			return scanOne(ctx, c)
-		})
-	} else {
-		err = scanOne(ctx, rdb)
-	}
+	l, err := ops.ListSagas(ctx, ops.Redis{Client: rdb, Timeout: orDefault(opt.timeout, defaultTimeout)}, opt.sagaType)
 	if err != nil {
 		return nil, err
 	}
+	var rows []sagaRow
+	for _, sg := range l.Sagas {
+		if r := newSagaRow(opt.sagaType, sg.Partition, sg.ID, sg.Key, &sg.State, now); opt.match(r, now) {
+			rows = append(rows, r)
+		}
+	}
+	scanned, invalid, pattern := len(l.Sagas), l.Invalid, l.Pattern
 	slices.SortStableFunc(rows, func(a, b sagaRow) int {
 		if c := a.Updated.Compare(b.Updated); c != 0 {
 			return c
@@ -304,24 +208,6 @@ func (opt sagaListOptions) match(r sagaRow, now time.Time) bool {
 		(opt.olderThan <= 0 || now.Sub(r.Updated) > opt.olderThan)
 }
 
-// parseStateKey reads the partition and saga id out of a state key:
-// ksaga:{<type>:<partition>}:state:<id>.
-func parseStateKey(sagaType, key string) (int32, string, bool) {
-	rest, ok := strings.CutPrefix(key, "ksaga:{"+sagaType+":")
-	if !ok {
-		return 0, "", false
-	}
-	ps, id, ok := strings.Cut(rest, "}:state:")
-	if !ok {
-		return 0, "", false
-	}
-	p, err := strconv.ParseInt(ps, 10, 32)
-	if err != nil {
-		return 0, "", false
-	}
-	return int32(p), id, true
-}
-
 // compensateOptions are the options of saga compensate.
 type compensateOptions struct {
 	sagaType string
@@ -336,82 +222,54 @@ type compensateOptions struct {
 	by, note string
 	output   string
 	timeout  time.Duration
-	clock    clock
 	// resume sends a Resume to a parked saga instead of a Compensate.
 	resume bool
 }
 
 // errSagaEnded means the saga is not running (it has ended, or is
 // compensating already): a Compensate message would be dropped.
-var errSagaEnded = errors.New("saga not running")
+var errSagaEnded = ops.ErrSagaNotRunning
 
 // sagaNameRE is saga.New's rule for a saga type's name: sagactl writes the
 // saga type into the Compensate message and its audit record.
 var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
-// compensateSaga asks saga opt.id to compensate: the documented Compensate
-// message (the note as its reason) on the saga's home partition of
-// saga.<type>.inbox, and its audit record on saga.<type>.audit, both built
-// by package audit (as the HTTP API builds them) and written in one Kafka
-// transaction: both or neither.
-//
-// It first reads the saga from the Redis view (rdb): a saga the view does
-// not have is an error wrapping errSagaNotFound, one that is not running
-// (ended, or compensating already) an error wrapping errSagaEnded; nothing
-// is sent then, rather than a request the engine would dead-letter
-// (unknown-saga) or drop. With opt.dryRun it prints what it would send and
-// sends nothing.
+// compensateSaga asks saga opt.id to compensate (ops.Compensate), or,
+// with opt.resume, a parked saga to resume (ops.Resume): the message and
+// its audit record in one Kafka transaction. It asks for confirmation
+// unless opt.yes; with opt.dryRun it prints what it would send and sends
+// nothing. A saga the Redis view does not have is an error wrapping
+// errSagaNotFound, one in the wrong state an error wrapping errSagaEnded.
 func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalClient, st streams, opt compensateOptions) (auditRecord, error) {
 	timeout := orDefault(opt.timeout, defaultTimeout)
-	n, err := inboxPartitions(ctx, brokers, opt.kafka, opt.sagaType, timeout)
-	if err != nil {
-		return auditRecord{}, err
-	}
-	home := message.HomePartition(opt.id, n)
-	key := orchestrator.StateKey(opt.sagaType, home, opt.id)
-	s, err := readState(ctx, rdb, key, opt.redisAddrs, timeout)
-	switch {
-	case err != nil:
-		return auditRecord{}, fmt.Errorf("%w: nothing was sent", err)
-	case s == nil:
-		return auditRecord{}, fmt.Errorf("%w: Redis has no key %s (check the id and --saga; a saga whose start request is not handled yet is not there either): nothing was sent",
-			errSagaNotFound, key)
-	case opt.resume && s.Status != message.StatusParked:
-		return auditRecord{}, fmt.Errorf("%w: saga %s/%s is %s, not parked: nothing to resume, nothing was sent", errSagaEnded, opt.sagaType, opt.id, s.Status)
-	case !opt.resume && s.Status != message.StatusRunning && s.Status != message.StatusParked:
-		what := "has ended (" + s.Status + ")"
-		if s.Status == message.StatusCompensating {
-			what = "is compensating already"
-		}
-		return auditRecord{}, fmt.Errorf("%w: saga %s/%s %s: nothing to compensate, nothing was sent", errSagaEnded, opt.sagaType, opt.id, what)
-	}
-	verb, msgType := "compensate", message.TypeCompensate
+	verb, msgType, do := "compensate", message.TypeCompensate, ops.Compensate
 	if opt.resume {
-		verb, msgType = "resume", message.TypeResume
+		verb, msgType, do = "resume", message.TypeResume, ops.Resume
 	}
-	adm, err := newAdminClient(brokers, opt.kafka, timeout)
+	res, err := do(ctx, kafkaOf(brokers, opt.kafka, timeout, 0), ops.Redis{Client: rdb, Timeout: timeout}, ops.Action{
+		SagaType: opt.sagaType, SagaID: opt.id, By: opt.by, Note: opt.note, Tool: "sagactl", DryRun: opt.dryRun,
+		TopicCreated: topicCreated(st),
+		Confirm: func(sg *ops.Saga) error {
+			if opt.yes {
+				return nil
+			}
+			s := &sg.State
+			q := fmt.Sprintf("Compensate saga %s/%s (%s, step %d; undo its completed steps) as %s, note %q?", opt.sagaType, opt.id, s.Status, s.Step, opt.by, opt.note)
+			if opt.resume {
+				q = fmt.Sprintf("Resume saga %s/%s (parked at step %d: run or send it again) as %s, note %q?", opt.sagaType, opt.id, s.Step, opt.by, opt.note)
+			}
+			if !confirm(ctx, st, q) {
+				return errNotConfirmed
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return auditRecord{}, err
 	}
-	defer adm.Close()
-	var auditParts int32
+	comp, a := res.Compensation, res.Compensation.Record
 	if opt.dryRun {
-		// A dry run creates nothing: an audit topic still to be created
-		// would get the dead-letter topic's partition count.
-		auditParts, err = auditPartitions(ctx, kadm.NewClient(adm), opt.sagaType)
-	} else {
-		auditParts, err = ensureAudit(ctx, kadm.NewClient(adm), opt.sagaType, st.errw)
-	}
-	if err != nil {
-		return auditRecord{}, err
-	}
-	comp, err := kaudit.NewCompensation(kaudit.Compensate{SagaType: opt.sagaType, SagaID: opt.id, InboxPartitions: n, AuditPartitions: auditParts,
-		By: opt.by, Note: opt.note, Tool: "sagactl", At: opt.clock.Now(), Resume: opt.resume})
-	if err != nil {
-		return auditRecord{}, err
-	}
-	a := comp.Record
-	if opt.dryRun {
+		s := &res.Saga.State
 		fmt.Fprintf(st.errw, "dry run: saga %s/%s is %s (version %d, step %d); nothing was sent\n", opt.sagaType, opt.id, s.Status, s.Version, s.Step)
 		if opt.output != outTable {
 			return a, writeData(st.out, opt.output, a)
@@ -421,101 +279,24 @@ func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalCl
 			a.Action, comp.Audit.Topic, comp.Audit.Partition, opt.by, a.Run)
 		return a, nil
 	}
-	if !opt.yes {
-		q := fmt.Sprintf("Compensate saga %s/%s (%s, step %d; undo its completed steps) as %s, note %q?", opt.sagaType, opt.id, s.Status, s.Step, opt.by, opt.note)
-		if opt.resume {
-			q = fmt.Sprintf("Resume saga %s/%s (parked at step %d: run or send it again) as %s, note %q?", opt.sagaType, opt.id, s.Step, opt.by, opt.note)
-		}
-		if !confirm(ctx, st, q) {
-			return auditRecord{}, fmt.Errorf("%w: nothing was sent", errNotConfirmed)
-		}
-	}
-	// The request and its audit record commit together or not at all. The
-	// transactional id is this run's: two operators do not fence each other.
-	if err := produceInTransaction(ctx, append(clientOpts(brokers, opt.kafka, timeout),
-		kgo.TransactionalID("sagactl-"+verb+"-"+opt.sagaType+"-"+a.Run),
-		kgo.RecordPartitioner(kgo.ManualPartitioner())), timeout, comp.Request, comp.Audit); err != nil {
-		return auditRecord{}, fmt.Errorf("%s saga %s: nothing was sent: %w", verb, opt.id, err)
-	}
 	if opt.output != outTable {
 		return a, writeData(st.out, opt.output, a)
 	}
 	fmt.Fprintf(st.out, "%s requested: saga %s/%s on %s partition %d, by %s, note %q; audited in %s\n",
-		verb, opt.sagaType, opt.id, message.Inbox(opt.sagaType), home, opt.by, opt.note, topic.Audit(opt.sagaType))
+		verb, opt.sagaType, opt.id, message.Inbox(opt.sagaType), comp.Request.Partition, opt.by, opt.note, topic.Audit(opt.sagaType))
 	return a, nil
 }
 
-// readState reads the state of the saga at key from the Redis view: nil
-// and no error when the view does not have it.
-func readState(ctx context.Context, rdb redis.UniversalClient, key string, addrs []string, timeout time.Duration) (*orchestrator.State, error) {
-	reqCtx, cancel := context.WithTimeout(ctx, timeout)
-	raw, err := rdb.HGet(reqCtx, key, "state").Result()
-	cancel()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, nil
-	case err != nil:
-		return nil, firstRequestError(ctx, "Redis", addrs, "redis-addr", timeout, fmt.Errorf("HGET %s state: %w", key, err))
+// topicCreated says on stderr that ops created the audit topic.
+func topicCreated(st streams) ops.TopicCreated {
+	return func(name string, partitions, replicationFactor int) {
+		fmt.Fprintf(st.errw, "sagactl: created topic %s (%d partitions, replication factor %d, kept for ever) for the audit records\n",
+			name, partitions, replicationFactor)
 	}
-	var s orchestrator.State
-	if err := json.Unmarshal([]byte(raw), &s); err != nil {
-		return nil, fmt.Errorf("key %s holds a state that is not the engine's JSON: %w", key, err)
-	}
-	return &s, nil
-}
-
-// auditPartitions returns the partition count of saga.<type>.audit, or,
-// when the topic does not exist yet, that of the dead-letter topic, which
-// ensureAudit would give it.
-func auditPartitions(ctx context.Context, adm *kadm.Client, sagaType string) (int32, error) {
-	name, dltName := topic.Audit(sagaType), message.DLT(sagaType)
-	tds, err := adm.ListTopics(ctx, name, dltName)
-	if err != nil {
-		return 0, fmt.Errorf("describe %s: %w", name, err)
-	}
-	for _, t := range []string{name, dltName} {
-		if td, ok := tds[t]; ok && td.Err == nil && len(td.Partitions) > 0 {
-			return int32(len(td.Partitions)), nil
-		}
-	}
-	return 0, fmt.Errorf("%w: %s (check --saga; sagad creates the topic when it starts)", errNoTopic, dltName)
-}
-
-// produceInTransaction produces rs in one Kafka transaction of a client
-// made with opts (which name a transactional id), and commits it
-// (audit.Commit).
-func produceInTransaction(ctx context.Context, opts []kgo.Opt, timeout time.Duration, rs ...*kgo.Record) error {
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	pctx, cancel := context.WithTimeout(ctx, orDefault(timeout, defaultTimeout))
-	defer cancel()
-	return kaudit.Commit(pctx, cl, orDefault(timeout, defaultTimeout), rs...)
 }
 
 // inboxPartitions reads the partition count of saga.<sagaType>.inbox, which
 // places a saga's Redis keys (its home partition).
 func inboxPartitions(ctx context.Context, brokers []string, sec []kgo.Opt, sagaType string, timeout time.Duration) (int32, error) {
-	cl, err := newAdminClient(brokers, sec, timeout)
-	if err != nil {
-		return 0, err
-	}
-	defer cl.Close()
-	inbox := message.Inbox(sagaType)
-	reqCtx, cancel := context.WithTimeout(ctx, orDefault(timeout, defaultTimeout))
-	defer cancel()
-	tds, err := kadm.NewClient(cl).ListTopics(reqCtx, inbox)
-	if err != nil {
-		return 0, firstRequestError(ctx, "Kafka", brokers, "kafka-brokers", orDefault(timeout, defaultTimeout), fmt.Errorf("describe %s: %w", inbox, err))
-	}
-	td, ok := tds[inbox]
-	if ok && td.Err != nil && !errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
-		return 0, firstRequestError(ctx, "Kafka", brokers, "kafka-brokers", orDefault(timeout, defaultTimeout), fmt.Errorf("describe %s: %w", inbox, td.Err))
-	}
-	if !ok || td.Err != nil || len(td.Partitions) == 0 {
-		return 0, fmt.Errorf("topic %s not found (check --saga; sagad creates it when it starts)", inbox)
-	}
-	return int32(len(td.Partitions)), nil
+	return ops.InboxPartitions(ctx, kafkaOf(brokers, sec, timeout, 0), sagaType)
 }
