@@ -38,6 +38,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/internal/outcome"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
 )
@@ -55,8 +56,7 @@ type Client struct {
 
 	mu       sync.Mutex
 	parts    map[string]int32    // inbox partition counts, by saga type
-	watchers map[string]*watcher // readers of saga.T.events (see Run)
-	wg       sync.WaitGroup
+	watchers map[string]*outcome.Watcher // readers of saga.T.events (see Run)
 }
 
 // New returns a Client whose Kafka client is made with opts, which must
@@ -77,10 +77,9 @@ func New(opts ...kgo.Opt) (*Client, error) {
 func (c *Client) Close() {
 	c.mu.Lock()
 	for _, w := range c.watchers {
-		w.cl.Close()
+		w.Close()
 	}
 	c.mu.Unlock()
-	c.wg.Wait()
 	c.cl.Close()
 }
 

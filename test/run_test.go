@@ -20,8 +20,9 @@ import (
 
 // TestWaitForTheOutcome starts sagas and waits for their outcomes through
 // the client: a completed order (its final data carries the tracking
-// number), a compensated one (its reason), one started elsewhere and ended
-// before the wait began, and a wait that ends before the saga does. Many
+// number), a compensated one (its reason), two started elsewhere and ended
+// before the wait began (one before the client's reader of the events
+// began, one after), and a wait that ends before the saga does. Many
 // waits share one reader of saga.T.events.
 func TestWaitForTheOutcome(t *testing.T) {
 	e := newEnv(t)
@@ -67,6 +68,16 @@ func TestWaitForTheOutcome(t *testing.T) {
 	defer other.Close()
 	if ev, err := other.GetRun(def, "w-3", time.Now().Add(-time.Minute)).Get(ctx); err != nil || ev.Type != message.EventSagaCompleted {
 		t.Errorf("GetRun of an ended saga: %s (%v), want SagaCompleted", ev.Type, err)
+	}
+	// Again, now that other's reader runs: an end committed after the
+	// reader began and before this wait is found by looking back up to
+	// the topic's end now, not only up to where the reader began.
+	e.start(newOrder("w-5"))
+	e.waitTerminal([]string{"w-5"}, 30*time.Second)
+	short5, cancel5 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel5()
+	if ev, err := other.GetRun(def, "w-5", time.Now().Add(-time.Minute)).Get(short5); err != nil || ev.Type != message.EventSagaCompleted {
+		t.Errorf("GetRun of a saga that ended after the client's reader began: %s (%v), want SagaCompleted", ev.Type, err)
 	}
 
 	// A wait shorter than the saga: its participants are stopped.
