@@ -55,7 +55,7 @@ type Client struct {
 	opts []kgo.Opt // the caller's, for the consumers of saga.T.events
 
 	mu       sync.Mutex
-	parts    map[string]int32    // inbox partition counts, by saga type
+	parts    map[string]int32            // inbox partition counts, by saga type
 	watchers map[string]*outcome.Watcher // readers of saga.T.events (see Run)
 }
 
