@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,28 @@ type Engine interface {
 
 var _ Engine = (*orchestrator.Engine)(nil)
 
+// Versioned is an Engine that also counts its running sagas per definition
+// version; *orchestrator.Engine is one. WatchEngine then registers
+// ksaga_sagas_by_version too.
+type Versioned interface {
+	Versions() []orchestrator.VersionCount
+}
+
+var _ Versioned = (*orchestrator.Engine)(nil)
+
+type versionCollector struct {
+	eng  Versioned
+	desc *prometheus.Desc
+}
+
+func (c *versionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *versionCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, v := range c.eng.Versions() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.Sagas), strconv.Itoa(v.Version), strconv.FormatBool(v.Newest))
+	}
+}
+
 // WatchEngine registers with reg the metrics that read eng's state on each
 // scrape (labelled saga=sagaType):
 //
@@ -34,6 +57,7 @@ var _ Engine = (*orchestrator.Engine)(nil)
 //	ksaga_oldest_saga_age_seconds{step,phase}  how long the oldest of them has been there (0: none)
 //	ksaga_step_budget_seconds{step,phase}      how long a saga may be there before the engine acts on its own (orchestrator.StepFlight.Budget)
 //	ksaga_engine_ready                         1 while eng.Ready() reports true, else 0
+//	ksaga_sagas_by_version{version,newest}     running sagas of the partitions eng owns per definition version (when eng is Versioned)
 //
 // Engine.Ready of an *orchestrator.Engine is true once it has joined its
 // group and restored its partitions, and false again while its last use of
@@ -75,7 +99,13 @@ func watchEngine(reg prometheus.Registerer, sagaType string, eng Engine, now fun
 		}
 		return 0
 	})
-	for _, col := range []prometheus.Collector{c, ready} {
+	cols := []prometheus.Collector{c, ready}
+	if v, ok := eng.(Versioned); ok {
+		cols = append(cols, &versionCollector{eng: v, desc: prometheus.NewDesc("ksaga_sagas_by_version",
+			"Running sagas of the partitions this instance owns, by the version of the saga's definition they run on (newest=\"true\": the version new sagas start on). An older version may be removed from the build once it is at 0 on every instance.",
+			[]string{"version", "newest"}, labels)})
+	}
+	for _, col := range cols {
 		if err := reg.Register(col); err != nil {
 			return fmt.Errorf("metrics: register engine of saga %s: %w", sagaType, err)
 		}
