@@ -206,6 +206,11 @@ type app struct {
 	// drain has begun (see drain).
 	drainFor time.Duration
 	draining atomic.Bool
+	// sagaOpts are the orchestrator options of each saga type, in the
+	// order of the definitions newServices gets; hosted are the older
+	// versions of each (orchestrator.Host).
+	sagaOpts [][]orchestrator.Opt
+	hosted   map[string][]*saga.Definition
 }
 
 // failf reports an error that ends the daemon and returns ExitError.
@@ -429,22 +434,26 @@ func (a *app) run(ctx context.Context) int {
 		}
 	}
 
-	var sagaNames []string
+	// Several versions of one saga type run in one engine: the newest
+	// starts new sagas, the others (orchestrator.Host) run theirs to the
+	// end.
 	defs := make([]*saga.Definition, 0, len(a.o.sagas))
+	a.hosted = make(map[string][]*saga.Definition)
 	for i, s := range a.o.sagas {
-		def, err := s.build(ctx, env)
+		built, err := s.build(ctx, env)
 		switch {
 		case ctx.Err() != nil:
 			return ExitOK // interrupted while starting
 		case err != nil:
 			return a.failf("build saga #%d: %v", i+1, err)
-		case def == nil:
+		case len(built) == 0 || slices.Contains(built, nil):
 			return a.failf("build saga #%d: no definition", i+1)
-		case slices.Contains(sagaNames, def.Name()):
-			return a.failf("saga %s is registered twice", def.Name())
 		}
-		defs = append(defs, def)
-		sagaNames = append(sagaNames, def.Name())
+		for _, def := range built {
+			if code := a.addSaga(&defs, def, s.opts); code != 0 {
+				return code
+			}
+		}
 	}
 	if err := a.registerMetrics(env, defs); err != nil {
 		return a.failf("%v", err)
@@ -529,6 +538,13 @@ func (a *app) run(ctx context.Context) int {
 	if c.Embedded() {
 		a.serving(env)
 	} else {
+		var sagaNames []string
+		for _, d := range defs {
+			sagaNames = append(sagaNames, fmt.Sprintf("%s v%d", d.Name(), d.Version()))
+			for _, old := range a.hosted[d.Name()] {
+				sagaNames = append(sagaNames, fmt.Sprintf("%s v%d", old.Name(), old.Version()))
+			}
+		}
 		a.log.Info(a.o.name+" running", "sagas", strings.Join(sagaNames, ","), "brokers", strings.Join(c.KafkaBrokers, ","),
 			"transactional_id", c.TransactionalID, "participants", participantList(c.Participants), "engine", c.Engine)
 	}
@@ -575,6 +591,31 @@ func (a *app) ping(ctx context.Context, env *Env, adm *kadm.Client) (int, bool) 
 		}
 	}
 	return 0, true
+}
+
+// addSaga adds def, registered with opts, to defs: a new saga type, or
+// another version of one in defs (the newest stays in defs, the others
+// are hosted beside it). It returns a non-zero exit code when def's
+// version is there already.
+func (a *app) addSaga(defs *[]*saga.Definition, def *saga.Definition, opts []orchestrator.Opt) int {
+	j := slices.IndexFunc(*defs, func(d *saga.Definition) bool { return d.Name() == def.Name() })
+	if j < 0 {
+		*defs = append(*defs, def)
+		a.sagaOpts = append(a.sagaOpts, opts)
+		return 0
+	}
+	name, newest := def.Name(), (*defs)[j]
+	for _, d := range append(slices.Clone(a.hosted[name]), newest) {
+		if d.Version() == def.Version() {
+			return a.failf("saga %s version %d is registered twice (give each version of a saga its own number: saga.Definition.WithVersion)", name, def.Version())
+		}
+	}
+	if def.Version() > newest.Version() {
+		def, (*defs)[j] = newest, def
+	}
+	a.hosted[name] = append(a.hosted[name], def)
+	a.sagaOpts[j] = append(a.sagaOpts[j], opts...)
+	return 0
 }
 
 // registerMetrics registers the engine metrics of every saga type and the
@@ -646,7 +687,10 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 			if c.StaticMembership {
 				opts = append(opts, orchestrator.StaticMembership())
 			}
-			opts = append(append(opts, a.o.engineOpts...), a.o.sagas[i].opts...)
+			if older := a.hosted[def.Name()]; len(older) > 0 {
+				opts = append(opts, orchestrator.Host(older...))
+			}
+			opts = append(append(opts, a.o.engineOpts...), a.sagaOpts[i]...)
 			eng, err := orchestrator.New(def, opts...)
 			if err != nil {
 				return fail("%v", err)

@@ -50,7 +50,7 @@ type options struct {
 }
 
 type sagaReg struct {
-	build SagaBuilder
+	build func(ctx context.Context, env *Env) ([]*saga.Definition, error)
 	opts  []orchestrator.Opt
 }
 
@@ -77,7 +77,9 @@ func About(text string) Opt { return optFunc(func(o *options) { o.about = text }
 
 // Saga registers a saga type: the daemon creates its topics and runs its
 // engine with opts (after the daemon's own options, so they win), unless
-// --engine=false. Register several to run several saga types in one
+// --engine=false. Several versions of one saga type (saga.Definition.
+// WithVersion) run in one engine: new sagas start on the newest, the sagas
+// of the others run to their end on them (orchestrator.Host). Register several to run several saga types in one
 // process: each gets its own engine, consumer group and transactional id
 // (see Config.Group and Config.TransactionalID).
 func Saga(def *saga.Definition, opts ...orchestrator.Opt) Opt {
@@ -87,6 +89,21 @@ func Saga(def *saga.Definition, opts ...orchestrator.Opt) Opt {
 // BuildSaga is Saga for a definition that build makes once the daemon is
 // connected, such as one whose Local step writes to env.Redis().
 func BuildSaga(build SagaBuilder, opts ...orchestrator.Opt) Opt {
+	return BuildSagaVersions(func(ctx context.Context, env *Env) ([]*saga.Definition, error) {
+		def, err := build(ctx, env)
+		if err != nil || def == nil {
+			return nil, err
+		}
+		return []*saga.Definition{def}, nil
+	}, opts...)
+}
+
+// BuildSagaVersions is BuildSaga for the versions of a saga type that the
+// configuration chooses (see saga.Definition.WithVersion): the engine starts
+// new sagas on the newest and runs the others' sagas to their end
+// (orchestrator.Host). Registering several versions of one saga type with
+// Saga does the same.
+func BuildSagaVersions(build func(ctx context.Context, env *Env) ([]*saga.Definition, error), opts ...orchestrator.Opt) Opt {
 	return optFunc(func(o *options) { o.sagas = append(o.sagas, sagaReg{build, opts}) })
 }
 

@@ -32,7 +32,7 @@ func (m *machine) undoLocal(ctx context.Context, out *outcome, i int) error {
 	}
 	st.LastError = truncate(err.Error(), maxLastError)
 	out.undoFailed = name
-	if m.comp.GiveUp(st.UndoSends) {
+	if m.compOf(i).GiveUp(st.UndoSends) {
 		m.fail(out, fmt.Sprintf("compensation of %s failed %d times, last: %v", name, st.UndoSends, err))
 		return nil
 	}
@@ -252,7 +252,7 @@ func (m *machine) sendUndo(ctx context.Context, out *outcome, i, attempt int) er
 	if st.UndoFailures > 0 {
 		kind += "-" + strconv.Itoa(st.UndoFailures)
 	}
-	return m.send(out, cmd, commandID(st.ID, m.steps[i].Name, kind), attempt, m.comp.ReplyDeadline())
+	return m.send(out, cmd, commandID(st.ID, m.steps[i].Name, kind), attempt, m.compOf(i).ReplyDeadline())
 }
 
 // fail ends the saga as SagaFailed: a compensation could not be completed

@@ -23,8 +23,17 @@ func (s *State) appendJSON(b []byte) ([]byte, error) {
 	b = strconv.AppendInt(b, s.Version, 10)
 	b = append(b, `,"status":`...)
 	b = appendString(b, s.Status)
+	b = appendNonZero(b, `,"definition_version":`, int64(s.DefinitionVersion))
 	b = append(b, `,"step":`...)
 	b = strconv.AppendInt(b, int64(s.Step), 10)
+	if s.StepName != "" {
+		b = append(b, `,"step_name":`...)
+		b = appendString(b, s.StepName)
+	}
+	if s.UndoingName != "" {
+		b = append(b, `,"undoing_step":`...)
+		b = appendString(b, s.UndoingName)
+	}
 	b = append(b, `,"undoing":`...)
 	b = strconv.AppendInt(b, int64(s.Undoing), 10)
 	b = appendInts(b, `,"plan":`, s.Plan)
@@ -89,18 +98,62 @@ func (s *State) appendJSON(b []byte) ([]byte, error) {
 	if b, err = appendTime(b, s.Updated); err != nil {
 		return nil, err
 	}
-	for _, tc := range []struct {
-		name string
-		tc   *TraceContext
-	}{{`,"trace":`, s.Trace}, {`,"step_trace":`, s.StepTrace}} {
-		if tc.tc == nil {
-			continue
+	if b, err = appendTrace(b, `,"trace":`, s.Trace); err != nil {
+		return nil, err
+	}
+	if len(s.History) > 0 {
+		b = append(b, `,"history":[`...)
+		for i := range s.History {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			if b, err = s.History[i].appendJSON(b); err != nil {
+				return nil, err
+			}
 		}
-		raw, err := json.Marshal(tc.tc)
-		if err != nil {
-			return nil, err
-		}
-		b = append(append(b, tc.name...), raw...)
+		b = append(b, ']')
+	}
+	b = appendNonZero(b, `,"history_dropped":`, int64(s.HistoryDropped))
+	if b, err = appendTrace(b, `,"step_trace":`, s.StepTrace); err != nil {
+		return nil, err
+	}
+	return append(b, '}'), nil
+}
+
+func appendTrace(b []byte, name string, tc *TraceContext) ([]byte, error) {
+	if tc == nil {
+		return b, nil
+	}
+	raw, err := json.Marshal(tc)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b, name...), raw...), nil
+}
+
+// appendJSON appends h encoded as encoding/json encodes it. h.Reply must
+// be compact JSON with HTML characters escaped, as replyData leaves it.
+func (h *HistoryEntry) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"type":`...)
+	b = appendString(b, h.Type)
+	if h.Step != "" {
+		b = append(b, `,"step":`...)
+		b = appendString(b, h.Step)
+	}
+	if h.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendString(b, h.Reason)
+	}
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, h.Version, 10)
+	b = append(b, `,"at":`...)
+	b, err := appendTime(b, h.At)
+	if err != nil {
+		return nil, err
+	}
+	b = appendNonZero(b, `,"attempt":`, int64(h.Attempt))
+	if len(h.Reply) > 0 {
+		b = append(append(b, `,"reply":`...), h.Reply...)
 	}
 	return append(b, '}'), nil
 }

@@ -21,7 +21,12 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 			Reason: "no reply after 3 attempts", LastError: "dial tcp: <refused> \"x\"",
 			Data:    json.RawMessage(`{"items":[{"sku":"a","qty":1}],"ship_to":{"city":"Zürich"}}`),
 			Created: now.Add(-time.Hour).In(time.FixedZone("x", 3600)), Updated: now,
-			Trace: &TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", State: "k=v"}},
+			Trace:             &TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", State: "k=v"},
+			DefinitionVersion: 2, StepName: "ship", UndoingName: "pay <x>",
+			History: []HistoryEntry{{Type: message.EventSagaStarted, Version: 1, At: now},
+				{Type: message.EventStepSucceeded, Step: "pay", Version: 4, At: now, Attempt: 2, Reply: json.RawMessage(`{"authorization_id":"a-\u003c1\u003e"}`)},
+				{Type: message.EventStepFailed, Step: "ship", Reason: "UNDELIVERABLE & \"x\"", Version: 6, At: now.Add(time.Second)}},
+			HistoryDropped: 3, StepTrace: &TraceContext{Parent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203332-01"}},
 		{ID: "o-3", Undoing: -1},
 	}
 	for _, st := range states {

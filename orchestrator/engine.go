@@ -50,7 +50,8 @@ import (
 type Engine struct {
 	cfg    config
 	def    *saga.Definition
-	m      *machine
+	m      *machine // the newest version's: new sagas start on it
+	vs     *versions
 	store  *store
 	sess   *kgo.GroupTransactSession
 	log    *slog.Logger
@@ -164,9 +165,12 @@ type entry struct {
 	raw []byte
 	// rec is the state record of raw, while its batch is not committed.
 	rec *kgo.Record
-	// bad is set when the stored data no longer decodes into the saga's
-	// data type (the type changed incompatibly): every record of the saga
-	// is dead-lettered with it.
+	// m runs the saga: the machine of its definition version.
+	m *machine
+	// bad is set when the engine cannot run the saga: its stored data no
+	// longer decodes into the saga's data type (the type changed
+	// incompatibly), or its version is not hosted. Every record of the
+	// saga is dead-lettered with it.
 	bad error
 }
 
@@ -180,9 +184,13 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
+	vs, err := newVersions(def, cfg.hosted, func(d *saga.Definition) *machine { return newMachine(d, cfg.comp, cfg.now) })
+	if err != nil {
+		return nil, fmt.Errorf("orchestrator: %w", err)
+	}
 	e := &Engine{
 		cfg: cfg, def: def, log: cfg.logger.With("saga", def.Name()),
-		m:     newMachine(def, cfg.comp, cfg.now),
+		m: vs.newest, vs: vs,
 		store: &store{rdb: cfg.rdb, typ: def.Name(), group: cfg.group, timeout: cfg.redisTimeout},
 		inbox: message.Inbox(def.Name()), stateTopic: message.State(def.Name()),
 		events: message.Events(def.Name()), dlt: message.DLT(def.Name()),
@@ -194,7 +202,12 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	for _, h := range cfg.hooks {
 		if t, ok := h.(HookTrace); ok {
 			e.tracer = t
-			e.m.trace = t.TraceLocal
+			for _, m := range vs.all() {
+				m.trace = t.TraceLocal
+			}
+			for _, m := range vs.adopters {
+				m.trace = t.TraceLocal
+			}
 		}
 	}
 	kopts := []kgo.Opt{

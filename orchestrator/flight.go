@@ -48,11 +48,12 @@ type StepFlight struct {
 
 // flying is a running saga in the in-flight index.
 type flying struct {
-	p      int32
-	step   int
-	undo   bool
-	parked bool
-	since  int64 // Unix ms
+	p       int32
+	version int
+	step    int
+	undo    bool
+	parked  bool
+	since   int64 // Unix ms
 }
 
 // InFlight returns the running sagas of the partitions this instance owns,
@@ -67,24 +68,26 @@ func (e *Engine) InFlight() []StepFlight {
 	parked := make([]StepFlight, len(steps))
 	for i, s := range steps {
 		do[i] = StepFlight{Step: s.Name, Budget: s.Deadline * time.Duration(s.Retry.Attempts())}
+		comp := e.m.compOf(i)
 		per := undoBackoff.MaxInterval
 		if !s.Local {
-			per += e.cfg.comp.ReplyDeadline()
+			per += comp.ReplyDeadline()
 		}
-		undo[i] = StepFlight{Step: s.Name, Compensating: true, Budget: per * time.Duration(e.cfg.comp.Attempts())}
+		undo[i] = StepFlight{Step: s.Name, Compensating: true, Budget: per * time.Duration(comp.Attempts())}
 		parked[i] = StepFlight{Step: s.Name, Parked: true}
 	}
 	e.flightMu.Lock()
 	for _, f := range e.flight {
-		if f.step < 0 || f.step >= len(steps) {
+		i := e.newestStep(f)
+		if i < 0 || i >= len(steps) {
 			continue
 		}
-		sf := &do[f.step]
+		sf := &do[i]
 		switch {
 		case f.parked:
-			sf = &parked[f.step]
+			sf = &parked[i]
 		case f.undo:
-			sf = &undo[f.step]
+			sf = &undo[i]
 		}
 		sf.Sagas++
 		if t := time.UnixMilli(f.since); sf.Oldest.IsZero() || t.Before(sf.Oldest) {
@@ -111,6 +114,23 @@ func (e *Engine) InFlight() []StepFlight {
 	return out
 }
 
+// newestStep returns the index in the newest definition of the step f
+// waits on: a saga of an older version is counted under its step's name.
+// It is -1 for a step the newest version no longer has.
+func (e *Engine) newestStep(f flying) int {
+	if f.version == e.m.version {
+		return f.step
+	}
+	m := e.vs.byV[f.version]
+	if m == nil {
+		m = e.vs.old[f.version]
+	}
+	if m == nil || f.step < 0 || f.step >= len(m.steps) {
+		return -1
+	}
+	return e.m.def.StepIndex(m.steps[f.step].Name)
+}
+
 // fly puts a saga's state into the in-flight index: a running one is
 // indexed, an ended one leaves it. The caller holds flightMu.
 func (e *Engine) fly(p int32, st *State) {
@@ -118,7 +138,7 @@ func (e *Engine) fly(p int32, st *State) {
 		delete(e.flight, st.ID)
 		return
 	}
-	e.flight[st.ID] = flying{p: p, step: stepOf(st), undo: st.Undoing >= 0, parked: st.Status == message.StatusParked, since: st.StepStarted}
+	e.flight[st.ID] = flying{p: p, version: st.OnVersion(), step: stepOf(st), undo: st.Undoing >= 0, parked: st.Status == message.StatusParked, since: st.StepStarted}
 }
 
 // landAll removes partition p's sagas from the in-flight index.

@@ -105,6 +105,7 @@ func (m *machine) groupReply(ctx context.Context, st *State, data any, in *input
 	out := m.next(st, data)
 	next := out.state
 	j := next.Group[k].Step
+	m.noteReply(out, j, next.Group[k].Attempt, in)
 	if m.steps[j].OnReply {
 		if err := m.onReply(ctx, out, j, in); err != nil {
 			return nil, err

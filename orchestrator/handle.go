@@ -179,18 +179,18 @@ func (e *Engine) lookup(b *batch, id string, p int32) *entry {
 	return e.entryOf(st, p)
 }
 
-// entryOf decodes a stored state's data. Data that no longer decodes (the
-// saga's data type changed incompatibly) is kept as a bad entry rather than
-// failing: the saga's records are then dead-lettered, the partition goes on.
+// entryOf decodes a stored state's data with the definition version that
+// runs the saga (versions.machineOf: a saga of an adopted version is moved
+// to the adopting one). Data that no longer decodes (the saga's data type
+// changed incompatibly) is kept as a bad entry rather than failing: the
+// saga's records are then dead-lettered, the partition goes on.
 func (e *Engine) entryOf(st *State, p int32) *entry {
-	ent := &entry{state: st, partition: p}
-	data, err := e.def.DecodeStored(st.Data)
+	m, run, data, err := e.vs.machineOf(st)
 	if err != nil {
-		ent.bad = fmt.Errorf("stored data of saga %s (version %d) no longer decodes into the saga's data type: %w", st.ID, st.Version, err)
-		e.log.Error("saga data no longer decodes; its records will be dead-lettered", "saga_id", st.ID, "err", err)
+		e.log.Error("saga cannot run; its records will be dead-lettered", "saga_id", st.ID, "err", err)
+		return &entry{state: st, partition: p, m: e.m, bad: err}
 	}
-	ent.data = data
-	return ent
+	return &entry{state: run, data: data, partition: p, m: m}
 }
 
 // handle applies one inbox record. It returns an error only for a failure
@@ -223,7 +223,11 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		return e.exhausted(ctx, b, r, in, ent, a, produce)
 	}
 
-	out, err := e.m.apply(ctx, st, data, in)
+	m := e.m // a start: the newest version
+	if ent != nil {
+		m = ent.m
+	}
+	out, err := m.apply(ctx, st, data, in)
 	if err != nil {
 		if !retry.IsPermanent(err) {
 			return err
@@ -250,7 +254,7 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		e.log.DebugContext(ctx, "dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
 		return nil
 	}
-	if !e.applied(ctx, b, r, in, st, out, produce) {
+	if !e.applied(ctx, b, r, in, st, m, out, produce) {
 		return nil
 	}
 	if out.undoFailed != "" {
@@ -278,15 +282,17 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 	}
 	var out *outcome
 	var err error
+	m := e.m
 	switch {
 	case ent == nil && in.typ == message.TypeStartSaga && failed >= 0:
 		// The start's own transaction ran local steps that may have
 		// left effects: the saga is started to compensate them.
-		out, err = e.m.abortStart(ctx, in, deadLetterReason(a.err), failed)
-	case ent == nil || ent.state.Status != message.StatusRunning:
+		out, err = m.abortStart(ctx, in, deadLetterReason(a.err), failed)
+	case ent == nil || ent.state.Status != message.StatusRunning || ent.bad != nil:
 		return nil
 	default:
-		out, err = e.m.abort(ctx, ent.state, ent.data, in, deadLetterReason(a.err), failed)
+		m = ent.m
+		out, err = m.abort(ctx, ent.state, ent.data, in, deadLetterReason(a.err), failed)
 	}
 	if err != nil {
 		// The compensation's first command could not be built (its Undo
@@ -298,7 +304,7 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 	if out == nil {
 		return nil // a start with nothing to undo: only dead-lettered
 	}
-	e.applied(ctx, b, r, in, st, out, produce)
+	e.applied(ctx, b, r, in, st, m, out, produce)
 	return nil
 }
 
@@ -307,8 +313,9 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 // that built a command larger than the broker takes) is not applied: r is
 // dead-lettered instead, and applied reports false.
 // prev is the saga's state before r (nil: r started it).
-func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, prev *State, out *outcome, produce func(*kgo.Record)) bool {
+func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, prev *State, m *machine, out *outcome, produce func(*kgo.Record)) bool {
 	id := out.state.ID
+	m.stamp(out.state)
 	if out.state.Trace == nil {
 		out.state.Trace = in.trace
 	}
@@ -342,7 +349,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	if _, had := b.overlay[id]; !had {
 		b.order = append(b.order, id)
 	}
-	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw, rec: state}
+	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw, rec: state, m: m}
 	for _, rec := range recs {
 		produce(rec)
 	}

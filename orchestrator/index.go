@@ -27,6 +27,10 @@ import (
 // sagaIndex is the index of one partition's sagas.
 type sagaIndex struct {
 	sagas map[string]indexEntry
+	// unrunnable says why the engine cannot run a saga's state
+	// (versions.unrunnable); the first such reason is kept in example.
+	unrunnable func(*State) string
+	example    string
 	// ended holds ended sagas in the order they ended, for retention;
 	// entries whose saga changed or left since are skipped when popped.
 	ended []expiring
@@ -41,6 +45,10 @@ type indexEntry struct {
 	ended int64
 	// deadline is the saga's current deadline (Unix ms), 0 for none.
 	deadline int64
+	// version is the definition version the saga runs on; bad is set
+	// when the engine cannot run it (see versions.unrunnable).
+	version int32
+	bad     bool
 }
 
 // expiring is an ended saga in the retention queue.
@@ -49,7 +57,9 @@ type expiring struct {
 	ended int64
 }
 
-func newSagaIndex() *sagaIndex { return &sagaIndex{sagas: make(map[string]indexEntry)} }
+func newSagaIndex(unrunnable func(*State) string) *sagaIndex {
+	return &sagaIndex{sagas: make(map[string]indexEntry), unrunnable: unrunnable}
+}
 
 // set records st, the state at offset, or removes the saga for a tombstone.
 func (x *sagaIndex) set(id string, offset int64, st *State, deleted bool) {
@@ -57,7 +67,7 @@ func (x *sagaIndex) set(id string, offset int64, st *State, deleted bool) {
 		delete(x.sagas, id)
 		return
 	}
-	ent := indexEntry{offset: offset}
+	ent := indexEntry{offset: offset, version: int32(st.OnVersion())}
 	if st.Terminal() {
 		ent.ended = st.Updated.UnixMilli()
 		if prev, ok := x.sagas[id]; !ok || prev.ended != ent.ended {
@@ -65,6 +75,14 @@ func (x *sagaIndex) set(id string, offset int64, st *State, deleted bool) {
 		}
 	} else {
 		ent.deadline = st.Deadline
+		if x.unrunnable != nil {
+			if why := x.unrunnable(st); why != "" {
+				ent.bad = true
+				if x.example == "" {
+					x.example = "saga " + id + ": " + why
+				}
+			}
+		}
 	}
 	x.sagas[id] = ent
 }
@@ -176,15 +194,20 @@ func (e *Engine) readState(ctx context.Context, p int32, from, end int64, fn fun
 
 // indexHead is the part of a state record the index reads.
 type indexHead struct {
-	Status   string    `json:"status"`
-	Deadline int64     `json:"deadline_ms"`
-	Updated  time.Time `json:"updated_at"`
+	Status            string    `json:"status"`
+	Deadline          int64     `json:"deadline_ms"`
+	Updated           time.Time `json:"updated_at"`
+	DefinitionVersion int       `json:"definition_version"`
+	Step              int       `json:"step"`
+	StepName          string    `json:"step_name"`
+	Undoing           int       `json:"undoing"`
+	UndoingName       string    `json:"undoing_step"`
 }
 
 // scanIndex indexes partition p of the state topic from its start up to
 // offset to (not included): the part that restore does not replay.
 func (e *Engine) scanIndex(ctx context.Context, p int32, to int64) (*sagaIndex, error) {
-	x := newSagaIndex()
+	x := newSagaIndex(e.vs.unrunnable)
 	var bad int
 	err := e.readState(ctx, p, -1, to, func(r *kgo.Record) {
 		id := string(r.Key)
@@ -197,7 +220,8 @@ func (e *Engine) scanIndex(ctx context.Context, p int32, to int64) (*sagaIndex, 
 			bad++
 			return
 		}
-		st := State{Status: h.Status, Deadline: h.Deadline, Updated: h.Updated}
+		st := State{Status: h.Status, Deadline: h.Deadline, Updated: h.Updated, DefinitionVersion: h.DefinitionVersion,
+			Step: h.Step, StepName: h.StepName, Undoing: h.Undoing, UndoingName: h.UndoingName}
 		x.set(id, r.Offset, &st, false)
 	})
 	if bad > 0 {

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -96,6 +97,8 @@ type outcome struct {
 	// undoFailed names the local step whose UndoLocal failed (its error
 	// is the state's LastError).
 	undoFailed string
+	// reply is the reply being applied, for the history.
+	reply *replyOf
 }
 
 // maxLastError bounds State.LastError.
@@ -114,18 +117,19 @@ func truncate(s string, n int) string {
 
 // machine applies inbox messages to saga state. It holds no state of its own.
 type machine struct {
-	def   *saga.Definition
-	steps []saga.StepInfo
-	undo  []compensation.Step
-	comp  compensation.Policy
-	now   func() time.Time
+	def     *saga.Definition
+	version int // def.Version()
+	steps   []saga.StepInfo
+	undo    []compensation.Step
+	comp    compensation.Policy
+	now     func() time.Time
 	// trace, when set, traces local steps and compensations
 	// (HookTrace.TraceLocal).
 	trace func(ctx context.Context, step string, undo bool) (context.Context, func(error))
 }
 
 func newMachine(def *saga.Definition, comp compensation.Policy, now func() time.Time) *machine {
-	m := &machine{def: def, steps: def.Steps(), comp: comp, now: now}
+	m := &machine{def: def, version: def.Version(), steps: def.Steps(), comp: comp, now: now}
 	for _, s := range m.steps {
 		m.undo = append(m.undo, compensation.Step{Undoable: s.Undoable})
 	}
@@ -322,6 +326,7 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 	next := out.state
 	i := stepOf(next)
 	name := m.steps[i].Name
+	m.noteReply(out, i, next.Attempt, in)
 	if next.Status == message.StatusParked {
 		// The participant answered after all: the saga goes on from its
 		// answer.
@@ -348,7 +353,7 @@ func (m *machine) reply(ctx context.Context, st *State, data any, in *input) (*o
 		// A compensation failed. It is sent again when the backoff below
 		// expires (through the Timeout path), with a fresh message id so the
 		// participant acts again rather than repeating its stored answer.
-		if m.comp.GiveUp(next.UndoSends) {
+		if m.compOf(i).GiveUp(next.UndoSends) {
 			m.fail(out, fmt.Sprintf("compensation of %s failed %d times, last: %s", name, next.UndoSends, in.reason))
 			return out, nil
 		}
@@ -449,7 +454,7 @@ func (m *machine) timeout(ctx context.Context, st *State, data any, in *input) (
 	if step.Local {
 		return out, m.undoLocal(ctx, out, i)
 	}
-	if m.comp.GiveUp(next.UndoSends) {
+	if m.compOf(i).GiveUp(next.UndoSends) {
 		m.fail(out, fmt.Sprintf("compensation of %s got no success after %d attempts", step.Name, next.UndoSends))
 		return out, nil
 	}
@@ -488,6 +493,87 @@ func (m *machine) event(out *outcome, typ, step, reason string) {
 		ev.Data = st.Data
 	}
 	out.events = append(out.events, ev)
+	h := HistoryEntry{Type: typ, Step: step, Reason: reason, Version: st.Version, At: ev.At}
+	if step != "" && out.reply != nil && out.reply.step == step {
+		h.Attempt, h.Reply = out.reply.attempt, out.reply.data
+	}
+	st.History = append(st.History, h)
+	if len(st.History) > MaxHistory {
+		// The first entry (SagaStarted) stays; the oldest after it go.
+		st.History = slices.Delete(st.History, 1, 2)
+		st.HistoryDropped++
+	}
+}
+
+// maxHistoryReply bounds the reply data a history entry keeps.
+const maxHistoryReply = 1024
+
+// replyOf is what the history keeps of a reply to step: its attempt and
+// its data, when small enough.
+type replyOf struct {
+	step    string
+	attempt int
+	data    json.RawMessage
+}
+
+// noteReply remembers in's reply to step i, sent attempt times, for the
+// history entry of the event it leads to.
+func (m *machine) noteReply(out *outcome, i, attempt int, in *input) {
+	r := &replyOf{step: m.steps[i].Name, attempt: attempt}
+	if data := replyData(in.value); len(data) > 0 && len(data) <= maxHistoryReply {
+		r.data = data
+	}
+	out.reply = r
+}
+
+// replyData returns the data of a reply's value, compacted and with HTML
+// characters escaped as encoding/json leaves them; nil for none or a value
+// that is not a reply.
+func replyData(value []byte) json.RawMessage {
+	if len(value) == 0 {
+		return nil
+	}
+	var v struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if json.Unmarshal(value, &v) != nil || len(v.Data) == 0 || string(v.Data) == "null" {
+		return nil
+	}
+	var b, esc bytes.Buffer
+	if json.Compact(&b, v.Data) != nil {
+		return nil
+	}
+	json.HTMLEscape(&esc, b.Bytes())
+	return esc.Bytes()
+}
+
+// stamp records in st the definition version it runs on and the names of
+// its steps, for the engine's checks and for operators.
+func (m *machine) stamp(st *State) {
+	st.DefinitionVersion = m.version
+	st.StepName, st.UndoingName = "", ""
+	if st.Step >= 0 && st.Step < len(m.steps) {
+		st.StepName = m.steps[st.Step].Name
+	}
+	if st.Undoing >= 0 && st.Undoing < len(m.steps) {
+		st.UndoingName = m.steps[st.Undoing].Name
+	}
+}
+
+// compOf is the compensation policy of step i: its own
+// (saga.Step.Compensation), the engine's where it leaves a field zero.
+func (m *machine) compOf(i int) compensation.Policy {
+	p := m.comp
+	if i >= 0 && i < len(m.steps) {
+		own := m.steps[i].Compensation
+		if own.MaxAttempts > 0 {
+			p.MaxAttempts = own.MaxAttempts
+		}
+		if own.Deadline > 0 {
+			p.Deadline = own.Deadline
+		}
+	}
+	return p
 }
 
 // info returns ctx carrying the saga.Info of a call into step i's code.

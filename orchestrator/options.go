@@ -12,6 +12,7 @@ import (
 
 	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/retry"
+	"github.com/ksaga/ksaga/saga"
 )
 
 // Opt configures an Engine.
@@ -28,6 +29,7 @@ type config struct {
 	group        string
 	logger       *slog.Logger
 	hooks        []Hook
+	hosted       []*saga.Definition
 	kafkaOpts    []kgo.Opt
 	retry        retry.Policy
 	comp         compensation.Policy

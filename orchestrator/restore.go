@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/internal/ctxtime"
+	"github.com/ksaga/ksaga/saga"
 )
 
 // applyChanges applies the partition assignments and revocations that the
@@ -38,6 +40,10 @@ func (e *Engine) applyChanges(ctx context.Context) error {
 			e.mu.Lock()
 			e.changes = append(append([]assignment(nil), changes[i:]...), e.changes...)
 			e.mu.Unlock()
+			if errors.Is(err, saga.ErrVersionNotHosted) {
+				e.log.Error(err.Error())
+				return err // not a dependency's failure: Run ends
+			}
 			return fmt.Errorf("%w: restore partition %d: %w", errInfra, c.p, err)
 		}
 	}
@@ -134,6 +140,9 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 		}
 	}
 	index.sortEnded()
+	if err := e.checkVersions(p, index); err != nil {
+		return err
+	}
 	// The deadlines of running sagas that are not in memory come from the
 	// index: Redis's deadline index may have lost them.
 	var others []string

@@ -14,9 +14,17 @@ type State struct {
 	Type    string `json:"saga_type"`
 	Version int64  `json:"version"`
 	Status  string `json:"status"`
+	// DefinitionVersion is the version of the saga's definition
+	// (saga.Definition.Version) that the saga runs on; 0 in states written
+	// before versions existed, which means 1.
+	DefinitionVersion int `json:"definition_version,omitempty"`
 	// Step is the index of the current step; while compensating, the step
-	// that failed.
-	Step int `json:"step"`
+	// that failed. StepName is its name (and UndoingName that of Undoing):
+	// the engine checks them against the definition, so that a definition
+	// changed under a running saga cannot read its step as another one.
+	Step        int    `json:"step"`
+	StepName    string `json:"step_name,omitempty"`
+	UndoingName string `json:"undoing_step,omitempty"`
 	// Undoing is the step being compensated, or -1.
 	Undoing int `json:"undoing"`
 	// Plan is the rest of the compensation plan after Undoing.
@@ -60,11 +68,36 @@ type State struct {
 	// deadlines. Nil when the start request had none and no tracer is
 	// registered.
 	Trace *TraceContext `json:"trace,omitempty"`
+	// History is the saga's events as saga.T.events has them, with the
+	// attempt and reply data of the steps they name: the timeline of one
+	// saga, kept with it and gone with it. It holds at most MaxHistory
+	// entries: the first and the latest; HistoryDropped counts the
+	// others.
+	History        []HistoryEntry `json:"history,omitempty"`
+	HistoryDropped int            `json:"history_dropped,omitempty"`
 	// StepTrace is the trace context of the span of the command the saga
 	// waits on (a step attempt or a compensation), set by the tracer while
 	// one is in flight.
 	StepTrace *TraceContext `json:"step_trace,omitempty"`
 }
+
+// HistoryEntry is one of the saga's events, as saga.T.events has it, with
+// the attempt of the step it names and the data its reply carried.
+type HistoryEntry struct {
+	Type    string          `json:"type"`
+	Step    string          `json:"step,omitempty"`
+	Reason  string          `json:"reason,omitempty"`
+	Version int64           `json:"version"`
+	At      time.Time       `json:"at"`
+	Attempt int             `json:"attempt,omitempty"`
+	Reply   json.RawMessage `json:"reply,omitempty"`
+}
+
+// MaxHistory bounds State.History.
+const MaxHistory = 48
+
+// OnVersion returns the version of the definition the saga runs on.
+func (s *State) OnVersion() int { return max(s.DefinitionVersion, 1) }
 
 // Member is one step of a parallel group in flight.
 type Member struct {
@@ -98,6 +131,9 @@ func (s *State) clone() *State {
 	c := *s
 	c.Plan = append([]int(nil), s.Plan...)
 	c.Undone = append([]int(nil), s.Undone...)
+	if s.History != nil {
+		c.History = append(make([]HistoryEntry, 0, len(s.History)+4), s.History...)
+	}
 	if s.Group != nil {
 		c.Group = append([]Member(nil), s.Group...)
 	}

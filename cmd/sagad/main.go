@@ -30,6 +30,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,7 +74,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		daemon.Getenv(getenv),
 		daemon.Flags(s.flags),
 		daemon.Validate(s.validate),
-		daemon.BuildSaga(s.buildOrder, s.hooks()),
+		daemon.BuildSagaVersions(s.buildOrder, s.hooks()),
 		daemon.Demo(s.demo),
 	}
 	for _, name := range order.Participants {
@@ -88,7 +90,9 @@ type sagad struct {
 	paymentLimit    int64
 	demoOrders      int
 	chaosFaults     bool
+	orderVersions   string
 
+	versions         []int // --order-versions, parsed
 	ordersRedisAddrs []string
 	// demoHook forwards the engine's after-commit hook to the demo's
 	// tracker, which exists in embedded mode only.
@@ -99,11 +103,20 @@ func (s *sagad) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ordersRedisAddr, "orders-redis-addr", "", "Redis `addresses` of the orders store, the saga's last step (real services only; default: --redis-addr); point it elsewhere to simulate an orders-database outage")
 	fs.Int64Var(&s.paymentLimit, "payment-limit-cents", sim.DefaultPaymentLimitCents, "largest amount the payment participant authorizes, in `cents`")
 	fs.IntVar(&s.demoOrders, "demo-orders", 2000, "`orders` the demo sends (embedded mode only)")
+	fs.StringVar(&s.orderVersions, "order-versions", "1,2", "`versions` of the order saga to host: new sagas start on the highest, the others' sagas run to their end (1: without the coupon step, 2: with it); drop a version once ksaga_sagas_by_version shows none of its sagas")
 	registerChaosFlag(fs, &s.chaosFaults)
 }
 
 // validate checks sagad's own flags, after the daemon's.
 func (s *sagad) validate(c *daemon.Config) error {
+	s.versions = nil
+	for _, part := range strings.Split(s.orderVersions, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil || (v != order.V1 && v != order.V2) || slices.Contains(s.versions, v) {
+			return fmt.Errorf("%s %q: want a comma-separated list of distinct versions of the order saga, from %d and %d (e.g. 1,2 or 2)", c.Flag("order-versions"), s.orderVersions, order.V1, order.V2)
+		}
+		s.versions = append(s.versions, v)
+	}
 	s.ordersRedisAddrs = nil
 	for _, part := range strings.Split(s.ordersRedisAddr, ",") {
 		if part = strings.TrimSpace(part); part != "" {
@@ -140,7 +153,7 @@ func (s *sagad) validate(c *daemon.Config) error {
 // buildOrder builds the order saga on the orders store: --orders-redis-addr,
 // else the engine's Redis. In embedded mode it also makes the demo's
 // tracker.
-func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) (*saga.Definition, error) {
+func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) ([]*saga.Definition, error) {
 	rdb := env.Redis()
 	if len(s.ordersRedisAddrs) > 0 {
 		var err error
@@ -161,7 +174,7 @@ func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) (*saga.Definiti
 	if env.Config.Embedded() {
 		s.demoHook.set(newTracker(newDemoPlan(s.demoOrders, s.paymentLimit)))
 	}
-	return order.New(ordersStore(s.chaosFaults, rdb, env.Logger)), nil
+	return order.Versions(ordersStore(s.chaosFaults, rdb, env.Logger), s.versions...)
 }
 
 // handler builds the reference participant name on the participants' Redis.

@@ -228,15 +228,59 @@ type ShippingCommand struct {
 	Items   []Item  `json:"items"`
 }
 
-// New returns the order saga, recording completed orders in store and
-// cancelling them there when the saga compensates after complete-order.
+// Versions of the order saga's definition (saga.Definition.WithVersion).
+// Version 1 had no coupon step; version 2 added reserve-coupon as its first
+// step. A running saga of version 1 cannot take version 2's steps (every
+// step moved one place down: saga.Compatible refuses it), so a daemon runs
+// both until no version-1 saga is left, then version 2 alone.
+const (
+	V1     = 1
+	V2     = 2
+	Newest = V2
+)
+
+// New returns the newest version of the order saga (Newest), recording
+// completed orders in store and cancelling them there when the saga
+// compensates after complete-order.
 //
 // Its first step, reserve-coupon, is skipped for an order without a
-// coupon: no command, no event, no compensation. Steps are stored by index
-// in the state of running sagas; the coupon step moved every other step
-// one place down, so sagas started by a version without it must end before
-// this one runs.
-func New(store Store) *saga.Definition {
+// coupon: no command, no event, no compensation.
+func New(store Store) *saga.Definition { return NewV2(store) }
+
+// Versions returns the order saga's definitions of the versions vs
+// (V1, V2), for a daemon that hosts them (daemon.BuildSagaVersions).
+func Versions(store Store, vs ...int) ([]*saga.Definition, error) {
+	var defs []*saga.Definition
+	for _, v := range vs {
+		switch v {
+		case V1:
+			defs = append(defs, NewV1(store))
+		case V2:
+			defs = append(defs, NewV2(store))
+		default:
+			return nil, fmt.Errorf("the order saga has no version %d (it has %d and %d)", v, V1, V2)
+		}
+	}
+	return defs, nil
+}
+
+// NewV1 returns version 1 of the order saga: reserve stock and authorize
+// the payment (in parallel), schedule the shipment, record the order. It
+// knows no coupons: an order's coupon field is ignored.
+func NewV1(store Store) *saga.Definition {
+	return saga.New(Name,
+		saga.Step[Order]{Name: StepReserveInventory, Group: GroupReserve, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
+		saga.Step[Order]{Name: StepAuthorizePayment, Group: GroupReserve, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
+			OnReply: saga.OnSuccess(func(o *Order, r PaymentResult) { o.AuthorizationID = r.AuthorizationID })},
+		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
+			OnReply: saga.OnSuccess(func(o *Order, r ShippingResult) { o.TrackingNumber = r.TrackingNumber })},
+		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
+	)
+}
+
+// NewV2 returns version 2 of the order saga: version 1 with the coupon
+// step first.
+func NewV2(store Store) *saga.Definition {
 	return saga.New(Name,
 		saga.Step[Order]{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
 			Skip: func(o *Order) bool { return o.Coupon == "" },
@@ -252,7 +296,7 @@ func New(store Store) *saga.Definition {
 		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
 			OnReply: saga.OnSuccess(func(o *Order, r ShippingResult) { o.TrackingNumber = r.TrackingNumber })},
 		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
-	)
+	).WithVersion(V2)
 }
 
 func command[P any](participant, typ string, payload func(*Order) P) func(context.Context, *Order) (saga.Command, error) {
