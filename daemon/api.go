@@ -33,7 +33,11 @@ import (
 //	POST /v1/sagas/{type}/{id}             start: 202 once the request is stored in Kafka
 //	GET  /v1/sagas/{type}/{id}             the saga's state from the Redis view; ETag = version
 //	POST /v1/sagas/{type}/{id}/compensate  ask a running saga to compensate: 202 once stored, audited
+//	POST /v1/sagas/{type}/{id}/resume      ask a parked saga to go on: 202 once stored, audited
 //	GET  /v1/openapi.json                  the OpenAPI 3 document of all this (no token needed)
+//
+// POST and GET /v1/sagas/{type}/{id} take ?wait=30s: the answer waits, at
+// most that long, for the saga's end (api_wait.go).
 //
 // openapi.json is the contract; api_test.go checks that the handlers answer
 // exactly the statuses it documents. Every answer is JSON, the router's own
@@ -73,14 +77,15 @@ import (
 // tree. At most --api-max-in-flight requests are served at once (429 past
 // it), so the API's memory is bounded by that times a few bodies.
 //
-// Compensations. A compensate request reads the saga from the Redis view
-// first: 404 when the view does not have it, 409 when it is neither
-// running nor parked (the engine compensates those only),
-// 503 when Redis does not answer, and nothing is produced then (the engine
-// would dead-letter a Compensate for an unknown saga, reason unknown-saga,
-// and page the on-call). An accepted one is written with its audit record
-// (package audit, as sagactl saga compensate does), by the token's name, in
-// one Kafka transaction.
+// Compensations and resumptions. A compensate or resume request reads the
+// saga from the Redis view first: 404 when the view does not have it, 409
+// when the engine would drop the request (a compensate for a saga neither
+// running nor parked, a resume for one that is not parked), 503 when Redis
+// does not answer, and nothing is produced then (the engine would
+// dead-letter a message for an unknown saga, reason unknown-saga, and page
+// the on-call). An accepted one is written with its audit record (package
+// audit, as sagactl saga compensate and saga resume do), by the token's
+// name, in one Kafka transaction.
 
 //go:embed openapi.json
 var openAPIDoc []byte
@@ -90,11 +95,12 @@ const (
 	// apiMaxStartBytes is the engine's default limit of an inbox value
 	// (orchestrator.MaxValueBytes): a larger start would be dead-lettered.
 	apiMaxStartBytes = 256 << 10
-	// apiMaxCompensateBytes bounds a compensate request's body; its
-	// reason travels in a header.
+	// apiMaxCompensateBytes bounds a compensate or resume request's
+	// body; its reason travels in a header.
 	apiMaxCompensateBytes = 16 << 10
-	// apiMaxReasonBytes bounds a compensate request's reason, which goes
-	// into a header, the saga's state and events, and its audit record.
+	// apiMaxReasonBytes bounds a compensate or resume request's reason,
+	// which goes into a header, the saga's state and events, and its
+	// audit record.
 	apiMaxReasonBytes = 1024
 	// apiRetryAfter is the Retry-After of a 503, in seconds.
 	apiRetryAfter = "2"
@@ -124,8 +130,11 @@ type api struct {
 	sagas map[string]apiSaga
 	rdb   redis.UniversalClient
 	kc    *kgo.Client
-	// comp writes compensations with their audit records.
+	// comp writes compensations and resumptions with their audit
+	// records.
 	comp *compensator
+	// waits serves ?wait=.
+	waits *waiters
 	// tool is the audit records' Tool: "<daemon name>-api".
 	tool string
 	// tokens is nil with --api-insecure-no-auth.
@@ -152,8 +161,9 @@ type accepted struct {
 	Status string `json:"status"`
 }
 
-// start handles POST /v1/sagas/{type}/{id}.
-func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string) {
+// start handles POST /v1/sagas/{type}/{id}; with pw, it waits for the
+// saga's end before answering (api_wait.go).
+func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string, pw *pending) {
 	body, ok := readBody(w, r, apiMaxStartBytes)
 	if !ok {
 		return
@@ -197,6 +207,10 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiS
 		// itself. Go on without it.
 		a.log.Warn("HTTP API: cannot read the Redis view before a start; producing it anyway", "saga", s.def.Name(), "id", id, "err", err)
 	case st != nil && sameStart(st, value):
+		if pw != nil {
+			a.awaitStart(w, r, s, pw, st, ok202)
+			return
+		}
 		a.acceptedAt(w, r, ok202)
 		return
 	case st != nil:
@@ -210,6 +224,10 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiS
 		return
 	}
 	a.log.Debug("HTTP API: start stored", "saga", s.def.Name(), "id", id, "token", p.name)
+	if pw != nil {
+		a.awaitStart(w, r, s, pw, nil, ok202)
+		return
+	}
 	a.acceptedAt(w, r, ok202)
 }
 
@@ -231,13 +249,20 @@ func sameStart(st *orchestrator.State, value []byte) bool {
 	return err == nil && bytes.Equal(stored, value)
 }
 
-// compensateRequest is the optional body of POST .../compensate.
+// compensateRequest is the optional body of POST .../compensate and
+// .../resume.
 type compensateRequest struct {
 	Reason string `json:"reason"`
 }
 
-// compensate handles POST /v1/sagas/{type}/{id}/compensate.
-func (a *api) compensate(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string) {
+// operate handles POST /v1/sagas/{type}/{id}/compensate and, with resume
+// set, POST .../resume: the same checks, and the same audited transaction
+// (audit.NewCompensation) of a Compensate or a Resume message.
+func (a *api) operate(w http.ResponseWriter, r *http.Request, p *principal, s apiSaga, id string, resume bool) {
+	verb := "compensate"
+	if resume {
+		verb = "resume"
+	}
 	body, ok := readBody(w, r, apiMaxCompensateBytes)
 	if !ok {
 		return
@@ -264,41 +289,59 @@ func (a *api) compensate(w http.ResponseWriter, r *http.Request, p *principal, s
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	// Up front, from the view: the engine would dead-letter a Compensate
-	// for a saga it does not have (unknown-saga, which pages), and drop
-	// one for a saga that is neither running nor parked.
+	// Up front, from the view: the engine would dead-letter a message
+	// for a saga it does not have (unknown-saga, which pages), and drop a
+	// Compensate for a saga that is neither running nor parked, a Resume
+	// for one that is not parked.
 	st, _, err := a.load(r.Context(), s, id)
 	switch {
 	case err != nil:
-		a.log.Warn("HTTP API: cannot read the Redis view before a compensate request; refusing it", "saga", s.def.Name(), "id", id, "err", err)
+		a.log.Warn("HTTP API: cannot read the Redis view before a "+verb+" request; refusing it", "saga", s.def.Name(), "id", id, "err", err)
 		unavailable(w, msgStoreUnavailable)
 		return
 	case st == nil:
 		writeError(w, http.StatusNotFound, notFound(s, id))
 		return
-	case st.Status == message.StatusCompensating:
-		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s is compensating already: nothing to do", s.def.Name(), id))
-		return
-	case st.Status != message.StatusRunning && st.Status != message.StatusParked:
-		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s has ended (%s): there is nothing to compensate", s.def.Name(), id, st.Status))
+	}
+	if msg := refusal(s, id, st.Status, resume); msg != "" {
+		writeError(w, http.StatusConflict, msg)
 		return
 	}
 	comp, err := audit.NewCompensation(audit.Compensate{SagaType: s.def.Name(), SagaID: id, InboxPartitions: s.partitions, AuditPartitions: s.auditPartitions,
-		By: p.name, Note: req.Reason, Tool: a.tool, At: a.now(), Headers: traceHeaders(r)})
+		By: p.name, Note: req.Reason, Tool: a.tool, At: a.now(), Headers: traceHeaders(r), Resume: resume})
 	if err != nil {
 		// Only a principal whose name is not valid, which parseTokens
 		// does not let through.
-		a.log.Error("HTTP API: cannot build the compensate request", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
-		unavailable(w, "the compensate request cannot be built; retry later")
+		a.log.Error("HTTP API: cannot build the "+verb+" request", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
+		unavailable(w, "the "+verb+" request cannot be built; retry later")
 		return
 	}
 	if err := a.comp.write(r.Context(), comp.Request, comp.Audit); err != nil {
-		a.log.Warn("HTTP API: compensate request not stored in Kafka", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
-		unavailable(w, "Kafka did not store the compensate request in time; retry after Retry-After")
+		a.log.Warn("HTTP API: "+verb+" request not stored in Kafka", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
+		unavailable(w, "Kafka did not store the "+verb+" request in time; retry after Retry-After")
 		return
 	}
-	a.log.Info("HTTP API: compensate requested", "saga", s.def.Name(), "id", id, "token", p.name, "reason", req.Reason, "run", comp.Record.Run)
+	a.log.Info("HTTP API: "+verb+" requested", "saga", s.def.Name(), "id", id, "token", p.name, "reason", req.Reason, "run", comp.Record.Run)
 	writeJSON(w, http.StatusAccepted, accepted{SagaID: id, Type: s.def.Name(), Status: "accepted"})
+}
+
+// refusal says why the engine would drop a compensate (resume false) or
+// resume request for a saga in status, or is empty when it would take it.
+func refusal(s apiSaga, id, status string, resume bool) string {
+	name := s.def.Name()
+	switch {
+	case resume && status == message.StatusParked,
+		!resume && (status == message.StatusRunning || status == message.StatusParked):
+		return ""
+	case resume && (status == message.StatusRunning || status == message.StatusCompensating):
+		return fmt.Sprintf("saga %s/%s is %s, not parked: there is nothing to resume", name, id, status)
+	case resume:
+		return fmt.Sprintf("saga %s/%s has ended (%s): there is nothing to resume", name, id, status)
+	case status == message.StatusCompensating:
+		return fmt.Sprintf("saga %s/%s is compensating already: nothing to do", name, id)
+	default:
+		return fmt.Sprintf("saga %s/%s has ended (%s): there is nothing to compensate", name, id, status)
+	}
 }
 
 func notFound(s apiSaga, id string) string {
@@ -335,8 +378,9 @@ type sagaView struct {
 	Data      json.RawMessage `json:"data"`
 }
 
-// get handles GET /v1/sagas/{type}/{id}.
-func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string) {
+// get handles GET /v1/sagas/{type}/{id}; with pw, it waits for the saga's
+// end before answering (api_wait.go).
+func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string, pw *pending) {
 	st, version, err := a.load(r.Context(), s, id)
 	switch {
 	case err != nil:
@@ -346,6 +390,9 @@ func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string) 
 	case st == nil:
 		writeError(w, http.StatusNotFound, notFound(s, id))
 		return
+	case pw != nil:
+		a.awaitGet(w, r, s, pw, st, version)
+		return
 	}
 	etag := `"` + strconv.FormatInt(version, 10) + `"`
 	w.Header().Set("ETag", etag)
@@ -354,6 +401,11 @@ func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string) 
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
+	writeJSON(w, http.StatusOK, viewOf(s, st, version))
+}
+
+// viewOf is st, of version, as GET answers it.
+func viewOf(s apiSaga, st *orchestrator.State, version int64) sagaView {
 	steps := s.def.Steps()
 	name := func(i int) string {
 		if i >= 0 && i < len(steps) {
@@ -371,7 +423,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request, s apiSaga, id string) 
 		d := time.UnixMilli(st.Deadline).UTC()
 		v.Deadline = &d
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v
 }
 
 // etagMatch reports whether an If-None-Match header matches etag (weak

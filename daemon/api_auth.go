@@ -38,6 +38,10 @@ const (
 	actionStart      = "start"
 	actionRead       = "read"
 	actionCompensate = "compensate"
+	// actionResume resumes parked sagas; a token allowed to compensate
+	// is not allowed to resume unless it says so (resume sends a step's
+	// command again, compensate undoes the steps).
+	actionResume = "resume"
 )
 
 // principal is who a request's token says the caller is: the token's name
@@ -154,7 +158,7 @@ type tokenProblem struct {
 func (p tokenProblem) String() string { return fmt.Sprintf("line %d: %s", p.line, p.reason) }
 
 // tokenFormat says what a line of the token file is, for error messages.
-const tokenFormat = "a line is NAME TOKEN SCOPE... (SCOPE: ACTION:TYPE, ACTION start, read, compensate or *, TYPE a saga type or *; * alone is every scope), or a TOKEN alone (every scope, named line-<number>)"
+const tokenFormat = "a line is NAME TOKEN SCOPE... (SCOPE: ACTION:TYPE, ACTION start, read, compensate, resume or *, TYPE a saga type or *; * alone is every scope), or a TOKEN alone (every scope, named line-<number>)"
 
 // parseTokens parses a token file. Blank lines and lines that start with
 // # are skipped. Every other line is one token, in one of two formats:
@@ -164,7 +168,7 @@ const tokenFormat = "a line is NAME TOKEN SCOPE... (SCOPE: ACTION:TYPE, ACTION s
 //
 // NAME follows audit.ValidName; TOKEN is an RFC 6750 b64token of at least
 // minTokenBytes; a SCOPE is ACTION:TYPE, where ACTION is start, read,
-// compensate or *, and TYPE a saga type or *; * alone is *:*. The second
+// compensate, resume or *, and TYPE a saga type or *; * alone is *:*. The second
 // format is the file of one token a line that the API read before names
 // and scopes: each such token may do everything, and is named after its
 // line, so its name changes when lines are added above it.
@@ -244,9 +248,9 @@ func parseScope(s string) (scope, error) {
 		return scope{}, errors.New("not ACTION:TYPE, such as read:order or start:*")
 	}
 	switch action {
-	case actionStart, actionRead, actionCompensate, "*":
+	case actionStart, actionRead, actionCompensate, actionResume, "*":
 	default:
-		return scope{}, errors.New("the action is not start, read, compensate or *")
+		return scope{}, errors.New("the action is not start, read, compensate, resume or *")
 	}
 	if typ != "*" && !sagaTypeRE.MatchString(typ) {
 		return scope{}, errors.New("the saga type is not a saga type's name (lower-case letters, digits and -) or *")

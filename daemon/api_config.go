@@ -41,6 +41,16 @@ type APIConfig struct {
 	// Retry-After. Each holds at most a few times the body limit (256
 	// KiB) in memory.
 	MaxInFlight int
+	// MaxWait bounds the wait a request may ask for with ?wait=
+	// (--api-max-wait); 0 turns waiting off. The API's write timeout
+	// grows with it.
+	MaxWait time.Duration
+	// MaxWaiters bounds the requests waiting for an outcome at once
+	// (--api-max-waiters); past it a request that asks to wait is
+	// answered 429 with Retry-After, and nothing is done. A waiting
+	// request holds a waiter slot, not one of MaxInFlight's: waits never
+	// keep starts out.
+	MaxWaiters int
 }
 
 // Enabled reports whether the API runs (--api-addr is set).
@@ -50,8 +60,8 @@ func (c APIConfig) Enabled() bool { return c.Addr != "" }
 type apiFlags struct {
 	addr, tokenFile, tlsCert, tlsKey string
 	insecure                         bool
-	produceTimeout                   time.Duration
-	maxInFlight                      int
+	produceTimeout, maxWait          time.Duration
+	maxInFlight, maxWaiters          int
 }
 
 // defaultProduceTimeout is the default of --api-produce-timeout: long
@@ -63,22 +73,37 @@ const defaultProduceTimeout = 5 * time.Second
 // 64 MiB at most.
 const defaultMaxInFlight = 64
 
+// defaultMaxWait is the default of --api-max-wait, and maxMaxWait its
+// largest value: a wait past a few minutes outlives proxies' idle
+// timeouts, and a caller that needs longer asks again.
+const (
+	defaultMaxWait = 60 * time.Second
+	maxMaxWait     = 10 * time.Minute
+)
+
+// defaultMaxWaiters is the default of --api-max-waiters: at about 12 KiB
+// a waiter (BenchmarkAPIWaiters), 12 MiB at most.
+const defaultMaxWaiters = 1024
+
 func (v *apiFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&v.addr, "api-addr", "", "`address` of the HTTP API (POST /v1/sagas/{type}/{id} starts a saga, GET reads it); empty disables it")
-	fs.StringVar(&v.tokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line: NAME TOKEN SCOPE... (SCOPE: start|read|compensate|*:TYPE|*), or TOKEN alone (every scope); # starts a comment; read again when it changes")
+	fs.StringVar(&v.tokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line: NAME TOKEN SCOPE... (SCOPE: start|read|compensate|resume|*:TYPE|*), or TOKEN alone (every scope); # starts a comment; read again when it changes")
 	fs.BoolVar(&v.insecure, "api-insecure-no-auth", false, "serve the HTTP API without authentication (instead of --api-token-file): anyone who reaches it can start and compensate sagas")
 	fs.StringVar(&v.tlsCert, "api-tls-cert", "", "PEM `file` of the HTTP API's TLS certificate (with --api-tls-key; read again when it changes); default plain HTTP")
 	fs.StringVar(&v.tlsKey, "api-tls-key", "", "PEM `file` of the HTTP API's TLS key (with --api-tls-cert)")
 	fs.DurationVar(&v.produceTimeout, "api-produce-timeout", defaultProduceTimeout, "how long an HTTP API request waits for Kafka to store its record before answering 503")
-	fs.IntVar(&v.maxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB)")
+	fs.IntVar(&v.maxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB); a request waiting for an outcome (?wait=) counts against --api-max-waiters instead while it waits")
+	fs.DurationVar(&v.maxWait, "api-max-wait", defaultMaxWait, "the longest wait for a saga's outcome a request may ask for with ?wait= (POST or GET /v1/sagas/{type}/{id}); a longer one is answered 400; 0 turns waiting off (at most 10m)")
+	fs.IntVar(&v.maxWaiters, "api-max-waiters", defaultMaxWaiters, "how many HTTP API requests may wait for an outcome (?wait=) at once; past it they are answered 429 with Retry-After (each takes about 12 KiB while it waits)")
 }
 
 // config validates the --api-* flags; name names a flag as it was given.
 func (v *apiFlags) config(name func(string) string, set map[string]string) (APIConfig, error) {
 	c := APIConfig{Addr: v.addr, TokenFile: v.tokenFile, InsecureNoAuth: v.insecure,
-		TLSCert: v.tlsCert, TLSKey: v.tlsKey, ProduceTimeout: v.produceTimeout, MaxInFlight: v.maxInFlight}
+		TLSCert: v.tlsCert, TLSKey: v.tlsKey, ProduceTimeout: v.produceTimeout, MaxInFlight: v.maxInFlight,
+		MaxWait: v.maxWait, MaxWaiters: v.maxWaiters}
 	if c.Addr == "" {
-		for _, f := range []string{"api-token-file", "api-insecure-no-auth", "api-tls-cert", "api-tls-key", "api-produce-timeout", "api-max-in-flight"} {
+		for _, f := range []string{"api-token-file", "api-insecure-no-auth", "api-tls-cert", "api-tls-key", "api-produce-timeout", "api-max-in-flight", "api-max-wait", "api-max-waiters"} {
 			if _, ok := set[f]; ok {
 				return c, fmt.Errorf("%s applies only with --api-addr (the HTTP API is off without it)", name(f))
 			}
@@ -99,6 +124,10 @@ func (v *apiFlags) config(name func(string) string, set map[string]string) (APIC
 		return c, fmt.Errorf("%s %v is too short: want a duration such as 5s", name("api-produce-timeout"), c.ProduceTimeout)
 	case c.MaxInFlight < 1:
 		return c, fmt.Errorf("%s %d: want 1 or more requests at once (default %d)", name("api-max-in-flight"), c.MaxInFlight, defaultMaxInFlight)
+	case c.MaxWait < 0 || c.MaxWait > maxMaxWait:
+		return c, fmt.Errorf("%s %v: want a duration from 0 (no waiting) to %v (default %v)", name("api-max-wait"), c.MaxWait, maxMaxWait, defaultMaxWait)
+	case c.MaxWaiters < 1:
+		return c, fmt.Errorf("%s %d: want 1 or more waiting requests at once (default %d)", name("api-max-waiters"), c.MaxWaiters, defaultMaxWaiters)
 	}
 	if c.TokenFile != "" {
 		// The file may appear later (an optional Secret), but its

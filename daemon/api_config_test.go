@@ -46,25 +46,25 @@ func TestAPIFlags(t *testing.T) {
 			{
 				name: "token file",
 				args: []string{"--api-addr", ":8080", "--api-token-file", tokens},
-				want: APIConfig{Addr: ":8080", TokenFile: tokens, ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight},
+				want: APIConfig{Addr: ":8080", TokenFile: tokens, ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight, MaxWait: defaultMaxWait, MaxWaiters: defaultMaxWaiters},
 			},
 			{
 				name: "from the environment, with TLS",
 				env: map[string]string{"KSAGA_API_ADDR": ":8443", "KSAGA_API_INSECURE_NO_AUTH": "true",
 					"KSAGA_API_TLS_CERT": pair.CertFile, "KSAGA_API_TLS_KEY": pair.KeyFile, "KSAGA_API_PRODUCE_TIMEOUT": "2s", "KSAGA_API_MAX_IN_FLIGHT": "8"},
-				want: APIConfig{Addr: ":8443", InsecureNoAuth: true, TLSCert: pair.CertFile, TLSKey: pair.KeyFile, ProduceTimeout: 2 * time.Second, MaxInFlight: 8},
+				want: APIConfig{Addr: ":8443", InsecureNoAuth: true, TLSCert: pair.CertFile, TLSKey: pair.KeyFile, ProduceTimeout: 2 * time.Second, MaxInFlight: 8, MaxWait: defaultMaxWait, MaxWaiters: defaultMaxWaiters},
 			},
 			{
 				// An optional Secret that does not exist yet: 401 until
 				// it does.
 				name: "token file not there yet",
 				args: []string{"--api-addr", ":8080", "--api-token-file", filepath.Join(dir, "later")},
-				want: APIConfig{Addr: ":8080", TokenFile: filepath.Join(dir, "later"), ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight},
+				want: APIConfig{Addr: ":8080", TokenFile: filepath.Join(dir, "later"), ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight, MaxWait: defaultMaxWait, MaxWaiters: defaultMaxWaiters},
 			},
 			{
 				name: "API only: no engine, no participant",
 				args: append(slices.Clone(real), "--engine=false", "--api-addr", ":8080", "--api-token-file", tokens),
-				want: APIConfig{Addr: ":8080", TokenFile: tokens, ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight},
+				want: APIConfig{Addr: ":8080", TokenFile: tokens, ProduceTimeout: defaultProduceTimeout, MaxInFlight: defaultMaxInFlight, MaxWait: defaultMaxWait, MaxWaiters: defaultMaxWaiters},
 			},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
@@ -141,6 +141,26 @@ func TestAPIFlags(t *testing.T) {
 			want: `--api-max-in-flight 0: want 1 or more requests at once (default 64)`,
 		},
 		{
+			name: "max wait too long",
+			args: []string{"--api-addr", ":8080", "--api-insecure-no-auth", "--api-max-wait", "11m"},
+			want: `--api-max-wait 11m0s: want a duration from 0 (no waiting) to 10m0s (default 1m0s)`,
+		},
+		{
+			name: "max wait negative",
+			args: []string{"--api-addr", ":8080", "--api-insecure-no-auth", "--api-max-wait", "-1s"},
+			want: `--api-max-wait -1s: want a duration from 0 (no waiting) to 10m0s (default 1m0s)`,
+		},
+		{
+			name: "max waiters",
+			args: []string{"--api-addr", ":8080", "--api-insecure-no-auth", "--api-max-waiters", "0"},
+			want: `--api-max-waiters 0: want 1 or more waiting requests at once (default 1024)`,
+		},
+		{
+			name: "max wait without the API",
+			args: []string{"--api-max-wait", "5s"},
+			want: `--api-max-wait applies only with --api-addr (the HTTP API is off without it)`,
+		},
+		{
 			name: "max in flight without the API",
 			env:  map[string]string{"KSAGA_API_MAX_IN_FLIGHT": "8"},
 			want: `KSAGA_API_MAX_IN_FLIGHT applies only with --api-addr (the HTTP API is off without it)`,
@@ -155,7 +175,7 @@ func TestAPIFlags(t *testing.T) {
 		{
 			name: "a scope that is not one",
 			args: []string{"--api-addr", ":8080", "--api-token-file", badScope},
-			want: `--api-token-file ` + badScope + `: line 1: scope 2: the action is not start, read, compensate or *`,
+			want: `--api-token-file ` + badScope + `: line 1: scope 2: the action is not start, read, compensate, resume or *`,
 		},
 		{
 			name: "engine off and nothing else",
@@ -184,19 +204,19 @@ func TestParseTokens(t *testing.T) {
 		"# tokens of the API",   // 1
 		"",                      // 2
 		"  " + long("a") + "  ", // 3: the old format: line-3, every scope
-		"ci-checkout " + long("b") + " start:order read:order", // 4
-		"support	" + long("c") + "	read:* compensate:order\r",  // 5
-		"ops " + long("d") + " *",                              // 6
-		"has space",                                            // 7: two words
-		"short " + strings.Repeat("e", 31) + " *",              // 8: too short
-		"bad:name " + long("f") + " *",                         // 9: not a name
-		"x " + long("g") + " start",                            // 10: not ACTION:TYPE
-		"x " + long("h") + " delete:order",                     // 11: no such action
-		"x " + long("i") + " start:Order",                      // 12: not a saga type
-		"again " + long("b") + " *",                            // 13: the token of line 4
-		"ops " + long("j") + " *",                              // 14: the name of line 6
-		"y not:b64:" + long("k") + " *",                        // 15: not a b64token
-		"#" + long("l"),                                        // 16: a comment
+		"ci-checkout " + long("b") + " start:order read:order",             // 4
+		"support	" + long("c") + "	read:* compensate:order resume:order\r", // 5
+		"ops " + long("d") + " *",                                          // 6
+		"has space",                                                        // 7: two words
+		"short " + strings.Repeat("e", 31) + " *",                          // 8: too short
+		"bad:name " + long("f") + " *",                                     // 9: not a name
+		"x " + long("g") + " start",                                        // 10: not ACTION:TYPE
+		"x " + long("h") + " delete:order",                                 // 11: no such action
+		"x " + long("i") + " start:Order",                                  // 12: not a saga type
+		"again " + long("b") + " *",                                        // 13: the token of line 4
+		"ops " + long("j") + " *",                                          // 14: the name of line 6
+		"y not:b64:" + long("k") + " *",                                    // 15: not a b64token
+		"#" + long("l"),                                                    // 16: a comment
 	}, "\n")
 	entries, problems := parseTokens([]byte(file))
 	type got struct {
@@ -210,7 +230,7 @@ func TestParseTokens(t *testing.T) {
 	want := []got{
 		{"line-3", nil},
 		{"ci-checkout", []scope{{"start", "order"}, {"read", "order"}}},
-		{"support", []scope{{"read", "*"}, {"compensate", "order"}}},
+		{"support", []scope{{"read", "*"}, {"compensate", "order"}, {"resume", "order"}}},
 		{"ops", []scope{{"*", "*"}}},
 	}
 	if fmt.Sprint(names) != fmt.Sprint(want) {
@@ -224,7 +244,7 @@ func TestParseTokens(t *testing.T) {
 		"line 8: the token is 31 bytes long, shorter than the minimum of 32",
 		"line 9: the name (first word) is not 1 to 64 characters",
 		"line 10: scope 1: not ACTION:TYPE",
-		"line 11: scope 1: the action is not start, read, compensate or *",
+		"line 11: scope 1: the action is not start, read, compensate, resume or *",
 		"line 12: scope 1: the saga type is not a saga type's name",
 		"line 13: the token of line 4 again",
 		"line 14: the name of line 6 again",

@@ -19,6 +19,7 @@ import (
 const (
 	routeSaga       = "/v1/sagas/{type}/{id}"
 	routeCompensate = "/v1/sagas/{type}/{id}/compensate"
+	routeResume     = "/v1/sagas/{type}/{id}/resume"
 	routeOpenAPI    = "/v1/openapi.json"
 	// routeUnmatched labels the answers to requests that match no
 	// operation: 404 (another path) and 405 (another method).
@@ -26,9 +27,10 @@ const (
 )
 
 // newAPIMetrics registers ksaga_api_requests_total{method,route,code},
-// with the series alerts use created at zero, and ksaga_api_in_flight and
-// ksaga_api_in_flight_limit.
-func newAPIMetrics(reg prometheus.Registerer, inFlight chan struct{}) (*prometheus.CounterVec, error) {
+// with the series alerts use created at zero, ksaga_api_in_flight and
+// ksaga_api_in_flight_limit, and ksaga_api_waiters and
+// ksaga_api_waiters_limit (the slots of --api-max-waiters).
+func newAPIMetrics(reg prometheus.Registerer, inFlight, waiting chan struct{}) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ksaga_api_requests_total",
 		Help: "HTTP API requests answered, by method, route (the OpenAPI path; unmatched for others) and status code.",
@@ -40,6 +42,7 @@ func newAPIMetrics(reg prometheus.Registerer, inFlight chan struct{}) (*promethe
 		{http.MethodPost, routeSaga, []int{202, 401, 429, 503}},
 		{http.MethodGet, routeSaga, []int{200, 401, 429, 503}},
 		{http.MethodPost, routeCompensate, []int{202, 401, 429, 503}},
+		{http.MethodPost, routeResume, []int{202, 401, 429, 503}},
 	} {
 		for _, code := range op.codes {
 			c.WithLabelValues(op.method, op.route, strconv.Itoa(code))
@@ -54,6 +57,14 @@ func newAPIMetrics(reg prometheus.Registerer, inFlight chan struct{}) (*promethe
 			Name: "ksaga_api_in_flight_limit",
 			Help: "The HTTP API's --api-max-in-flight.",
 		}, func() float64 { return float64(cap(inFlight)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ksaga_api_waiters",
+			Help: "HTTP API requests waiting for a saga's outcome (?wait=) now; past ksaga_api_waiters_limit they are answered 429.",
+		}, func() float64 { return float64(len(waiting)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ksaga_api_waiters_limit",
+			Help: "The HTTP API's --api-max-waiters.",
+		}, func() float64 { return float64(cap(waiting)) }),
 	}
 	for _, col := range cs {
 		if err := reg.Register(col); err != nil {
@@ -94,6 +105,8 @@ func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route strin
 			route, allow = routeSaga, []string{http.MethodGet, http.MethodPost}
 		case len(parts) == 3 && parts[2] == "compensate":
 			route, allow = routeCompensate, []string{http.MethodPost}
+		case len(parts) == 3 && parts[2] == "resume":
+			route, allow = routeResume, []string{http.MethodPost}
 		}
 		if len(parts) >= 2 {
 			typSeg, idSeg = parts[0], parts[1]
@@ -101,7 +114,7 @@ func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route strin
 	}
 	switch {
 	case route == "":
-		writeError(w, http.StatusNotFound, "no such endpoint: the API serves "+routeSaga+" (GET, POST), "+routeCompensate+" (POST) and "+routeOpenAPI+" (GET)")
+		writeError(w, http.StatusNotFound, "no such endpoint: the API serves "+routeSaga+" (GET, POST), "+routeCompensate+" (POST), "+routeResume+" (POST) and "+routeOpenAPI+" (GET)")
 		return method, routeUnmatched
 	case !slices.Contains(allow, r.Method):
 		w.Header().Set("Allow", strings.Join(allow, ", "))
@@ -114,10 +127,20 @@ func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route strin
 	}
 	// At most cap(a.inFlight) requests at once: a request that finds
 	// them all taken is answered at once rather than queued, so that
-	// neither memory nor latency grows with the callers.
+	// neither memory nor latency grows with the callers. A request that
+	// waits for an outcome gives its slot back while it waits (release),
+	// holding one of --api-max-waiters instead.
+	var release func()
 	select {
 	case a.inFlight <- struct{}{}:
-		defer func() { <-a.inFlight }()
+		held := true
+		release = func() {
+			if held {
+				held = false
+				<-a.inFlight
+			}
+		}
+		defer release()
 	default:
 		w.Header().Set("Retry-After", apiBusyRetryAfter)
 		// Answer before the body is read (net/http would otherwise
@@ -136,7 +159,7 @@ func (a *api) route(w http.ResponseWriter, r *http.Request) (method, route strin
 		}
 		return method, route
 	}
-	a.sagaRequest(w, r, route, typSeg, idSeg)
+	a.sagaRequest(w, r, route, typSeg, idSeg, release)
 	return method, route
 }
 
@@ -164,8 +187,10 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // sagaRequest serves a request of the routes under /v1/sagas, in the order
 // a caller would fix its mistakes: who (401, or 429 after too many
 // failures), the body's media type (415), the saga type (404), what the
-// token may do (403), the id (400), then the operation's own checks.
-func (a *api) sagaRequest(w http.ResponseWriter, r *http.Request, route, typSeg, idSeg string) {
+// token may do (403), the id and ?wait= (400), a waiter's slot (429), then
+// the operation's own checks. release gives the request's in-flight slot
+// back (see route); it may be called more than once.
+func (a *api) sagaRequest(w http.ResponseWriter, r *http.Request, route, typSeg, idSeg string, release func()) {
 	p, ok := a.authenticate(w, r)
 	if !ok {
 		return
@@ -174,6 +199,8 @@ func (a *api) sagaRequest(w http.ResponseWriter, r *http.Request, route, typSeg,
 	switch {
 	case route == routeCompensate:
 		action = actionCompensate
+	case route == routeResume:
+		action = actionResume
 	case r.Method == http.MethodPost:
 		action = actionStart
 	}
@@ -207,13 +234,20 @@ func (a *api) sagaRequest(w http.ResponseWriter, r *http.Request, route, typSeg,
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	var pw *pending
+	if route == routeSaga {
+		if pw, ok = a.waits.begin(w, r, s, id, release); !ok {
+			return
+		}
+		defer pw.end()
+	}
 	switch action {
 	case actionStart:
-		a.start(w, r, p, s, id)
+		a.start(w, r, p, s, id, pw)
 	case actionRead:
-		a.get(w, r, s, id)
-	case actionCompensate:
-		a.compensate(w, r, p, s, id)
+		a.get(w, r, s, id, pw)
+	case actionCompensate, actionResume:
+		a.operate(w, r, p, s, id, action == actionResume)
 	}
 }
 

@@ -38,8 +38,8 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	if len(defs) == 0 {
 		return nil, errors.New("--api-addr: no saga type is registered, so the HTTP API has nothing to serve")
 	}
-	inFlight := make(chan struct{}, c.MaxInFlight)
-	requests, err := newAPIMetrics(env.Registry, inFlight)
+	inFlight, waiting := make(chan struct{}, c.MaxInFlight), make(chan struct{}, c.MaxWaiters)
+	requests, err := newAPIMetrics(env.Registry, inFlight, waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +64,10 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	// transactions of their own client: the starts' producer is not
 	// transactional (a transaction would serialize them).
 	comp := newCompensator(env.KafkaOpts(), a.cfg.TransactionalID+".api", c.ProduceTimeout)
-	h := &api{sagas: sagas, rdb: env.rdb, kc: kc, comp: comp, tool: a.o.name + "-api", inFlight: inFlight,
+	// Waits read saga.<type>.events with a consumer per saga type, made
+	// by the first wait for the type.
+	waits := newWaiters(env.KafkaOpts(), c.MaxWait, waiting, c.ProduceTimeout, a.log)
+	h := &api{sagas: sagas, rdb: env.rdb, kc: kc, comp: comp, waits: waits, tool: a.o.name + "-api", inFlight: inFlight,
 		backoff: newAuthBackoff(time.Now, a.log), timeout: c.ProduceTimeout, now: time.Now, log: a.log, requests: requests}
 	reloadCtx, stopReload := context.WithCancel(context.Background())
 	var loads []func()
@@ -128,10 +131,14 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 	if useTLS {
 		scheme = "https"
 	}
-	a.log.Info("serving the HTTP API", "addr", ln.Addr().String(), "scheme", scheme, "auth", auth, "max_in_flight", c.MaxInFlight)
+	a.log.Info("serving the HTTP API", "addr", ln.Addr().String(), "scheme", scheme, "auth", auth, "max_in_flight", c.MaxInFlight,
+		"max_wait", c.MaxWait.String(), "max_waiters", c.MaxWaiters)
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
+		// The waiting requests answer at once (202): Shutdown waits for
+		// them.
+		waits.stop()
 		if err := srv.Shutdown(sctx); err != nil {
 			a.log.Warn("HTTP API shutdown", "err", err)
 		}
@@ -140,6 +147,7 @@ func (a *app) startAPI(ctx context.Context, env *Env, defs []*saga.Definition) (
 		<-done
 		kc.Close()
 		comp.close()
+		waits.close()
 	}, nil
 }
 

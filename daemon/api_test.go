@@ -35,6 +35,7 @@ import (
 	"github.com/ksaga/ksaga/internal/redistest"
 	"github.com/ksaga/ksaga/internal/tlstest"
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/topic"
 )
@@ -61,13 +62,21 @@ var parcelSaga = saga.New("parcel",
 	}},
 )
 
-// note is the data of the note saga: one local step, so a note saga ends
-// (SagaCompleted) in the transaction that starts it.
+// note is the data of the note saga: a local step, so a note saga ends
+// (SagaCompleted) in the transaction that starts it; but a note whose id
+// starts with "held-" is then sent to the courier, whom no test runs, and
+// parks when its one attempt gets no reply within 300ms.
 type note struct {
 	ID string `json:"id"`
 }
 
-var noteSaga = saga.New("note", saga.Step[note]{Name: "write", Local: func(context.Context, *note) error { return nil }})
+var noteSaga = saga.New("note",
+	saga.Step[note]{Name: "write", Local: func(context.Context, *note) error { return nil }},
+	saga.Step[note]{Name: "hold", Do: func(_ context.Context, n *note) (saga.Command, error) {
+		return saga.Command{Participant: "courier", Type: "Hold", Payload: n}, nil
+	}, Skip: func(n *note) bool { return !strings.HasPrefix(n.ID, "held-") },
+		ReplyTimeout: 300 * time.Millisecond, Retry: retry.Policy{MaxAttempts: 1}, Park: true},
+)
 
 // freeAddr returns a loopback address with a port that was free a moment
 // ago.
@@ -486,6 +495,7 @@ func TestAPI(t *testing.T) {
 			for _, r := range []struct{ method, path string }{
 				{http.MethodPost, "/v1/sagas/parcel/p-1"}, {http.MethodGet, "/v1/sagas/parcel/p-1"},
 				{http.MethodPost, "/v1/sagas/parcel/p-1/compensate"}, {http.MethodPost, "/v1/sagas/nosuch/p-1"},
+				{http.MethodPost, "/v1/sagas/parcel/p-1/resume"}, {http.MethodGet, "/v1/sagas/parcel/p-1?wait=1s"},
 			} {
 				code, hdr, body := c.do(t, r.method, r.path, "", strings.NewReader(start),
 					map[string]string{"Authorization": tc.auth, "Content-Type": "application/json"})
@@ -511,7 +521,7 @@ func TestAPI(t *testing.T) {
 		// token, the valid one included: it cannot learn which is.
 		for _, r := range []struct{ method, path, body string }{
 			{http.MethodGet, "/v1/sagas/parcel/p-1", ""}, {http.MethodPost, "/v1/sagas/parcel/p-1", start},
-			{http.MethodPost, "/v1/sagas/parcel/p-1/compensate", "{}"},
+			{http.MethodPost, "/v1/sagas/parcel/p-1/compensate", "{}"}, {http.MethodPost, "/v1/sagas/parcel/p-1/resume", "{}"},
 		} {
 			for _, tok := range []string{"wrong", token} {
 				code, hdr, body := c.do(t, r.method, r.path, tok, strings.NewReader(r.body), map[string]string{"Content-Type": "application/json"})
@@ -561,6 +571,7 @@ func TestAPI(t *testing.T) {
 			{"a trailing slash", "GET", "/v1/openapi.json/", "", nil, 404, "no such endpoint"},
 			{"another method", "DELETE", "/v1/sagas/parcel/p-1", "", nil, 405, "method DELETE is not allowed on /v1/sagas/{type}/{id}: use GET or POST"},
 			{"GET compensate", "GET", "/v1/sagas/parcel/p-1/compensate", "", nil, 405, "use POST"},
+			{"GET resume", "GET", "/v1/sagas/parcel/p-1/resume", "", nil, 405, "use POST"},
 			{"POST the document", "POST", "/v1/openapi.json", "{}", asJSON, 405, "use GET"},
 			// Bodies: one JSON value, canonical, of the data type's
 			// field names.
@@ -576,11 +587,13 @@ func TestAPI(t *testing.T) {
 			{"nested 10001 deep", "POST", "/v1/sagas/parcel/p-2", deep, asJSON, 400, "the body is not one JSON value"},
 			{"a reason with a newline", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"ok\nby: root"}`, asJSON, 400, "the reason has U+000A (LF) at byte 2"},
 			{"a reason with ESC", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"\u001b[2J"}`, asJSON, 400, "U+001B (ESC)"},
+			{"a resume reason with a newline", "POST", "/v1/sagas/parcel/p-1/resume", `{"reason":"ok\nby: root"}`, asJSON, 400, "the reason has U+000A (LF) at byte 2"},
 			{"a reason too long", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"` + strings.Repeat("r", 1025) + `"}`, asJSON, 400, "the reason is 1025 bytes long, the limit is 1024"},
 			// Media types: a cross-site form cannot post JSON.
 			{"a form post", "POST", "/v1/sagas/parcel/p-2", `id=p-2&weight=1`, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415, `Content-Type "application/x-www-form-urlencoded" is not application/json`},
 			{"a text/plain post", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, map[string]string{"Content-Type": "text/plain"}, 415, "is not application/json"},
 			{"a multipart post", "POST", "/v1/sagas/parcel/p-2/compensate", "--x\r\n\r\n--x--", map[string]string{"Content-Type": "multipart/form-data; boundary=x"}, 415, "is not application/json"},
+			{"a form post of resume", "POST", "/v1/sagas/parcel/p-2/resume", `reason=x`, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415, "is not application/json"},
 			{"no Content-Type", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, nil, 415, "no Content-Type"},
 			{"another charset", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1}`, map[string]string{"Content-Type": "application/json; charset=latin1"}, 415, `charset "latin1": the body must be UTF-8`},
 		} {
@@ -625,6 +638,8 @@ func TestAPI(t *testing.T) {
 			{"unknown type, get", "GET", "/v1/sagas/nosuch/p-1", "", 404, `unknown saga type "nosuch"`},
 			{"unknown saga", "GET", "/v1/sagas/parcel/nobody", "", 404, "saga parcel/nobody not found"},
 			{"compensate an unknown saga", "POST", "/v1/sagas/parcel/nobody/compensate", `{"reason":"r"}`, 404, "saga parcel/nobody not found: no such saga, or its start request is not handled yet"},
+			{"resume an unknown saga", "POST", "/v1/sagas/parcel/nobody/resume", `{"reason":"r"}`, 404, "saga parcel/nobody not found: no such saga, or its start request is not handled yet"},
+			{"wait for an unknown saga", "GET", "/v1/sagas/parcel/nobody?wait=5s", "", 404, "saga parcel/nobody not found"},
 			{"not JSON", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2",`, 400, "the body is not one JSON value"},
 			{"two JSON values", "POST", "/v1/sagas/parcel/p-2", `{"id":"p-2","weight":1} {}`, 400, "data after the JSON value"},
 			{"empty body", "POST", "/v1/sagas/parcel/p-2", ``, 400, "the body is not one JSON value"},
@@ -635,6 +650,8 @@ func TestAPI(t *testing.T) {
 			{"compensate unknown field", "POST", "/v1/sagas/parcel/p-1/compensate", `{"why":"x"}`, 400, `unknown field "why"`},
 			{"start too large", "POST", "/v1/sagas/parcel/p-big", huge, 413, "larger than 262144 bytes"},
 			{"compensate too large", "POST", "/v1/sagas/parcel/p-1/compensate", `{"reason":"` + strings.Repeat("r", 16<<10) + `"}`, 413, "larger than 16384 bytes"},
+			{"resume too large", "POST", "/v1/sagas/parcel/p-1/resume", `{"reason":"` + strings.Repeat("r", 16<<10) + `"}`, 413, "larger than 16384 bytes"},
+			{"resume unknown field", "POST", "/v1/sagas/parcel/p-1/resume", `{"note":"x"}`, 400, `unknown field "note"`},
 		} {
 			var body io.Reader
 			if tc.body != "" || tc.method == "POST" {
@@ -657,6 +674,7 @@ func TestAPI(t *testing.T) {
 		}{
 			{"start", "POST", "/v1/sagas/parcel/p-9", `{"id":"p-9","weight":1}`, "token parcel-reader may not start sagas of type parcel: its scopes in the token file do not include start:parcel"},
 			{"compensate", "POST", "/v1/sagas/parcel/p-1/compensate", `{}`, "may not compensate sagas of type parcel"},
+			{"resume", "POST", "/v1/sagas/parcel/p-1/resume", `{}`, "token parcel-reader may not resume sagas of type parcel: its scopes in the token file do not include resume:parcel"},
 			{"read another type", "GET", "/v1/sagas/note/n-1", "", "may not read sagas of type note"},
 		} {
 			var body io.Reader
@@ -907,6 +925,10 @@ func TestAPI(t *testing.T) {
 		})
 	})
 
+	t.Run("wait", func(t *testing.T) { testWait(t, d, token) })
+	// The token file holds token on its first line now.
+	t.Run("resume", func(t *testing.T) { testResume(t, d, brokers, token, "line-1") })
+
 	// p-1 was started three times and asked for a conflicting start once,
 	// p-4 started through the API and again with package client: one
 	// SagaStarted each, one terminal event for p-1 and p-4 (compensated
@@ -938,6 +960,9 @@ func TestAPI(t *testing.T) {
 		code, _, body = d.post(t, "/v1/sagas/parcel/p-3/compensate", token, `{"reason":"r"}`)
 		wantStatus(t, "compensate without Redis", code, body, http.StatusServiceUnavailable)
 		noInternals(t, "compensate without Redis", body)
+		code, _, body = d.post(t, "/v1/sagas/note/held-1/resume", token, `{"reason":"r"}`)
+		wantStatus(t, "resume without Redis", code, body, http.StatusServiceUnavailable)
+		noInternals(t, "resume without Redis", body)
 		// A start does not need the view: the engine dedupes.
 		code, _, body = d.post(t, "/v1/sagas/note/n-1", token, `{"id":"n-1"}`)
 		wantStatus(t, "start without Redis", code, body, http.StatusAccepted)
