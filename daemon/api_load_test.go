@@ -302,7 +302,7 @@ func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
 // scrapeValue returns the value of the series named name (no labels) on
 // the daemon's /metrics, or -1.
-func scrapeValue(t *testing.T, d *apiDaemon, name string) float64 {
+func scrapeValue(t testing.TB, d *apiDaemon, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + d.metrics + "/metrics")
 	if err != nil {
