@@ -305,3 +305,30 @@ func cmpOr(errs ...error) error {
 	}
 	return nil
 }
+
+// SagaTypes returns the saga types whose inbox (saga.<type>.inbox) the
+// cluster has, sorted. It asks once, bounded by k's timeout: a shell's
+// completion calls it and must not hang without a broker.
+func SagaTypes(ctx context.Context, k Kafka) ([]string, error) {
+	cl, err := k.newAdminClient()
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	reqCtx, cancel := context.WithTimeout(ctx, k.timeout())
+	defer cancel()
+	tds, err := kadm.NewClient(cl).ListTopics(reqCtx)
+	if err != nil {
+		return nil, connError(ctx, "Kafka", k.Brokers, k.timeout(), fmt.Errorf("list topics: %w", err))
+	}
+	var out []string
+	for _, name := range tds.Names() {
+		if t, ok := strings.CutPrefix(name, "saga."); ok {
+			if t, ok = strings.CutSuffix(t, ".inbox"); ok && t != "" && !strings.Contains(t, ".") {
+				out = append(out, t)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}

@@ -15,12 +15,11 @@ import (
 	"github.com/ksaga/ksaga/ops"
 )
 
-// auditRecord, auditFilters and auditEntry are package audit's: the one
+// auditRecord and auditEntry are package audit's: the one
 // schema of saga.<type>.audit, which the HTTP API writes too.
 type (
-	auditRecord  = kaudit.Record
-	auditFilters = kaudit.Filters
-	auditEntry   = kaudit.Entry
+	auditRecord = kaudit.Record
+	auditEntry  = kaudit.Entry
 )
 
 // posOf returns where e was in the DLT.
@@ -43,10 +42,6 @@ func parsePos(s string) (pos, error) {
 	p, err := ops.ParsePosition(s)
 	return pos{p.Partition, p.Offset}, err
 }
-
-// redriveEvent is one redrive of a dead-letter record, as dlq list and dlq
-// show report it.
-type redriveEvent = ops.RedriveEvent
 
 // target is what a was done to, short: the DLT offsets of a redrive
 // ("0:3,5,9 1:4"), the saga of a compensate.

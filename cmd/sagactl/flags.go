@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"regexp"
 	"strconv"
@@ -12,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	kaudit "github.com/ksaga/ksaga/audit"
@@ -31,22 +31,9 @@ const (
 	cmdAuditList      = "audit list"
 )
 
-var commands = []string{cmdDLQList, cmdDLQShow, cmdDLQRedrive, cmdSagaGet, cmdSagaList, cmdSagaCompensate, cmdSagaResume, cmdAuditList}
-
-// isGroup reports whether name is the first word of commands.
-func isGroup(name string) bool {
-	for _, c := range commands {
-		if g, _, _ := strings.Cut(c, " "); g == name {
-			return true
-		}
-	}
-	return false
-}
-
 // invocation is a parsed and validated command line.
 type invocation struct {
-	// command is one of the cmd* constants; on flag.ErrHelp it is the
-	// command whose help was asked for, or "" for the general help.
+	// command is one of the cmd* constants.
 	command    string
 	brokers    []string
 	redisAddrs []string
@@ -84,108 +71,70 @@ type globals struct {
 	redis conn.Redis
 }
 
-// envTwins maps the global flags that have one to their environment
-// variable. The connection flags have theirs too (conn.EnvName), filled by
-// conn.FromEnv.
-var envTwins = map[string]string{
-	"kafka-brokers": "KSAGA_KAFKA_BROKERS",
-	"redis-addr":    "KSAGA_REDIS_ADDR",
+// envTwins are the flags that have an environment variable, named by
+// conn.EnvName (--kafka-brokers: KSAGA_KAFKA_BROKERS): the global
+// addresses, then the connection flags of package conn. sagad reads the
+// same variables. A flag given on the command line wins over its twin.
+var envTwins = append([]string{"kafka-brokers", "redis-addr"}, conn.FlagNames()...)
+
+// addGlobals defines the global flags on fs, bound to g, each flag with a
+// twin naming it in its usage.
+func addGlobals(fs *pflag.FlagSet, g *globals) {
+	fs.StringVar(&g.kafkaBrokers, "kafka-brokers", "", "Kafka seed `brokers`, comma-separated host:port")
+	fs.StringVar(&g.redisAddr, "redis-addr", "", "Redis `addresses`, comma-separated (several: Redis Cluster)")
+	fs.DurationVar(&g.timeout, "timeout", defaultTimeout, "how long to wait for Kafka or Redis to answer the first request")
+	// Package conn defines its flags on a flag.FlagSet, for sagad and
+	// sagactl alike; pflag takes them over, bound to the same fields.
+	gofs := flag.NewFlagSet("conn", flag.ContinueOnError)
+	g.kafka.RegisterFlags(gofs)
+	g.redis.RegisterFlags(gofs)
+	fs.AddGoFlagSet(gofs)
+	for _, name := range envTwins {
+		f := fs.Lookup(name)
+		f.Usage += " [$" + conn.EnvName(name) + "]"
+	}
 }
 
-// addGlobals defines the global flags on fs, with the values already in g
-// as defaults, so that flags given before the command survive the command's
-// own flag set.
-func addGlobals(fs *flag.FlagSet, g *globals) {
-	fs.StringVar(&g.kafkaBrokers, "kafka-brokers", g.kafkaBrokers, "Kafka seed `brokers`, comma-separated host:port [$KSAGA_KAFKA_BROKERS]")
-	fs.StringVar(&g.redisAddr, "redis-addr", g.redisAddr, "Redis `addresses`, comma-separated (several: Redis Cluster) [$KSAGA_REDIS_ADDR]")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for Kafka or Redis to answer the first request")
-	g.kafka.RegisterFlags(fs)
-	g.redis.RegisterFlags(fs)
-}
-
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
+// applyEnv sets each twin flag of cmd not given on the command line from
+// its environment variable (read with getenv), and returns the flags
+// given on the command line.
+func applyEnv(cmd *cobra.Command, getenv func(string) string) (given map[string]bool, err error) {
+	fs := cmd.Flags()
+	given = make(map[string]bool)
+	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
+	for _, name := range envTwins {
+		f := fs.Lookup(name)
+		if f == nil || given[name] {
+			continue
+		}
+		env := conn.EnvName(name)
+		v := getenv(env)
+		if v == "" {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			if f.Value.Type() == "bool" {
+				return given, fmt.Errorf("%s=%q: --%s wants true or false", env, v, name)
+			}
+			return given, fmt.Errorf("%s=%q: %v", env, v, err)
+		}
+	}
+	return given, nil
 }
 
 // sagaTypeRE is what a saga type may look like: it becomes part of topic
 // names (saga.<type>.inbox-dlt) and Redis keys.
 var sagaTypeRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
-// parseArgs parses sagactl's command line, fills the global flags not given
-// on it from their environment twins (read with getenv), and validates the
-// result. It returns flag.ErrHelp, with inv.command set to the command
-// concerned, for -h, -help and "help"; every other error says what to fix.
-func parseArgs(args []string, getenv func(string) string) (inv invocation, err error) {
-	g := globals{timeout: defaultTimeout}
-	set := make(map[string]bool)
-	visit := func(f *flag.Flag) { set[f.Name] = true }
-
-	top := newFlagSet("sagactl")
-	addGlobals(top, &g)
-	if err := top.Parse(args); err != nil {
-		return inv, flagError(err, "sagactl -help")
-	}
-	top.Visit(visit)
-	rest := top.Args()
-	if len(rest) == 0 {
-		return inv, fmt.Errorf("missing command: want one of %s (sagactl -help shows usage)", strings.Join(commands, ", "))
-	}
-	if rest[0] == "help" {
-		if len(rest) > 1 {
-			inv.command = strings.Join(rest[1:min(3, len(rest))], " ")
-		}
-		return inv, flag.ErrHelp
-	}
-	if len(rest) < 2 || rest[1] == "-h" || rest[1] == "-help" || rest[1] == "--help" {
-		if isGroup(rest[0]) {
-			if len(rest) < 2 {
-				return inv, fmt.Errorf("%s: missing subcommand: want one of %s (sagactl -help shows usage)", rest[0], subcommands(rest[0]))
-			}
-			return inv, flag.ErrHelp
-		}
-	}
-	name := rest[0]
-	if len(rest) > 1 {
-		name += " " + rest[1]
-	}
+// validate checks the flags c and positional arguments posArgs of command
+// name, given the global flags g (set: those given on the command line;
+// the others may come from the environment, read with getenv), and returns
+// the invocation. Every error says what to fix.
+func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs []string, getenv func(string) string) (inv invocation, err error) {
 	inv.command = name
-
-	// The connection flags given before the command win over their
-	// environment twins; those given after it are parsed next and win
-	// over both.
-	if err := conn.FromEnv(top, getenv); err != nil {
-		return inv, err
-	}
-	fs := newFlagSet("sagactl " + name)
-	addGlobals(fs, &g)
-	var c cmdFlags
-	if !defineCommandFlags(fs, name, &c) {
-		if isGroup(rest[0]) {
-			return inv, fmt.Errorf("%s: unknown subcommand %q: want one of %s (sagactl -help shows usage)", rest[0], rest[1], subcommands(rest[0]))
-		}
-		return inv, fmt.Errorf("unknown command %q: want one of %s (sagactl -help shows usage)", rest[0], strings.Join(commands, ", "))
-	}
-	posArgs, err := parseInterspersed(fs, rest[2:])
-	if err != nil {
-		return inv, flagError(err, "sagactl "+name+" -help")
-	}
-	fs.Visit(visit)
-
-	for flagName, env := range envTwins {
-		if set[flagName] {
-			continue
-		}
-		if v := getenv(env); v != "" {
-			if err := fs.Set(flagName, v); err != nil {
-				return inv, fmt.Errorf("%s=%q: %v", env, v, err)
-			}
-		}
-	}
 	how := func(flagName string) string {
-		if env, ok := envTwins[flagName]; ok && !set[flagName] {
-			return env
+		if !set[flagName] {
+			return conn.EnvName(flagName)
 		}
 		return "--" + flagName
 	}
@@ -462,106 +411,6 @@ type cmdFlags struct {
 	action      string
 }
 
-// defineCommandFlags defines the flags of command name on fs. It reports
-// false for an unknown command.
-func defineCommandFlags(fs *flag.FlagSet, name string, c *cmdFlags) bool {
-	if !isCommand(name) {
-		return false
-	}
-	fs.StringVar(&c.sagaType, "saga", "", "saga `type`, e.g. order (required)")
-	fs.StringVar(&c.output, "output", outTable, "output `format`: table, json or yaml; json and yaml print the data alone on stdout")
-	fs.StringVar(&c.output, "o", outTable, "short for --output")
-	dlqFilters := func(what string) {
-		fs.StringVar(&c.reason, "reason", "", what+" only records dead-lettered for this `reason`, e.g. retries-exhausted")
-		fs.StringVar(&c.sagaID, "saga-id", "", what+" only the records of this saga `id` (the record key)")
-		fs.StringVar(&c.since, "since", "", what+" only records dead-lettered at or after `when`: a duration ago (90m, 2h, 3d) or a time (RFC 3339, or 2006-01-02)")
-		fs.StringVar(&c.until, "until", "", what+" only records dead-lettered before `when`, as for --since")
-	}
-	who := func() {
-		fs.StringVar(&c.note, "note", "", "why, in `text`, for the audit record (required)")
-		fs.StringVar(&c.as, "as", "", "who (a `name`: letters, digits, . _ @ -), for the audit record (default $USER)")
-		fs.BoolVar(&c.yes, "yes", false, "do not ask for confirmation (required when stdin is not a terminal)")
-	}
-	switch name {
-	case cmdDLQList:
-		dlqFilters("list")
-		fs.StringVar(&c.state, "state", "", "list only records in this `state`: pending, redriven or invalid")
-		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records, oldest first; 0 prints all")
-	case cmdDLQRedrive:
-		dlqFilters("redrive")
-		fs.IntVar(&c.limit, "limit", 0, "redrive at most `N` records, oldest first; 0 redrives all that match")
-		fs.IntVar(&c.maxRedrives, "max-redrives", defaultMaxRedrives, "skip a record whose original was redriven `N` times already, failing each time; 0: no limit")
-		fs.StringVar(&c.rate, "rate", "", "redrive at most `R` records per second: 50 or 50/s (or 600/m, 100/h); default: no limit")
-		fs.BoolVar(&c.dryRun, "dry-run", false, "print what would be redriven; produce and commit nothing")
-		who()
-	case cmdSagaGet:
-		fs.IntVar(&c.parts, "partitions", 0, "partition `count` of saga.TYPE.inbox, which places the saga's Redis key; read from Kafka when --kafka-brokers is set")
-	case cmdSagaList:
-		fs.BoolVar(&c.stuck, "stuck", false, "list only sagas that have not ended (running or compensating) and have not changed for --older-than (default 10m)")
-		fs.DurationVar(&c.olderThan, "older-than", 0, "list only sagas whose updated_at is older than this `duration`, e.g. 10m")
-		fs.StringVar(&c.status, "status", "", "list only sagas of this `status`: running, compensating, parked, completed, compensated or failed")
-		fs.IntVar(&c.limit, "limit", 0, "print at most `N` sagas, the longest unchanged first; 0 prints all")
-	case cmdSagaCompensate, cmdSagaResume:
-		fs.BoolVar(&c.dryRun, "dry-run", false, "check the saga and print the message and audit record that would be sent; send nothing")
-		who()
-	case cmdAuditList:
-		fs.StringVar(&c.action, "action", "", "list only records of this `action`: dlq-redrive, saga-compensate or saga-resume")
-		fs.StringVar(&c.since, "since", "", "list only records at or after `when`: a duration ago (90m, 2h, 3d) or a time")
-		fs.StringVar(&c.until, "until", "", "list only records before `when`, as for --since")
-		fs.IntVar(&c.limit, "limit", 0, "print at most `N` records, oldest first; 0 prints all")
-	}
-	return true
-}
-
-func isCommand(name string) bool {
-	for _, c := range commands {
-		if c == name {
-			return true
-		}
-	}
-	return false
-}
-
-// parseInterspersed parses flags that may come before, between or after the
-// positional arguments ("saga get ID --saga order"), and returns the latter.
-// Everything after "--" is positional.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// flagError turns the flag package's error into one that says where the
-// list of valid flags is.
-func flagError(err error, helpCmd string) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return fmt.Errorf("%w (%s lists the flags)", err, helpCmd)
-}
-
-func subcommands(group string) string {
-	var out []string
-	for _, c := range commands {
-		if g, sub, _ := strings.Cut(c, " "); g == group {
-			out = append(out, sub)
-		}
-	}
-	return strings.Join(out, ", ")
-}
-
 // splitList splits a comma-separated list, dropping blanks.
 func splitList(s string) []string {
 	var out []string
@@ -571,204 +420,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-func firstOr(s []string, def string) string {
-	if len(s) == 0 {
-		return def
-	}
-	return s[0]
-}
-
-// exitStatusHelp ends every help text.
-const exitStatusHelp = `
-Exit status: 0 on success; 1 when the command failed (Kafka or Redis unreachable or refusing the
-login, no such topic, saga or record, a confirmation answered no); 2 for invalid flags or
-arguments, including a change without --yes when stdin is not a terminal.
-`
-
-// usage writes the help of command, or the general help when command is
-// not one sagactl knows.
-func usage(w io.Writer, command string) {
-	switch command {
-	case cmdDLQList:
-		fmt.Fprint(w, `Usage: sagactl dlq list --saga TYPE [--reason R] [--saga-id ID] [--since WHEN] [--until WHEN]
-                       [--state pending|redriven|invalid] [--limit N] [-o table|json|yaml]
-
-Reads saga.TYPE.inbox-dlt from the beginning up to the end offsets taken at start (read_committed)
-and the redrive history on saga.TYPE.audit, and prints one row per original record, oldest first:
-a record redriven and dead-lettered again is one row (its newest dead letter, at DLT), with
-DEAD-LETTERED the number of its dead letters and REDRIVES the number of its redrives. STATE is
-pending (never redriven), redriven (sent back to the inbox; if it fails again, its next dead letter
-becomes the row) or invalid (not a dead-letter record). -o json prints an array with every field:
-the history in "redrives" (who, when, why, which run), the earlier dead letters in "earlier".
-The summary goes to stderr.
-
-Flags:
-`)
-	case cmdDLQShow:
-		fmt.Fprint(w, `Usage: sagactl dlq show --saga TYPE PARTITION:OFFSET [-o table|json|yaml]
-
-Prints one record of saga.TYPE.inbox-dlt (as dlq list names it, e.g. 0:42): where it came from,
-why it was dead-lettered, its redrives (from saga.TYPE.audit), its headers decoded (Spring's
-kafka_dlt-original-partition as an int32, -offset and -timestamp as int64, big-endian), its key
-and its value (base64 when not UTF-8 text).
-
-Flags:
-`)
-	case cmdDLQRedrive:
-		fmt.Fprint(w, `Usage: sagactl dlq redrive --saga TYPE --note WHY [--reason R] [--saga-id ID] [--since WHEN]
-                          [--until WHEN] [--limit N] [--max-redrives N] [--rate R] [--dry-run] [--yes]
-                          [--as WHO] [-o ...]
-
-Re-produces the original of each matching record of saga.TYPE.inbox-dlt that was never redriven
-(same key, value and headers, without the dead-letter headers, plus ksaga-redrive-of:
-"<dlt-partition>:<dlt-offset>") to its original topic and partition, oldest first, up to the end
-offsets taken at start. Each transaction holds the redriven records and one audit record on
-saga.TYPE.audit: who (--as, default $USER), why (--note), when, the run id and the DLT offsets.
-Those offsets are never redriven again: a second run skips them, and dlq list shows the history.
-Runs of one saga type fence each other (a shared transactional id), so two cannot redrive the same
-record. A redriven record that fails again is dead-lettered again, and can be redriven again, up to
---max-redrives times (default 3): a record that keeps failing is then left in the DLQ instead of
-going round with every run (dlq list shows its redrives; --max-redrives 0 lifts the limit).
-
-It asks for confirmation on a terminal; --yes skips the question, and is required when stdin is
-not a terminal. Try --dry-run first: it lists what would be redriven and changes nothing. --limit
-redrives the N oldest matching records; --rate paces them (a transaction then holds about a
-second's worth). A long run on a terminal draws a progress bar on stderr. Ctrl-C aborts the open
-transaction; what was committed before stays committed and audited.
-
-Flags:
-`)
-	case cmdSagaGet:
-		fmt.Fprint(w, `Usage: sagactl saga get --saga TYPE [--partitions N | --kafka-brokers B] ID [-o table|json|yaml]
-
-Prints the state of saga ID as the engine last wrote it to Redis (hash ksaga:{TYPE:P}:state:ID,
-where P is the saga's home partition): -o table a summary row, -o json and -o yaml the whole state
-(waiting, attempt, deadline_ms, undone, data, trace...). Redis may lag Kafka by the last few
-transactions. Exits 1 if there is no such saga.
-
-Flags:
-`)
-	case cmdSagaList:
-		fmt.Fprint(w, `Usage: sagactl saga list --saga TYPE [--stuck] [--older-than D] [--status S] [--limit N] [-o ...]
-
-Scans the Redis view (keys ksaga:{TYPE:*}:state:*, on every primary of a Redis Cluster) and prints
-the sagas that match, the longest unchanged first. --stuck keeps the sagas that have not ended
-(running or compensating) and whose updated_at is older than --older-than (default 10m): the
-stuck-saga sweep of the KsagaSagaStuck runbook. Needs --redis-addr only.
-
-Flags:
-`)
-	case cmdSagaCompensate:
-		fmt.Fprint(w, `Usage: sagactl saga compensate --saga TYPE ID --note WHY [--as WHO] [--dry-run] [--yes] [-o ...]
-
-Reads saga ID from the Redis view first: a saga the view does not have (a wrong id, or one whose
-start request is not handled yet) or that is not running (it has ended, or is compensating
-already) is refused with exit status 1, and nothing is sent. Otherwise sends the documented
-Compensate message (with --note as its reason) to the saga's home partition of saga.TYPE.inbox:
-the saga stops and undoes its completed steps, last first; and, in the same Kafka transaction, an
-audit record (who, why, when) to saga.TYPE.audit, as the HTTP API does for its compensations.
---dry-run checks the saga and prints both without sending them. --as (default $USER) is a name:
-letters, digits and . _ @ -. Asks for confirmation as dlq redrive does. Needs --kafka-brokers and
---redis-addr.
-
-Flags:
-`)
-	case cmdSagaResume:
-		fmt.Fprint(w, `Usage: sagactl saga resume --saga TYPE ID --note WHY [--as WHO] [--dry-run] [--yes] [-o ...]
-
-Resumes a parked saga: one whose step (declared with saga.Step.Park) ran out of attempts and
-that waits for an operator instead of compensating. Reads saga ID from the Redis view first: a
-saga that is not there or not parked is refused with exit status 1, and nothing is sent. Otherwise
-sends a Resume message (with --note as its reason) to the saga's home partition of
-saga.TYPE.inbox: the engine runs the step again, or sends its command again with fresh attempts
-and the same message id; and, in the same Kafka transaction, an audit record to saga.TYPE.audit.
-To give up on a parked saga instead, use saga compensate. --dry-run, --as and the confirmation
-work as in saga compensate. Needs --kafka-brokers and --redis-addr.
-
-Flags:
-`)
-	case cmdAuditList:
-		fmt.Fprint(w, `Usage: sagactl audit list --saga TYPE [--action A] [--since WHEN] [--until WHEN] [--limit N] [-o ...]
-
-Prints the audit records of saga.TYPE.audit, oldest first: every dlq redrive transaction (the DLT
-offsets it redrove) and every saga compensate, with who, when and why. The summary on stderr
-counts the redrives.
-
-Flags:
-`)
-	default:
-		fmt.Fprint(w, `sagactl is the ksaga operator CLI.
-
-Usage:
-  sagactl [global flags] dlq list        --saga TYPE [filters]          list the dead-letter topic
-  sagactl [global flags] dlq show        --saga TYPE PARTITION:OFFSET   one dead letter, decoded
-  sagactl [global flags] dlq redrive     --saga TYPE --note WHY [filters] [--limit N] [--rate R]
-                                         [--dry-run] [--yes]            re-produce dead letters, audited
-  sagactl [global flags] saga get        --saga TYPE ID                 a saga's state
-  sagactl [global flags] saga list       --saga TYPE [--stuck] [--older-than D]
-                                                                        sagas in Redis, e.g. stuck ones
-  sagactl [global flags] saga compensate --saga TYPE ID --note WHY [--dry-run]
-                                                                        ask a saga to compensate, audited
-  sagactl [global flags] saga resume     --saga TYPE ID --note WHY [--dry-run]
-                                                                        resume a parked saga, audited
-  sagactl [global flags] audit list      --saga TYPE                    what operators did
-  sagactl help COMMAND                                                  help on one command
-
-Every command takes -o table|json|yaml: json and yaml print the data alone on stdout (progress,
-prompts, summaries and errors go to stderr), so "sagactl ... -o json | jq" works.
-
-Global flags may also come after the command. The dlq, audit and saga compensate commands need
---kafka-brokers, saga get, saga list and saga compensate --redis-addr; each can come from its environment variable
-instead, shown in brackets. The --kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*
-and --redis-tls* flags connect to a Kafka or Redis that wants TLS or a login; a refused login or
-certificate exits 1 at once with one line that says what was refused.
-
-Global flags:
-`)
-		fs := newFlagSet("sagactl")
-		addGlobals(fs, &globals{timeout: defaultTimeout})
-		printFlags(w, fs, false)
-		fmt.Fprint(w, exitStatusHelp)
-		return
-	}
-	fs := newFlagSet("sagactl " + command)
-	defineCommandFlags(fs, command, &cmdFlags{})
-	addGlobals(fs, &globals{timeout: defaultTimeout})
-	printFlags(w, fs, true)
-	fmt.Fprint(w, "\nThe connection flags (--kafka-tls*, --kafka-sasl-*, --redis-username, --redis-password*,\n--redis-tls*) are global flags too: sagactl -help lists them.\n")
-	fmt.Fprint(w, exitStatusHelp)
-}
-
-// printFlags prints the flags of fs, each connection flag with its
-// environment twin; skipConn leaves the connection flags out.
-func printFlags(w io.Writer, fs *flag.FlagSet, skipConn bool) {
-	isConn := make(map[string]bool)
-	for _, name := range conn.FlagNames() {
-		isConn[name] = true
-	}
-	fs.VisitAll(func(f *flag.Flag) {
-		if (isConn[f.Name] && skipConn) || f.Name == "o" {
-			return
-		}
-		arg, help := flag.UnquoteUsage(f)
-		if isConn[f.Name] {
-			help += " [$" + conn.EnvName(f.Name) + "]"
-		}
-		line := "  --" + f.Name
-		if f.Name == "output" && fs.Lookup("o") != nil {
-			line = "  -o, --output"
-		}
-		if arg != "" {
-			line += " " + arg
-		}
-		def := ""
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-			def = fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(w, "%s\n        %s%s\n", line, help, def)
-	})
 }
 
 // defaultMaxRedrives is how many times dlq redrive sends a record that

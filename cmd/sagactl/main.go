@@ -1,6 +1,8 @@
 // Command sagactl is the ksaga operator CLI: it lists, shows and redrives a
 // saga type's dead letters, lists and shows sagas and asks one to
-// compensate, and lists what operators did.
+// compensate or resume, and lists what operators did. It is a command line
+// over package ops, which a console or a user's program calls to act
+// exactly as sagactl does.
 //
 //	sagactl dlq list        --saga order [--reason R] [--saga-id ID] [--since 2h] [--until T] [--state S] [--limit N]
 //	sagactl dlq show        --saga order PARTITION:OFFSET
@@ -8,7 +10,19 @@
 //	sagactl saga get        --saga order ID
 //	sagactl saga list       --saga order [--stuck] [--older-than 10m] [--status S] [--limit N]
 //	sagactl saga compensate --saga order ID --note WHY [--dry-run] [--yes] [--as WHO]
+//	sagactl saga resume     --saga order ID --note WHY [--dry-run] [--yes] [--as WHO]
 //	sagactl audit list      --saga order [--action A] [--since 2h]
+//	sagactl version
+//	sagactl completion bash|zsh|fish|powershell
+//
+// The command line is github.com/spf13/cobra's, as kubectl's, helm's and
+// the temporal CLI's: each command's --help is generated from its
+// definition, and "sagactl completion SHELL" prints a completion script
+// that completes commands, flags, the enumerated values of --reason
+// (orchestrator.DeadLetterReasons), --state, --status, --action and -o,
+// and --saga with the saga types whose saga.<type>.inbox the brokers have
+// (asked for at most 2s: no brokers, no completion). Flags given with one
+// dash (-saga order), as Go's flag package took them, still work.
 //
 // Every command takes -o table (the default), -o json or -o yaml. Data goes
 // to stdout alone; summaries, notes, prompts, the progress bar and errors go
@@ -36,7 +50,10 @@
 // required when stdin is not a terminal. --dry-run changes nothing.
 //
 // saga get prints the saga's state as the engine last wrote it to Redis
-// (hash ksaga:{<type>:<partition>}:state:<id>, fields version and state).
+// (hash ksaga:{<type>:<partition>}:state:<id>, fields version and state);
+// its table has a DEF-VERSION column, the version of the saga's definition
+// (state field definition_version; missing or 0 is 1; VERSION is the
+// state's own), and a STEP-NAME column (step_name) when the state has them.
 // Redis is a view that may lag Kafka by the last few transactions. saga list
 // scans those keys; --stuck keeps the sagas that have not ended and have not
 // changed for --older-than (default 10m). saga compensate reads the saga
@@ -48,11 +65,11 @@
 // name (audit.NameRule), not free text.
 //
 // Global flags, accepted before or after the command: --kafka-brokers
-// (KSAGA_KAFKA_BROKERS; required by the dlq, audit and compensate
+// (KSAGA_KAFKA_BROKERS; required by the dlq, audit, compensate and resume
 // commands), --redis-addr (KSAGA_REDIS_ADDR; required by saga get, saga
-// list and saga compensate) and --timeout, how long to wait for Kafka or Redis to answer the
-// first request (default 10s); and the connection flags of package conn,
-// each with its KSAGA_* twin: --kafka-tls, --kafka-tls-ca, --kafka-tls-cert,
+// list, compensate and resume) and --timeout, how long to wait for Kafka or
+// Redis to answer the first request (default 10s); and the connection
+// flags of package conn, each with its KSAGA_* twin (conn.EnvName): --kafka-tls, --kafka-tls-ca, --kafka-tls-cert,
 // --kafka-tls-key, --kafka-tls-server-name, --kafka-sasl-mechanism,
 // --kafka-sasl-username, --kafka-sasl-password, --kafka-sasl-password-file,
 // --redis-username, --redis-password, --redis-password-file, --redis-tls,
@@ -73,7 +90,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -118,27 +134,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // code. Cancelling ctx stops the command; a redrive aborts its open
 // transaction.
 func runStreams(ctx context.Context, args []string, getenv func(string) string, st streams) int {
-	inv, err := parseArgs(args, getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		usage(st.out, inv.command)
+	c := &cli{getenv: getenv, st: st}
+	c.exec = func(ctx context.Context, inv invocation) error { return c.run(ctx, inv) }
+	err := c.execute(ctx, args)
+	if err == nil {
 		return exitOK
 	}
-	if err != nil {
-		fmt.Fprintf(st.errw, "sagactl: %v\n", err)
-		return exitUsage
+	if re, ok := errors.AsType[*runError](err); ok {
+		fmt.Fprintf(st.errw, "sagactl %s: %v\n", re.command, explain(re.err))
+		return exitError
 	}
+	fmt.Fprintf(st.errw, "sagactl: %v\n", err)
+	return exitUsage
+}
+
+// run runs the valid invocation inv. An error of the command line is
+// returned as it is (exit status 2), an error of the work as a *runError.
+func (c *cli) run(ctx context.Context, inv invocation) error {
+	st := c.st
 	if inv.confirms && !inv.yes && !st.inTerminal {
 		hint := ""
 		if inv.command == cmdDLQRedrive {
 			hint = " (--dry-run shows what it would do)"
 		}
-		fmt.Fprintf(st.errw, "sagactl: %s: stdin is not a terminal, so sagactl cannot ask for confirmation: pass --yes to go ahead without asking%s\n",
-			inv.command, hint)
-		return exitUsage
+		return &usageError{fmt.Errorf("%s: stdin is not a terminal, so sagactl cannot ask for confirmation: pass --yes to go ahead without asking%s",
+			inv.command, hint)}
 	}
 	for _, w := range inv.warnings {
 		fmt.Fprintf(st.errw, "sagactl: warning: %s\n", w)
 	}
+	var err error
 	switch inv.command {
 	case cmdDLQList:
 		_, err = listDLQ(ctx, inv.brokers, st, inv.list)
@@ -167,10 +192,9 @@ func runStreams(ctx context.Context, args []string, getenv func(string) string, 
 		})
 	}
 	if err != nil {
-		fmt.Fprintf(st.errw, "sagactl %s: %v\n", inv.command, explain(err))
-		return exitError
+		return &runError{command: inv.command, err: err}
 	}
-	return exitOK
+	return nil
 }
 
 // withRedis runs fn with a client of the Redis of inv, and closes it.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"regexp"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/ops"
-	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/topic"
 )
 
@@ -29,12 +29,17 @@ type sagaRow struct {
 	SagaType  string `json:"saga_type"`
 	Partition int32  `json:"partition"`
 	Status    string `json:"status"`
+	// DefinitionVersion is the version of the saga's definition the saga
+	// runs on: 1 for a state that names none (written before versions).
+	DefinitionVersion int `json:"definition_version"`
 	// Step is the index of the current step (while compensating, of the
 	// step that failed); Undoing the step being compensated, or -1.
-	Step    int    `json:"step"`
-	Undoing int    `json:"undoing"`
-	Waiting string `json:"waiting,omitempty"`
-	Attempt int    `json:"attempt,omitempty"`
+	Step int `json:"step"`
+	// StepName is the current step's name, when the state names it.
+	StepName string `json:"step_name,omitempty"`
+	Undoing  int    `json:"undoing"`
+	Waiting  string `json:"waiting,omitempty"`
+	Attempt  int    `json:"attempt,omitempty"`
 	// Deadline is when the current send times out; StepStarted when the
 	// current step or undo began.
 	Deadline    time.Time `json:"deadline,omitzero"`
@@ -50,13 +55,29 @@ type sagaRow struct {
 	IdleSeconds int64  `json:"idle_seconds"`
 	Version     int64  `json:"version"`
 	RedisKey    string `json:"redis_key"`
+
+	// hasDefinition is set when the state names its definition's version.
+	hasDefinition bool
 }
 
-// newSagaRow returns the row of the saga whose state is s, at key.
-func newSagaRow(sagaType string, p int32, id, key string, s *orchestrator.State, now time.Time) sagaRow {
-	r := sagaRow{SagaID: id, SagaType: sagaType, Partition: p, Status: s.Status, Step: s.Step, Undoing: s.Undoing,
+// newSagaRow returns the row of saga sg.
+func newSagaRow(sg *ops.Saga, now time.Time) sagaRow {
+	s := &sg.State
+	r := sagaRow{SagaID: sg.ID, SagaType: sg.SagaType, Partition: sg.Partition, Status: s.Status, Step: s.Step, Undoing: s.Undoing,
 		Waiting: s.Waiting, Attempt: s.Attempt, Reason: s.Reason, UndoFailures: s.UndoFailures, LastError: s.LastError, Created: s.Created.UTC(), Updated: s.Updated.UTC(),
-		Version: s.Version, RedisKey: key}
+		Version: s.Version, RedisKey: sg.Key, DefinitionVersion: 1}
+	// Read from the JSON the engine wrote, so that sagactl shows them
+	// whatever version of orchestrator.State it was built with.
+	var named struct {
+		DefinitionVersion int    `json:"definition_version"`
+		StepName          string `json:"step_name"`
+	}
+	if json.Unmarshal(sg.Raw, &named) == nil {
+		if named.DefinitionVersion > 0 {
+			r.DefinitionVersion, r.hasDefinition = named.DefinitionVersion, true
+		}
+		r.StepName = named.StepName
+	}
 	if s.Deadline > 0 {
 		r.Deadline = time.UnixMilli(s.Deadline).UTC()
 	}
@@ -69,21 +90,55 @@ func newSagaRow(sagaType string, p int32, id, key string, s *orchestrator.State,
 	return r
 }
 
-var sagaColumns = []string{"SAGA-ID", "STATUS", "STEP", "UNDOING", "ATTEMPT", "DEADLINE", "UPDATED", "VERSION", "REASON"}
-
-func (r sagaRow) cells(now time.Time) []string {
-	undoing, attempt, deadline := "-", "-", "-"
-	if r.Undoing >= 0 {
-		undoing = strconv.Itoa(r.Undoing)
+// sagaTable prints rows as a table: the columns an operator looks at
+// first, DEF-VERSION (the version of the saga's definition; VERSION is
+// the state's) when a state names it, STEP-NAME when a state names its
+// step, and PARTITION with partition set.
+func sagaTable(w io.Writer, rows []sagaRow, now time.Time, partition bool) error {
+	var def, names bool
+	for _, r := range rows {
+		def = def || r.hasDefinition
+		names = names || r.StepName != ""
 	}
-	if r.Attempt > 0 {
-		attempt = strconv.Itoa(r.Attempt)
+	header := []string{"SAGA-ID", "STATUS"}
+	if def {
+		header = append(header, "DEF-VERSION")
 	}
-	if !r.Deadline.IsZero() {
-		deadline = formatTime(r.Deadline)
+	header = append(header, "STEP")
+	if names {
+		header = append(header, "STEP-NAME")
 	}
-	return []string{r.SagaID, r.Status, strconv.Itoa(r.Step), undoing, attempt, deadline,
-		age(now, r.Updated) + " ago", strconv.FormatInt(r.Version, 10), shorten(r.Reason, 60)}
+	header = append(header, "UNDOING", "ATTEMPT", "DEADLINE", "UPDATED", "VERSION", "REASON")
+	if partition {
+		header = append(header, "PARTITION")
+	}
+	t := newTable(w, header...)
+	for _, r := range rows {
+		undoing, attempt, deadline := "-", "-", "-"
+		if r.Undoing >= 0 {
+			undoing = strconv.Itoa(r.Undoing)
+		}
+		if r.Attempt > 0 {
+			attempt = strconv.Itoa(r.Attempt)
+		}
+		if !r.Deadline.IsZero() {
+			deadline = formatTime(r.Deadline)
+		}
+		cells := []string{r.SagaID, r.Status}
+		if def {
+			cells = append(cells, strconv.Itoa(r.DefinitionVersion))
+		}
+		cells = append(cells, strconv.Itoa(r.Step))
+		if names {
+			cells = append(cells, printable(r.StepName))
+		}
+		cells = append(cells, undoing, attempt, deadline, age(now, r.Updated)+" ago", strconv.FormatInt(r.Version, 10), shorten(r.Reason, 60))
+		if partition {
+			cells = append(cells, strconv.Itoa(int(r.Partition)))
+		}
+		t.row(cells...)
+	}
+	return t.flush()
 }
 
 // getOptions are the options of saga get.
@@ -113,9 +168,7 @@ func getSaga(ctx context.Context, rdb redis.UniversalClient, w io.Writer, opt ge
 		return writeData(w, opt.output, sg.Raw)
 	}
 	now := nowOf(opt.now)
-	t := newTable(w, sagaColumns...)
-	t.row(newSagaRow(opt.sagaType, sg.Partition, opt.id, sg.Key, &sg.State, now).cells(now)...)
-	return t.flush()
+	return sagaTable(w, []sagaRow{newSagaRow(sg, now)}, now, false)
 }
 
 func nowOf(now func() time.Time) time.Time {
@@ -152,7 +205,7 @@ func listSagas(ctx context.Context, rdb redis.UniversalClient, st streams, opt s
 	}
 	var rows []sagaRow
 	for _, sg := range l.Sagas {
-		if r := newSagaRow(opt.sagaType, sg.Partition, sg.ID, sg.Key, &sg.State, now); opt.match(r, now) {
+		if r := newSagaRow(sg, now); opt.match(r, now) {
 			rows = append(rows, r)
 		}
 	}
@@ -175,11 +228,7 @@ func listSagas(ctx context.Context, rdb redis.UniversalClient, st streams, opt s
 			return nil, err
 		}
 	} else if len(rows) > 0 {
-		t := newTable(st.out, append(slices.Clone(sagaColumns), "PARTITION")...)
-		for _, r := range rows {
-			t.row(append(r.cells(now), strconv.Itoa(int(r.Partition)))...)
-		}
-		if err := t.flush(); err != nil {
+		if err := sagaTable(st.out, rows, now, true); err != nil {
 			return nil, err
 		}
 	}
@@ -226,10 +275,6 @@ type compensateOptions struct {
 	resume bool
 }
 
-// errSagaEnded means the saga is not running (it has ended, or is
-// compensating already): a Compensate message would be dropped.
-var errSagaEnded = ops.ErrSagaNotRunning
-
 // sagaNameRE is saga.New's rule for a saga type's name: sagactl writes the
 // saga type into the Compensate message and its audit record.
 var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
@@ -239,7 +284,7 @@ var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 // its audit record in one Kafka transaction. It asks for confirmation
 // unless opt.yes; with opt.dryRun it prints what it would send and sends
 // nothing. A saga the Redis view does not have is an error wrapping
-// errSagaNotFound, one in the wrong state an error wrapping errSagaEnded.
+// errSagaNotFound, one in the wrong state an error wrapping ops.ErrSagaNotRunning.
 func compensateSaga(ctx context.Context, brokers []string, rdb redis.UniversalClient, st streams, opt compensateOptions) (auditRecord, error) {
 	timeout := orDefault(opt.timeout, defaultTimeout)
 	verb, msgType, do := "compensate", message.TypeCompensate, ops.Compensate
