@@ -267,15 +267,19 @@ func Versions(store Store, vs ...int) ([]*saga.Definition, error) {
 // NewV1 returns version 1 of the order saga: reserve stock and authorize
 // the payment (in parallel), schedule the shipment, record the order. It
 // knows no coupons: an order's coupon field is ignored.
-func NewV1(store Store) *saga.Definition {
-	return saga.New(Name,
-		saga.Step[Order]{Name: StepReserveInventory, Group: GroupReserve, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
-		saga.Step[Order]{Name: StepAuthorizePayment, Group: GroupReserve, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
+func NewV1(store Store) *saga.Definition { return saga.New(Name, StepsV1(store)...) }
+
+// StepsV1 returns the steps of version 1, for a version that builds on
+// them (saga.Definition.Adopts).
+func StepsV1(store Store) []saga.Step[Order] {
+	return []saga.Step[Order]{
+		{Name: StepReserveInventory, Group: GroupReserve, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
+		{Name: StepAuthorizePayment, Group: GroupReserve, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
 			OnReply: saga.OnSuccess(func(o *Order, r PaymentResult) { o.AuthorizationID = r.AuthorizationID })},
-		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
+		{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
 			OnReply: saga.OnSuccess(func(o *Order, r ShippingResult) { o.TrackingNumber = r.TrackingNumber })},
-		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
-	)
+		{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
+	}
 }
 
 // NewV2 returns version 2 of the order saga: version 1 with the coupon
