@@ -162,5 +162,3 @@ func auditPartitions(ctx context.Context, adm *kadm.Client, sagaType string) (in
 	}
 	return 0, noTopic(dltName)
 }
-
-func inboxTopic(sagaType string) string { return message.Inbox(sagaType) }

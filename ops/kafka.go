@@ -11,6 +11,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ksaga/ksaga/message"
 )
 
 // Kafka says how to reach Kafka. An action makes the clients it needs from
@@ -272,7 +274,7 @@ func InboxPartitions(ctx context.Context, k Kafka, sagaType string) (int32, erro
 }
 
 func inboxPartitions(ctx context.Context, k Kafka, adm *kadm.Client, sagaType string) (int32, error) {
-	inbox := inboxTopic(sagaType)
+	inbox := message.Inbox(sagaType)
 	reqCtx, cancel := context.WithTimeout(ctx, k.timeout())
 	defer cancel()
 	tds, err := adm.ListTopics(reqCtx, inbox)
