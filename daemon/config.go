@@ -74,6 +74,8 @@ type Config struct {
 	API APIConfig
 	// Outbox is the outbox relays' configuration (--outbox-*).
 	Outbox OutboxConfig
+	// Console is the web console's configuration (--console-*).
+	Console ConsoleConfig
 	// LogFormat is "json", "text", or "" to pick by whether stderr is a
 	// terminal.
 	LogFormat string
@@ -132,6 +134,7 @@ type flagValues struct {
 	redis                                                        conn.Redis
 	api                                                          apiFlags
 	outbox                                                       outboxFlags
+	console                                                      consoleFlags
 }
 
 // embeddedOnly tags flags of the embedded mode.
@@ -172,6 +175,7 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	v.redis.RegisterFlags(fs)
 	v.api.register(fs)
 	v.outbox.register(fs)
+	v.console.register(fs)
 	for _, f := range o.flags {
 		f(fs)
 	}
@@ -350,7 +354,7 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		return c, fmt.Errorf("%s %v is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
 	case !c.Engine && c.Embedded():
 		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
-	case !c.Engine && len(ps) == 0 && v.outbox.relay == "" && v.api.addr == "":
+	case !c.Engine && len(ps) == 0 && v.outbox.relay == "" && v.api.addr == "" && v.console.addr == "":
 		return c, fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
 	}
 
@@ -422,6 +426,9 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		return c, err
 	}
 	if c.Outbox, err = v.outbox.config(name, set, c.Embedded()); err != nil {
+		return c, err
+	}
+	if c.Console, err = v.console.config(name, set, c.API, v.api.tokenFile); err != nil {
 		return c, err
 	}
 	if c.Embedded() && c.DataDir == "" {

@@ -154,6 +154,7 @@ func Run(ctx context.Context, args []string, opts ...Opt) int {
 		// A demo on a laptop: ":9090" means the loopback, not every
 		// interface.
 		cfg.MetricsAddr, cfg.API.Addr = loopback(cfg.MetricsAddr), loopback(cfg.API.Addr)
+		cfg.Console.Addr = loopback(cfg.Console.Addr)
 	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
 	// The engines, the participants and kfake log at warn in the embedded
@@ -507,8 +508,19 @@ func (a *app) run(ctx context.Context) int {
 		}
 		return a.failf("%v", err)
 	}
+	stopConsole, err := a.startConsole(ctx, env, defs)
+	if err != nil {
+		stopAPI()
+		stopHTTP()
+		svc.stop()
+		if ctx.Err() != nil {
+			return ExitOK
+		}
+		return a.failf("%v", err)
+	}
 	stopOutbox, err := a.startOutbox(ctx, env, defs)
 	if err != nil {
+		stopConsole()
 		stopAPI()
 		stopHTTP()
 		svc.stop()
@@ -530,6 +542,7 @@ func (a *app) run(ctx context.Context) int {
 			}
 		}
 		stopOutbox()
+		stopConsole()
 		stopAPI()
 		svc.stop()
 		stopHTTP()
@@ -554,6 +567,7 @@ func (a *app) run(ctx context.Context) int {
 		a.log.Info("shutting down: finishing the current transactions")
 	}
 	stopOutbox()
+	stopConsole()
 	stopAPI()
 	svc.stop()
 	stopHTTP()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a Debian machine: a real redis-server and
+# Installs what the tests need on a Debian machine: a real redis-server,
 # PostgreSQL's server programs (tests start their own servers on free ports,
-# in temporary directories; no service is left running).
+# in temporary directories; no service is left running) and chromium, the
+# headless browser the web console's tests drive (console/browser_test.go).
 set -euo pipefail
 need=()
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -10,6 +11,9 @@ fi
 # internal/pgtest runs initdb and postgres from /usr/lib/postgresql/*/bin.
 if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
   need+=(postgresql)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  need+=(chromium)
 fi
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

@@ -1,0 +1,150 @@
+package console
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
+)
+
+// historyEntry is one of a saga's events as the engine keeps them in its
+// state (State.History): the event, the attempt of the step it names and
+// the data its reply carried.
+type historyEntry struct {
+	Type    string          `json:"type"`
+	Step    string          `json:"step,omitempty"`
+	Reason  string          `json:"reason,omitempty"`
+	Version int64           `json:"version"`
+	At      time.Time       `json:"at"`
+	Attempt int             `json:"attempt,omitempty"`
+	Reply   json.RawMessage `json:"reply,omitempty"`
+}
+
+// viewState is a saga's state in the Redis view. The fields declared here
+// shadow those of the same name State may have, so the console reads the
+// history whether or not the engine it is built with declares it.
+type viewState struct {
+	orchestrator.State
+	History []historyEntry `json:"history,omitempty"`
+	// HistoryDropped counts entries dropped from History (it keeps the
+	// first and the latest).
+	HistoryDropped    int    `json:"history_dropped,omitempty"`
+	DefinitionVersion int    `json:"definition_version,omitempty"`
+	StepName          string `json:"step_name,omitempty"`
+}
+
+// readState reads saga id of t from the Redis view: nil, nil when the view
+// does not have it.
+func (c *Console) readState(ctx context.Context, t *sagaType, id string) (*viewState, error) {
+	key := orchestrator.StateKey(t.name, message.HomePartition(id, t.InboxPartitions), id)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	raw, err := c.cfg.Redis.HGet(ctx, key, "state").Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		c.log.Warn("console: read a saga from the Redis view", "key", key, "err", err)
+		return nil, errRedis
+	}
+	var s viewState
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("the view holds a state for %s that is not the engine's JSON", id)
+	}
+	return &s, nil
+}
+
+// errRedis is what a page says when Redis does not answer: the daemon's
+// log has the error.
+var errRedis = errors.New("the Redis view did not answer (the daemon's log says why): try again")
+
+// deadlinesKey is the sorted set of the running sagas of partition p, by
+// deadline (Unix ms): the engine's ksaga:{T:p}:deadlines.
+func deadlinesKey(sagaType string, p int32) string {
+	return "ksaga:{" + sagaType + ":" + strconv.Itoa(int(p)) + "}:deadlines"
+}
+
+// flightRow is a running saga of the in-flight list.
+type flightRow struct {
+	ID       string
+	Deadline time.Time
+	Overdue  bool
+	State    *viewState // nil when gone since
+}
+
+// inFlight returns the running sagas with a deadline, soonest deadline
+// first (the most overdue first), from skip, at most n, and how many there
+// are. It reads each partition's deadlines (ZRANGE, skip+n of each at
+// most), merges them and reads the page's states in one pipeline: a page
+// costs 2 round trips and O(partitions × (skip+n)), whatever the number of
+// sagas.
+func (c *Console) inFlight(ctx context.Context, t *sagaType, skip, n int) ([]flightRow, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	type z struct {
+		id    string
+		score float64
+	}
+	parts := int(t.InboxPartitions)
+	ranges := make([]*redis.ZSliceCmd, parts)
+	counts := make([]*redis.IntCmd, parts)
+	_, err := c.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range parts {
+			key := deadlinesKey(t.name, int32(i))
+			ranges[i] = p.ZRangeWithScores(ctx, key, 0, int64(skip+n-1))
+			counts[i] = p.ZCard(ctx, key)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		c.log.Warn("console: read the deadlines from the Redis view", "saga", t.name, "err", err)
+		return nil, 0, errRedis
+	}
+	var all []z
+	var total int64
+	for i := range parts {
+		total += counts[i].Val()
+		for _, m := range ranges[i].Val() {
+			id, _ := m.Member.(string)
+			all = append(all, z{id, m.Score})
+		}
+	}
+	slices.SortFunc(all, func(a, b z) int { return cmp.Or(cmp.Compare(a.score, b.score), cmp.Compare(a.id, b.id)) })
+	if skip >= len(all) {
+		return nil, total, nil
+	}
+	all = all[skip:min(len(all), skip+n)]
+	now := c.cfg.Now()
+	rows := make([]flightRow, len(all))
+	cmds := make([]*redis.StringCmd, len(all))
+	_, err = c.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, e := range all {
+			cmds[i] = p.HGet(ctx, orchestrator.StateKey(t.name, message.HomePartition(e.id, t.InboxPartitions), e.id), "state")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		c.log.Warn("console: read sagas from the Redis view", "saga", t.name, "err", err)
+		return nil, 0, errRedis
+	}
+	for i, e := range all {
+		d := time.UnixMilli(int64(e.score))
+		rows[i] = flightRow{ID: e.id, Deadline: d, Overdue: d.Before(now)}
+		if b, err := cmds[i].Bytes(); err == nil {
+			var s viewState
+			if json.Unmarshal(b, &s) == nil {
+				rows[i].State = &s
+			}
+		}
+	}
+	return rows, total, nil
+}
