@@ -106,8 +106,9 @@ type actionView struct {
 	Version int64
 }
 
-// sagaActions are the actions of a saga's page.
-var sagaActions = map[string]bool{"compensate": true, "resume": true}
+// sagaActions are the actions of a saga's page, each also the action of
+// the scope it takes.
+var sagaActions = map[string]bool{ActionCompensate: true, ActionResume: true}
 
 // actionPage shows what an action will do and asks for a note.
 func (c *Console) actionPage(w http.ResponseWriter, r *http.Request, u *user) {
@@ -129,9 +130,9 @@ func (c *Console) serveAction(w http.ResponseWriter, r *http.Request, u *user, r
 		c.fail(w, r, u, http.StatusNotFound, "No such action: compensate or resume.")
 		return
 	}
-	if !u.may(ActionCompensate, t.name) {
+	if !u.may(verb, t.name) {
 		c.log.Warn("console: action refused: the token may not act", "token", u.Name, "action", verb, "saga", t.name)
-		c.fail(w, r, u, http.StatusForbidden, fmt.Sprintf("Token %s may not %s sagas of type %s: its scopes do not include compensate:%s.", u.Name, verb, t.name, t.name))
+		c.fail(w, r, u, http.StatusForbidden, fmt.Sprintf("Token %s may not %s sagas of type %s: its scopes do not include %s:%s.", u.Name, verb, t.name, verb, t.name))
 		return
 	}
 	s, err := c.readState(r.Context(), t, id)

@@ -113,8 +113,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		parcel{ID: "p-hold-1", Weight: 9, Hold: true},
 		parcel{ID: "p-hold-2", Weight: 11, Hold: true},
 		parcel{ID: "p-xss", Weight: 3, Note: xss},
+		parcel{ID: "p-park", Weight: 4, Inspect: true},
+		parcel{ID: "p-bad", Weight: 0},
 	)
-	for id, status := range map[string]string{"p-1": message.StatusCompleted, "p-2": message.StatusCompleted, "p-xss": message.StatusCompleted,
+	d.reply(t, "p-ghost")
+	for id, status := range map[string]string{"p-park": message.StatusParked,"p-1": message.StatusCompleted, "p-2": message.StatusCompleted, "p-xss": message.StatusCompleted,
 		"p-heavy": message.StatusCompensated, "p-broken": message.StatusCompensated,
 		"p-hold-1": message.StatusRunning, "p-hold-2": message.StatusRunning} {
 		d.waitStatus(t, id, status, time.Minute)
@@ -134,7 +137,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	// The overview shows the dead letter and the ended sagas once the
 	// console's consumers have read them.
-	waitFor(t, ctx, d.base+"/", "#type-parcel", "retries-exhausted")
+	for _, reason := range []string{"retries-exhausted", "invalid", "unknown-saga"} {
+		waitFor(t, ctx, d.base+"/", "#type-parcel", reason)
+	}
 	waitFor(t, ctx, d.base+"/", "#type-parcel", "p-heavy")
 	screenshot(t, ctx, "console-overview")
 
@@ -191,6 +196,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	run(t, ctx, "open the dead letter",
 		chromedp.Click(chromedp.Search(`//table[@id="dlq"]//tr[td/a[text()="p-broken"]]/td[1]/a`)),
 		chromedp.WaitVisible(chromedp.ID("preview")))
+	screenshot(t, ctx, "console-dead-letter")
 	if got := text(t, ctx, "#preview"); !strings.Contains(got, "compensated") || !strings.Contains(got, "ksaga-redrive-of") {
 		t.Errorf("the redrive's preview does not say what it sends and that the saga is compensated:\n%s", got)
 	}
@@ -254,6 +260,22 @@ func TestConsoleInBrowser(t *testing.T) {
 	if comp == nil || comp.By != "admin" || comp.Note != compNote {
 		t.Errorf("p-hold-1's compensate audit record is %+v, want by admin, note %q", comp, compNote)
 	}
+
+	// Resume the parked p-park: it goes on, and parks again (the
+	// inspector still does not answer).
+	run(t, ctx, "p-park", chromedp.Navigate(d.base+"/sagas/parcel/p-park"), chromedp.WaitVisible(chromedp.ID("act-resume")),
+		chromedp.Click(chromedp.ID("act-resume")), chromedp.WaitVisible(chromedp.ID("preview")),
+		chromedp.SendKeys(chromedp.ID("note"), "inspector back, INC-11"),
+		chromedp.Click(chromedp.ID("confirm")), chromedp.WaitVisible(chromedp.ID("notice")))
+	waitFor(t, ctx, d.base+"/sagas/parcel/p-park", "#timeline", "SagaResumed")
+	if tl := text(t, ctx, "#timeline"); !strings.Contains(tl, "saga-resume") || !strings.Contains(tl, "inspector back, INC-11") {
+		t.Errorf("p-park's timeline has no saga-resume with its note:\n%s", tl)
+	}
+
+	// p-ghost is in no view: its page shows its dead letter.
+	waitFor(t, ctx, d.base+"/sagas/parcel/p-ghost", "#timeline", "unknown-saga")
+	// The in-flight list has p-hold-2, which waits on its deadline.
+	waitFor(t, ctx, d.base+"/sagas/parcel?list=inflight", "#list", "p-hold-2")
 }
 
 // waitFor loads url until the text of sel contains want (the console's

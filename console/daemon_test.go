@@ -35,13 +35,24 @@ import (
 // fails TOO_HEAVY over 1000), hold (the warehouse participant, which no
 // test runs, for parcels with Hold: they wait there), deliver (local; a
 // weight of 13 makes it fail until its attempts run out, so the record is
-// dead-lettered and the saga compensates).
+// dead-lettered and the saga compensates). A parcel with Inspect waits
+// for the inspector, which no test runs either, at a step that parks the
+// saga after one attempt of 300ms. A weight of 0 or less is invalid (the
+// start is dead-lettered).
 type parcel struct {
-	ID     string `json:"id"`
-	Weight int    `json:"weight"`
-	Note   string `json:"note,omitempty"`
-	Hold   bool   `json:"hold,omitempty"`
-	Label  string `json:"label,omitempty"`
+	ID      string `json:"id"`
+	Weight  int    `json:"weight"`
+	Note    string `json:"note,omitempty"`
+	Hold    bool   `json:"hold,omitempty"`
+	Inspect bool   `json:"inspect,omitempty"`
+	Label   string `json:"label,omitempty"`
+}
+
+func (p *parcel) Validate() error {
+	if p.Weight <= 0 {
+		return errors.New("weight must be positive")
+	}
+	return nil
 }
 
 type labelResult struct {
@@ -62,6 +73,11 @@ var parcelSaga = saga.New("parcel",
 	saga.Step[parcel]{Name: "hold", Skip: func(p *parcel) bool { return !p.Hold }, ReplyTimeout: 10 * time.Minute,
 		Do: func(_ context.Context, p *parcel) (saga.Command, error) {
 			return saga.Command{Participant: "warehouse", Type: "Hold", Payload: p}, nil
+		}},
+	saga.Step[parcel]{Name: "inspect", Skip: func(p *parcel) bool { return !p.Inspect }, Park: true,
+		ReplyTimeout: 300 * time.Millisecond, Retry: retry.Policy{MaxAttempts: 1},
+		Do: func(_ context.Context, p *parcel) (saga.Command, error) {
+			return saga.Command{Participant: "inspector", Type: "Inspect", Payload: p}, nil
 		}},
 	saga.Step[parcel]{Name: "deliver", Retry: retry.Policy{MaxAttempts: 2, InitialInterval: 20 * time.Millisecond},
 		Local: func(_ context.Context, p *parcel) error {
@@ -172,7 +188,7 @@ func startConsole(t *testing.T) *consoleDaemon {
 			"--transactional-id", "console-0", "--session-timeout", "6s", "--log-format", "json",
 			"--console-addr", "127.0.0.1:" + port, "--console-token-file", tokens, "--console-trace-url", traceURL,
 		}, daemon.Name("parceld"), daemon.Saga(parcelSaga),
-			daemon.Participant("printer", printer), daemon.Participant("warehouse", nobody),
+			daemon.Participant("printer", printer), daemon.Participant("warehouse", nobody), daemon.Participant("inspector", nobody),
 			daemon.Output(io.Discard, d.stderr), daemon.Getenv(func(string) string { return "" }))
 	}()
 	t.Cleanup(func() {
@@ -245,6 +261,32 @@ func (d *consoleDaemon) start(t *testing.T, ps ...parcel) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reply produces a reply to a command that saga id never sent: the
+// engine dead-letters it (unknown-saga, or not-waiting-on-step).
+func (d *consoleDaemon) reply(t *testing.T, id string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(d.brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := &kgo.Record{Topic: message.Inbox("parcel"), Partition: message.HomePartition(id, 3), Key: []byte(id), Value: []byte(`{"label":"L-?"}`),
+		Headers: []kgo.RecordHeader{
+			{Key: message.HeaderSagaID, Value: []byte(id)},
+			{Key: message.HeaderSagaType, Value: []byte("parcel")},
+			{Key: message.HeaderMessageType, Value: []byte(message.TypeReply)},
+			{Key: message.HeaderMessageID, Value: []byte("reply-" + id)},
+			{Key: message.HeaderInReplyTo, Value: []byte(id + "/label/do")},
+			{Key: message.HeaderStep, Value: []byte("label")},
+			{Key: message.HeaderOutcome, Value: []byte(message.OutcomeSuccess)},
+		}}
+	if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -55,6 +56,15 @@ var funcs = template.FuncMap{
 		return d.Round(time.Second).String()
 	},
 	"add": func(a, b int) int { return a + b },
+	"short": func(s string, n int) string {
+		if len(s) <= n {
+			return s
+		}
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		return s[:n] + "…"
+	},
 	"ms": func(ms int64) string {
 		if ms <= 0 {
 			return "-"
@@ -259,7 +269,7 @@ func (c *Console) sagaPage(w http.ResponseWriter, r *http.Request, u *user) {
 		c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	v := sagaView{Type: t.name, ID: id, State: s, MayAct: u.may(ActionCompensate, t.name)}
+	v := sagaView{Type: t.name, ID: id, State: s, MayAct: u.may(ActionCompensate, t.name) || u.may(ActionResume, t.name)}
 	if s != nil {
 		v.Step = cmpOr(s.StepName, t.stepName(s.Step))
 		v.Undoing = t.stepName(s.Undoing)
@@ -282,8 +292,8 @@ func (c *Console) sagaPage(w http.ResponseWriter, r *http.Request, u *user) {
 				v.TraceURL = strings.ReplaceAll(c.cfg.TraceURL, "{trace_id}", v.TraceID)
 			}
 		}
-		v.CanCompensate = v.MayAct && (s.Status == message.StatusRunning || s.Status == message.StatusParked)
-		v.CanResume = v.MayAct && s.Status == message.StatusParked
+		v.CanCompensate = u.may(ActionCompensate, t.name) && (s.Status == message.StatusRunning || s.Status == message.StatusParked)
+		v.CanResume = u.may(ActionResume, t.name) && s.Status == message.StatusParked
 	}
 	v.Timeline = c.buildTimeline(t, id, s)
 	if s == nil && len(v.Timeline.Rows) == 0 {

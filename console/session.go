@@ -24,11 +24,14 @@ import (
 // Sec-Fetch-Site says another site sent it, is refused before that.
 
 // Actions a scope may allow, as the token file names them. The console
-// reads with read:<type>; compensating, resuming and redriving are all
-// acting on a saga and take compensate:<type>.
+// shows sagas of a type to read:<type>, compensates them and redrives
+// their dead letters for compensate:<type> (the HTTP API has no redrive:
+// redriving is acting on the sagas the dead letters name), and resumes
+// them for resume:<type>.
 const (
 	ActionRead       = "read"
 	ActionCompensate = "compensate"
+	ActionResume     = "resume"
 )
 
 // Principal is who a token says the user is: its name (the by of the audit
