@@ -117,7 +117,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		parcel{ID: "p-bad", Weight: 0},
 	)
 	d.reply(t, "p-ghost")
-	for id, status := range map[string]string{"p-park": message.StatusParked,"p-1": message.StatusCompleted, "p-2": message.StatusCompleted, "p-xss": message.StatusCompleted,
+	for id, status := range map[string]string{"p-park": message.StatusParked, "p-1": message.StatusCompleted, "p-2": message.StatusCompleted, "p-xss": message.StatusCompleted,
 		"p-heavy": message.StatusCompensated, "p-broken": message.StatusCompensated,
 		"p-hold-1": message.StatusRunning, "p-hold-2": message.StatusRunning} {
 		d.waitStatus(t, id, status, time.Minute)
