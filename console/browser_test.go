@@ -272,6 +272,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("p-park's timeline has no saga-resume with its note:\n%s", tl)
 	}
 
+	// The parked list has p-park again (it parked after the resume).
+	waitFor(t, ctx, d.base+"/sagas/parcel?list=parked", "#list", "p-park")
+
 	// p-ghost is in no view: its page shows its dead letter.
 	waitFor(t, ctx, d.base+"/sagas/parcel/p-ghost", "#timeline", "unknown-saga")
 	// The in-flight list has p-hold-2, which waits on its deadline.

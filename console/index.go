@@ -430,6 +430,33 @@ func (x *eventIndex) forSaga(id string) []*event {
 	return slices.Clone(x.bySaga[id])
 }
 
+// parkedPage returns the sagas whose latest event the index holds is
+// SagaParked, the most recently parked first, from skip, at most n, and
+// how many there are. A saga parked before the events the index keeps is
+// not among them.
+func (x *eventIndex) parkedPage(skip, n int) ([]*event, int) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []*event
+	total := 0
+	seen := make(map[string]bool)
+	for i := len(x.ring) - 1; i >= 0; i-- {
+		e := x.ring[i]
+		if seen[e.SagaID] {
+			continue
+		}
+		seen[e.SagaID] = true
+		if e.Type != message.EventSagaParked {
+			continue
+		}
+		if total >= skip && len(out) < n {
+			out = append(out, e)
+		}
+		total++
+	}
+	return out, total
+}
+
 // endedPage returns the recently ended sagas with status (all when ""),
 // newest first, from skip, at most n, and how many match.
 func (x *eventIndex) endedPage(status string, skip, n int) ([]*event, int) {

@@ -380,8 +380,15 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, u *user) {
 			return
 		}
 		v.Flight, v.Total, v.More = rows, total, int64(skip+len(rows)) < total
+	case "parked":
+		rows, total, err := c.parked(r.Context(), t, skip, pageSize)
+		if err != nil {
+			c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		v.Flight, v.Total, v.More = rows, int64(total), skip+len(rows) < total
 	default:
-		c.fail(w, r, u, http.StatusNotFound, "No such list: ended or inflight.")
+		c.fail(w, r, u, http.StatusNotFound, "No such list: ended, inflight or parked.")
 		return
 	}
 	c.render(w, http.StatusOK, "list", c.newPage(u, t.name+" sagas", v))

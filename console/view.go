@@ -73,12 +73,56 @@ func deadlinesKey(sagaType string, p int32) string {
 	return "ksaga:{" + sagaType + ":" + strconv.Itoa(int(p)) + "}:deadlines"
 }
 
-// flightRow is a running saga of the in-flight list.
+// flightRow is a running or parked saga of the in-flight lists.
 type flightRow struct {
 	ID       string
 	Deadline time.Time
 	Overdue  bool
-	State    *viewState // nil when gone since
+	// Since is when the saga parked (the parked list).
+	Since time.Time
+	State *viewState // nil when gone since
+}
+
+// readStates reads the states of rows from the Redis view in one
+// pipeline.
+func (c *Console) readStates(ctx context.Context, t *sagaType, rows []flightRow) error {
+	cmds := make([]*redis.StringCmd, len(rows))
+	_, err := c.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range rows {
+			cmds[i] = p.HGet(ctx, orchestrator.StateKey(t.name, message.HomePartition(r.ID, t.InboxPartitions), r.ID), "state")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		c.log.Warn("console: read sagas from the Redis view", "saga", t.name, "err", err)
+		return errRedis
+	}
+	for i := range rows {
+		if b, err := cmds[i].Bytes(); err == nil {
+			var s viewState
+			if json.Unmarshal(b, &s) == nil {
+				rows[i].State = &s
+			}
+		}
+	}
+	return nil
+}
+
+// parked returns the parked sagas among the latest events (SagaParked
+// last), the most recently parked first, from skip, at most n, with their
+// states, and how many there are.
+func (c *Console) parked(ctx context.Context, t *sagaType, skip, n int) ([]flightRow, int, error) {
+	evs, total := t.events.parkedPage(skip, n)
+	rows := make([]flightRow, len(evs))
+	for i, e := range evs {
+		rows[i] = flightRow{ID: e.SagaID, Since: e.At}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := c.readStates(ctx, t, rows); err != nil {
+		return nil, 0, err
+	}
+	return rows, total, nil
 }
 
 // inFlight returns the running sagas with a deadline, soonest deadline
@@ -125,26 +169,12 @@ func (c *Console) inFlight(ctx context.Context, t *sagaType, skip, n int) ([]fli
 	all = all[skip:min(len(all), skip+n)]
 	now := c.cfg.Now()
 	rows := make([]flightRow, len(all))
-	cmds := make([]*redis.StringCmd, len(all))
-	_, err = c.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, e := range all {
-			cmds[i] = p.HGet(ctx, orchestrator.StateKey(t.name, message.HomePartition(e.id, t.InboxPartitions), e.id), "state")
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		c.log.Warn("console: read sagas from the Redis view", "saga", t.name, "err", err)
-		return nil, 0, errRedis
-	}
 	for i, e := range all {
 		d := time.UnixMilli(int64(e.score))
 		rows[i] = flightRow{ID: e.id, Deadline: d, Overdue: d.Before(now)}
-		if b, err := cmds[i].Bytes(); err == nil {
-			var s viewState
-			if json.Unmarshal(b, &s) == nil {
-				rows[i].State = &s
-			}
-		}
+	}
+	if err := c.readStates(ctx, t, rows); err != nil {
+		return nil, 0, err
 	}
 	return rows, total, nil
 }
