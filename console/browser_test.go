@@ -385,6 +385,20 @@ func TestConsoleRefuses(t *testing.T) {
 		t.Errorf("the admin's compensate answered %d, want 303:\n%s", code, body)
 	}
 	d.waitStatus(t, "p-run", message.StatusCompensated, time.Minute)
+
+	// Guessing tokens: after ten wrong ones from an address, 429, even
+	// for the right one, until a failure's worth of time has passed.
+	codes := make([]int, 0, 11)
+	for range 11 {
+		code, _ := d.do(t, "POST", "/login", "", "token=wrong-token-0123456789abcdefghijklmnopq", map[string]string{"Origin": d.base})
+		codes = append(codes, code)
+	}
+	if codes[len(codes)-1] != 429 {
+		t.Errorf("wrong logins answered %v, want 429 at last", codes)
+	}
+	if code, _ := d.do(t, "POST", "/login", "", "token="+adminToken, map[string]string{"Origin": d.base}); code != 429 {
+		t.Errorf("a right token after ten wrong ones answered %d, want 429", code)
+	}
 }
 
 func itoa(v int64) string { b, _ := json.Marshal(v); return string(b) }

@@ -70,6 +70,10 @@ type Config struct {
 	KafkaOpts []kgo.Opt
 	// Tokens resolves the tokens users log in with.
 	Tokens Tokens
+	// Logins, when set, slows down guessing: a login is refused (429)
+	// while Wait says the request's client must wait, and Failed counts a
+	// login with a wrong token.
+	Logins LoginLimiter
 	// Tool is the Tool of the audit records (default "console").
 	Tool string
 	// TraceURL is the link to a saga's trace, with {trace_id} replaced by
@@ -84,6 +88,16 @@ type Config struct {
 	Logger  *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// LoginLimiter bounds the failed logins of a client. Its methods must be
+// safe for concurrent use.
+type LoginLimiter interface {
+	// Wait returns how long the client of r must wait before it may try
+	// to log in again; 0 when it may now.
+	Wait(r *http.Request) time.Duration
+	// Failed counts a failed login of the client of r.
+	Failed(r *http.Request)
 }
 
 // sagaType is a saga type with its indexes.

@@ -366,10 +366,18 @@ func (x *auditIndex) latest(n int) []*auditEntry {
 	return out
 }
 
-// event is one record of saga.<type>.events, without the saga's data.
+// event is one record of saga.<type>.events, without the saga's data
+// (which the terminal events carry): the fields message.Event has but
+// Data, so that decoding skips it.
 type event struct {
 	pos
-	message.Event
+	SagaID  string    `json:"saga_id"`
+	Type    string    `json:"type"`
+	State   string    `json:"state"`
+	Step    string    `json:"step,omitempty"`
+	Version int64     `json:"version"`
+	At      time.Time `json:"at"`
+	Reason  string    `json:"reason,omitempty"`
 }
 
 // eventIndex is the latest events of one saga type, by saga id, and the
@@ -390,10 +398,9 @@ func newEventIndex(l Limits) *eventIndex {
 
 func (x *eventIndex) add(r *kgo.Record) {
 	e := &event{pos: pos{r.Partition, r.Offset}}
-	if err := json.Unmarshal(r.Value, &e.Event); err != nil || e.SagaID == "" {
+	if err := json.Unmarshal(r.Value, e); err != nil || e.SagaID == "" {
 		return
 	}
-	e.Data = nil // the view has the data
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.ring = append(x.ring, e)

@@ -129,10 +129,23 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, http.StatusForbidden, "This request came from another site: refused.")
 		return
 	}
+	if l := c.cfg.Logins; l != nil {
+		if wait := l.Wait(r); wait > 0 {
+			secs := strconv.Itoa(int(wait.Seconds()) + 1)
+			w.Header().Set("Retry-After", secs)
+			p := c.newPage(nil, "Log in", struct{ Next string }{next})
+			p.Error = "Too many logins with a wrong token from your address: try again in " + secs + " s."
+			c.render(w, http.StatusTooManyRequests, "login", p)
+			return
+		}
+	}
 	token := strings.TrimSpace(r.PostFormValue("token"))
 	sum := tokenSum(token)
 	pr := c.cfg.Tokens.Lookup(sum)
 	if token == "" || pr == nil {
+		if c.cfg.Logins != nil {
+			c.cfg.Logins.Failed(r)
+		}
 		c.log.Warn("console: login refused: not a token of the token file", "client", r.RemoteAddr)
 		p := c.newPage(nil, "Log in", struct{ Next string }{next})
 		p.Error = "This is not a token of the daemon's token file."

@@ -136,6 +136,13 @@ func (c consoleTokens) Lookup(sum [sha256.Size]byte) *console.Principal {
 	return &console.Principal{Name: p.name, May: p.may}
 }
 
+// consoleLogins applies the HTTP API's backoff after failed
+// authentications to the console's logins, per client address.
+type consoleLogins struct{ b *authBackoff }
+
+func (l consoleLogins) Wait(r *http.Request) time.Duration { return l.b.wait(clientAddr(r)) }
+func (l consoleLogins) Failed(r *http.Request)             { l.b.failed(clientAddr(r)) }
+
 // startConsole serves the web console on --console-addr until the returned
 // stop is called; stop waits for the requests in progress (at most
 // shutdownTimeout) and for the console's consumers. Without --console-addr
@@ -169,7 +176,7 @@ func (a *app) startConsole(ctx context.Context, env *Env, defs []*saga.Definitio
 	}
 	tokens := newTokenSet(c.TokenFile, a.log)
 	con, err := console.New(console.Config{Sagas: sagas, Redis: env.rdb, Brokers: env.Brokers, KafkaOpts: env.kafkaOpts,
-		Tokens: consoleTokens{tokens}, Tool: a.o.name + "-console", TraceURL: c.TraceURL, Logger: a.log})
+		Tokens: consoleTokens{tokens}, Logins: consoleLogins{newAuthBackoff(time.Now, a.log)}, Tool: a.o.name + "-console", TraceURL: c.TraceURL, Logger: a.log})
 	if err != nil {
 		return nil, err
 	}
