@@ -20,7 +20,8 @@
 // do not exist yet and checks those that do (package topic), runs one engine
 // per saga type and the participants that --participants selects, serves
 // /metrics, /healthz and /readyz on --metrics-addr and, with --api-addr, the
-// HTTP API that starts sagas (see api.go and openapi.json), and runs until
+// HTTP API that starts sagas (see api.go and openapi.json), with
+// --console-addr the web console (package console, console.go), and runs until
 // SIGINT or SIGTERM, when every engine and participant finishes or aborts
 // its current transaction; with --outbox-relay it also relays the outboxes
 // (package outbox) of every saga type to their inboxes. With neither
