@@ -52,7 +52,8 @@ type Saga struct {
 	// saga.<type>.audit.
 	InboxPartitions, AuditPartitions int32
 	// Engine is this process's engine of the type, whose in-flight index
-	// the overview shows; nil when the process runs none.
+	// (the sagas of the partitions it owns) the overview shows; nil when
+	// the process runs none.
 	Engine *orchestrator.Engine
 }
 
@@ -192,8 +193,9 @@ func New(cfg Config) (*Console, error) {
 // Run fills the indexes: for each saga type, one consumer each of its
 // dead-letter topic and audit topic from their beginning, and of its event
 // topic from a little before its end, each following its topic until ctx
-// ends. It returns then, once every consumer has stopped, or at once when
-// a Kafka client cannot be made.
+// ends. It returns then, once every consumer has stopped. A consumer whose
+// Kafka client cannot be made (invalid options) leaves its index empty;
+// its error is returned when Run returns.
 func (c *Console) Run(ctx context.Context) error {
 	var tails []*tail
 	for _, name := range c.names {
