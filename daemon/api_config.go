@@ -82,9 +82,9 @@ const (
 )
 
 // defaultMaxWaiters is the default of --api-max-waiters: at about 17 KiB
-// of heap and 10 KiB of goroutine stacks a waiter (BenchmarkAPIWaiters:
-// net/http's connection, its buffers and its two goroutines, mostly), 28
-// MiB at most.
+// of heap and 10 to 18 KiB of goroutine stacks a waiter
+// (BenchmarkAPIWaiters: net/http's connection, its buffers and its two
+// goroutines, mostly), 36 MiB at most.
 const defaultMaxWaiters = 1024
 
 func (v *apiFlags) register(fs *flag.FlagSet) {
@@ -96,7 +96,7 @@ func (v *apiFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&v.produceTimeout, "api-produce-timeout", defaultProduceTimeout, "how long an HTTP API request waits for Kafka to store its record before answering 503")
 	fs.IntVar(&v.maxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB); a request waiting for an outcome (?wait=) counts against --api-max-waiters instead while it waits")
 	fs.DurationVar(&v.maxWait, "api-max-wait", defaultMaxWait, "the longest wait for a saga's outcome a request may ask for with ?wait= (POST or GET /v1/sagas/{type}/{id}); a longer one is answered 400; 0 turns waiting off (at most 10m)")
-	fs.IntVar(&v.maxWaiters, "api-max-waiters", defaultMaxWaiters, "how many HTTP API requests may wait for an outcome (?wait=) at once; past it they are answered 429 with Retry-After (each takes about 28 KiB while it waits)")
+	fs.IntVar(&v.maxWaiters, "api-max-waiters", defaultMaxWaiters, "how many HTTP API requests may wait for an outcome (?wait=) at once; past it they are answered 429 with Retry-After (each takes up to about 35 KiB while it waits)")
 }
 
 // config validates the --api-* flags; name names a flag as it was given.
