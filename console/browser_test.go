@@ -141,7 +141,6 @@ func TestConsoleInBrowser(t *testing.T) {
 		waitFor(t, ctx, d.base+"/", "#type-parcel", reason)
 	}
 	waitFor(t, ctx, d.base+"/", "#type-parcel", "p-heavy")
-	screenshot(t, ctx, "console-overview")
 
 	// Find p-1 and read its timeline.
 	run(t, ctx, "find p-1",
@@ -279,6 +278,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitFor(t, ctx, d.base+"/sagas/parcel/p-ghost", "#timeline", "unknown-saga")
 	// The in-flight list has p-hold-2, which waits on its deadline.
 	waitFor(t, ctx, d.base+"/sagas/parcel?list=inflight", "#list", "p-hold-2")
+
+	// The overview, after all that.
+	waitFor(t, ctx, d.base+"/", "#type-parcel", "saga-resume")
+	screenshot(t, ctx, "console-overview")
 }
 
 // waitFor loads url until the text of sel contains want (the console's
