@@ -58,6 +58,9 @@ func benchState(id string, at time.Time) []byte {
 // pipelined before the clock starts:
 //
 //	go test -run '^$' -bench Timeline -benchtime 2000x ./console/
+//
+// It also measures the in-flight list (a tenth of the sagas with a
+// deadline), on its first page and its 20th.
 func BenchmarkTimeline(b *testing.B) {
 	n := 1_000_000
 	if v := os.Getenv("KSAGA_BENCH_SAGAS"); v != "" {
@@ -79,6 +82,11 @@ func BenchmarkTimeline(b *testing.B) {
 			for j := i; j < min(n, i+batch); j++ {
 				id := "p-" + strconv.Itoa(j)
 				p.HSet(ctx, orchestrator.StateKey("parcel", message.HomePartition(id, parts), id), "version", 5, "state", benchState(id, at))
+				if j%10 == 0 {
+					// One saga in ten waits on a deadline.
+					hp := message.HomePartition(id, parts)
+					p.ZAdd(ctx, "ksaga:{parcel:"+strconv.Itoa(int(hp))+"}:deadlines", redis.Z{Score: float64(at.UnixMilli() + int64(j)), Member: id})
+				}
 			}
 			return nil
 		})
@@ -127,12 +135,30 @@ func BenchmarkTimeline(b *testing.B) {
 	if rec := page(); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "SagaCompleted") || !strings.Contains(rec.Body.String(), "L-"+id) {
 		b.Fatalf("the page of %s: %d\n%s", id, rec.Code, rec.Body)
 	}
-	b.Run(fmt.Sprintf("sagas=%d", n), func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if rec := page(); rec.Code != http.StatusOK {
-				b.Fatalf("answered %d", rec.Code)
-			}
+	get := func(path string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.AddCookie(cookie)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	for _, bc := range []struct{ name, path string }{
+		{"timeline", "/sagas/parcel/" + url.PathEscape(id)},
+		// The in-flight list (one saga in ten has a deadline): its first
+		// page, and its 20th (1,000 deadlines of each partition read).
+		{"inflight-page-1", "/sagas/parcel?list=inflight"},
+		{"inflight-page-20", "/sagas/parcel?list=inflight&page=20"},
+	} {
+		if rec := get(bc.path); rec.Code != http.StatusOK {
+			b.Fatalf("%s answered %d", bc.path, rec.Code)
 		}
-	})
+		b.Run(fmt.Sprintf("%s/sagas=%d", bc.name, n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if rec := get(bc.path); rec.Code != http.StatusOK {
+					b.Fatalf("answered %d", rec.Code)
+				}
+			}
+		})
+	}
 }
