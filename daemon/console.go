@@ -229,6 +229,10 @@ func (a *app) startConsole(ctx context.Context, env *Env, defs []*saga.Definitio
 		scheme = "https"
 	}
 	a.log.Info("serving the web console", "addr", ln.Addr().String(), "scheme", scheme, "tokens", c.TokenFile)
+	if host, _, _ := net.SplitHostPort(c.Addr); !useTLS && host != "127.0.0.1" && host != "localhost" && host != "::1" {
+		a.log.Warn("the web console serves plain HTTP: browsers keep its session cookie (Secure) only over https or on localhost; " +
+			"serve it behind a proxy that terminates TLS, or give it --console-tls-cert and --console-tls-key")
+	}
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
