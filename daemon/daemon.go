@@ -213,6 +213,7 @@ type app struct {
 	// versions of each (orchestrator.Host).
 	sagaOpts [][]orchestrator.Opt
 	hosted   map[string][]*saga.Definition
+	startOn  map[string]int // the version new sagas start on, when not the newest
 }
 
 // failf reports an error that ends the daemon and returns ExitError.
@@ -441,6 +442,7 @@ func (a *app) run(ctx context.Context) int {
 	// end.
 	defs := make([]*saga.Definition, 0, len(a.o.sagas))
 	a.hosted = make(map[string][]*saga.Definition)
+	a.startOn = make(map[string]int)
 	for i, s := range a.o.sagas {
 		built, err := s.build(ctx, env)
 		switch {
@@ -448,13 +450,16 @@ func (a *app) run(ctx context.Context) int {
 			return ExitOK // interrupted while starting
 		case err != nil:
 			return a.failf("build saga #%d: %v", i+1, err)
-		case len(built) == 0 || slices.Contains(built, nil):
+		case built.Start == nil || slices.Contains(built.Hosted, nil):
 			return a.failf("build saga #%d: no definition", i+1)
 		}
-		for _, def := range built {
+		for _, def := range append([]*saga.Definition{built.Start}, built.Hosted...) {
 			if code := a.addSaga(&defs, def, s.opts); code != 0 {
 				return code
 			}
+		}
+		if len(built.Hosted) > 0 {
+			a.startOn[built.Start.Name()] = built.Start.Version()
 		}
 	}
 	if err := a.registerMetrics(env, defs); err != nil {
@@ -704,6 +709,9 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 			}
 			if older := a.hosted[def.Name()]; len(older) > 0 {
 				opts = append(opts, orchestrator.Host(older...))
+			}
+			if v := a.startOn[def.Name()]; v != 0 {
+				opts = append(opts, orchestrator.StartOn(v))
 			}
 			opts = append(append(opts, a.o.engineOpts...), a.sagaOpts[i]...)
 			eng, err := orchestrator.New(def, opts...)

@@ -50,7 +50,7 @@ type options struct {
 }
 
 type sagaReg struct {
-	build func(ctx context.Context, env *Env) ([]*saga.Definition, error)
+	build func(ctx context.Context, env *Env) (SagaVersions, error)
 	opts  []orchestrator.Opt
 }
 
@@ -89,21 +89,28 @@ func Saga(def *saga.Definition, opts ...orchestrator.Opt) Opt {
 // BuildSaga is Saga for a definition that build makes once the daemon is
 // connected, such as one whose Local step writes to env.Redis().
 func BuildSaga(build SagaBuilder, opts ...orchestrator.Opt) Opt {
-	return BuildSagaVersions(func(ctx context.Context, env *Env) ([]*saga.Definition, error) {
+	return BuildSagaVersions(func(ctx context.Context, env *Env) (SagaVersions, error) {
 		def, err := build(ctx, env)
-		if err != nil || def == nil {
-			return nil, err
-		}
-		return []*saga.Definition{def}, nil
+		return SagaVersions{Start: def}, err
 	}, opts...)
 }
 
+// SagaVersions are the versions of one saga type that an engine runs
+// (saga.Definition.WithVersion).
+type SagaVersions struct {
+	// Start is the version new sagas start on.
+	Start *saga.Definition
+	// Hosted are other versions: their running sagas run to their end
+	// (orchestrator.Host). One may be newer than Start: a deploy of a new
+	// version to several instances first hosts it everywhere, then starts
+	// on it (orchestrator.StartOn).
+	Hosted []*saga.Definition
+}
+
 // BuildSagaVersions is BuildSaga for the versions of a saga type that the
-// configuration chooses (see saga.Definition.WithVersion): the engine starts
-// new sagas on the newest and runs the others' sagas to their end
-// (orchestrator.Host). Registering several versions of one saga type with
-// Saga does the same.
-func BuildSagaVersions(build func(ctx context.Context, env *Env) ([]*saga.Definition, error), opts ...orchestrator.Opt) Opt {
+// configuration chooses. Registering several versions of one saga type
+// with Saga runs them too, new sagas starting on the newest.
+func BuildSagaVersions(build func(ctx context.Context, env *Env) (SagaVersions, error), opts ...orchestrator.Opt) Opt {
 	return optFunc(func(o *options) { o.sagas = append(o.sagas, sagaReg{build, opts}) })
 }
 

@@ -46,7 +46,7 @@ func (c *versionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *versionCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range c.eng.Versions() {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.Sagas), strconv.Itoa(v.Version), strconv.FormatBool(v.Newest))
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.Sagas), strconv.Itoa(v.Version), strconv.FormatBool(v.Current))
 	}
 }
 
@@ -57,7 +57,7 @@ func (c *versionCollector) Collect(ch chan<- prometheus.Metric) {
 //	ksaga_oldest_saga_age_seconds{step,phase}  how long the oldest of them has been there (0: none)
 //	ksaga_step_budget_seconds{step,phase}      how long a saga may be there before the engine acts on its own (orchestrator.StepFlight.Budget)
 //	ksaga_engine_ready                         1 while eng.Ready() reports true, else 0
-//	ksaga_sagas_by_version{version,newest}     running sagas of the partitions eng owns per definition version (when eng is Versioned)
+//	ksaga_sagas_by_version{version,current}     running sagas of the partitions eng owns per definition version (when eng is Versioned)
 //
 // Engine.Ready of an *orchestrator.Engine is true once it has joined its
 // group and restored its partitions, and false again while its last use of
@@ -102,8 +102,8 @@ func watchEngine(reg prometheus.Registerer, sagaType string, eng Engine, now fun
 	cols := []prometheus.Collector{c, ready}
 	if v, ok := eng.(Versioned); ok {
 		cols = append(cols, &versionCollector{eng: v, desc: prometheus.NewDesc("ksaga_sagas_by_version",
-			"Running sagas of the partitions this instance owns, by the version of the saga's definition they run on (newest=\"true\": the version new sagas start on). An older version may be removed from the build once it is at 0 on every instance.",
-			[]string{"version", "newest"}, labels)})
+			"Running sagas of the partitions this instance owns, by the version of the saga's definition they run on (current=\"true\": the version new sagas start on). An older version may be removed from the build once it is at 0 on every instance.",
+			[]string{"version", "current"}, labels)})
 	}
 	for _, col := range cols {
 		if err := reg.Register(col); err != nil {

@@ -39,7 +39,7 @@
 //	ksaga_oldest_saga_age_seconds{step,phase}    how long the oldest of them has been in the step (WatchEngine)
 //	ksaga_step_budget_seconds{step,phase}        how long a saga may stay in the step (WatchEngine)
 //	ksaga_engine_ready                           1 while the engine is ready: joined, restored, Redis and Kafka answering (WatchEngine)
-//	ksaga_sagas_by_version{version,newest}       running sagas of the owned partitions per definition version (WatchEngine)
+//	ksaga_sagas_by_version{version,current}       running sagas of the owned partitions per definition version (WatchEngine)
 //	ksaga_redis_evicted_keys_total               keys the engines' Redis evicted (WatchRedis)
 //	ksaga_redis_maxmemory_policy_safe            1: noeviction or volatile-*; 0: allkeys-*; -1: CONFIG refused (WatchRedis)
 //

@@ -184,7 +184,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
-	vs, err := newVersions(def, cfg.hosted, func(d *saga.Definition) *machine { return newMachine(d, cfg.comp, cfg.now) })
+	vs, err := newVersions(def, cfg.hosted, cfg.startOn, func(d *saga.Definition) *machine { return newMachine(d, cfg.comp, cfg.now) })
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}

@@ -26,7 +26,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func newTestMachine(completeErr error) (*machine, *clock) {
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	def := order.New(storeFunc(func(context.Context, *order.Order) error { return completeErr }))
+	def := order.NewV2(storeFunc(func(context.Context, *order.Order) error { return completeErr }))
 	return newMachine(def, compensation.Policy{MaxAttempts: 2}, c.now), c
 }
 
@@ -256,4 +256,38 @@ func mustDecode(t *testing.T, r *run) any {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestMachineStepCompensationPolicy: a step's own compensation policy
+// (saga.Step.Compensation) wins over the engine's. Version 3 of the order
+// saga sends CancelPayment up to 20 times; the engine's policy here gives
+// up after 2.
+func TestMachineStepCompensationPolicy(t *testing.T) {
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	def := order.NewV3(storeFunc(func(context.Context, *order.Order) error { return nil }))
+	r := &run{t: t, m: newMachine(def, compensation.Policy{MaxAttempts: 2}, c.now)}
+	r.must(&input{typ: message.TypeStartSaga, sagaID: "o-1", msgID: "m-1", value: startValue})
+	timeout := func() *outcome {
+		return r.must(&input{typ: message.TypeTimeout, sagaID: "o-1", inReplyTo: r.st.Waiting, attempt: r.st.Attempt})
+	}
+	// Both members of the reserve group time out three times each: the
+	// saga compensates, payment first.
+	var out *outcome
+	for range 6 {
+		out = timeout()
+	}
+	if got := cmdTypes(out); !slices.Equal(got, []string{order.CancelPayment}) {
+		t.Fatalf("exhausted group sent %v, want CancelPayment", got)
+	}
+	sends := 1
+	for sends < 30 {
+		out = timeout()
+		if slices.Contains(types(out), message.EventSagaFailed) {
+			break
+		}
+		sends++
+	}
+	if sends != 20 {
+		t.Fatalf("CancelPayment sent %d times before the saga failed, want 20 (the step's policy, not the engine's 2)", sends)
+	}
 }

@@ -30,6 +30,7 @@ type config struct {
 	logger       *slog.Logger
 	hooks        []Hook
 	hosted       []*saga.Definition
+	startOn      int
 	kafkaOpts    []kgo.Opt
 	retry        retry.Policy
 	comp         compensation.Policy

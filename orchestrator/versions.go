@@ -22,6 +22,15 @@ import (
 // hosted version runs or adopts, or whose step is not where their version
 // has it: the definition changed under them without a new version.
 
+// StartOn makes new sagas start on version v, one of the versions the
+// engine runs (New's definition or one given to Host), rather than on the
+// newest. A deploy of a new version to several instances goes in two
+// steps: first every instance hosts the new version while new sagas still
+// start on the current one (an instance that has not been replaced yet
+// would refuse a partition holding sagas of a version it does not know),
+// then every instance starts them on the new one.
+func StartOn(v int) Opt { return opt(func(c *config) { c.startOn = v }) }
+
 // Host makes the engine run, beside the newest definition given to New,
 // the sagas still in flight on these older versions of it. Each must have
 // New's saga name and a version lower than its. Keep a version hosted until
@@ -32,7 +41,7 @@ func Host(older ...*saga.Definition) Opt {
 
 // versions are the machines of the hosted definitions.
 type versions struct {
-	newest *machine
+	newest *machine // the machine new sagas start on (StartOn)
 	byV    map[int]*machine
 	// adopters maps an adopted version to the hosted machine that takes
 	// its sagas over, and old to the adopted definition's machine (its
@@ -41,7 +50,7 @@ type versions struct {
 	old      map[int]*machine
 }
 
-func newVersions(def *saga.Definition, hosted []*saga.Definition, mk func(*saga.Definition) *machine) (*versions, error) {
+func newVersions(def *saga.Definition, hosted []*saga.Definition, startOn int, mk func(*saga.Definition) *machine) (*versions, error) {
 	vs := &versions{newest: mk(def), byV: make(map[int]*machine), adopters: make(map[int]*machine), old: make(map[int]*machine)}
 	vs.byV[def.Version()] = vs.newest
 	for _, d := range hosted {
@@ -56,6 +65,12 @@ func newVersions(def *saga.Definition, hosted []*saga.Definition, mk func(*saga.
 			return nil, fmt.Errorf("host: %s version %d is given twice", d.Name(), d.Version())
 		}
 		vs.byV[d.Version()] = mk(d)
+	}
+	if startOn != 0 {
+		if vs.byV[startOn] == nil {
+			return nil, fmt.Errorf("start on: %s version %d is not hosted", def.Name(), startOn)
+		}
+		vs.newest = vs.byV[startOn]
 	}
 	for _, m := range vs.byV {
 		for v, old := range m.def.Adopted() {
@@ -179,9 +194,9 @@ func adopt(st *State, from, to *machine, raw json.RawMessage) *State {
 // are on one version of its definition.
 type VersionCount struct {
 	Version int
-	// Newest is set for the version new sagas start on.
-	Newest bool
-	Sagas  int
+	// Current is set for the version new sagas start on.
+	Current bool
+	Sagas   int
 }
 
 // Versions returns the running sagas of the partitions this instance
@@ -200,7 +215,7 @@ func (e *Engine) Versions() []VersionCount {
 	e.flightMu.Unlock()
 	out := make([]VersionCount, 0, len(counts))
 	for _, v := range slices.Sorted(maps.Keys(counts)) {
-		out = append(out, VersionCount{Version: v, Newest: v == e.vs.newest.version, Sagas: counts[v]})
+		out = append(out, VersionCount{Version: v, Current: v == e.vs.newest.version, Sagas: counts[v]})
 	}
 	return out
 }

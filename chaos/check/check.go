@@ -203,7 +203,10 @@ type Report struct {
 	// tombstone.
 	Tombstones, Expired int
 	DeletedAfter        [2]time.Duration
-	Anomalies           []Anomaly
+	// Versions counts the sagas by type and the version of the
+	// definition their last state record names ("order v3").
+	Versions  map[string]int
+	Anomalies []Anomaly
 	// Read describes what was read (records per topic, keys).
 	Read string
 }
@@ -234,6 +237,13 @@ func (r *Report) Text(limit int) string {
 		parts = append(parts, fmt.Sprintf("%s %d", o, r.Outcomes[o]))
 	}
 	fmt.Fprintf(&b, "outcomes: %s\n", strings.Join(parts, ", "))
+	if len(r.Versions) > 0 {
+		parts = parts[:0]
+		for _, v := range slices.Sorted(maps.Keys(r.Versions)) {
+			parts = append(parts, fmt.Sprintf("%s %d", v, r.Versions[v]))
+		}
+		fmt.Fprintf(&b, "sagas by definition version: %s\n", strings.Join(parts, ", "))
+	}
 	if r.Tombstones > 0 {
 		fmt.Fprintf(&b, "retention: %d tombstones, %d sagas deleted, each %v to %v after it ended\n",
 			r.Tombstones, r.Expired, r.DeletedAfter[0].Round(time.Millisecond), r.DeletedAfter[1].Round(time.Millisecond))
@@ -367,7 +377,7 @@ type CommandKey struct {
 // Analyze checks d against the expectations and the initial ledgers.
 func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a := &analysis{
-		rep:    &Report{Checked: make(map[string]int), Outcomes: make(map[string]int)},
+		rep:    &Report{Checked: make(map[string]int), Outcomes: make(map[string]int), Versions: make(map[string]int)},
 		d:      d,
 		sagas:  make(map[string]*Expectation),
 		ended:  make(map[string]string),
@@ -398,6 +408,11 @@ func Analyze(expect []Expectation, initial Initial, d *Data) *Report {
 	a.terminalData()
 	a.local()
 	a.retention()
+	for _, raw := range d.States {
+		if st, err := decodeState(raw); err == nil {
+			a.rep.Versions[fmt.Sprintf("%s v%d", st.Type, st.OnVersion())]++
+		}
+	}
 	return a.rep
 }
 

@@ -46,6 +46,7 @@ const (
 	faultRedisEvict          = "redis-evict"
 	faultRedisHang           = "redis-hang"
 	faultCouponPark          = "coupon-park"
+	faultRollingDeploy       = "rolling-deploy"
 )
 
 // faultKinds lists every fault kind in the order of the summary.
@@ -54,6 +55,7 @@ var faultKinds = []string{
 	faultBrokerRestart, faultSigstopEngine, faultInjectEndTxn, faultInjectTxnOffset,
 	faultInjectProduce, faultOrdersOutage, faultRedisRollback, faultLocalStepHang, faultSagaPanic,
 	faultCrashLoop, faultUnreadableTakeover, faultRollbackCatchup, faultRedisEvict, faultRedisHang, faultCouponPark,
+	faultRollingDeploy,
 }
 
 // faultDurations is how long each fault keeps its target down.
@@ -77,9 +79,13 @@ var faultDurations = map[string]time.Duration{
 	faultRedisEvict:          evictFor,
 	faultRedisHang:           redisHangFor + 5*time.Second,
 	faultCouponPark:          couponParkFor,
+	faultRollingDeploy:       rollingDeployFor,
 }
 
 const (
+	// rollingDeployFor is about how long a rolling deploy of both engines
+	// takes: each is stopped, restarted and waited for.
+	rollingDeployFor = 20 * time.Second
 	// restartAfter is how long a killed process stays down.
 	restartAfter = time.Second
 	// ordersOutageFor is how long the orders store is down. It is longer
@@ -146,6 +152,7 @@ var shortSchedule = map[string]int{
 	faultRedisRestart: 1, faultInjectEndTxn: 1, faultInjectTxnOffset: 1, faultInjectProduce: 1,
 	faultOrdersOutage: 1, faultRedisRollback: 1, faultLocalStepHang: 1, faultSagaPanic: 1, faultCrashLoop: 1,
 	faultUnreadableTakeover: 1, faultRollbackCatchup: 1, faultRedisEvict: 1, faultRedisHang: 1, faultCouponPark: 1,
+	faultRollingDeploy: 3,
 }
 
 // couponParkShare is the share of --faults-per-kind that the long run
@@ -307,6 +314,8 @@ func (h *harness) inject(ctx context.Context, f fault) error {
 		return h.redisHang(ctx, f.kind)
 	case faultCouponPark:
 		return h.couponPark(ctx, f.kind)
+	case faultRollingDeploy:
+		return h.rollingDeploy(ctx, f.kind)
 	case faultBrokerRestart:
 		p := h.kfaked
 		h.countInjected()

@@ -69,6 +69,8 @@ type harness struct {
 	locals []*proc
 	// plan is the run's load, once made.
 	plan *plan
+	// deploys counts the rolling deploys so far (guarded by outMu).
+	deploys int
 }
 
 // Indexes of harness.redis.
@@ -263,6 +265,7 @@ func (h *harness) setUp(ctx context.Context) error {
 		name := fmt.Sprintf("engine-%d", i+1)
 		h.engines[i] = h.newProc(name, sagad, true, append(append(slicesClone(common), h.engineFlags()...),
 			"--participants", "none", "--transactional-id", "chaos-"+name, "--chaos-faults",
+			"--order-versions", orderBuilds[0].versions,
 			"--metrics-addr", h.engineHTTP[i],
 			"--redis-addr", h.redisAddr[redisEngine], "--orders-redis-addr", h.redisAddr[redisOrders])...)
 	}

@@ -91,6 +91,7 @@ type sagad struct {
 	demoOrders      int
 	chaosFaults     bool
 	orderVersions   string
+	orderStart      int
 
 	versions         []int // --order-versions, parsed
 	ordersRedisAddrs []string
@@ -103,7 +104,8 @@ func (s *sagad) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ordersRedisAddr, "orders-redis-addr", "", "Redis `addresses` of the orders store, the saga's last step (real services only; default: --redis-addr); point it elsewhere to simulate an orders-database outage")
 	fs.Int64Var(&s.paymentLimit, "payment-limit-cents", sim.DefaultPaymentLimitCents, "largest amount the payment participant authorizes, in `cents`")
 	fs.IntVar(&s.demoOrders, "demo-orders", 2000, "`orders` the demo sends (embedded mode only)")
-	fs.StringVar(&s.orderVersions, "order-versions", "1,2", "`versions` of the order saga to host: new sagas start on the highest, the others' sagas run to their end (1: without the coupon step, 2: with it); drop a version once ksaga_sagas_by_version shows none of its sagas")
+	fs.StringVar(&s.orderVersions, "order-versions", "1,2,3", "`versions` of the order saga to host: new sagas start on the highest (or --order-start-version), the others' sagas run to their end (1: without the coupon step, 2: with it, 3: more attempts to cancel a payment); drop a version once ksaga_sagas_by_version shows none of its sagas")
+	fs.IntVar(&s.orderStart, "order-start-version", 0, "`version` of the order saga new sagas start on, one of --order-versions (default: the highest); a deploy of a new version to several instances first hosts it everywhere, then starts on it")
 	registerChaosFlag(fs, &s.chaosFaults)
 }
 
@@ -112,10 +114,13 @@ func (s *sagad) validate(c *daemon.Config) error {
 	s.versions = nil
 	for _, part := range strings.Split(s.orderVersions, ",") {
 		v, err := strconv.Atoi(strings.TrimSpace(part))
-		if err != nil || (v != order.V1 && v != order.V2) || slices.Contains(s.versions, v) {
-			return fmt.Errorf("%s %q: want a comma-separated list of distinct versions of the order saga, from %d and %d (e.g. 1,2 or 2)", c.Flag("order-versions"), s.orderVersions, order.V1, order.V2)
+		if err != nil || v < order.V1 || v > order.Newest || slices.Contains(s.versions, v) {
+			return fmt.Errorf("%s %q: want a comma-separated list of distinct versions of the order saga, from %d to %d (e.g. 1,2,3 or 3)", c.Flag("order-versions"), s.orderVersions, order.V1, order.Newest)
 		}
 		s.versions = append(s.versions, v)
+	}
+	if s.orderStart != 0 && !slices.Contains(s.versions, s.orderStart) {
+		return fmt.Errorf("%s %d: not one of %s %s", c.Flag("order-start-version"), s.orderStart, c.Flag("order-versions"), s.orderVersions)
 	}
 	s.ordersRedisAddrs = nil
 	for _, part := range strings.Split(s.ordersRedisAddr, ",") {
@@ -153,12 +158,12 @@ func (s *sagad) validate(c *daemon.Config) error {
 // buildOrder builds the order saga on the orders store: --orders-redis-addr,
 // else the engine's Redis. In embedded mode it also makes the demo's
 // tracker.
-func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) ([]*saga.Definition, error) {
+func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) (daemon.SagaVersions, error) {
 	rdb := env.Redis()
 	if len(s.ordersRedisAddrs) > 0 {
 		var err error
 		if rdb, err = env.NewRedis("orders", s.ordersRedisAddrs); err != nil {
-			return nil, err
+			return daemon.SagaVersions{}, err
 		}
 		if env.Config.Engine {
 			// The orders store is a dependency of one step, not of the
@@ -174,7 +179,17 @@ func (s *sagad) buildOrder(ctx context.Context, env *daemon.Env) ([]*saga.Defini
 	if env.Config.Embedded() {
 		s.demoHook.set(newTracker(newDemoPlan(s.demoOrders, s.paymentLimit)))
 	}
-	return order.Versions(ordersStore(s.chaosFaults, rdb, env.Logger), s.versions...)
+	defs, err := order.Versions(ordersStore(s.chaosFaults, rdb, env.Logger), s.versions...)
+	if err != nil {
+		return daemon.SagaVersions{}, err
+	}
+	// New sagas start on --order-start-version, else the highest.
+	start := slices.IndexFunc(defs, func(d *saga.Definition) bool { return d.Version() == s.orderStart })
+	if start < 0 {
+		start = slices.IndexFunc(defs, func(d *saga.Definition) bool { return d.Version() == slices.Max(s.versions) })
+	}
+	first := defs[start]
+	return daemon.SagaVersions{Start: first, Hosted: slices.Delete(defs, start, start+1)}, nil
 }
 
 // handler builds the reference participant name on the participants' Redis.

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
 )
@@ -232,11 +233,15 @@ type ShippingCommand struct {
 // Version 1 had no coupon step; version 2 added reserve-coupon as its first
 // step. A running saga of version 1 cannot take version 2's steps (every
 // step moved one place down: saga.Compatible refuses it), so a daemon runs
-// both until no version-1 saga is left, then version 2 alone.
+// both until no version-1 saga is left, then version 2 alone. Version 3
+// gives the payment's cancellation more attempts (saga.Step.Compensation):
+// a change version 2's sagas can take, so version 3 adopts them
+// (saga.Definition.Adopts) and a build hosting version 3 alone runs them.
 const (
 	V1     = 1
 	V2     = 2
-	Newest = V2
+	V3     = 3
+	Newest = V3
 )
 
 // New returns the newest version of the order saga (Newest), recording
@@ -245,7 +250,7 @@ const (
 //
 // Its first step, reserve-coupon, is skipped for an order without a
 // coupon: no command, no event, no compensation.
-func New(store Store) *saga.Definition { return NewV2(store) }
+func New(store Store) *saga.Definition { return NewV3(store) }
 
 // Versions returns the order saga's definitions of the versions vs
 // (V1, V2), for a daemon that hosts them (daemon.BuildSagaVersions).
@@ -257,8 +262,10 @@ func Versions(store Store, vs ...int) ([]*saga.Definition, error) {
 			defs = append(defs, NewV1(store))
 		case V2:
 			defs = append(defs, NewV2(store))
+		case V3:
+			defs = append(defs, NewV3(store))
 		default:
-			return nil, fmt.Errorf("the order saga has no version %d (it has %d and %d)", v, V1, V2)
+			return nil, fmt.Errorf("the order saga has no version %d (it has %d to %d)", v, V1, Newest)
 		}
 	}
 	return defs, nil
@@ -282,11 +289,26 @@ func StepsV1(store Store) []saga.Step[Order] {
 	}
 }
 
+// NewV3 returns version 3 of the order saga: version 2 whose payment
+// cancellation is sent up to 20 times before the saga ends SagaFailed. It
+// adopts version 2's sagas.
+func NewV3(store Store) *saga.Definition {
+	steps := stepsV2(store)
+	for i := range steps {
+		if steps[i].Name == StepAuthorizePayment {
+			steps[i].Compensation = compensation.Policy{MaxAttempts: 20}
+		}
+	}
+	return saga.New(Name, steps...).WithVersion(V3).Adopts(NewV2(store), nil)
+}
+
 // NewV2 returns version 2 of the order saga: version 1 with the coupon
 // step first.
-func NewV2(store Store) *saga.Definition {
-	return saga.New(Name,
-		saga.Step[Order]{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
+func NewV2(store Store) *saga.Definition { return saga.New(Name, stepsV2(store)...).WithVersion(V2) }
+
+func stepsV2(store Store) []saga.Step[Order] {
+	return []saga.Step[Order]{
+		{Name: StepReserveCoupon, Do: command(Coupon, ReserveCoupon, coupon), Undo: command(Coupon, ReleaseCoupon, coupon),
 			Skip: func(o *Order) bool { return o.Coupon == "" },
 			// A coupon service that stays silent parks the order rather
 			// than cancelling it (write-up 004): an operator resumes it
@@ -294,13 +316,13 @@ func NewV2(store Store) *saga.Definition {
 			Park: true},
 		// Stock and payment are reserved at once (a parallel group):
 		// one round trip to the participants instead of two.
-		saga.Step[Order]{Name: StepReserveInventory, Group: GroupReserve, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
-		saga.Step[Order]{Name: StepAuthorizePayment, Group: GroupReserve, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
+		{Name: StepReserveInventory, Group: GroupReserve, Do: command(Inventory, ReserveInventory, inventory), Undo: command(Inventory, ReleaseInventory, inventory)},
+		{Name: StepAuthorizePayment, Group: GroupReserve, Do: command(Payment, AuthorizePayment, payment), Undo: command(Payment, CancelPayment, payment),
 			OnReply: saga.OnSuccess(func(o *Order, r PaymentResult) { o.AuthorizationID = r.AuthorizationID })},
-		saga.Step[Order]{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
+		{Name: StepScheduleShipping, Do: command(Shipping, ScheduleShipment, shipping), Undo: command(Shipping, CancelShipment, shipping),
 			OnReply: saga.OnSuccess(func(o *Order, r ShippingResult) { o.TrackingNumber = r.TrackingNumber })},
-		saga.Step[Order]{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
-	).WithVersion(V2)
+		{Name: StepCompleteOrder, Local: store.Complete, UndoLocal: store.Cancel, Retry: retry.Policy{MaxAttempts: 3}},
+	}
 }
 
 func command[P any](participant, typ string, payload func(*Order) P) func(context.Context, *Order) (saga.Command, error) {
