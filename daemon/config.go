@@ -64,6 +64,9 @@ type Config struct {
 	// Retention is how long an ended saga stays in the Redis view and the
 	// state topic (see orchestrator.Retention); 0 keeps it forever.
 	Retention time.Duration
+	// History is how many of its events each saga's state keeps (see
+	// orchestrator.History); 0 keeps none.
+	History int
 	// RedisTimeout bounds each call of the engine into Redis (see
 	// orchestrator.RedisTimeout); 0 picks the engine's default.
 	RedisTimeout time.Duration
@@ -126,7 +129,7 @@ func EnvName(flagName string) string {
 type flagValues struct {
 	kafkaBrokers, redisAddr, participantsRedisAddr, participants string
 	txnID, group, metricsAddr, logFormat, logLevel, dataDir      string
-	partitions, replicationFactor, maxPoll                       int
+	partitions, replicationFactor, maxPoll, history              int
 	serve, static, engine, pprof, requireConfig                  bool
 	sessionTimeout, dltRetention, txnInterval                    time.Duration
 	retention, redisTimeout                                      time.Duration
@@ -161,6 +164,7 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
 	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
+	fs.IntVar(&v.history, "history", orchestrator.DefaultHistory, "how many of its events each saga's state keeps, with attempts and reply data, for the console's timeline and `sagactl saga get`: the first and the latest `entries`; 0 keeps none (smaller state records: see docs/PERFORMANCE.md)")
 	fs.DurationVar(&v.retention, "retention", orchestrator.DefaultRetention, "how long an ended saga stays in the Redis view and on the state topic, a `duration` from when it ended: within it a start for its id is a duplicate (dropped) or a conflict (dead-lettered); after it the saga is deleted and its id may start a new saga; 0 keeps ended sagas forever (the view then grows with every saga)")
 	fs.DurationVar(&v.redisTimeout, "redis-timeout", 0, "bound on each call of the engine into Redis, a `duration` shorter than the transaction timeout (10s), whatever the client's own timeouts: a Redis that hangs then costs a retry, never a stalled partition; 0 picks 5s")
 	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs, locked while "+o.programName()+" runs (embedded mode only; default $TMPDIR/"+o.dataDirName()+")")
@@ -268,6 +272,7 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 		MaxPollRecords:         v.maxPoll,
 		TxnInterval:            v.txnInterval,
 		Retention:              v.retention,
+		History:                v.history,
 		RedisTimeout:           v.redisTimeout,
 		DataDir:                v.dataDir,
 		Serve:                  v.serve,
@@ -415,6 +420,9 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 	}
 	if c.TxnInterval < 0 || c.TxnInterval > time.Second {
 		return c, fmt.Errorf("%s %v: want 0 (none) up to 1s, such as 5ms", name("txn-interval"), c.TxnInterval)
+	}
+	if c.History < 0 || c.History > orchestrator.MaxHistory {
+		return c, fmt.Errorf("%s %d: want 0 (none) up to %d entries", name("history"), c.History, orchestrator.MaxHistory)
 	}
 	if c.Retention < 0 {
 		return c, fmt.Errorf("%s %v is negative: want a duration such as 168h, or 0 to keep ended sagas forever", name("retention"), c.Retention)

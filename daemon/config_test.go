@@ -26,13 +26,13 @@ func TestParseConfig(t *testing.T) {
 		Participants: allParticipants, TransactionalID: host, Partitions: 6, Engine: true,
 		ReplicationFactor: 1, MetricsAddr: ":9090", LogLevel: slog.LevelInfo,
 		MaxPollRecords: 1000, DataDir: filepath.Join(os.TempDir(), "ksaga-sagad"),
-		SessionTimeout: 45 * time.Second, Retention: orchestrator.DefaultRetention,
+		SessionTimeout: 45 * time.Second, Retention: orchestrator.DefaultRetention, History: orchestrator.DefaultHistory,
 	}
 	real := Config{
 		KafkaBrokers: []string{"k1:9092", "k2:9092"}, RedisAddrs: []string{"r:6379"}, Engine: true,
 		TransactionalID: host, Partitions: 6, ReplicationFactor: 3, MetricsAddr: ":9090",
 		LogLevel: slog.LevelInfo, MaxPollRecords: 1000, SessionTimeout: 45 * time.Second,
-		Retention: orchestrator.DefaultRetention,
+		Retention: orchestrator.DefaultRetention, History: orchestrator.DefaultHistory,
 	}
 	realArgs := []string{"--kafka-brokers", "k1:9092, k2:9092", "--redis-addr", "r:6379"}
 	with := func(c Config, f func(*Config)) Config { f(&c); return c }

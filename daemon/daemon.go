@@ -698,6 +698,7 @@ func (a *app) newServices(ctx context.Context, env *Env, defs []*saga.Definition
 				orchestrator.MaxPollRecords(c.MaxPollRecords),
 				orchestrator.TransactionInterval(c.TxnInterval),
 				orchestrator.Retention(c.Retention),
+				orchestrator.History(c.History),
 				orchestrator.Hooks(env.metrics[def.Name()], a.tracer),
 				orchestrator.KafkaOpts(append(slices.Clone(base), metrics.Kafka(env.Registry, def.Name(), client))...),
 			}

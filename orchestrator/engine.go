@@ -184,7 +184,13 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
-	vs, err := newVersions(def, cfg.hosted, cfg.startOn, func(d *saga.Definition) *machine { return newMachine(d, cfg.comp, cfg.now) })
+	vs, err := newVersions(def, cfg.hosted, cfg.startOn, func(d *saga.Definition) *machine {
+		m := newMachine(d, cfg.comp, cfg.now)
+		if cfg.history != nil {
+			m.history = *cfg.history
+		}
+		return m
+	})
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}

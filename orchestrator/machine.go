@@ -120,6 +120,8 @@ type machine struct {
 	def     *saga.Definition
 	version int // def.Version()
 	steps   []saga.StepInfo
+	// history bounds State.History (History).
+	history int
 	undo    []compensation.Step
 	comp    compensation.Policy
 	now     func() time.Time
@@ -129,7 +131,7 @@ type machine struct {
 }
 
 func newMachine(def *saga.Definition, comp compensation.Policy, now func() time.Time) *machine {
-	m := &machine{def: def, version: def.Version(), steps: def.Steps(), comp: comp, now: now}
+	m := &machine{def: def, version: def.Version(), steps: def.Steps(), comp: comp, now: now, history: DefaultHistory}
 	for _, s := range m.steps {
 		m.undo = append(m.undo, compensation.Step{Undoable: s.Undoable})
 	}
@@ -497,8 +499,11 @@ func (m *machine) event(out *outcome, typ, step, reason string) {
 	if step != "" && out.reply != nil && out.reply.step == step {
 		h.Attempt, h.Reply = out.reply.attempt, out.reply.data
 	}
+	if m.history == 0 {
+		return
+	}
 	st.History = append(st.History, h)
-	if len(st.History) > MaxHistory {
+	if len(st.History) > m.history {
 		// The first entry (SagaStarted) stays; the oldest after it go.
 		st.History = slices.Delete(st.History, 1, 2)
 		st.HistoryDropped++

@@ -30,6 +30,7 @@ type config struct {
 	logger       *slog.Logger
 	hooks        []Hook
 	hosted       []*saga.Definition
+	history      *int
 	startOn      int
 	kafkaOpts    []kgo.Opt
 	retry        retry.Policy
@@ -125,6 +126,11 @@ func Retention(d time.Duration) Opt {
 	return opt(func(c *config) { c.retention, c.retentionSet = d, true })
 }
 
+// History sets how many of its events each saga's state keeps
+// (State.History), from 0 (none: the smallest state records) to
+// MaxHistory. The default is DefaultHistory.
+func History(n int) Opt { return opt(func(c *config) { c.history = &n }) }
+
 // RedisTimeout bounds each call the engine makes into Redis, whatever the
 // client's own timeouts: a Redis that hangs (a stopped process, a stuck
 // failover) then costs a retry after a backoff, never a stalled loop or an
@@ -188,6 +194,9 @@ func newConfig(sagaName string, opts []Opt) (config, error) {
 	}
 	if c.maxPollWait <= 0 {
 		c.maxPollWait = time.Second
+	}
+	if c.history != nil && (*c.history < 0 || *c.history > MaxHistory) {
+		return c, fmt.Errorf("History %d: want 0 (none) up to %d", *c.history, MaxHistory)
 	}
 	if c.retention < 0 {
 		return c, fmt.Errorf("Retention %v is negative: want a duration, or 0 to keep ended sagas forever", c.retention)

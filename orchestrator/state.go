@@ -70,9 +70,9 @@ type State struct {
 	Trace *TraceContext `json:"trace,omitempty"`
 	// History is the saga's events as saga.T.events has them, with the
 	// attempt and reply data of the steps they name: the timeline of one
-	// saga, kept with it and gone with it. It holds at most MaxHistory
-	// entries: the first and the latest; HistoryDropped counts the
-	// others.
+	// saga, kept with it and gone with it. It holds at most the engine's
+	// History entries (DefaultHistory): the first and the latest;
+	// HistoryDropped counts the others.
 	History        []HistoryEntry `json:"history,omitempty"`
 	HistoryDropped int            `json:"history_dropped,omitempty"`
 	// StepTrace is the trace context of the span of the command the saga
@@ -93,8 +93,12 @@ type HistoryEntry struct {
 	Reply   json.RawMessage `json:"reply,omitempty"`
 }
 
-// MaxHistory bounds State.History.
-const MaxHistory = 48
+// DefaultHistory is how many entries State.History keeps by default, and
+// MaxHistory the most it may keep (History).
+const (
+	DefaultHistory = 48
+	MaxHistory     = 1000
+)
 
 // OnVersion returns the version of the definition the saga runs on.
 func (s *State) OnVersion() int { return max(s.DefinitionVersion, 1) }
