@@ -725,6 +725,19 @@ func TestHistory(t *testing.T) {
 			"!" + order.ReasonPaymentDeclined, "+" + inv, "~" + inv, message.EventSagaCompensated}, stands: []string{},
 			want: "step reserve-inventory succeeded (version 4) after the compensation started"},
 
+		// The history a state keeps is the events.
+		{name: "history kept", story: completed, change: func(h *history) { h.state.History = historyOf(h.events) }},
+		{name: "history kept, the oldest dropped", story: completed, change: func(h *history) {
+			all := historyOf(h.events)
+			h.state.History, h.state.HistoryDropped = append(all[:1:1], all[3:]...), 2
+		}},
+		{name: "history misses an event", story: completed, change: func(h *history) { h.redis.History = historyOf(h.events)[:5] },
+			want: "the history the Redis view keeps is not the events: 5 entries for 6 events"},
+		{name: "history differs", story: declined, change: func(h *history) {
+			h.state.History = historyOf(h.events)
+			h.state.History[2].Step = order.StepScheduleShipping
+		}, want: "the history the last state record keeps is not the events: entry 2"},
+
 		// A parked saga's events do not change the story.
 		{name: "parked, resumed, completed", story: []string{"P" + coup + " no reply after 3 attempts", "R" + coup + " resumed: ops", "+" + coup,
 			"+" + inv, "+" + pay, "+" + ship, "+" + done, message.EventSagaCompleted}},
@@ -910,4 +923,13 @@ func TestAddState(t *testing.T) {
 			}
 		})
 	}
+}
+
+// historyOf is the history a state keeps of evs.
+func historyOf(evs []message.Event) []orchestrator.HistoryEntry {
+	out := make([]orchestrator.HistoryEntry, len(evs))
+	for i, ev := range evs {
+		out[i] = orchestrator.HistoryEntry{Type: ev.Type, Step: ev.Step, Reason: ev.Reason, Version: ev.Version, At: ev.At}
+	}
+	return out
 }

@@ -77,6 +77,11 @@ type history struct {
 //  6. Once the saga has ended, a step's effect stands in its ledger exactly
 //     when the step succeeded and was not compensated; after SagaFailed,
 //     the step whose compensation was given up is not checked.
+//  7. The history a state keeps (State.History, the console's timeline) is
+//     the events, in order, each with its type, step, reason and version:
+//     all of them, or the first and the latest when it dropped some
+//     (HistoryDropped counts them). A state written with the history
+//     turned off (--history 0) keeps none and is not checked.
 func (h history) problems() []string {
 	var out []string
 	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
@@ -194,6 +199,9 @@ func (h history) problems() []string {
 		if !slices.Equal(listed, undone) {
 			bad("the events compensate [%s], the %s lists [%s] as undone", strings.Join(undone, " "), v.name, strings.Join(listed, " "))
 		}
+		if d := historyDiff(v.st, h.events); d != "" {
+			bad("the history the %s keeps is not the events: %s", v.name, d)
+		}
 	}
 	if h.effect == nil {
 		return out
@@ -276,6 +284,32 @@ func (a *analysis) history() {
 			a.fail(InvHistory, id, "%s", p)
 		}
 	}
+}
+
+// historyDiff says how st's history differs from the saga's events, "" if
+// it does not (rule 7).
+func historyDiff(st *orchestrator.State, evs []message.Event) string {
+	hist := st.History
+	if len(hist) == 0 && st.HistoryDropped == 0 {
+		return ""
+	}
+	want := evs
+	if st.HistoryDropped > 0 {
+		if len(hist) == 0 || len(evs) != len(hist)+st.HistoryDropped {
+			return fmt.Sprintf("%d entries and %d dropped for %d events", len(hist), st.HistoryDropped, len(evs))
+		}
+		want = append([]message.Event{evs[0]}, evs[len(evs)-len(hist)+1:]...)
+	}
+	if len(hist) != len(want) {
+		return fmt.Sprintf("%d entries for %d events", len(hist), len(want))
+	}
+	for i, e := range hist {
+		ev := want[i]
+		if e.Type != ev.Type || e.Step != ev.Step || e.Reason != ev.Reason || e.Version != ev.Version {
+			return fmt.Sprintf("entry %d is %s %s (version %d), the event %s (version %d)", i, e.Type, e.Step, e.Version, describe(ev), ev.Version)
+		}
+	}
+	return ""
 }
 
 // stateOrNil decodes a state, or returns nil when there is none or it does
