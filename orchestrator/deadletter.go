@@ -28,11 +28,12 @@ func deadLetterReason(err error) string {
 	return ReasonExhausted
 }
 
-// deadLetter dead-letters r. tc, when set, is the trace context its dead
-// letter carries instead of r's own (see deadLetterTrace).
-func (e *Engine) deadLetter(ctx context.Context, b *batch, r *kgo.Record, tc *TraceContext, err error, attempts int, produce func(*kgo.Record)) {
-	now := e.cfg.now()
-	e.deadLetterAt(ctx, b, r, tc, attempt{count: attempts, first: now, last: now, err: err}, produce)
+// deadLetter dead-letters h.r after a single attempt that failed with err.
+// tc, when set, is the trace context its dead letter carries instead of
+// h.r's own (see deadLetterTrace).
+func (h *handling) deadLetter(ctx context.Context, tc *TraceContext, err error) {
+	now := h.e.cfg.now()
+	h.deadLetterAt(ctx, tc, attempt{count: 1, first: now, last: now, err: err})
 }
 
 // maxDeadLetterValue bounds the value copied into a dead-letter record. A
@@ -50,7 +51,9 @@ const maxDeadLetterHeader = 16 << 10
 // holds the original value's length in bytes.
 const HeaderValueTruncated = "ksaga-dlt-value-truncated"
 
-func (e *Engine) deadLetterAt(ctx context.Context, b *batch, r *kgo.Record, tc *TraceContext, a attempt, produce func(*kgo.Record)) {
+// deadLetterAt dead-letters h.r after the attempts a, as deadLetter does.
+func (h *handling) deadLetterAt(ctx context.Context, tc *TraceContext, a attempt) {
+	e, r := h.e, h.r
 	reason := deadLetterReason(a.err)
 	rec := dlq.New(r, e.dlt, dlq.Failure{
 		Group: e.cfg.group, Err: a.err, Reason: reason, Attempts: a.count, First: a.first, Last: a.last,
@@ -69,9 +72,9 @@ func (e *Engine) deadLetterAt(ctx context.Context, b *batch, r *kgo.Record, tc *
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderValueTruncated, Value: []byte(strconv.Itoa(len(rec.Value)))})
 		rec.Value = rec.Value[:max(room, 0)]
 	}
-	produce(rec)
-	b.DeadLettered = append(b.DeadLettered, reason)
-	b.dead = append(b.dead, deadLetter{r.Partition, r.Offset})
+	h.produce(rec)
+	h.b.DeadLettered = append(h.b.DeadLettered, reason)
+	h.b.dead = append(h.b.dead, deadLetter{r.Partition, r.Offset})
 	e.log.WarnContext(ctx, "dead-lettered", "reason", reason, "err", a.err, "partition", r.Partition, "offset", r.Offset, "key", string(r.Key), "attempts", a.count)
 }
 

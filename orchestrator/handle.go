@@ -19,6 +19,17 @@ import (
 // maxParallelSagas bounds the sagas of a batch handled at once.
 const maxParallelSagas = 16
 
+// handling is one inbox record on its way through the engine: the record,
+// the batch it is handled in, its decoded input (nil until it is decoded)
+// and where the records it writes go. It lives for one record.
+type handling struct {
+	e       *Engine
+	b       *batch
+	r       *kgo.Record
+	in      *input
+	produce func(*kgo.Record)
+}
+
 // group is the records of one saga in a batch.
 type group struct {
 	recs []*kgo.Record
@@ -38,7 +49,8 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 	var groups []*group
 	byID := make(map[string]*group)
 	for _, r := range recs {
-		if e.forward(ctx, b, r, produce) {
+		h := handling{e: e, b: b, r: r, produce: produce}
+		if h.forward(ctx) {
 			continue
 		}
 		id := string(r.Key)
@@ -74,7 +86,8 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 				if gctx.Err() != nil {
 					return
 				}
-				if err := e.handle(gctx, g.sub, r, func(r *kgo.Record) { g.out = append(g.out, r) }); err != nil {
+				h := handling{e: e, b: g.sub, r: r, produce: func(r *kgo.Record) { g.out = append(g.out, r) }}
+				if err := h.handle(gctx); err != nil {
 					// Only the first failure counts against its
 					// record: the others may be this cancellation.
 					failOnce.Do(func() { failed, failErr = r, err; cancel() })
@@ -122,7 +135,7 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 	return nil, nil
 }
 
-// forward moves r to its saga's home partition when it arrived on another
+// forward moves h.r to its saga's home partition when it arrived on another
 // one, and reports whether it did. Producers are not trusted to hash keys
 // as the engine does (librdkafka hashes with CRC32, kafka-go with FNV-1a or
 // not at all): a saga's messages are handled on one partition only, by one
@@ -131,7 +144,8 @@ func (e *Engine) handleAll(ctx context.Context, b *batch, recs []*kgo.Record, pr
 // it is moved: see message.HeaderOriginalTimestamp), and is produced in this transaction, with the offset of the original:
 // it is moved exactly once. A record that cannot be routed (no key, a key
 // that is not UTF-8) is left where it is; handle dead-letters it.
-func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) bool {
+func (h *handling) forward(ctx context.Context) bool {
+	e, r := h.e, h.r
 	home, off := e.misplaced(r)
 	if !off {
 		return false
@@ -143,11 +157,11 @@ func (e *Engine) forward(ctx context.Context, b *batch, r *kgo.Record, produce f
 		kgo.RecordHeader{Key: message.HeaderOriginalTimestamp, Value: []byte(strconv.FormatInt(r.Timestamp.UnixMilli(), 10))})
 	fwd := &kgo.Record{Topic: e.inbox, Partition: home, Key: r.Key, Value: r.Value, Headers: hs}
 	if ok, n, limit := e.fits(ctx, fwd); !ok {
-		e.deadLetter(ctx, b, r, nil, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit), 1, produce)
+		h.deadLetter(ctx, nil, inputErr(ReasonTooLarge, "record is off its home partition %d and, at %d bytes, cannot be moved there (the topic's limit is %d)", home, n, limit))
 		return true
 	}
-	produce(fwd)
-	b.Forwarded++
+	h.produce(fwd)
+	h.b.Forwarded++
 	e.log.Debug("moved to the home partition", "saga_id", string(r.Key), "partition", r.Partition, "offset", r.Offset, "home", home)
 	return true
 }
@@ -193,10 +207,11 @@ func (e *Engine) entryOf(st *State, p int32) *entry {
 	return &entry{state: run, data: data, partition: p, m: m}
 }
 
-// handle applies one inbox record. It returns an error only for a failure
-// that aborts the transaction; everything else (dead-letters, drops) is
-// part of the batch.
-func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce func(*kgo.Record)) error {
+// handle applies h.r. It returns an error only for a failure that aborts
+// the transaction; everything else (dead-letters, drops) is part of the
+// batch.
+func (h *handling) handle(ctx context.Context) error {
+	e, b, r := h.e, h.b, h.r
 	part := e.parts[r.Partition]
 	// The key is the saga id; decode rejects a record whose key is not.
 	ent := e.lookup(b, string(r.Key), r.Partition)
@@ -208,19 +223,20 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 	ctx, tc := e.traceRecord(ctx, r, st)
 	in, err := e.decode(r)
 	if err != nil {
-		e.deadLetter(ctx, b, r, deadLetterTrace(r, st, tc), err, 1, produce)
+		h.deadLetter(ctx, deadLetterTrace(r, st, tc), err)
 		return nil
 	}
 	in.trace = tc
+	h.in = in
 	if ent != nil && ent.bad != nil {
-		e.deadLetter(ctx, b, r, deadLetterTrace(r, st, tc), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: ent.bad}), 1, produce)
+		h.deadLetter(ctx, deadLetterTrace(r, st, tc), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: ent.bad}))
 		return nil
 	}
 
 	// A record whose attempts ran out is dead-lettered and its saga
 	// compensated, in this transaction.
 	if a, ok := part.attempts[r.Offset]; ok && a.err != nil {
-		return e.exhausted(ctx, b, r, in, ent, a, produce)
+		return h.exhausted(ctx, ent, a)
 	}
 
 	m := e.m // a start: the newest version
@@ -241,10 +257,10 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 			// Bad input (a reply for a step the saga does not wait on, a
 			// conflicting start, an unknown type) is dead-lettered; the
 			// saga it names goes on as it was.
-			e.deadLetterAt(ctx, b, r, deadLetterTrace(r, st, tc), a, produce)
+			h.deadLetterAt(ctx, deadLetterTrace(r, st, tc), a)
 			return nil
 		}
-		return e.exhausted(ctx, b, r, in, ent, a, produce)
+		return h.exhausted(ctx, ent, a)
 	}
 	if _, ok := part.attempts[r.Offset]; ok {
 		b.cleared = append(b.cleared, deadLetter{r.Partition, r.Offset})
@@ -254,7 +270,7 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 		e.log.DebugContext(ctx, "dropped", "reason", out.drop, "saga_id", in.sagaID, "message_id", in.msgID, "partition", r.Partition, "offset", r.Offset)
 		return nil
 	}
-	if !e.applied(ctx, b, r, in, st, m, out, produce) {
+	if !h.applied(ctx, st, m, out) {
 		return nil
 	}
 	if out.undoFailed != "" {
@@ -263,18 +279,20 @@ func (e *Engine) handle(ctx context.Context, b *batch, r *kgo.Record, produce fu
 			"failures", out.state.UndoSends, "err", out.state.LastError)
 	}
 	if out.giveUp != "" {
-		e.deadLetter(ctx, b, r, out.state.Trace, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)}, 1, produce)
+		h.deadLetter(ctx, out.state.Trace, &InputError{Reason: out.giveUp, Err: errors.New(out.state.Reason)})
 	}
 	return nil
 }
 
-// exhausted dead-letters r and, when its saga is running, compensates it.
-func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *input, ent *entry, a attempt, produce func(*kgo.Record)) error {
+// exhausted dead-letters h.r after the attempts a and, when its saga (ent;
+// nil: none) is running, compensates it.
+func (h *handling) exhausted(ctx context.Context, ent *entry, a attempt) error {
+	e, in := h.e, h.in
 	var st *State
 	if ent != nil {
 		st = ent.state
 	}
-	e.deadLetterAt(ctx, b, r, deadLetterTrace(r, st, in.trace), a, produce)
+	h.deadLetterAt(ctx, deadLetterTrace(h.r, st, in.trace), a)
 	failed := a.step
 	var se *StepError
 	if errors.As(a.err, &se) {
@@ -304,7 +322,7 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 	if out == nil {
 		return nil // a start with nothing to undo: only dead-lettered
 	}
-	e.applied(ctx, b, r, in, st, m, out, produce)
+	h.applied(ctx, st, m, out)
 	return nil
 }
 
@@ -312,8 +330,10 @@ func (e *Engine) exhausted(ctx context.Context, b *batch, r *kgo.Record, in *inp
 // events. An outcome whose records would not fit their topics (saga code
 // that built a command larger than the broker takes) is not applied: r is
 // dead-lettered instead, and applied reports false.
-// prev is the saga's state before r (nil: r started it).
-func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input, prev *State, m *machine, out *outcome, produce func(*kgo.Record)) bool {
+// prev is the saga's state before h.r (nil: h.r started it); m is the
+// machine that produced out.
+func (h *handling) applied(ctx context.Context, prev *State, m *machine, out *outcome) bool {
+	e, b, r, in := h.e, h.b, h.r, h.in
 	id := out.state.ID
 	m.stamp(out.state)
 	if out.state.Trace == nil {
@@ -328,7 +348,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	}
 	raw, err := out.state.appendJSON(make([]byte, 0, len(out.state.Data)+768))
 	if err != nil {
-		e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}), 1, produce)
+		h.deadLetter(ctx, deadLetterTrace(r, prev, in.trace), retry.Permanent(&InputError{Reason: ReasonInvalid, Err: fmt.Errorf("encode state of saga %s: %w", id, err)}))
 		return false
 	}
 	recs := make([]*kgo.Record, 0, len(out.commands)+len(out.events)+1)
@@ -341,7 +361,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	state := e.stateRecord(out.state, r.Partition, raw)
 	for _, rec := range append(recs, state) {
 		if ok, n, limit := e.fits(ctx, rec); !ok {
-			e.deadLetter(ctx, b, r, deadLetterTrace(r, prev, in.trace), inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit), 1, produce)
+			h.deadLetter(ctx, deadLetterTrace(r, prev, in.trace), inputErr(ReasonTooLarge, "handling it would write a record of %d bytes to %s, whose limit (max.message.bytes) is %d", n, rec.Topic, limit))
 			return false
 		}
 	}
@@ -351,7 +371,7 @@ func (e *Engine) applied(ctx context.Context, b *batch, r *kgo.Record, in *input
 	}
 	b.overlay[id] = &entry{state: out.state, data: out.data, partition: r.Partition, raw: raw, rec: state, m: m}
 	for _, rec := range recs {
-		produce(rec)
+		h.produce(rec)
 	}
 	for _, ev := range out.events {
 		b.Events = append(b.Events, ev)
