@@ -1,6 +1,7 @@
 package deploycheck
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
@@ -332,6 +333,51 @@ func checkWorkload(t *testing.T, objs []object, o object) map[string]string {
 			t.Errorf("the certificate is the Secret %s, want ksaga-api-tls", v.Secret.SecretName)
 		case v.Secret.Optional != nil && *v.Secret.Optional:
 			t.Error("the Secret ksaga-api-tls is optional: a pod without it would fail at start instead of waiting for it")
+		}
+	})
+
+	t.Run("console over TLS", func(t *testing.T) {
+		addr := env["KSAGA_CONSOLE_ADDR"]
+		if addr == "" {
+			return // off
+		}
+		// The console takes the API's certificate and tokens when it has
+		// none of its own.
+		cert := cmp.Or(env["KSAGA_CONSOLE_TLS_CERT"], env["KSAGA_API_TLS_CERT"])
+		tokens := cmp.Or(env["KSAGA_CONSOLE_TOKEN_FILE"], env["KSAGA_API_TOKEN_FILE"])
+		if cert == "" || tokens == "" {
+			t.Fatalf("the console is served without TLS (%q) or tokens (%q)", cert, tokens)
+		}
+		if port := ports["console"]; port == 0 || addr != ":"+strconv.Itoa(port) {
+			t.Errorf("container port console %d, KSAGA_CONSOLE_ADDR %q: they must agree", port, addr)
+		}
+		admitted := false
+		for _, po := range objs {
+			if po.Kind != "NetworkPolicy" {
+				continue
+			}
+			var np networkPolicy
+			po.decode(t, &np)
+			if !selects(np.Spec.PodSelector.MatchLabels, labels) {
+				continue
+			}
+			for _, r := range np.Spec.Ingress {
+				if !slices.ContainsFunc(r.Ports, func(p netPort) bool { return fmt.Sprint(p.Port) == "console" }) {
+					continue
+				}
+				admitted = true
+				for _, f := range r.From {
+					if f.NamespaceSelector == nil || f.NamespaceSelector.MatchLabels["ksaga.io/console-client"] != "true" {
+						t.Errorf("NetworkPolicy %s admits the console port from %v: want only namespaces labelled ksaga.io/console-client=true", po.Metadata.Name, f.NamespaceSelector)
+					}
+				}
+				if len(r.From) == 0 {
+					t.Errorf("NetworkPolicy %s admits the console port from anywhere", po.Metadata.Name)
+				}
+			}
+		}
+		if !admitted {
+			t.Error("no ingress to the console port")
 		}
 	})
 
