@@ -16,30 +16,9 @@ import (
 	"github.com/ksaga/ksaga/orchestrator"
 )
 
-// historyEntry is one of a saga's events as the engine keeps them in its
-// state (State.History): the event, the attempt of the step it names and
-// the data its reply carried.
-type historyEntry struct {
-	Type    string          `json:"type"`
-	Step    string          `json:"step,omitempty"`
-	Reason  string          `json:"reason,omitempty"`
-	Version int64           `json:"version"`
-	At      time.Time       `json:"at"`
-	Attempt int             `json:"attempt,omitempty"`
-	Reply   json.RawMessage `json:"reply,omitempty"`
-}
-
-// viewState is a saga's state in the Redis view. The fields declared here
-// shadow those of the same name State may have, so the console reads the
-// history whether or not the engine it is built with declares it.
+// viewState is a saga's state in the Redis view.
 type viewState struct {
 	orchestrator.State
-	History []historyEntry `json:"history,omitempty"`
-	// HistoryDropped counts entries dropped from History (it keeps the
-	// first and the latest).
-	HistoryDropped    int    `json:"history_dropped,omitempty"`
-	DefinitionVersion int    `json:"definition_version,omitempty"`
-	StepName          string `json:"step_name,omitempty"`
 }
 
 // readState reads saga id of t from the Redis view: nil, nil when the view
