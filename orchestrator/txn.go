@@ -37,20 +37,19 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	// (RedisTimeout); a rebuild it runs is bounded by the transaction
 	// timeout. Neither eats into the transaction's own time below.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
+	again := false // catchUp wants the batch consumed again
 	err := e.preload(pctx, b, recs)
 	if err == nil && stale {
 		var ok bool
-		if recs, ok, err = e.catchUp(pctx, b, recs); err == nil && !ok {
-			pcancel()
-			e.rearm(due, b.expired)
-			return e.rewind(runCtx) // consumed again by the next step
-		}
+		recs, ok, err = e.catchUp(pctx, b, recs)
+		again = err == nil && !ok
 		b.CaughtUp = len(recs) - b.Records
 		b.Records = len(recs)
 	}
 	pcancel()
 	phase(&b.Phases.Preload)
-	if err != nil {
+	if err != nil || again {
+		// No transaction began: the next step consumes the batch again.
 		e.rearm(due, b.expired)
 		return errors.Join(err, e.rewind(runCtx))
 	}
@@ -116,51 +115,56 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	// the record's failure uncounted and retried forever.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(runCtx), e.cfg.txnTimeout)
 	defer endCancel()
+	var unknown error // the commit's, when its outcome is unknown
 	if failErr != nil {
 		if err := e.abort(runCtx); err != nil {
-			return err
+			return err // left open: the next step aborts it
 		}
-		e.afterCompletion(endCtx, b, false)
-		e.rearm(due, b.expired)
-		if failed != nil {
-			return e.retryLater(endCtx, runCtx, failed, failErr)
+	} else {
+		ok, err := e.sess.End(endCtx, kgo.TryCommit)
+		phase(&b.Phases.Commit)
+		if err == nil && ok {
+			e.open = false
+			e.afterCommit(endCtx, b)
+			committed = true
+			e.down.Store(false)
+			return nil
 		}
-		return failErr
+		if err != nil {
+			// The commit's outcome is unknown: see commitUnknown.
+			if _, aerr := e.sess.End(endCtx, kgo.TryAbort); aerr != nil {
+				return fmt.Errorf("end transaction: %w (the abort after it failed too: %w)", err, aerr)
+			}
+			unknown = err
+		} else {
+			e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
+		}
+		e.open = false
 	}
-	ok, err := e.sess.End(endCtx, kgo.TryCommit)
-	phase(&b.Phases.Commit)
-	if err != nil {
-		return e.commitUnknown(endCtx, b, due, err)
+	// The transaction ended without a commit: the hooks hear so, and the
+	// timers and expired sagas whose records it did not write go back.
+	e.afterCompletion(endCtx, b, false)
+	e.rearm(due, b.expired)
+	switch {
+	case unknown != nil:
+		return e.commitUnknown(unknown)
+	case failed != nil:
+		return e.retryLater(endCtx, runCtx, failed, failErr)
 	}
-	e.open = false
-	if !ok {
-		e.log.Info("transaction aborted (a rebalance, or the broker refused the commit); re-consuming from committed offsets")
-		e.afterCompletion(endCtx, b, false)
-		e.rearm(due, b.expired)
-		return nil
-	}
-	e.afterCommit(endCtx, b)
-	committed = true
-	e.down.Store(false)
-	return nil
+	return failErr
 }
 
 // commitUnknown recovers from a commit that failed with its outcome unknown
 // (the broker went away, the request timed out). kgo keeps the session in
 // the transaction and asks for a TryAbort, which fences whatever is still
 // open broker-side: the transaction is then either committed or aborted
-// for good, and the session re-consumes from the committed offsets. Memory
-// may lack the transaction's states (it committed) or not: every owned
-// partition is rebuilt from the state topic before the next transaction,
-// as a restart would. When the abort fails too, the session cannot go on:
-// Run returns the error and the instance restarts.
-func (e *Engine) commitUnknown(ctx context.Context, b *batch, due []timer, err error) error {
-	if _, aerr := e.sess.End(ctx, kgo.TryAbort); aerr != nil {
-		return fmt.Errorf("end transaction: %w (the abort after it failed too: %w)", err, aerr)
-	}
-	e.open = false
-	e.afterCompletion(ctx, b, false)
-	e.rearm(due, b.expired)
+// for good, and the session re-consumes from the committed offsets.
+// transact runs that abort; when it fails too, the session cannot go on:
+// Run returns the error and the instance restarts. Once it succeeded, memory
+// may lack the transaction's states (it committed) or not: commitUnknown
+// marks every owned partition to be rebuilt from the state topic before the
+// next transaction, as a restart would.
+func (e *Engine) commitUnknown(err error) error {
 	for p := range e.parts {
 		e.stale[p] = true
 	}
