@@ -369,7 +369,8 @@ func (t *Tracer) emitStep(c *orchestrator.Change, txnLink trace.Link) {
 	if rc := t.spanContext(orchestrator.HeaderTrace(c.Record)); rc.IsValid() && rc.SpanID() != sc.SpanID() {
 		links = append(links, trace.Link{SpanContext: rc, Attributes: []attribute.KeyValue{AttrLink.String("answered-by")}})
 	}
-	t.emit(t.spanContext(prev.Trace), sc, st.Name, trace.SpanKindProducer, time.Unix(0, st.Start), next.Updated, attrs, links, code, desc)
+	t.emit(endedSpan{parent: t.spanContext(prev.Trace), sc: sc, name: st.Name, kind: trace.SpanKindProducer,
+		start: time.Unix(0, st.Start), end: next.Updated, attrs: attrs, links: links, code: code, desc: desc})
 }
 
 func (t *Tracer) emitSaga(c *orchestrator.Change, txnLink trace.Link) {
@@ -395,26 +396,43 @@ func (t *Tracer) emitSaga(c *orchestrator.Change, txnLink trace.Link) {
 	if name == "" {
 		name = "saga " + next.Type
 	}
-	t.emit(parent, sc, name, trace.SpanKindInternal, next.Created, next.Updated, attrs, []trace.Link{txnLink}, code, desc)
+	t.emit(endedSpan{parent: parent, sc: sc, name: name, kind: trace.SpanKindInternal,
+		start: next.Created, end: next.Updated, attrs: attrs, links: []trace.Link{txnLink}, code: code, desc: desc})
 }
 
-// emit emits a finished span with the ids of sc, as a child of parent (a
-// root when parent is invalid).
-func (t *Tracer) emit(parent, sc trace.SpanContext, name string, kind trace.SpanKind, start, end time.Time,
-	attrs []attribute.KeyValue, links []trace.Link, code codes.Code, desc string) {
+// endedSpan is a span that ended in a committed change: emit records it
+// after the fact.
+type endedSpan struct {
+	// parent is the span's parent; the span is a root when it is invalid.
+	parent trace.SpanContext
+	// sc holds the span's own trace and span ids.
+	sc         trace.SpanContext
+	name       string
+	kind       trace.SpanKind
+	start, end time.Time
+	attrs      []attribute.KeyValue
+	links      []trace.Link
+	// code and desc are the span's status; codes.Unset leaves it unset.
+	code codes.Code
+	desc string
+}
+
+// emit emits s as a finished span.
+func (t *Tracer) emit(s endedSpan) {
 	ctx := context.Background()
-	opts := []trace.SpanStartOption{trace.WithTimestamp(start), trace.WithSpanKind(kind), trace.WithAttributes(attrs...), trace.WithLinks(links...)}
-	if parent.IsValid() {
-		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	opts := []trace.SpanStartOption{trace.WithTimestamp(s.start), trace.WithSpanKind(s.kind), trace.WithAttributes(s.attrs...), trace.WithLinks(s.links...)}
+	if s.parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, s.parent)
 	} else {
 		opts = append(opts, trace.WithNewRoot())
 	}
-	_, sp := t.tr.Start(withIDs(ctx, sc.TraceID(), sc.SpanID()), name, opts...)
-	if code != codes.Unset {
-		sp.SetStatus(code, desc)
+	_, sp := t.tr.Start(withIDs(ctx, s.sc.TraceID(), s.sc.SpanID()), s.name, opts...)
+	if s.code != codes.Unset {
+		sp.SetStatus(s.code, s.desc)
 	}
-	if end.Before(start) {
-		end = start
+	end := s.end
+	if end.Before(s.start) {
+		end = s.start
 	}
 	sp.End(trace.WithTimestamp(end))
 }
