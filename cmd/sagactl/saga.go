@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -243,10 +244,38 @@ func listSagas(ctx context.Context, rdb redis.UniversalClient, st streams, opt s
 		what += fmt.Sprintf(" unchanged for more than %s", opt.olderThan)
 	}
 	fmt.Fprintf(st.errw, "%d %s of type %s in Redis%s, of %d scanned\n", matched, what, opt.sagaType, limitNote(len(rows), matched), scanned)
+	if line := versionsLine(l.Sagas, now); line != "" {
+		fmt.Fprintln(st.errw, line)
+	}
 	if invalid > 0 {
 		fmt.Fprintf(st.errw, "%d keys matching %s hold no readable state (skipped)\n", invalid, pattern)
 	}
 	return rows, nil
+}
+
+// versionsLine counts the sagas of the view that have not ended by the
+// version of the definition they run on ("not ended, by definition
+// version: v1 12, v2 3400"), so that an operator sees when an old version
+// has drained (docs/CONCEPTS.md, "Evolving a saga"); "" when every saga
+// has ended.
+func versionsLine(sagas []*ops.Saga, now time.Time) string {
+	running := make(map[int]int)
+	for _, sg := range sagas {
+		r := newSagaRow(sg, now)
+		switch r.Status {
+		case message.StatusCompleted, message.StatusCompensated, message.StatusFailed:
+		default:
+			running[r.DefinitionVersion]++
+		}
+	}
+	if len(running) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, v := range slices.Sorted(maps.Keys(running)) {
+		parts = append(parts, fmt.Sprintf("v%d %d", v, running[v]))
+	}
+	return "not ended, by definition version: " + strings.Join(parts, ", ")
 }
 
 // match reports whether r is one saga list shows.

@@ -110,7 +110,7 @@ func TestListSagasStuck(t *testing.T) {
 	states := []orchestrator.State{
 		{ID: "o-stuck", Status: message.StatusRunning, Step: 1, Undoing: -1, Updated: now.Add(-time.Hour)},
 		{ID: "o-undo", Status: message.StatusCompensating, Step: 2, Undoing: 1, Updated: now.Add(-30 * time.Minute), Reason: "PAYMENT_DECLINED"},
-		{ID: "o-fresh", Status: message.StatusRunning, Step: 0, Undoing: -1, Updated: now.Add(-time.Minute)},
+		{ID: "o-fresh", Status: message.StatusRunning, Step: 0, Undoing: -1, Updated: now.Add(-time.Minute), DefinitionVersion: 2},
 		{ID: "o-done", Status: message.StatusCompleted, Step: 3, Undoing: -1, Updated: now.Add(-2 * time.Hour)},
 		{ID: "o-failed", Status: message.StatusFailed, Step: 3, Undoing: -1, Updated: now.Add(-3 * time.Hour)},
 	}
@@ -151,6 +151,7 @@ func TestListSagasStuck(t *testing.T) {
 				t.Errorf("--stuck --older-than 10m: got %v, want [o-stuck o-undo]", got)
 			}
 			if want := "2 stuck sagas (not ended) unchanged for more than 10m0s of type order in Redis, of 5 scanned\n" +
+				"not ended, by definition version: v1 2, v2 1\n" +
 				"1 keys matching ksaga:{order:*}:state:* hold no readable state (skipped)\n"; io.err.String() != want {
 				t.Errorf("stderr: got %q, want %q", io.err.String(), want)
 			}
