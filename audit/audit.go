@@ -34,6 +34,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ksaga/ksaga/internal/inbox"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/topic"
 )
@@ -204,15 +205,7 @@ func NewCompensation(c Compensate) (*Compensation, error) {
 	if c.Resume {
 		typ, prefix, action = message.TypeResume, "resume-", message.AuditResume
 	}
-	req := &kgo.Record{
-		Topic: message.Inbox(c.SagaType), Partition: home, Key: []byte(c.SagaID),
-		Headers: []kgo.RecordHeader{
-			header(message.HeaderSagaID, c.SagaID),
-			header(message.HeaderSagaType, c.SagaType),
-			header(message.HeaderMessageType, typ),
-			header(message.HeaderMessageID, prefix+c.SagaID+"-"+hex.EncodeToString(b[:])),
-		},
-	}
+	req := inbox.Record(c.SagaType, c.SagaID, typ, prefix+c.SagaID+"-"+hex.EncodeToString(b[:]), c.InboxPartitions, nil)
 	if c.Note != "" {
 		req.Headers = append(req.Headers, header(message.HeaderReason, c.Note))
 	}

@@ -36,8 +36,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/internal/inbox"
 	"github.com/ksaga/ksaga/internal/outcome"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
@@ -104,7 +104,7 @@ func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, dat
 	if _, err := def.Decode(value); err != nil {
 		return fmt.Errorf("start %s saga %s: %w", def.Name(), id, err)
 	}
-	return c.produce(ctx, def.Name(), id, message.TypeStartSaga, "start-"+id, value, "")
+	return c.start(ctx, def.Name(), id, value)
 }
 
 // StartRaw is Start with a value that is sent as it is, unchecked and not
@@ -112,7 +112,7 @@ func (c *Client) Start(ctx context.Context, def *saga.Definition, id string, dat
 // relays of start requests that were checked and canonicalized elsewhere
 // (message.Canonical). An invalid value is dead-lettered by the engine.
 func (c *Client) StartRaw(ctx context.Context, sagaType, id string, value []byte) error {
-	return c.produce(ctx, sagaType, id, message.TypeStartSaga, "start-"+id, value, "")
+	return c.start(ctx, sagaType, id, value)
 }
 
 // Compensate asks the engine to stop saga id of def's saga type and undo its
@@ -148,7 +148,7 @@ func (c *Client) ResumeRecord(ctx context.Context, def *saga.Definition, id, rea
 	if err != nil {
 		return nil, err
 	}
-	return c.record(ctx, def.Name(), id, message.TypeResume, "resume-"+id+"-"+msgID, nil, reason)
+	return c.record(ctx, def.Name(), id, message.TypeResume, "resume-"+id+"-"+msgID, reason)
 }
 
 // CompensateRecord returns the record Compensate produces, without
@@ -161,40 +161,41 @@ func (c *Client) CompensateRecord(ctx context.Context, def *saga.Definition, id,
 	if err != nil {
 		return nil, err
 	}
-	return c.record(ctx, def.Name(), id, message.TypeCompensate, "compensate-"+id+"-"+msgID, nil, reason)
+	return c.record(ctx, def.Name(), id, message.TypeCompensate, "compensate-"+id+"-"+msgID, reason)
 }
 
-func (c *Client) produce(ctx context.Context, sagaType, id, typ, msgID string, value []byte, reason string) error {
-	r, err := c.record(ctx, sagaType, id, typ, msgID, value, reason)
+func (c *Client) start(ctx context.Context, sagaType, id string, value []byte) error {
+	n, err := c.home(ctx, sagaType, id, message.TypeStartSaga)
 	if err != nil {
 		return err
 	}
-	return c.send(ctx, r)
+	return c.send(ctx, inbox.Start(sagaType, id, n, value))
 }
 
 // record builds a message for saga id's home partition of the inbox.
-func (c *Client) record(ctx context.Context, sagaType, id, typ, msgID string, value []byte, reason string) (*kgo.Record, error) {
+func (c *Client) record(ctx context.Context, sagaType, id, typ, msgID string, reason string) (*kgo.Record, error) {
+	n, err := c.home(ctx, sagaType, id, typ)
+	if err != nil {
+		return nil, err
+	}
+	r := inbox.Record(sagaType, id, typ, msgID, n, nil)
+	if reason != "" {
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: message.HeaderReason, Value: []byte(reason)})
+	}
+	return r, nil
+}
+
+// home checks saga id and returns the partition count of sagaType's inbox,
+// for a message of type typ.
+func (c *Client) home(ctx context.Context, sagaType, id, typ string) (int32, error) {
 	if id == "" || !utf8.ValidString(id) {
-		return nil, fmt.Errorf("%s %s saga %q: the id must be non-empty UTF-8", typ, sagaType, id)
+		return 0, fmt.Errorf("%s %s saga %q: the id must be non-empty UTF-8", typ, sagaType, id)
 	}
 	n, err := c.partitions(ctx, sagaType)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
+		return 0, fmt.Errorf("%s %s saga %s: %w", typ, sagaType, id, err)
 	}
-	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	r := &kgo.Record{
-		Topic: message.Inbox(sagaType), Partition: message.HomePartition(id, n), Key: []byte(id), Value: value,
-		Headers: []kgo.RecordHeader{
-			hdr(message.HeaderSagaID, id),
-			hdr(message.HeaderSagaType, sagaType),
-			hdr(message.HeaderMessageType, typ),
-			hdr(message.HeaderMessageID, msgID),
-		},
-	}
-	if reason != "" {
-		r.Headers = append(r.Headers, hdr(message.HeaderReason, reason))
-	}
-	return r, nil
+	return n, nil
 }
 
 func (c *Client) send(ctx context.Context, r *kgo.Record) error {
@@ -223,36 +224,14 @@ func (c *Client) partitions(ctx context.Context, sagaType string) (int32, error)
 	if ok {
 		return n, nil
 	}
-	inbox := message.Inbox(sagaType)
-	// A metadata request of its own: kadm's would answer from kgo's
-	// metadata cache, which may remember the topic as missing.
-	req := kmsg.NewPtrMetadataRequest()
-	rt := kmsg.NewMetadataRequestTopic()
-	rt.Topic = &inbox
-	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, c.cl)
-	if err != nil {
-		return 0, fmt.Errorf("read the partitions of %s: %w", inbox, err)
-	}
-	var td *kmsg.MetadataResponseTopic
-	for i := range resp.Topics {
-		if t := &resp.Topics[i]; t.Topic != nil && *t.Topic == inbox {
-			td = t
-		}
-	}
-	var terr error
-	if td != nil {
-		terr = kerr.ErrorForCode(td.ErrorCode)
-	}
+	topic := message.Inbox(sagaType)
+	n, err := inbox.Partitions(ctx, c.cl, topic)
 	switch {
-	case td == nil || errors.Is(terr, kerr.UnknownTopicOrPartition):
-		return 0, fmt.Errorf("%w: %s (start the daemon that runs the saga type first)", ErrNoInbox, inbox)
-	case terr != nil:
-		return 0, fmt.Errorf("read the partitions of %s: %w", inbox, terr)
-	case len(td.Partitions) == 0:
-		return 0, fmt.Errorf("read the partitions of %s: the broker reports none", inbox)
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, inbox.ErrNoPartitions):
+		return 0, fmt.Errorf("%w: %s (start the daemon that runs the saga type first)", ErrNoInbox, topic)
+	case err != nil:
+		return 0, fmt.Errorf("read the partitions of %s: %w", topic, err)
 	}
-	n = int32(len(td.Partitions))
 	c.mu.Lock()
 	c.parts[sagaType] = n
 	c.mu.Unlock()

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/audit"
+	"github.com/ksaga/ksaga/internal/inbox"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga"
@@ -217,7 +218,10 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiS
 		writeError(w, http.StatusConflict, fmt.Sprintf("saga %s/%s was started with other data (it is %s); a saga id starts one saga", s.def.Name(), id, st.Status))
 		return
 	}
-	rec := a.record(r, s, id, message.TypeStartSaga, "start-"+id, value)
+	// The start request package client and the outbox relay produce too,
+	// with the caller's W3C trace context when the request carries one.
+	rec := inbox.Start(s.def.Name(), id, s.partitions, value)
+	rec.Headers = append(rec.Headers, traceHeaders(r)...)
 	if err := a.produce(r.Context(), rec); err != nil {
 		a.log.Warn("HTTP API: start not stored in Kafka", "saga", s.def.Name(), "id", id, "token", p.name, "err", err)
 		unavailable(w, "Kafka did not store the start request in time; retry with the same body after Retry-After")
@@ -463,23 +467,6 @@ func (a *api) load(ctx context.Context, s apiSaga, id string) (*orchestrator.Sta
 		}
 	}
 	return &st, version, nil
-}
-
-// record builds a start request as package client does, with the caller's
-// W3C trace context when the request carries one.
-func (a *api) record(r *http.Request, s apiSaga, id, typ, msgID string, value []byte) *kgo.Record {
-	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	rec := &kgo.Record{
-		Topic: message.Inbox(s.def.Name()), Partition: message.HomePartition(id, s.partitions), Key: []byte(id), Value: value,
-		Headers: []kgo.RecordHeader{
-			hdr(message.HeaderSagaID, id),
-			hdr(message.HeaderSagaType, s.def.Name()),
-			hdr(message.HeaderMessageType, typ),
-			hdr(message.HeaderMessageID, msgID),
-		},
-	}
-	rec.Headers = append(rec.Headers, traceHeaders(r)...)
-	return rec
 }
 
 // traceHeaders returns the request's W3C trace context as record headers.

@@ -12,8 +12,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ksaga/ksaga/internal/inbox"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/saga"
@@ -163,12 +163,12 @@ func apiSagas(ctx context.Context, cl *kgo.Client, defs []*saga.Definition) (map
 		var parts [2]int32
 		for i, name := range []string{message.Inbox(def.Name()), topic.Audit(def.Name())} {
 			for {
-				n, err := inboxPartitions(ctx, cl, name)
+				n, err := inbox.Partitions(ctx, cl, name)
 				if err == nil {
 					parts[i] = n
 					break
 				}
-				if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+				if !errors.Is(err, kerr.UnknownTopicOrPartition) && !errors.Is(err, inbox.ErrNoPartitions) || ctx.Err() != nil {
 					return nil, fmt.Errorf("HTTP API: read the partitions of %s: %w", name, err)
 				}
 				select {
@@ -192,31 +192,4 @@ func dataType(def *saga.Definition) reflect.Type {
 		return nil
 	}
 	return reflect.TypeOf(data)
-}
-
-// inboxPartitions asks the broker for the partition count of topic, with a
-// metadata request of its own: kadm's ListTopics would answer from the
-// client's metadata cache, which may still remember the topic as missing.
-func inboxPartitions(ctx context.Context, cl *kgo.Client, topic string) (int32, error) {
-	req := kmsg.NewPtrMetadataRequest()
-	rt := kmsg.NewMetadataRequestTopic()
-	rt.Topic = &topic
-	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, cl)
-	if err != nil {
-		return 0, err
-	}
-	for _, t := range resp.Topics {
-		if t.Topic == nil || *t.Topic != topic {
-			continue
-		}
-		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
-			return 0, err
-		}
-		if len(t.Partitions) == 0 {
-			return 0, kerr.UnknownTopicOrPartition
-		}
-		return int32(len(t.Partitions)), nil
-	}
-	return 0, kerr.UnknownTopicOrPartition
 }

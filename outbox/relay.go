@@ -14,9 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ksaga/ksaga/internal/ctxtime"
+	"github.com/ksaga/ksaga/internal/inbox"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 )
@@ -508,21 +508,11 @@ func (r *Relay) reset() {
 // (not JSON, a key twice) is relayed as it is, for the engine to
 // dead-letter: an entry that the relay held back would stay for ever.
 func (r *Relay) record(e entry, n int32) *kgo.Record {
-	hdr := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	value, err := message.Canonical(e.data)
 	if err != nil {
 		value = e.data
 	}
-	return &kgo.Record{
-		Topic: message.Inbox(r.sagaType), Partition: message.HomePartition(e.sagaID, n),
-		Key: []byte(e.sagaID), Value: value,
-		Headers: []kgo.RecordHeader{
-			hdr(message.HeaderSagaID, e.sagaID),
-			hdr(message.HeaderSagaType, r.sagaType),
-			hdr(message.HeaderMessageType, message.TypeStartSaga),
-			hdr(message.HeaderMessageID, "start-"+e.sagaID),
-		},
-	}
+	return inbox.Start(r.sagaType, e.sagaID, n, value)
 }
 
 // partitions returns the inbox's partition count, asked once: it never
@@ -531,30 +521,21 @@ func (r *Relay) partitions(ctx context.Context) (int32, error) {
 	if r.parts > 0 {
 		return r.parts, nil
 	}
-	inbox := message.Inbox(r.sagaType)
-	req := kmsg.NewPtrMetadataRequest()
-	rt := kmsg.NewMetadataRequestTopic()
-	rt.Topic = &inbox
-	req.Topics = append(req.Topics, rt)
+	topic := message.Inbox(r.sagaType)
 	mctx, cancel := context.WithTimeout(ctx, transactionTimeout)
 	defer cancel()
-	resp, err := req.RequestWith(mctx, r.cl)
-	if err != nil {
-		return 0, fmt.Errorf("read the partitions of %s: %w", inbox, err)
+	n, err := inbox.Partitions(mctx, r.cl, topic)
+	var kerrErr *kerr.Error
+	switch {
+	case errors.Is(err, inbox.ErrNoPartitions):
+		return 0, fmt.Errorf("read the partitions of %s: the broker reports none (the daemon of saga type %s creates the topic)", topic, r.sagaType)
+	case errors.As(err, &kerrErr):
+		return 0, classify(fmt.Errorf("read the partitions of %s (the daemon of saga type %s creates it): %w", topic, r.sagaType, err))
+	case err != nil:
+		return 0, fmt.Errorf("read the partitions of %s: %w", topic, err)
 	}
-	for _, t := range resp.Topics {
-		if t.Topic == nil || *t.Topic != inbox {
-			continue
-		}
-		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
-			return 0, classify(fmt.Errorf("read the partitions of %s (the daemon of saga type %s creates it): %w", inbox, r.sagaType, err))
-		}
-		if len(t.Partitions) > 0 {
-			r.parts = int32(len(t.Partitions))
-			return r.parts, nil
-		}
-	}
-	return 0, fmt.Errorf("read the partitions of %s: the broker reports none (the daemon of saga type %s creates the topic)", inbox, r.sagaType)
+	r.parts = n
+	return n, nil
 }
 
 // watch reads the outbox's size and age every statsInterval until ctx is
