@@ -118,7 +118,11 @@ func (e *Engine) transact(runCtx context.Context, recs []*kgo.Record, due []time
 	var unknown error // the commit's, when its outcome is unknown
 	if failErr != nil {
 		if err := e.abort(runCtx); err != nil {
-			return err // left open: the next step aborts it
+			// Left open: the next step aborts it (or the client's
+			// producer has failed for good and Run ends). It never
+			// commits, so its timers and expired sagas go back.
+			e.rearm(due, b.expired)
+			return err
 		}
 	} else {
 		ok, err := e.sess.End(endCtx, kgo.TryCommit)
