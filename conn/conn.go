@@ -56,6 +56,18 @@ import (
 	"strings"
 )
 
+// SplitList splits a comma-separated flag value (addresses, names),
+// trimming spaces and dropping blanks: " a, ,b" is [a b]; "" is nil.
+func SplitList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
 // EnvName returns the environment twin of a flag: KSAGA_KAFKA_TLS_CA for
 // kafka-tls-ca (upper case, dashes to underscores).
 func EnvName(flagName string) string {

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ksaga/ksaga/audit"
+	"github.com/ksaga/ksaga/saga"
 )
 
 // reloadInterval is how often the API checks its token file and TLS files
@@ -252,14 +252,11 @@ func parseScope(s string) (scope, error) {
 	default:
 		return scope{}, errors.New("the action is not start, read, compensate, resume or *")
 	}
-	if typ != "*" && !sagaTypeRE.MatchString(typ) {
+	if typ != "*" && !saga.ValidName(typ) {
 		return scope{}, errors.New("the saga type is not a saga type's name (lower-case letters, digits and -) or *")
 	}
 	return scope{action, typ}, nil
 }
-
-// sagaTypeRE is saga.New's rule for a saga type's name.
-var sagaTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
 // isToken reports whether s is an RFC 6750 b64token:
 // 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".

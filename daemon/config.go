@@ -111,18 +111,12 @@ func (c *Config) IsSet(flag string) bool {
 }
 
 // Flag names flag for an error message as the user gave it: "--flag" or
-// "KSAGA_FLAG" (see EnvName), or "--flag" when it was not given.
+// "KSAGA_FLAG" (see conn.EnvName), or "--flag" when it was not given.
 func (c *Config) Flag(flag string) string {
 	if how, ok := c.given[flag]; ok {
 		return how
 	}
 	return "--" + flag
-}
-
-// EnvName returns the environment twin of a flag: KSAGA_KAFKA_BROKERS for
-// kafka-brokers.
-func EnvName(flagName string) string {
-	return "KSAGA_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 // flagValues holds the daemon's own flags as given, before validation.
@@ -209,7 +203,7 @@ func (o *options) parseConfig(args []string, getenv func(string) string) (*Confi
 		if _, ok := set[f.Name]; ok || envErr != nil {
 			return
 		}
-		env := EnvName(f.Name)
+		env := conn.EnvName(f.Name)
 		val := getenv(env)
 		if val == "" {
 			return
@@ -249,22 +243,11 @@ func (o *options) parseConfig(args []string, getenv func(string) string) (*Confi
 	return c, nil
 }
 
-// splitList splits a comma-separated list, dropping blanks.
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
-}
-
 func (o *options) validate(v *flagValues, set map[string]string) (*Config, error) {
 	c := &Config{
-		KafkaBrokers:           splitList(v.kafkaBrokers),
-		RedisAddrs:             splitList(v.redisAddr),
-		ParticipantsRedisAddrs: splitList(v.participantsRedisAddr),
+		KafkaBrokers:           conn.SplitList(v.kafkaBrokers),
+		RedisAddrs:             conn.SplitList(v.redisAddr),
+		ParticipantsRedisAddrs: conn.SplitList(v.participantsRedisAddr),
 		TransactionalID:        strings.TrimSpace(v.txnID),
 		Group:                  strings.TrimSpace(v.group),
 		Partitions:             v.partitions,
@@ -310,7 +293,7 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 			list []string
 		}{{"kafka-brokers", c.KafkaBrokers}, {"redis-addr", c.RedisAddrs}} {
 			if len(f.list) == 0 {
-				missing = append(missing, "--"+f.flag+" (or "+EnvName(f.flag)+")")
+				missing = append(missing, "--"+f.flag+" (or "+conn.EnvName(f.flag)+")")
 			}
 		}
 		if len(missing) > 0 {
@@ -474,7 +457,7 @@ func (o *options) dataDirName() string {
 // The result is in the order of all.
 func parseParticipants(s string, all []string) ([]string, error) {
 	want := "want " + strings.Join(append(slices.Clone(all), "all or none"), ", ")
-	names := splitList(s)
+	names := conn.SplitList(s)
 	var out []string
 	for _, n := range names {
 		switch n = strings.ToLower(n); {
@@ -535,7 +518,7 @@ Flags:
 		if arg != "" {
 			line += " " + arg
 		}
-		fmt.Fprintf(w, "%-38s [$%s]\n", line, EnvName(f.Name))
+		fmt.Fprintf(w, "%-38s [$%s]\n", line, conn.EnvName(f.Name))
 		def := ""
 		switch {
 		case strings.Contains(help, "(default"):

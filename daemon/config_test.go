@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/participant"
 )
@@ -386,8 +387,8 @@ func TestUsageListsEveryVariable(t *testing.T) {
 	o.usage(&b)
 	var v flagValues
 	o.newFlagSet(&v).VisitAll(func(f *flag.Flag) {
-		if !strings.Contains(b.String(), "--"+f.Name) || !strings.Contains(b.String(), "$"+EnvName(f.Name)) {
-			t.Errorf("usage does not list --%s [$%s]", f.Name, EnvName(f.Name))
+		if !strings.Contains(b.String(), "--"+f.Name) || !strings.Contains(b.String(), "$"+conn.EnvName(f.Name)) {
+			t.Errorf("usage does not list --%s [$%s]", f.Name, conn.EnvName(f.Name))
 		}
 	})
 }

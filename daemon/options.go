@@ -131,7 +131,7 @@ func BuildParticipant(name string, build HandlerBuilder, opts ...participant.Opt
 }
 
 // Flags adds flags of the program's own to the daemon's. Each gets a
-// KSAGA_* environment twin (EnvName) and a line in -help. Check their
+// KSAGA_* environment twin (conn.EnvName) and a line in -help. Check their
 // values with Validate.
 func Flags(add func(fs *flag.FlagSet)) Opt {
 	return optFunc(func(o *options) { o.flags = append(o.flags, add) })

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/outbox"
 	"github.com/ksaga/ksaga/saga"
@@ -49,7 +50,7 @@ func (v *outboxFlags) register(fs *flag.FlagSet) {
 // config validates the --outbox-* flags; name names a flag as it was given.
 func (v *outboxFlags) config(name func(string) string, set map[string]string, embedded bool) (OutboxConfig, error) {
 	var c OutboxConfig
-	for _, k := range splitList(v.relay) {
+	for _, k := range conn.SplitList(v.relay) {
 		switch k = strings.ToLower(k); k {
 		case "redis", "postgres":
 			if !slices.Contains(c.Relay, k) {
@@ -60,7 +61,7 @@ func (v *outboxFlags) config(name func(string) string, set map[string]string, em
 			return c, fmt.Errorf("%s: unknown outbox %q (want redis, postgres or redis,postgres)", name("outbox-relay"), k)
 		}
 	}
-	c.RedisAddrs = splitList(v.redisAddr)
+	c.RedisAddrs = conn.SplitList(v.redisAddr)
 	c.PostgresDSN = strings.TrimSpace(v.postgresDSN)
 	if _, ok := set["outbox-redis-addr"]; ok {
 		switch {

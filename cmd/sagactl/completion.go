@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/ops"
 	"github.com/ksaga/ksaga/orchestrator"
@@ -79,7 +80,7 @@ func (c *cli) completeSagaTypes(cmd *cobra.Command, _ []string, toComplete strin
 	if _, err := applyEnv(cmd, c.getenv); err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
-	brokers := splitList(c.g.kafkaBrokers)
+	brokers := conn.SplitList(c.g.kafkaBrokers)
 	sec, err := c.g.kafka.Opts()
 	if len(brokers) == 0 || err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"math"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	kaudit "github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/saga"
 )
 
 // Commands, as the user types them.
@@ -122,10 +122,6 @@ func applyEnv(cmd *cobra.Command, getenv func(string) string) (given map[string]
 	return given, nil
 }
 
-// sagaTypeRE is what a saga type may look like: it becomes part of topic
-// names (saga.<type>.inbox-dlt) and Redis keys.
-var sagaTypeRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-
 // validate checks the flags c and positional arguments posArgs of command
 // name, given the global flags g (set: those given on the command line;
 // the others may come from the environment, read with getenv), and returns
@@ -147,8 +143,8 @@ func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs [
 	if sagaType == "" {
 		return inv, usageErr("--saga is required: the saga type, e.g. --saga order")
 	}
-	if !sagaTypeRE.MatchString(sagaType) {
-		return inv, usageErr("--saga %q: a saga type is letters, digits, '_' and '-' only", sagaType)
+	if !saga.ValidName(sagaType) {
+		return inv, usageErr("--saga %q is not a saga type's name: lower-case letters, digits and '-'", sagaType)
 	}
 	if g.timeout <= 0 {
 		return inv, usageErr("--timeout must be positive, got %s", g.timeout)
@@ -165,8 +161,8 @@ func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs [
 	if c.maxRedrives < 0 {
 		return inv, usageErr("--max-redrives must be 0 (no limit) or more, got %d", c.maxRedrives)
 	}
-	inv.brokers = splitList(g.kafkaBrokers)
-	inv.redisAddrs = splitList(g.redisAddr)
+	inv.brokers = conn.SplitList(g.kafkaBrokers)
+	inv.redisAddrs = conn.SplitList(g.redisAddr)
 
 	// Positional arguments.
 	var id string
@@ -300,9 +296,6 @@ func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs [
 		}
 	}
 	if acts || changes {
-		if acts && !sagaNameRE.MatchString(sagaType) {
-			return inv, usageErr("--saga %q is not a saga type's name: lower-case letters, digits and '-'", sagaType)
-		}
 		if strings.TrimSpace(c.note) == "" {
 			return inv, usageErr("--note is required: say why, for the audit record on saga.%s.audit (e.g. --note \"orders db back, INC-123\")", sagaType)
 		}
@@ -409,17 +402,6 @@ type cmdFlags struct {
 	olderThan   time.Duration
 	status      string
 	action      string
-}
-
-// splitList splits a comma-separated list, dropping blanks.
-func splitList(s string) []string {
-	var out []string
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // defaultMaxRedrives is how many times dlq redrive sends a record that

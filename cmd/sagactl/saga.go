@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -303,10 +302,6 @@ type compensateOptions struct {
 	// resume sends a Resume to a parked saga instead of a Compensate.
 	resume bool
 }
-
-// sagaNameRE is saga.New's rule for a saga type's name: sagactl writes the
-// saga type into the Compensate message and its audit record.
-var sagaNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
 // compensateSaga asks saga opt.id to compensate (ops.Compensate), or,
 // with opt.resume, a parked saga to resume (ops.Resume): the message and

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ksaga/ksaga/daemon"
+	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/saga/order"
 )
 
@@ -86,8 +86,8 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("-help: exit %d, want 0", code)
 	}
 	for _, f := range []string{"kafka-brokers", "orders-redis-addr", "payment-limit-cents", "demo-orders", "chaos-faults", "require-config", "participants"} {
-		if !strings.Contains(out.String(), "--"+f) || !strings.Contains(out.String(), "$"+daemon.EnvName(f)) {
-			t.Errorf("-help does not list --%s [$%s]:\n%s", f, daemon.EnvName(f), out.String())
+		if !strings.Contains(out.String(), "--"+f) || !strings.Contains(out.String(), "$"+conn.EnvName(f)) {
+			t.Errorf("-help does not list --%s [$%s]:\n%s", f, conn.EnvName(f), out.String())
 		}
 	}
 	if !strings.HasPrefix(out.String(), "sagad runs the ksaga order saga") {
