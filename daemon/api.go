@@ -23,6 +23,7 @@ import (
 
 	"github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/internal/inbox"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/orchestrator"
 	"github.com/ksaga/ksaga/saga"
@@ -194,7 +195,7 @@ func (a *api) start(w http.ResponseWriter, r *http.Request, p *principal, s apiS
 	// names its saga id names this one: what passes here passes there.
 	data, err := s.def.Decode(value)
 	if err == nil {
-		err = s.def.CheckID(data, id)
+		err = sagadef.Of(s.def).CheckID(data, id)
 	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())

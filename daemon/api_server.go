@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/internal/inbox"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/saga"
@@ -187,7 +188,7 @@ func apiSagas(ctx context.Context, cl *kgo.Client, defs []*saga.Definition) (map
 // encoding/json's own do. nil when it cannot be told (a T that refuses
 // null): the field-name check is then skipped.
 func dataType(def *saga.Definition) reflect.Type {
-	data, err := def.DecodeStored([]byte("null"))
+	data, err := sagadef.Of(def).DecodeStored([]byte("null"))
 	if err != nil || data == nil {
 		return nil
 	}

@@ -41,6 +41,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ksaga/ksaga/internal/ctxtime"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
 )
@@ -49,7 +50,7 @@ import (
 // cancelling Run's context, then Close.
 type Engine struct {
 	cfg    config
-	def    *saga.Definition
+	def    *sagadef.Definition
 	m      *machine // the newest version's: new sagas start on it
 	vs     *versions
 	store  *store
@@ -184,7 +185,11 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
-	vs, err := newVersions(def, cfg.hosted, cfg.startOn, func(d *saga.Definition) *machine {
+	hosted := make([]*sagadef.Definition, len(cfg.hosted))
+	for i, h := range cfg.hosted {
+		hosted[i] = sagadef.Of(h)
+	}
+	vs, err := newVersions(sagadef.Of(def), hosted, cfg.startOn, func(d *sagadef.Definition) *machine {
 		m := newMachine(d, cfg.comp, cfg.now)
 		if cfg.history != nil {
 			m.history = *cfg.history
@@ -195,7 +200,7 @@ func New(def *saga.Definition, opts ...Opt) (*Engine, error) {
 		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
 	e := &Engine{
-		cfg: cfg, def: def, log: cfg.logger.With("saga", def.Name()),
+		cfg: cfg, def: sagadef.Of(def), log: cfg.logger.With("saga", def.Name()),
 		m: vs.newest, vs: vs,
 		store: &store{rdb: cfg.rdb, typ: def.Name(), group: cfg.group, timeout: cfg.redisTimeout},
 		inbox: message.Inbox(def.Name()), stateTopic: message.State(def.Name()),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ksaga/ksaga/compensation"
 	"github.com/ksaga/ksaga/dlq"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga"
@@ -117,7 +118,7 @@ func truncate(s string, n int) string {
 
 // machine applies inbox messages to saga state. It holds no state of its own.
 type machine struct {
-	def     *saga.Definition
+	def     *sagadef.Definition
 	version int // def.Version()
 	steps   []saga.StepInfo
 	// history bounds State.History (History).
@@ -130,7 +131,7 @@ type machine struct {
 	trace func(ctx context.Context, step string, undo bool) (context.Context, func(error))
 }
 
-func newMachine(def *saga.Definition, comp compensation.Policy, now func() time.Time) *machine {
+func newMachine(def *sagadef.Definition, comp compensation.Policy, now func() time.Time) *machine {
 	m := &machine{def: def, version: def.Version(), steps: def.Steps(), comp: comp, now: now, history: DefaultHistory}
 	for _, s := range m.steps {
 		m.undo = append(m.undo, compensation.Step{Undoable: s.Undoable})

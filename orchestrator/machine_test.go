@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ksaga/ksaga/compensation"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/retry"
 	"github.com/ksaga/ksaga/saga/order"
@@ -27,7 +28,7 @@ func (c *clock) now() time.Time { return c.t }
 func newTestMachine(completeErr error) (*machine, *clock) {
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	def := order.NewV2(storeFunc(func(context.Context, *order.Order) error { return completeErr }))
-	return newMachine(def, compensation.Policy{MaxAttempts: 2}, c.now), c
+	return newMachine(sagadef.Of(def), compensation.Policy{MaxAttempts: 2}, c.now), c
 }
 
 var startValue, _ = json.Marshal(order.Order{
@@ -265,7 +266,7 @@ func mustDecode(t *testing.T, r *run) any {
 func TestMachineStepCompensationPolicy(t *testing.T) {
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	def := order.NewV3(storeFunc(func(context.Context, *order.Order) error { return nil }))
-	r := &run{t: t, m: newMachine(def, compensation.Policy{MaxAttempts: 2}, c.now)}
+	r := &run{t: t, m: newMachine(sagadef.Of(def), compensation.Policy{MaxAttempts: 2}, c.now)}
 	r.must(&input{typ: message.TypeStartSaga, sagaID: "o-1", msgID: "m-1", value: startValue})
 	timeout := func() *outcome {
 		return r.must(&input{typ: message.TypeTimeout, sagaID: "o-1", inReplyTo: r.st.Waiting, attempt: r.st.Attempt})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ksaga/ksaga/compensation"
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/message"
 	"github.com/ksaga/ksaga/saga"
 )
@@ -37,7 +38,7 @@ func newSkipMachine() *machine {
 		saga.Step[voucher]{Name: "ship", Do: cmd("Ship")},
 	)
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	return newMachine(def, compensation.Policy{MaxAttempts: 2}, c.now)
+	return newMachine(sagadef.Of(def), compensation.Policy{MaxAttempts: 2}, c.now)
 }
 
 // TestMachineSkip: a skipped step sends nothing, writes no event, is not

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/saga"
 )
 
@@ -50,7 +51,7 @@ type versions struct {
 	old      map[int]*machine
 }
 
-func newVersions(def *saga.Definition, hosted []*saga.Definition, startOn int, mk func(*saga.Definition) *machine) (*versions, error) {
+func newVersions(def *sagadef.Definition, hosted []*sagadef.Definition, startOn int, mk func(*sagadef.Definition) *machine) (*versions, error) {
 	vs := &versions{newest: mk(def), byV: make(map[int]*machine), adopters: make(map[int]*machine), old: make(map[int]*machine)}
 	vs.byV[def.Version()] = vs.newest
 	for _, d := range hosted {

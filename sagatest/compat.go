@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/saga"
 )
 
@@ -25,18 +26,19 @@ func Compatible(t testing.TB, old, next *saga.Definition, samples ...any) {
 	if err := saga.Compatible(old, next); err != nil {
 		t.Fatal(err)
 	}
+	o, n := sagadef.Of(old), sagadef.Of(next)
 	for i, sample := range samples {
 		stored, err := json.Marshal(sample)
 		if err != nil {
 			t.Fatalf("sample %d: encode: %v", i, err)
 		}
-		if _, err := old.DecodeStored(stored); err != nil {
+		if _, err := o.DecodeStored(stored); err != nil {
 			t.Fatalf("sample %d is not data of %s v%d: %v", i, old.Name(), old.Version(), err)
 		}
-		if _, ok := next.Adopted()[old.Version()]; ok {
-			_, err = next.MigrateStored(old.Version(), stored)
+		if _, ok := n.Adopted()[old.Version()]; ok {
+			_, err = n.MigrateStored(old.Version(), stored)
 		} else {
-			_, err = next.DecodeStored(stored)
+			_, err = n.DecodeStored(stored)
 		}
 		if err != nil {
 			t.Fatalf("sample %d of %s v%d does not become data of v%d: %v", i, old.Name(), old.Version(), next.Version(), err)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ksaga/ksaga/internal/sagadef"
 	"github.com/ksaga/ksaga/saga"
 	"github.com/ksaga/ksaga/saga/order"
 )
@@ -40,10 +41,10 @@ func TestCompleteOrderIsUndone(t *testing.T) {
 		t.Fatalf("Decode: %v", err)
 	}
 	ctx := context.Background()
-	if err := def.RunLocal(ctx, last, data, saga.Key{SagaID: "o-1", Step: order.StepCompleteOrder, Fence: 4}); err != nil {
+	if err := sagadef.Of(def).RunLocal(ctx, last, data, saga.Key{SagaID: "o-1", Step: order.StepCompleteOrder, Fence: 4}); err != nil {
 		t.Fatalf("RunLocal: %v", err)
 	}
-	if err := def.RunUndoLocal(ctx, last, data, saga.Key{SagaID: "o-1", Step: order.StepCompleteOrder, Fence: 7}); err != nil {
+	if err := sagadef.Of(def).RunUndoLocal(ctx, last, data, saga.Key{SagaID: "o-1", Step: order.StepCompleteOrder, Fence: 7}); err != nil {
 		t.Fatalf("RunUndoLocal: %v", err)
 	}
 	want := []string{"complete o-1 o-1/complete-order/4", "cancel o-1 o-1/complete-order/7"}
@@ -77,7 +78,7 @@ func TestCouponStep(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Decode(%s): %v", tt.value, err)
 		}
-		if skip, err := def.Skip(ctx, 0, data); skip != tt.skip || err != nil {
+		if skip, err := sagadef.Of(def).Skip(ctx, 0, data); skip != tt.skip || err != nil {
 			t.Errorf("Skip of %s = %v, %v; want %v", tt.value, skip, err, tt.skip)
 		}
 		if tt.skip {
@@ -86,7 +87,7 @@ func TestCouponStep(t *testing.T) {
 		for _, c := range []struct {
 			do   func(context.Context, int, any) (saga.Command, error)
 			want string
-		}{{def.Do, order.ReserveCoupon}, {def.Undo, order.ReleaseCoupon}} {
+		}{{sagadef.Of(def).Do, order.ReserveCoupon}, {sagadef.Of(def).Undo, order.ReleaseCoupon}} {
 			cmd, err := c.do(ctx, 0, data)
 			want := order.CouponCommand{OrderID: "o-3", CustomerID: "c-1", Code: "SPRING-26"}
 			if err != nil || cmd.Participant != order.Coupon || cmd.Type != c.want || cmd.Payload != want {

@@ -1,4 +1,4 @@
-package saga_test
+package sagadef_test
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ksaga/ksaga/saga"
+	saga "github.com/ksaga/ksaga/internal/sagadef"
 )
 
 type acct struct {

@@ -1,4 +1,4 @@
-package saga_test
+package sagadef_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/ksaga/ksaga/retry"
-	"github.com/ksaga/ksaga/saga"
+	saga "github.com/ksaga/ksaga/internal/sagadef"
 )
 
 // TestCallContainsSagaCode: an error, a panic and a call that ignores its
