@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -144,7 +145,7 @@ func (c *Console) serveAction(w http.ResponseWriter, r *http.Request, u *user, r
 		c.fail(w, r, u, http.StatusNotFound, fmt.Sprintf("No saga %s/%s in the Redis view: nothing to %s.", t.name, id, verb))
 		return
 	}
-	v := actionView{Type: t.name, ID: id, Action: verb, State: s, Step: cmpOr(s.StepName, t.stepName(s.Step)),
+	v := actionView{Type: t.name, ID: id, Action: verb, State: s, Step: cmp.Or(s.StepName, t.stepName(s.Step)),
 		Inbox: message.Inbox(t.name), Home: message.HomePartition(id, t.InboxPartitions), Audit: "saga." + t.name + ".audit",
 		By: u.Name, Version: s.Version}
 	for i := s.Step; i >= 0; i-- {

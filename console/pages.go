@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -284,7 +285,7 @@ func (c *Console) sagaPage(w http.ResponseWriter, r *http.Request, u *user) {
 	}
 	v := sagaView{Type: t.name, ID: id, State: s, MayAct: u.may(ActionCompensate, t.name) || u.may(ActionResume, t.name)}
 	if s != nil {
-		v.Step = cmpOr(s.StepName, t.stepName(s.Step))
+		v.Step = cmp.Or(s.StepName, t.stepName(s.Step))
 		v.Undoing = t.stepName(s.Undoing)
 		for _, i := range s.Plan {
 			v.Plan = append(v.Plan, t.stepName(i))
@@ -335,13 +336,6 @@ func traceID(parent string) string {
 		}
 	}
 	return parts[1]
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // pageOf reads the page number of a list (from 1).
@@ -526,14 +520,14 @@ func (c *Console) previewRedrive(ctx context.Context, t *sagaType, d *deadLetter
 		pv.Refused = fmt.Sprintf("The original of this dead letter was redriven %d times already and failed each time (sagactl's --max-redrives is %d): fix the cause first, then redrive it with sagactl --max-redrives 0.", depth, maxRedrives)
 	}
 	pv.Sends = fmt.Sprintf("the original %s record (key %q, its value and headers, plus %s: %s) back to %s partition %d, and an audit record of the redrive on saga.%s.audit by you, in one Kafka transaction",
-		cmpOr(d.MessageType, "inbox"), d.SagaID, message.HeaderRedriveOf, d.pos, d.Info.Topic, d.Info.Partition, t.name)
+		cmp.Or(d.MessageType, "inbox"), d.SagaID, message.HeaderRedriveOf, d.pos, d.Info.Topic, d.Info.Partition, t.name)
 	s, err := c.readState(ctx, t, d.SagaID)
 	if err != nil {
 		return pv, err
 	}
 	pv.Saga = s
 	if s != nil {
-		pv.SagaStep = cmpOr(s.StepName, t.stepName(s.Step))
+		pv.SagaStep = cmp.Or(s.StepName, t.stepName(s.Step))
 	}
 	pv.Outcome = predict(d, s)
 	return pv, nil
@@ -584,7 +578,7 @@ func predict(d *deadLetter, s *viewState) string {
 		case inReplyTo != "" && (inReplyTo == s.Waiting || slices.ContainsFunc(s.Group, func(m orchestrator.Member) bool { return m.Waiting == inReplyTo })):
 			return "The saga waits for this very reply: the engine handles it now."
 		}
-		return "The saga no longer waits for this command (it waits on " + cmpOr(s.Waiting, "nothing") + "): the engine drops it as stale, or dead-letters it again (not-waiting-on-step)."
+		return "The saga no longer waits for this command (it waits on " + cmp.Or(s.Waiting, "nothing") + "): the engine drops it as stale, or dead-letters it again (not-waiting-on-step)."
 	case message.TypeCompensate:
 		switch {
 		case s == nil:

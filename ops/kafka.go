@@ -298,16 +298,6 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// cmpOr returns the first of errs that is not nil.
-func cmpOr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // SagaTypes returns the saga types whose inbox (saga.<type>.inbox) the
 // cluster has, sorted. It asks once, bounded by k's timeout: a shell's
 // completion calls it and must not hang without a broker.

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -335,7 +336,7 @@ func redriveSelected(ctx context.Context, k Kafka, r RedriveRequest, tx *kgo.Cli
 		promise := func(_ *kgo.Record, err error) {
 			if err != nil {
 				mu.Lock()
-				perr = cmpOr(perr, err)
+				perr = cmp.Or(perr, err)
 				mu.Unlock()
 			}
 		}
@@ -355,7 +356,7 @@ func redriveSelected(ctx context.Context, k Kafka, r RedriveRequest, tx *kgo.Cli
 			werr = tx.Flush(ctx)
 		}
 		mu.Lock()
-		werr = cmpOr(werr, perr, ctx.Err())
+		werr = cmp.Or(werr, perr, ctx.Err())
 		mu.Unlock()
 		// End with a context that outlives ctx by a bounded time, so that
 		// an interrupted run still aborts cleanly.
@@ -404,7 +405,7 @@ func redriveSelected(ctx context.Context, k Kafka, r RedriveRequest, tx *kgo.Cli
 	if err == nil && cerr == nil && len(recs) > 0 {
 		cerr = commit()
 	}
-	if err = cmpOr(cerr, err); err != nil {
+	if err = cmp.Or(cerr, err); err != nil {
 		return err
 	}
 	res.Missing = len(want)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"math"
@@ -300,7 +301,7 @@ func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs [
 			return inv, usageErr("--note is required: say why, for the audit record on saga.%s.audit (e.g. --note \"orders db back, INC-123\")", sagaType)
 		}
 		if by == "" {
-			by = cmp(getenv("USER"), getenv("LOGNAME"))
+			by = cmp.Or(getenv("USER"), getenv("LOGNAME"))
 		}
 		if strings.TrimSpace(by) == "" {
 			return inv, usageErr("cannot tell who you are for the audit record: $USER is not set; pass --as NAME")
@@ -328,16 +329,6 @@ func validate(name string, c cmdFlags, g globals, set map[string]bool, posArgs [
 
 // defaultStuckAge is --older-than of saga list --stuck when not given.
 const defaultStuckAge = 10 * time.Minute
-
-// cmp returns the first of ss that is not empty.
-func cmp(ss ...string) string {
-	for _, s := range ss {
-		if s != "" {
-			return s
-		}
-	}
-	return ""
-}
 
 // parseWhen parses a point in time: a duration ago (90s, 15m, 2h, 3d) or
 // a time (RFC 3339, "2006-01-02T15:04:05" in UTC, or a day "2006-01-02").
