@@ -6,7 +6,7 @@
 //		return err
 //	}
 //	defer c.Close()
-//	err = c.Start(ctx, trip.Saga, "t-1", trip.Trip{TripID: "t-1", …})
+//	err = c.Start(ctx, trip.New(nil), "t-1", trip.Trip{TripID: "t-1", …})
 //
 // Start and Compensate produce one record to saga.T.inbox, keyed by the
 // saga id, on the saga's home partition (message.HomePartition: murmur2 of
@@ -61,8 +61,12 @@ type Client struct {
 
 // New returns a Client whose Kafka client is made with opts, which must
 // include kgo.SeedBrokers (and TLS or SASL options where the cluster needs
-// them). The client sets its own partitioner: options that replace it break
-// the home partition. New does not connect; the first request does.
+// them). The client sets its own partitioner, kgo.ManualPartitioner, after
+// opts (a kgo.RecordPartitioner among them is overridden): each record names
+// its saga's home partition, so that the engine handles it where it lands.
+// A record written elsewhere by another producer is not lost either: the
+// engine first moves it to its home partition (message.HeaderForwardedFrom).
+// New does not connect; the first request does.
 func New(opts ...kgo.Opt) (*Client, error) {
 	cl, err := kgo.NewClient(append(opts, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
 	if err != nil {

@@ -6,8 +6,9 @@
 //		h := sagatest.New(t)
 //		h.Participant(trip.Hotel, trip.NewHotel(h.Redis()))
 //		h.Participant(trip.Card, trip.NewCard(h.Redis(), 100_000))
-//		h.Saga(trip.New(trip.NewStore(h.Redis())))
-//		ev, err := h.Run(ctx, trip.Saga, "t-1", trip.Trip{…})
+//		def := trip.New(trip.NewStore(h.Redis()))
+//		h.Saga(def)
+//		ev, err := h.Run(ctx, def, "t-1", trip.Trip{…})
 //		if err != nil || ev.Type != message.EventSagaCompleted {
 //			t.Fatalf("got %v %v, want %s", ev.Type, err, message.EventSagaCompleted)
 //		}
