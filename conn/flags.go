@@ -3,6 +3,7 @@ package conn
 import (
 	"flag"
 	"fmt"
+	"time"
 )
 
 // RegisterFlags defines the --kafka-tls* and --kafka-sasl-* flags on fs,
@@ -37,17 +38,17 @@ func (r *Redis) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&r.ServerName, "redis-tls-server-name", r.ServerName, "`name` Redis's certificate must be valid for (default: the host of the address)")
 }
 
-// flagNames are the flags RegisterFlags defines, Kafka's then Redis's.
-var flagNames = []string{
-	"kafka-tls", "kafka-tls-ca", "kafka-tls-cert", "kafka-tls-key", "kafka-tls-server-name",
-	"kafka-sasl-mechanism", "kafka-sasl-username", "kafka-sasl-password", "kafka-sasl-password-file",
-	"redis-username", "redis-password", "redis-password-file",
-	"redis-tls", "redis-tls-ca", "redis-tls-cert", "redis-tls-key", "redis-tls-server-name",
+// FlagNames returns the names of the flags that RegisterFlags defines,
+// sorted (Kafka's, then Redis's), for a program that lists environment
+// twins. It reads them from RegisterFlags: there is no list to keep.
+func FlagNames() []string {
+	fs := flag.NewFlagSet("conn", flag.ContinueOnError)
+	new(Kafka).RegisterFlags(fs)
+	new(Redis).RegisterFlags(fs)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	return names
 }
-
-// FlagNames returns the names of the flags that RegisterFlags defines
-// (Kafka's, then Redis's), for a program that lists environment twins.
-func FlagNames() []string { return append([]string(nil), flagNames...) }
 
 // FromEnv sets each flag that RegisterFlags defined on fs and that was not
 // given on fs's command line from its environment twin (EnvName), read
@@ -56,20 +57,98 @@ func FlagNames() []string { return append([]string(nil), flagNames...) }
 // error naming the variable when a value does not parse (KSAGA_KAFKA_TLS
 // wants true or false).
 func FromEnv(fs *flag.FlagSet, getenv func(string) string) error {
-	given := make(map[string]bool)
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for _, name := range flagNames {
-		if given[name] || fs.Lookup(name) == nil {
+	_, err := ApplyEnv(GoFlags(fs, FlagNames()...), getenv)
+	return err
+}
+
+// EnvFlag is a flag with a KSAGA_* environment twin, as ApplyEnv sees it:
+// the daemon's flags, sagactl's (on pflag) and this package's share
+// ApplyEnv through it.
+type EnvFlag struct {
+	// Name is the flag's name without dashes; its twin is EnvName(Name).
+	Name string
+	// Given reports whether the command line set the flag.
+	Given bool
+	// Kind is what the flag's value is, for the error message: "bool",
+	// "int", "float", "duration", or "" for anything else.
+	Kind string
+	// Set sets the flag from a string, as the command line does.
+	Set func(string) error
+}
+
+// ApplyEnv sets each of flags that was not given on the command line from
+// its environment twin (EnvName), read with getenv, when that is not
+// empty: a flag given on the command line wins over its twin. It returns
+// the names of the flags it set, each with its variable. Its error names
+// the first variable whose value does not parse and what the flag wants
+// (KSAGA_PARTITIONS="x": --partitions wants an integer).
+func ApplyEnv(flags []EnvFlag, getenv func(string) string) (map[string]string, error) {
+	set := make(map[string]string)
+	for _, f := range flags {
+		if f.Given {
 			continue
 		}
-		env := EnvName(name)
+		env := EnvName(f.Name)
 		v := getenv(env)
 		if v == "" {
 			continue
 		}
-		if err := fs.Set(name, v); err != nil {
-			return fmt.Errorf("%s=%q: --%s wants true or false", env, v, name)
+		if err := f.Set(v); err != nil {
+			want := fmt.Sprintf("a valid value (%v)", err)
+			switch f.Kind {
+			case "bool":
+				want = "true or false"
+			case "int":
+				want = "an integer"
+			case "float":
+				want = "a number"
+			case "duration":
+				want = "a duration such as 30s or 720h"
+			}
+			return set, fmt.Errorf("%s=%q: --%s wants %s", env, v, f.Name, want)
+		}
+		set[f.Name] = env
+	}
+	return set, nil
+}
+
+// GoFlags returns the flags of fs named in names (all of fs's, in
+// lexicographical order, when names is empty) for ApplyEnv. Call it after
+// fs.Parse: Given says whether the command line set each. A name fs does
+// not define is left out.
+func GoFlags(fs *flag.FlagSet, names ...string) []EnvFlag {
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var out []EnvFlag
+	add := func(f *flag.Flag) {
+		out = append(out, EnvFlag{Name: f.Name, Given: given[f.Name], Kind: goKind(f), Set: func(v string) error { return fs.Set(f.Name, v) }})
+	}
+	if len(names) == 0 {
+		fs.VisitAll(add)
+		return out
+	}
+	for _, name := range names {
+		if f := fs.Lookup(name); f != nil {
+			add(f)
 		}
 	}
-	return nil
+	return out
+}
+
+// goKind is EnvFlag.Kind of a flag of package flag.
+func goKind(f *flag.Flag) string {
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return "bool"
+	}
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case int, int64, uint, uint64:
+			return "int"
+		case float64:
+			return "float"
+		case time.Duration:
+			return "duration"
+		}
+	}
+	return ""
 }

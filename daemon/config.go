@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -198,39 +199,11 @@ func (o *options) parseConfig(args []string, getenv func(string) string) (*Confi
 	}
 	set := make(map[string]string)
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = "--" + f.Name })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if _, ok := set[f.Name]; ok || envErr != nil {
-			return
-		}
-		env := conn.EnvName(f.Name)
-		val := getenv(env)
-		if val == "" {
-			return
-		}
-		if err := fs.Set(f.Name, val); err != nil {
-			want := fmt.Sprintf("a valid value (%v)", err)
-			if g, ok := f.Value.(flag.Getter); ok {
-				switch g.Get().(type) {
-				case int, int64, uint, uint64:
-					want = "an integer"
-				case float64:
-					want = "a number"
-				case time.Duration:
-					want = "a duration such as 30s or 720h"
-				}
-			}
-			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-				want = "true or false"
-			}
-			envErr = fmt.Errorf("%s=%q: --%s wants %s", env, val, f.Name, want)
-			return
-		}
-		set[f.Name] = env
-	})
-	if envErr != nil {
-		return nil, envErr
+	fromEnv, err := conn.ApplyEnv(conn.GoFlags(fs), getenv)
+	if err != nil {
+		return nil, err
 	}
+	maps.Copy(set, fromEnv)
 	c, err := o.validate(&v, set)
 	if err != nil {
 		return nil, err

@@ -103,22 +103,14 @@ func applyEnv(cmd *cobra.Command, getenv func(string) string) (given map[string]
 	fs := cmd.Flags()
 	given = make(map[string]bool)
 	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
+	var flags []conn.EnvFlag
 	for _, name := range envTwins {
-		f := fs.Lookup(name)
-		if f == nil || given[name] {
-			continue
+		if f := fs.Lookup(name); f != nil {
+			flags = append(flags, conn.EnvFlag{Name: name, Given: given[name], Kind: f.Value.Type(), Set: func(v string) error { return fs.Set(name, v) }})
 		}
-		env := conn.EnvName(name)
-		v := getenv(env)
-		if v == "" {
-			continue
-		}
-		if err := fs.Set(name, v); err != nil {
-			if f.Value.Type() == "bool" {
-				return given, fmt.Errorf("%s=%q: --%s wants true or false", env, v, name)
-			}
-			return given, fmt.Errorf("%s=%q: %v", env, v, err)
-		}
+	}
+	if _, err := conn.ApplyEnv(flags, getenv); err != nil {
+		return given, err
 	}
 	return given, nil
 }
