@@ -294,8 +294,8 @@ func (e *Engine) Client() *kgo.Client { return e.sess.Client() }
 func (e *Engine) Group() string { return e.cfg.group }
 
 // Run consumes and processes the inbox until ctx is cancelled, then ends the
-// current transaction (aborting it if it is not committed yet), leaves the
-// group and returns nil. It returns an error when the Kafka transaction
+// current transaction (aborting it if it is not committed yet), writes to
+// Redis what it lacks and returns nil; Close leaves the group. It returns an error when the Kafka transaction
 // state is fatal (the instance was fenced by a newer one with the same
 // transactional id, or the client exhausted its retries): the caller should
 // exit and let the instance restart. Run may be called once.
