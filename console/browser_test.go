@@ -16,6 +16,7 @@ import (
 
 	"github.com/ksaga/ksaga/audit"
 	"github.com/ksaga/ksaga/message"
+	"github.com/ksaga/ksaga/orchestrator"
 )
 
 // chromium returns the path of Debian's chromium. Without it the test
@@ -278,6 +279,63 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitFor(t, ctx, d.base+"/sagas/parcel/p-ghost", "#timeline", "unknown-saga")
 	// The in-flight list has p-hold-2, which waits on its deadline.
 	waitFor(t, ctx, d.base+"/sagas/parcel?list=inflight", "#list", "p-hold-2")
+
+	// The lists filtered by step and definition version, through the
+	// filter form: p-hold-2 waits at hold, on version 1.
+	run(t, ctx, "filter the in-flight list",
+		chromedp.Navigate(d.base+"/sagas/parcel?list=inflight"), chromedp.WaitVisible(chromedp.ID("filter")),
+		chromedp.SetValue(chromedp.ID("filter-step"), "hold"), chromedp.Click(chromedp.ID("filter-go")),
+		chromedp.WaitVisible(chromedp.ID("examined")))
+	if got := text(t, ctx, "#list"); !strings.Contains(got, "p-hold-2") {
+		t.Errorf("the in-flight list at step hold has no p-hold-2:\n%s", got)
+	}
+	if got := text(t, ctx, "#examined"); !strings.Contains(got, "saga states from the Redis view") {
+		t.Errorf("the filtered list does not say how many sagas it examined: %q", got)
+	}
+	for _, c := range []struct{ url, sel, id string }{
+		{"/sagas/parcel?list=inflight&step=label", "#list", "p-hold-2"},
+		{"/sagas/parcel?list=inflight&version=2", "#list", "p-hold-2"},
+		{"/sagas/parcel?list=parked&version=2", "#list", "p-park"},
+		{"/sagas/parcel?list=stuck", "#list", "p-hold-2"},
+	} {
+		run(t, ctx, "load "+c.url, chromedp.Navigate(d.base+c.url), chromedp.WaitVisible(chromedp.ID("examined")))
+		if got := text(t, ctx, c.sel); strings.Contains(got, c.id) {
+			t.Errorf("%s lists %s:\n%s", c.url, c.id, got)
+		}
+	}
+	waitFor(t, ctx, d.base+"/sagas/parcel?list=parked&step=inspect&version=1", "#list", "p-park")
+	// The ended list shows the definition version of the sagas the view
+	// still has.
+	waitFor(t, ctx, d.base+"/sagas/parcel?list=ended&status=completed", "#list", "v1")
+
+	// p-hold-2 stuck: its step started two hours ago, past hold's budget
+	// (its reply deadline of 10 minutes times its attempts), and its
+	// deadline did not fire. The test rewrites StepStarted in the view,
+	// as a saga whose timeout was lost would have it; the engine reads
+	// p-hold-2 again only when its deadline comes.
+	key := orchestrator.StateKey("parcel", message.HomePartition("p-hold-2", 3), "p-hold-2")
+	var st map[string]any
+	if err := json.Unmarshal([]byte(d.stateJSON(t, "p-hold-2")), &st); err != nil {
+		t.Fatal(err)
+	}
+	st["step_started_ms"] = time.Now().Add(-2 * time.Hour).UnixMilli()
+	raw, _ := json.Marshal(st)
+	if err := d.rdb.HSet(context.Background(), key, "state", raw).Err(); err != nil {
+		t.Fatal(err)
+	}
+	run(t, ctx, "the overview's stuck link", chromedp.Navigate(d.base+"/"), chromedp.WaitVisible(chromedp.ID("stuck-parcel")),
+		chromedp.Click(chromedp.ID("stuck-parcel")), chromedp.WaitVisible(chromedp.ID("examined")))
+	if got := text(t, ctx, "#list"); !strings.Contains(got, "p-hold-2") || !strings.Contains(got, "hold") {
+		t.Errorf("the stuck list has no p-hold-2 at hold:\n%s", got)
+	}
+	screenshot(t, ctx, "console-stuck")
+	for _, c := range []string{"/sagas/parcel?list=stuck&step=label", "/sagas/parcel?list=stuck&version=2"} {
+		run(t, ctx, "load "+c, chromedp.Navigate(d.base+c), chromedp.WaitVisible(chromedp.ID("examined")))
+		if got := text(t, ctx, "#list"); strings.Contains(got, "p-hold-2") {
+			t.Errorf("%s lists p-hold-2:\n%s", c, got)
+		}
+	}
+	waitFor(t, ctx, d.base+"/sagas/parcel?list=stuck&step=hold&version=1", "#list", "p-hold-2")
 
 	// The overview, after all that.
 	waitFor(t, ctx, d.base+"/", "#type-parcel", "saga-resume")

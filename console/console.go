@@ -1,7 +1,8 @@
 // Package console is ksaga's web console: find a saga by id, read what
 // happened to it (its state, its timeline of events, dead letters,
 // redrives and operator actions, a link to its trace), look through the
-// dead letters and the in-flight and recently ended sagas, and act on them
+// dead letters and the in-flight, stuck, parked and recently ended sagas
+// (the first three filtered by definition version and step), and act on them
 // (compensate, resume, redrive), each action written with its audit record
 // in one Kafka transaction, as sagactl writes them.
 //

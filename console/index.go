@@ -48,6 +48,10 @@ type Limits struct {
 	// 10,000).
 	Events int
 	Ended  int
+	// Examine is the most sagas a filtered list or the stuck list reads
+	// the state of for one page (default 5,000, read in pipelines of
+	// 500): past it the page stops and says where the next one goes on.
+	Examine int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -61,6 +65,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.AuditRecords, 50_000)
 	def(&l.Events, 100_000)
 	def(&l.Ended, 10_000)
+	def(&l.Examine, 5_000)
 	return l
 }
 

@@ -355,50 +355,165 @@ type listView struct {
 	Page   int
 	Total  int64
 	More   bool
-	Ended  []*event
+	Ended  []endedRow
 	Flight []flightRow
 	Steps  func(int) string
+	// Filter is the list's filter, StepNames the steps it offers.
+	Filter    filter
+	StepNames []string
+	// Walked is set for the lists that walk their candidates (filtered,
+	// and the stuck list), which Examined describes; Next is the query
+	// of their next page ("": none) and First that of their first.
+	Walked   bool
+	Examined examined
+	Next     string
+	First    string
+	// EngineBudgets is set when the stuck list judges by this process's
+	// engine's budgets, rather than the definition's.
+	EngineBudgets bool
+}
+
+// endedRow is a row of the ended list: the saga's terminal event and,
+// while the view still has the saga's state, the version of the
+// definition it ran on (0: gone from the view; events do not carry it).
+type endedRow struct {
+	*event
+	DefVersion int
 }
 
 // list serves the lists of a saga type: recently ended sagas (from the
-// events index, filtered by status) and sagas in flight by deadline (from
-// the Redis view).
+// events index, filtered by status), sagas in flight by deadline (from
+// the Redis view), parked sagas and stuck sagas; the in-flight, parked
+// and stuck lists filtered by definition version and step (filter.go).
 func (c *Console) list(w http.ResponseWriter, r *http.Request, u *user) {
 	t := c.sagaTypeOf(w, r, u)
 	if t == nil {
 		return
 	}
 	q := r.URL.Query()
-	v := listView{Type: t.name, List: q.Get("list"), Status: q.Get("status"), Page: pageOf(r), Steps: t.stepName}
+	v := listView{Type: t.name, List: q.Get("list"), Status: q.Get("status"), Page: pageOf(r), Steps: t.stepName, Filter: filterOf(q)}
+	for _, s := range t.steps {
+		v.StepNames = append(v.StepNames, s.Name)
+	}
+	f := v.Filter
 	skip := (v.Page - 1) * pageSize
+	// linkTo returns the query of a page of the list walked.
+	linkTo := func(page int, key, at string) string {
+		lq := f.query(url.Values{"list": {v.List}})
+		if page > 1 {
+			lq.Set("page", strconv.Itoa(page))
+			lq.Set(key, at)
+		}
+		return lq.Encode()
+	}
+	var err error
 	switch v.List {
 	case "", "ended":
 		v.List = "ended"
 		if !slices.Contains([]string{"", message.StatusCompleted, message.StatusCompensated, message.StatusFailed}, v.Status) {
 			v.Status = ""
 		}
+		var evs []*event
 		var total int
-		v.Ended, total = t.events.endedPage(v.Status, skip, pageSize)
-		v.Total, v.More = int64(total), skip+len(v.Ended) < total
-	case "inflight":
-		rows, total, err := c.inFlight(r.Context(), t, skip, pageSize)
+		evs, total = t.events.endedPage(v.Status, skip, pageSize)
+		v.Total, v.More = int64(total), skip+len(evs) < total
+		if v.Ended, err = c.endedRows(r.Context(), t, evs); err != nil {
+			c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+	case "inflight", "stuck":
+		if v.List == "inflight" && !f.on() {
+			rows, total, err := c.inFlight(r.Context(), t, skip, pageSize)
+			if err != nil {
+				c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
+				return
+			}
+			v.Flight, v.Total, v.More = rows, total, int64(skip+len(rows)) < total
+			break
+		}
+		var after *cursor
+		if cu, ok := parseCursor(q.Get("after")); ok {
+			after = &cu
+		} else {
+			v.Page = 1
+		}
+		keep := func(r *flightRow) bool { return f.match(t, r.State) }
+		if v.List == "stuck" {
+			b, now := budgetsOf(t), c.cfg.Now()
+			v.EngineBudgets = b.fromEngine
+			keep = func(r *flightRow) bool {
+				if !f.match(t, r.State) {
+					return false
+				}
+				var stuck bool
+				stuck, r.Age, r.Budget = b.stuck(t, r.State, now)
+				return stuck
+			}
+		}
+		var next string
+		v.Walked = true
+		v.Flight, v.Examined, next, err = c.walkFlight(r.Context(), t, after, pageSize, keep)
 		if err != nil {
 			c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
 			return
 		}
-		v.Flight, v.Total, v.More = rows, total, int64(skip+len(rows)) < total
+		if next != "" {
+			v.More, v.Next = true, linkTo(v.Page+1, "after", next)
+		}
+		v.First = linkTo(1, "", "")
 	case "parked":
-		rows, total, err := c.parked(r.Context(), t, skip, pageSize)
+		if !f.on() {
+			rows, total, err := c.parked(r.Context(), t, skip, pageSize)
+			if err != nil {
+				c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
+				return
+			}
+			v.Flight, v.Total, v.More = rows, int64(total), skip+len(rows) < total
+			break
+		}
+		from, _ := strconv.Atoi(q.Get("from"))
+		if from <= 0 {
+			from, v.Page = 0, 1
+		}
+		var total, next int
+		v.Walked = true
+		v.Flight, v.Examined, total, next, err = c.walkParked(r.Context(), t, from, pageSize, func(r *flightRow) bool { return f.match(t, r.State) })
 		if err != nil {
 			c.fail(w, r, u, http.StatusServiceUnavailable, err.Error())
 			return
 		}
-		v.Flight, v.Total, v.More = rows, int64(total), skip+len(rows) < total
+		v.Total = int64(total)
+		if next >= 0 {
+			v.More, v.Next = true, linkTo(v.Page+1, "from", strconv.Itoa(next))
+		}
+		v.First = linkTo(1, "", "")
 	default:
-		c.fail(w, r, u, http.StatusNotFound, "No such list: ended, inflight or parked.")
+		c.fail(w, r, u, http.StatusNotFound, "No such list: ended, inflight, stuck or parked.")
 		return
 	}
 	c.render(w, http.StatusOK, "list", c.newPage(u, t.name+" sagas", v))
+}
+
+// endedRows returns the rows of ended sagas evs, with the definition
+// version of those whose state the view still has (one pipeline).
+func (c *Console) endedRows(ctx context.Context, t *sagaType, evs []*event) ([]endedRow, error) {
+	rows := make([]flightRow, len(evs))
+	for i, e := range evs {
+		rows[i].ID = e.SagaID
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := c.readStates(ctx, t, rows); err != nil {
+		return nil, err
+	}
+	out := make([]endedRow, len(evs))
+	for i, e := range evs {
+		out[i].event = e
+		if s := rows[i].State; s != nil && s.Terminal() {
+			out[i].DefVersion = s.OnVersion()
+		}
+	}
+	return out, nil
 }
 
 // dlqView is the data of the DLQ page.

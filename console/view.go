@@ -59,7 +59,10 @@ type flightRow struct {
 	Overdue  bool
 	// Since is when the saga parked (the parked list).
 	Since time.Time
-	State *viewState // nil when gone since
+	// Age is how long the saga has been in its step, and Budget how long
+	// it may be (the stuck list).
+	Age, Budget time.Duration
+	State       *viewState // nil when gone since
 }
 
 // readStates reads the states of rows from the Redis view in one
