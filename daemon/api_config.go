@@ -56,14 +56,6 @@ type APIConfig struct {
 // Enabled reports whether the API runs (--api-addr is set).
 func (c APIConfig) Enabled() bool { return c.Addr != "" }
 
-// apiFlags holds the --api-* flags as given.
-type apiFlags struct {
-	addr, tokenFile, tlsCert, tlsKey string
-	insecure                         bool
-	produceTimeout, maxWait          time.Duration
-	maxInFlight, maxWaiters          int
-}
-
 // defaultProduceTimeout is the default of --api-produce-timeout: long
 // enough for a leader election, short enough for an HTTP caller.
 const defaultProduceTimeout = 5 * time.Second
@@ -87,49 +79,49 @@ const (
 // goroutines, mostly), 36 MiB at most.
 const defaultMaxWaiters = 1024
 
-func (v *apiFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&v.addr, "api-addr", "", "`address` of the HTTP API (POST /v1/sagas/{type}/{id} starts a saga, GET reads it); empty disables it")
-	fs.StringVar(&v.tokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line: NAME TOKEN SCOPE... (SCOPE: start|read|compensate|resume|*:TYPE|*), or TOKEN alone (every scope); # starts a comment; read again when it changes")
-	fs.BoolVar(&v.insecure, "api-insecure-no-auth", false, "serve the HTTP API without authentication (instead of --api-token-file): anyone who reaches it can start and compensate sagas")
-	fs.StringVar(&v.tlsCert, "api-tls-cert", "", "PEM `file` of the HTTP API's TLS certificate (with --api-tls-key; read again when it changes); default plain HTTP")
-	fs.StringVar(&v.tlsKey, "api-tls-key", "", "PEM `file` of the HTTP API's TLS key (with --api-tls-cert)")
-	fs.DurationVar(&v.produceTimeout, "api-produce-timeout", defaultProduceTimeout, "how long an HTTP API request waits for Kafka to store its record before answering 503")
-	fs.IntVar(&v.maxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB); a request waiting for an outcome (?wait=) counts against --api-max-waiters instead while it waits")
-	fs.DurationVar(&v.maxWait, "api-max-wait", defaultMaxWait, "the longest wait for a saga's outcome a request may ask for with ?wait= (POST or GET /v1/sagas/{type}/{id}); a longer one is answered 400; 0 turns waiting off (at most 10m)")
-	fs.IntVar(&v.maxWaiters, "api-max-waiters", defaultMaxWaiters, "how many HTTP API requests may wait for an outcome (?wait=) at once; past it they are answered 429 with Retry-After (each takes up to about 35 KiB while it waits)")
+// register binds the --api-* flags to c's fields.
+func (c *APIConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.Addr, "api-addr", "", "`address` of the HTTP API (POST /v1/sagas/{type}/{id} starts a saga, GET reads it); empty disables it")
+	fs.StringVar(&c.TokenFile, "api-token-file", "", "`file` of the bearer tokens the HTTP API accepts, one a line: NAME TOKEN SCOPE... (SCOPE: start|read|compensate|resume|*:TYPE|*), or TOKEN alone (every scope); # starts a comment; read again when it changes")
+	fs.BoolVar(&c.InsecureNoAuth, "api-insecure-no-auth", false, "serve the HTTP API without authentication (instead of --api-token-file): anyone who reaches it can start and compensate sagas")
+	fs.StringVar(&c.TLSCert, "api-tls-cert", "", "PEM `file` of the HTTP API's TLS certificate (with --api-tls-key; read again when it changes); default plain HTTP")
+	fs.StringVar(&c.TLSKey, "api-tls-key", "", "PEM `file` of the HTTP API's TLS key (with --api-tls-cert)")
+	fs.DurationVar(&c.ProduceTimeout, "api-produce-timeout", defaultProduceTimeout, "how long an HTTP API request waits for Kafka to store its record before answering 503")
+	fs.IntVar(&c.MaxInFlight, "api-max-in-flight", defaultMaxInFlight, "how many HTTP API requests are served at once; past it they are answered 429 with Retry-After (each takes up to about 1 MiB); a request waiting for an outcome (?wait=) counts against --api-max-waiters instead while it waits")
+	fs.DurationVar(&c.MaxWait, "api-max-wait", defaultMaxWait, "the longest wait for a saga's outcome a request may ask for with ?wait= (POST or GET /v1/sagas/{type}/{id}); a longer one is answered 400; 0 turns waiting off (at most 10m)")
+	fs.IntVar(&c.MaxWaiters, "api-max-waiters", defaultMaxWaiters, "how many HTTP API requests may wait for an outcome (?wait=) at once; past it they are answered 429 with Retry-After (each takes up to about 35 KiB while it waits)")
 }
 
-// config validates the --api-* flags; name names a flag as it was given.
-func (v *apiFlags) config(name func(string) string, set map[string]string) (APIConfig, error) {
-	c := APIConfig{Addr: v.addr, TokenFile: v.tokenFile, InsecureNoAuth: v.insecure,
-		TLSCert: v.tlsCert, TLSKey: v.tlsKey, ProduceTimeout: v.produceTimeout, MaxInFlight: v.maxInFlight,
-		MaxWait: v.maxWait, MaxWaiters: v.maxWaiters}
+// validate checks the --api-* flags in c, and makes c the zero APIConfig
+// when the API is off; name names a flag as it was given.
+func (c *APIConfig) validate(name func(string) string, set map[string]string) error {
 	if c.Addr == "" {
 		for _, f := range []string{"api-token-file", "api-insecure-no-auth", "api-tls-cert", "api-tls-key", "api-produce-timeout", "api-max-in-flight", "api-max-wait", "api-max-waiters"} {
 			if _, ok := set[f]; ok {
-				return c, fmt.Errorf("%s applies only with --api-addr (the HTTP API is off without it)", name(f))
+				return fmt.Errorf("%s applies only with --api-addr (the HTTP API is off without it)", name(f))
 			}
 		}
-		return APIConfig{}, nil
+		*c = APIConfig{}
+		return nil
 	}
 	if err := checkListenAddr(c.Addr); err != nil {
-		return c, fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable the HTTP API)", name("api-addr"), c.Addr, err)
+		return fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable the HTTP API)", name("api-addr"), c.Addr, err)
 	}
 	switch {
 	case c.TokenFile != "" && c.InsecureNoAuth:
-		return c, fmt.Errorf("%s and %s exclude each other: keep the token file to require bearer tokens", name("api-token-file"), name("api-insecure-no-auth"))
+		return fmt.Errorf("%s and %s exclude each other: keep the token file to require bearer tokens", name("api-token-file"), name("api-insecure-no-auth"))
 	case c.TokenFile == "" && !c.InsecureNoAuth:
-		return c, fmt.Errorf("%s needs --api-token-file (bearer tokens, one a line), or --api-insecure-no-auth to serve the API without authentication", name("api-addr"))
+		return fmt.Errorf("%s needs --api-token-file (bearer tokens, one a line), or --api-insecure-no-auth to serve the API without authentication", name("api-addr"))
 	case (c.TLSCert == "") != (c.TLSKey == ""):
-		return c, fmt.Errorf("%s and %s go together: set both or neither", name("api-tls-cert"), name("api-tls-key"))
+		return fmt.Errorf("%s and %s go together: set both or neither", name("api-tls-cert"), name("api-tls-key"))
 	case c.ProduceTimeout < 10*time.Millisecond:
-		return c, fmt.Errorf("%s %v is too short: want a duration such as 5s", name("api-produce-timeout"), c.ProduceTimeout)
+		return fmt.Errorf("%s %v is too short: want a duration such as 5s", name("api-produce-timeout"), c.ProduceTimeout)
 	case c.MaxInFlight < 1:
-		return c, fmt.Errorf("%s %d: want 1 or more requests at once (default %d)", name("api-max-in-flight"), c.MaxInFlight, defaultMaxInFlight)
+		return fmt.Errorf("%s %d: want 1 or more requests at once (default %d)", name("api-max-in-flight"), c.MaxInFlight, defaultMaxInFlight)
 	case c.MaxWait < 0 || c.MaxWait > maxMaxWait:
-		return c, fmt.Errorf("%s %v: want a duration from 0 (no waiting) to %v (default %v)", name("api-max-wait"), c.MaxWait, maxMaxWait, defaultMaxWait)
+		return fmt.Errorf("%s %v: want a duration from 0 (no waiting) to %v (default %v)", name("api-max-wait"), c.MaxWait, maxMaxWait, defaultMaxWait)
 	case c.MaxWaiters < 1:
-		return c, fmt.Errorf("%s %d: want 1 or more waiting requests at once (default %d)", name("api-max-waiters"), c.MaxWaiters, defaultMaxWaiters)
+		return fmt.Errorf("%s %d: want 1 or more waiting requests at once (default %d)", name("api-max-waiters"), c.MaxWaiters, defaultMaxWaiters)
 	}
 	if c.TokenFile != "" {
 		// The file may appear later (an optional Secret), but its
@@ -138,16 +130,16 @@ func (v *apiFlags) config(name func(string) string, set map[string]string) (APIC
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			if _, derr := os.Stat(filepath.Dir(c.TokenFile)); derr != nil {
-				return c, fmt.Errorf("%s %s: %w", name("api-token-file"), c.TokenFile, derr)
+				return fmt.Errorf("%s %s: %w", name("api-token-file"), c.TokenFile, derr)
 			}
 		case err != nil:
-			return c, fmt.Errorf("%s: %w", name("api-token-file"), err)
+			return fmt.Errorf("%s: %w", name("api-token-file"), err)
 		case fi.IsDir():
-			return c, fmt.Errorf("%s %s is a directory: want the file of the tokens", name("api-token-file"), c.TokenFile)
+			return fmt.Errorf("%s %s is a directory: want the file of the tokens", name("api-token-file"), c.TokenFile)
 		default:
 			b, err := os.ReadFile(c.TokenFile)
 			if err != nil {
-				return c, fmt.Errorf("%s: %w", name("api-token-file"), err)
+				return fmt.Errorf("%s: %w", name("api-token-file"), err)
 			}
 			// At start every line must be a token: a short token or a
 			// mistyped scope stops the daemon here, where it is seen,
@@ -158,14 +150,14 @@ func (v *apiFlags) config(name func(string) string, set map[string]string) (APIC
 				if len(problems) > 1 {
 					more = fmt.Sprintf(" (and %d more lines)", len(problems)-1)
 				}
-				return c, fmt.Errorf("%s %s: %v%s", name("api-token-file"), c.TokenFile, problems[0], more)
+				return fmt.Errorf("%s %s: %v%s", name("api-token-file"), c.TokenFile, problems[0], more)
 			}
 		}
 	}
 	if c.TLSCert != "" {
 		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
-			return c, fmt.Errorf("%s %s, %s %s: %w", name("api-tls-cert"), c.TLSCert, name("api-tls-key"), c.TLSKey, err)
+			return fmt.Errorf("%s %s, %s %s: %w", name("api-tls-cert"), c.TLSCert, name("api-tls-key"), c.TLSKey, err)
 		}
 	}
-	return c, nil
+	return nil
 }

@@ -120,61 +120,56 @@ func (c *Config) Flag(flag string) string {
 	return "--" + flag
 }
 
-// flagValues holds the daemon's own flags as given, before validation.
-type flagValues struct {
-	kafkaBrokers, redisAddr, participantsRedisAddr, participants string
-	txnID, group, metricsAddr, logFormat, logLevel, dataDir      string
-	partitions, replicationFactor, maxPoll, history              int
-	serve, static, engine, pprof, requireConfig                  bool
-	sessionTimeout, dltRetention, txnInterval                    time.Duration
-	retention, redisTimeout                                      time.Duration
-	kafka                                                        conn.Kafka
-	redis                                                        conn.Redis
-	api                                                          apiFlags
-	outbox                                                       outboxFlags
-	console                                                      consoleFlags
-}
+// listFlag is a flag of comma-separated values (conn.SplitList): each
+// use of the flag replaces the list.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = conn.SplitList(s); return nil }
 
 // embeddedOnly tags flags of the embedded mode.
 const embeddedOnly = " (embedded mode only)"
 
-// newFlagSet returns the daemon's flags and the user's (o.flags).
-func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
+// newFlagSet returns the daemon's flags, each bound to the field of c it
+// fills, and the user's (o.flags). Two flags are kept in fs as given:
+// --participants and --log-level, which validate parses into Participants
+// and LogLevel.
+func (o *options) newFlagSet(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet(o.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	parts := "a comma `list` of " + strings.Join(append(o.participantNames(), "all"), ", ") + ", or none"
 	if len(o.parts) == 0 {
 		parts = "none (no participant is registered)"
 	}
-	fs.StringVar(&v.kafkaBrokers, "kafka-brokers", "", "Kafka seed `brokers`, comma-separated host:port. Set it and --redis-addr to use real services; set neither to run the embedded mode")
-	fs.StringVar(&v.redisAddr, "redis-addr", "", "Redis `addresses` of the engine's state view, comma-separated (several: Redis Cluster)")
-	fs.StringVar(&v.participantsRedisAddr, "participants-redis-addr", "", "Redis `address` of the participants run in this process (real services only; default: --redis-addr)")
-	fs.StringVar(&v.participants, "participants", "", "participants to run in this process: "+parts+" (default none with real services, all in embedded mode)")
-	fs.StringVar(&v.txnID, "transactional-id", "", "Kafka transactional `id`, stable per instance (a StatefulSet pod name); participants use <id>-<name>, and with several saga types each engine <id>-<saga type> (default: the hostname)")
-	fs.StringVar(&v.group, "group", "", "Kafka consumer `group` of the engine (default ksaga-<saga type>; with several saga types, <group>-<saga type>)")
-	fs.IntVar(&v.partitions, "partitions", 6, "`partitions` of the topics "+o.name+" creates; never change it for existing topics")
-	fs.IntVar(&v.replicationFactor, "replication-factor", 0, "replication `factor` of the topics "+o.name+" creates (default 3 with real Kafka, 1 embedded)")
-	fs.StringVar(&v.metricsAddr, "metrics-addr", ":9090", "`address` of the HTTP server for /metrics, /healthz and /readyz; an address with no host listens on every interface, or on 127.0.0.1 in the embedded demo; empty disables it")
-	fs.StringVar(&v.logFormat, "log-format", "", "log `format`: json or text (default text when stderr is a terminal, else json)")
-	fs.StringVar(&v.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.IntVar(&v.maxPoll, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
-	fs.DurationVar(&v.txnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
-	fs.IntVar(&v.history, "history", orchestrator.DefaultHistory, "how many of its events each saga's state keeps, with attempts and reply data, for the console's timeline and sagactl saga get: the first and the latest `entries`; 0 keeps none (smaller state records: see docs/PERFORMANCE.md)")
-	fs.DurationVar(&v.retention, "retention", orchestrator.DefaultRetention, "how long an ended saga stays in the Redis view and on the state topic, a `duration` from when it ended: within it a start for its id is a duplicate (dropped) or a conflict (dead-lettered); after it the saga is deleted and its id may start a new saga; 0 keeps ended sagas forever (the view then grows with every saga)")
-	fs.DurationVar(&v.redisTimeout, "redis-timeout", 0, "bound on each call of the engine into Redis, a `duration` shorter than the transaction timeout (10s), whatever the client's own timeouts: a Redis that hangs then costs a retry, never a stalled partition; 0 picks 5s")
-	fs.StringVar(&v.dataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs, locked while "+o.programName()+" runs (embedded mode only; default $TMPDIR/"+o.dataDirName()+")")
-	fs.BoolVar(&v.serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
-	fs.DurationVar(&v.sessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")
-	fs.BoolVar(&v.engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
-	fs.BoolVar(&v.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on --metrics-addr; do not expose them publicly")
-	fs.BoolVar(&v.static, "static-membership", false, "join the groups as a static member named by the transactional id (the engine by --transactional-id, each participant by <id>-<name>), so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
-	fs.DurationVar(&v.dltRetention, "dlt-retention", 0, "retention of the dead-letter topics "+o.name+" creates (saga.<type>.inbox-dlt, <participant>.commands-dlt), a `duration` such as 720h; 0 keeps dead letters until they are deleted")
-	fs.BoolVar(&v.requireConfig, "require-config", false, "refuse to start without --kafka-brokers and --redis-addr instead of running the embedded mode (images and manifests set it)")
-	v.kafka.RegisterFlags(fs)
-	v.redis.RegisterFlags(fs)
-	v.api.register(fs)
-	v.outbox.register(fs)
-	v.console.register(fs)
+	fs.Var((*listFlag)(&c.KafkaBrokers), "kafka-brokers", "Kafka seed `brokers`, comma-separated host:port. Set it and --redis-addr to use real services; set neither to run the embedded mode")
+	fs.Var((*listFlag)(&c.RedisAddrs), "redis-addr", "Redis `addresses` of the engine's state view, comma-separated (several: Redis Cluster)")
+	fs.Var((*listFlag)(&c.ParticipantsRedisAddrs), "participants-redis-addr", "Redis `address` of the participants run in this process (real services only; default: --redis-addr)")
+	fs.String("participants", "", "participants to run in this process: "+parts+" (default none with real services, all in embedded mode)")
+	fs.StringVar(&c.TransactionalID, "transactional-id", "", "Kafka transactional `id`, stable per instance (a StatefulSet pod name); participants use <id>-<name>, and with several saga types each engine <id>-<saga type> (default: the hostname)")
+	fs.StringVar(&c.Group, "group", "", "Kafka consumer `group` of the engine (default ksaga-<saga type>; with several saga types, <group>-<saga type>)")
+	fs.IntVar(&c.Partitions, "partitions", 6, "`partitions` of the topics "+o.name+" creates; never change it for existing topics")
+	fs.IntVar(&c.ReplicationFactor, "replication-factor", 0, "replication `factor` of the topics "+o.name+" creates (default 3 with real Kafka, 1 embedded)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":9090", "`address` of the HTTP server for /metrics, /healthz and /readyz; an address with no host listens on every interface, or on 127.0.0.1 in the embedded demo; empty disables it")
+	fs.StringVar(&c.LogFormat, "log-format", "", "log `format`: json or text (default text when stderr is a terminal, else json)")
+	fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	fs.IntVar(&c.MaxPollRecords, "max-poll-records", 1000, "most inbox `records` in one engine transaction")
+	fs.DurationVar(&c.TxnInterval, "txn-interval", 0, "least `time` between the beginnings of two transactions of the engine and of each participant, unless the last was full: a transaction costs about as much CPU with one record as with a hundred, so a few milliseconds save much of the CPU at low rates, for up to that much more per hop of a saga; 0 begins one as soon as records are there")
+	fs.IntVar(&c.History, "history", orchestrator.DefaultHistory, "how many of its events each saga's state keeps, with attempts and reply data, for the console's timeline and sagactl saga get: the first and the latest `entries`; 0 keeps none (smaller state records: see docs/PERFORMANCE.md)")
+	fs.DurationVar(&c.Retention, "retention", orchestrator.DefaultRetention, "how long an ended saga stays in the Redis view and on the state topic, a `duration` from when it ended: within it a start for its id is a duplicate (dropped) or a conflict (dead-lettered); after it the saga is deleted and its id may start a new saga; 0 keeps ended sagas forever (the view then grows with every saga)")
+	fs.DurationVar(&c.RedisTimeout, "redis-timeout", 0, "bound on each call of the engine into Redis, a `duration` shorter than the transaction timeout (10s), whatever the client's own timeouts: a Redis that hangs then costs a retry, never a stalled partition; 0 picks 5s")
+	fs.StringVar(&c.DataDir, "data-dir", "", "`directory` where the embedded Kafka keeps its data across runs, locked while "+o.programName()+" runs (embedded mode only; default $TMPDIR/"+o.dataDirName()+")")
+	fs.BoolVar(&c.Serve, "serve", false, "keep running after the demo instead of exiting"+embeddedOnly)
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", 45*time.Second, "consumer group session `timeout` of the engine and the participants: how long a silent instance keeps its partitions")
+	fs.BoolVar(&c.Engine, "engine", true, "run the saga engine; --engine=false runs only the --participants (real services only)")
+	fs.BoolVar(&c.Pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on --metrics-addr; do not expose them publicly")
+	fs.BoolVar(&c.StaticMembership, "static-membership", false, "join the groups as a static member named by the transactional id (the engine by --transactional-id, each participant by <id>-<name>), so a restarted instance gets its partitions back at once (a StatefulSet); a stopped one keeps them until its session times out")
+	fs.DurationVar(&c.DLTRetention, "dlt-retention", 0, "retention of the dead-letter topics "+o.name+" creates (saga.<type>.inbox-dlt, <participant>.commands-dlt), a `duration` such as 720h; 0 keeps dead letters until they are deleted")
+	fs.BoolVar(&c.RequireConfig, "require-config", false, "refuse to start without --kafka-brokers and --redis-addr instead of running the embedded mode (images and manifests set it)")
+	c.Kafka.RegisterFlags(fs)
+	c.Redis.RegisterFlags(fs)
+	c.API.register(fs)
+	c.Outbox.register(fs)
+	c.Console.register(fs)
 	for _, f := range o.flags {
 		f(fs)
 	}
@@ -183,11 +178,11 @@ func (o *options) newFlagSet(v *flagValues) *flag.FlagSet {
 
 // parseConfig parses the command line, then fills each flag not given on it
 // from its KSAGA_* environment twin (when that is non-empty), and validates
-// the result, first the daemon's flags, then with o.validate. It returns
+// the result, first the daemon's flags, then with o.validators. It returns
 // flag.ErrHelp for -h and -help; every other error says what to fix.
 func (o *options) parseConfig(args []string, getenv func(string) string) (*Config, error) {
-	var v flagValues
-	fs := o.newFlagSet(&v)
+	c := new(Config)
+	fs := o.newFlagSet(c)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -204,8 +199,8 @@ func (o *options) parseConfig(args []string, getenv func(string) string) (*Confi
 		return nil, err
 	}
 	maps.Copy(set, fromEnv)
-	c, err := o.validate(&v, set)
-	if err != nil {
+	c.given = set
+	if err := o.validate(c, fs); err != nil {
 		return nil, err
 	}
 	for _, f := range o.validators {
@@ -216,48 +211,28 @@ func (o *options) parseConfig(args []string, getenv func(string) string) (*Confi
 	return c, nil
 }
 
-func (o *options) validate(v *flagValues, set map[string]string) (*Config, error) {
-	c := &Config{
-		KafkaBrokers:           conn.SplitList(v.kafkaBrokers),
-		RedisAddrs:             conn.SplitList(v.redisAddr),
-		ParticipantsRedisAddrs: conn.SplitList(v.participantsRedisAddr),
-		TransactionalID:        strings.TrimSpace(v.txnID),
-		Group:                  strings.TrimSpace(v.group),
-		Partitions:             v.partitions,
-		MetricsAddr:            v.metricsAddr,
-		MaxPollRecords:         v.maxPoll,
-		TxnInterval:            v.txnInterval,
-		Retention:              v.retention,
-		History:                v.history,
-		RedisTimeout:           v.redisTimeout,
-		DataDir:                v.dataDir,
-		Serve:                  v.serve,
-		StaticMembership:       v.static,
-		Engine:                 v.engine,
-		SessionTimeout:         v.sessionTimeout,
-		Pprof:                  v.pprof,
-		DLTRetention:           v.dltRetention,
-		RequireConfig:          v.requireConfig,
-		Kafka:                  v.kafka,
-		Redis:                  v.redis,
-		given:                  set,
-	}
-	name := c.Flag
+// validate checks the daemon's flags in c, as parsed by fs, and completes
+// c: the defaults that depend on other flags, Participants and LogLevel
+// from fs, and the names trimmed.
+func (o *options) validate(c *Config, fs *flag.FlagSet) error {
+	c.TransactionalID = strings.TrimSpace(c.TransactionalID)
+	c.Group = strings.TrimSpace(c.Group)
+	name, set := c.Flag, c.given
 	for _, f := range []struct {
 		flag string
 		list []string
 	}{{"kafka-brokers", c.KafkaBrokers}, {"redis-addr", c.RedisAddrs}, {"participants-redis-addr", c.ParticipantsRedisAddrs}} {
 		if _, ok := set[f.flag]; ok && len(f.list) == 0 {
-			return c, fmt.Errorf("%s is empty: want host:port[,host:port…]", name(f.flag))
+			return fmt.Errorf("%s is empty: want host:port[,host:port…]", name(f.flag))
 		}
 	}
 	// Reading the certificates and password files here turns a wrong path
 	// into a usage error naming its flag.
 	if _, err := c.Kafka.Opts(); err != nil && len(c.KafkaBrokers) > 0 {
-		return c, err
+		return err
 	}
 	if err := c.Redis.Apply(&redis.UniversalOptions{}); err != nil && len(c.RedisAddrs) > 0 {
-		return c, err
+		return err
 	}
 	if c.RequireConfig {
 		var missing []string
@@ -270,95 +245,95 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 			}
 		}
 		if len(missing) > 0 {
-			return c, fmt.Errorf("%s is set, so %s does not start its embedded demo: set %s", name("require-config"), o.name, strings.Join(missing, " and "))
+			return fmt.Errorf("%s is set, so %s does not start its embedded demo: set %s", name("require-config"), o.name, strings.Join(missing, " and "))
 		}
 	}
 	switch {
 	case len(c.KafkaBrokers) > 0 && len(c.RedisAddrs) == 0:
-		return c, fmt.Errorf("%s is set but --redis-addr is not: set both to use real Kafka and Redis, or neither for the embedded demo", name("kafka-brokers"))
+		return fmt.Errorf("%s is set but --redis-addr is not: set both to use real Kafka and Redis, or neither for the embedded demo", name("kafka-brokers"))
 	case len(c.KafkaBrokers) == 0 && len(c.RedisAddrs) > 0:
-		return c, fmt.Errorf("%s is set but --kafka-brokers is not: set both to use real Kafka and Redis, or neither for the embedded demo", name("redis-addr"))
+		return fmt.Errorf("%s is set but --kafka-brokers is not: set both to use real Kafka and Redis, or neither for the embedded demo", name("redis-addr"))
 	}
 	if c.Embedded() {
 		for _, f := range []string{"participants-redis-addr", "replication-factor"} {
 			if _, ok := set[f]; ok {
-				return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo has its own single-broker Kafka and Redis)", name(f))
+				return fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo has its own single-broker Kafka and Redis)", name(f))
 			}
 		}
 	} else {
 		for _, f := range []string{"data-dir", "serve"} {
 			if _, ok := set[f]; ok {
-				return c, fmt.Errorf("%s applies only to the embedded demo; drop it when --kafka-brokers and --redis-addr are set", name(f))
+				return fmt.Errorf("%s applies only to the embedded demo; drop it when --kafka-brokers and --redis-addr are set", name(f))
 			}
 		}
 	}
 
 	all := o.participantNames()
-	ps, err := parseParticipants(v.participants, all)
+	ps, err := parseParticipants(fs.Lookup("participants").Value.String(), all)
 	if err != nil {
-		return c, fmt.Errorf("%s: %w", name("participants"), err)
+		return fmt.Errorf("%s: %w", name("participants"), err)
 	}
 	_, given := set["participants"]
 	switch {
 	case !given && c.Embedded():
 		ps = all
 	case c.Embedded() && len(ps) != len(all):
-		return c, fmt.Errorf("%s: the embedded demo runs all participants; choose participants only with --kafka-brokers and --redis-addr", name("participants"))
+		return fmt.Errorf("%s: the embedded demo runs all participants; choose participants only with --kafka-brokers and --redis-addr", name("participants"))
 	}
 	c.Participants = ps
 	switch {
 	case c.SessionTimeout < time.Second:
-		return c, fmt.Errorf("%s %v is too short: want at least 1s (brokers usually require 6s or more)", name("session-timeout"), c.SessionTimeout)
+		return fmt.Errorf("%s %v is too short: want at least 1s (brokers usually require 6s or more)", name("session-timeout"), c.SessionTimeout)
 	case c.DLTRetention < 0:
-		return c, fmt.Errorf("%s %v is negative: want a duration, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
+		return fmt.Errorf("%s %v is negative: want a duration, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
 	case c.DLTRetention > 0 && c.DLTRetention < time.Millisecond:
-		return c, fmt.Errorf("%s %v is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
+		return fmt.Errorf("%s %v is under Kafka's unit of 1ms: want a duration such as 720h, or 0 to keep dead letters until they are deleted", name("dlt-retention"), c.DLTRetention)
 	case !c.Engine && c.Embedded():
-		return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
-	case !c.Engine && len(ps) == 0 && v.outbox.relay == "" && v.api.addr == "" && v.console.addr == "":
-		return c, fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
+		return fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo runs the engine)", name("engine"))
+	case !c.Engine && len(ps) == 0 && len(c.Outbox.Relay) == 0 && c.API.Addr == "" && c.Console.Addr == "":
+		return fmt.Errorf("%s leaves nothing to run: name the participants to run with --participants", name("engine"))
 	}
 
 	if c.TransactionalID == "" {
 		if _, ok := set["transactional-id"]; ok {
-			return c, fmt.Errorf("%s is empty: want a stable id per instance, such as the pod name", name("transactional-id"))
+			return fmt.Errorf("%s is empty: want a stable id per instance, such as the pod name", name("transactional-id"))
 		}
 		host, err := os.Hostname()
 		if err != nil || host == "" {
-			return c, fmt.Errorf("--transactional-id is not set and the hostname is unavailable (%v): set --transactional-id", err)
+			return fmt.Errorf("--transactional-id is not set and the hostname is unavailable (%v): set --transactional-id", err)
 		}
 		c.TransactionalID = host
 	}
 	if _, ok := set["group"]; ok && c.Group == "" {
-		return c, fmt.Errorf("%s is empty: want a consumer group name", name("group"))
+		return fmt.Errorf("%s is empty: want a consumer group name", name("group"))
 	}
 	if c.Partitions < 1 {
-		return c, fmt.Errorf("%s: must be at least 1, got %d", name("partitions"), c.Partitions)
+		return fmt.Errorf("%s: must be at least 1, got %d", name("partitions"), c.Partitions)
 	}
-	c.ReplicationFactor = v.replicationFactor
 	switch _, ok := set["replication-factor"]; {
 	case !ok && c.Embedded():
 		c.ReplicationFactor = 1
 	case !ok:
 		c.ReplicationFactor = 3
 	case c.ReplicationFactor < 1 || c.ReplicationFactor > 32767:
-		return c, fmt.Errorf("%s: must be between 1 and 32767, got %d", name("replication-factor"), c.ReplicationFactor)
+		return fmt.Errorf("%s: must be between 1 and 32767, got %d", name("replication-factor"), c.ReplicationFactor)
 	}
 	if c.Pprof && c.MetricsAddr == "" {
-		return c, fmt.Errorf("%s needs an HTTP server: set --metrics-addr", name("pprof"))
+		return fmt.Errorf("%s needs an HTTP server: set --metrics-addr", name("pprof"))
 	}
 	if c.MetricsAddr != "" {
 		if err := checkListenAddr(c.MetricsAddr); err != nil {
-			return c, fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable)", name("metrics-addr"), c.MetricsAddr, err)
+			return fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable)", name("metrics-addr"), c.MetricsAddr, err)
 		}
 	}
-	switch f := strings.ToLower(v.logFormat); f {
+	switch f := strings.ToLower(c.LogFormat); f {
 	case "", "json", "text":
 		c.LogFormat = f
 	default:
-		return c, fmt.Errorf("%s: unknown format %q (want json or text)", name("log-format"), v.logFormat)
+		return fmt.Errorf("%s: unknown format %q (want json or text)", name("log-format"), c.LogFormat)
 	}
-	switch l := strings.ToLower(v.logLevel); l {
+	logLevel := fs.Lookup("log-level").Value.String()
+	switch l := strings.ToLower(logLevel); l {
 	case "debug":
 		c.LogLevel = slog.LevelDebug
 	case "info":
@@ -368,37 +343,37 @@ func (o *options) validate(v *flagValues, set map[string]string) (*Config, error
 	case "error":
 		c.LogLevel = slog.LevelError
 	default:
-		return c, fmt.Errorf("%s: unknown level %q (want debug, info, warn or error)", name("log-level"), v.logLevel)
+		return fmt.Errorf("%s: unknown level %q (want debug, info, warn or error)", name("log-level"), logLevel)
 	}
 	_, c.logLevelSet = set["log-level"]
 	if c.MaxPollRecords < 1 {
-		return c, fmt.Errorf("%s: must be at least 1, got %d", name("max-poll-records"), c.MaxPollRecords)
+		return fmt.Errorf("%s: must be at least 1, got %d", name("max-poll-records"), c.MaxPollRecords)
 	}
 	if c.TxnInterval < 0 || c.TxnInterval > time.Second {
-		return c, fmt.Errorf("%s %v: want 0 (none) up to 1s, such as 5ms", name("txn-interval"), c.TxnInterval)
+		return fmt.Errorf("%s %v: want 0 (none) up to 1s, such as 5ms", name("txn-interval"), c.TxnInterval)
 	}
 	if c.History < 0 || c.History > orchestrator.MaxHistory {
-		return c, fmt.Errorf("%s %d: want 0 (none) up to %d entries", name("history"), c.History, orchestrator.MaxHistory)
+		return fmt.Errorf("%s %d: want 0 (none) up to %d entries", name("history"), c.History, orchestrator.MaxHistory)
 	}
 	if c.Retention < 0 {
-		return c, fmt.Errorf("%s %v is negative: want a duration such as 168h, or 0 to keep ended sagas forever", name("retention"), c.Retention)
+		return fmt.Errorf("%s %v is negative: want a duration such as 168h, or 0 to keep ended sagas forever", name("retention"), c.Retention)
 	}
 	if c.RedisTimeout < 0 {
-		return c, fmt.Errorf("%s %v is negative: want a duration such as 5s, shorter than the transaction timeout (10s)", name("redis-timeout"), c.RedisTimeout)
+		return fmt.Errorf("%s %v is negative: want a duration such as 5s, shorter than the transaction timeout (10s)", name("redis-timeout"), c.RedisTimeout)
 	}
-	if c.API, err = v.api.config(name, set); err != nil {
-		return c, err
+	if err := c.API.validate(name, set); err != nil {
+		return err
 	}
-	if c.Outbox, err = v.outbox.config(name, set, c.Embedded()); err != nil {
-		return c, err
+	if err := c.Outbox.validate(name, set, c.Embedded()); err != nil {
+		return err
 	}
-	if c.Console, err = v.console.config(name, set, c.API, v.api.tokenFile); err != nil {
-		return c, err
+	if err := c.Console.validate(name, set, c.API); err != nil {
+		return err
 	}
 	if c.Embedded() && c.DataDir == "" {
 		c.DataDir = filepath.Join(os.TempDir(), o.dataDirName())
 	}
-	return c, nil
+	return nil
 }
 
 // programName is the program's name as the daemon's data directory and its
@@ -483,8 +458,7 @@ the command line wins over its variable.
 
 Flags:
 `, strings.TrimSpace(about), o.name, "", o.name+" --kafka-brokers B --redis-addr R [...]", "")
-	var v flagValues
-	fs := o.newFlagSet(&v)
+	fs := o.newFlagSet(new(Config))
 	fs.VisitAll(func(f *flag.Flag) {
 		arg, help := flag.UnquoteUsage(f)
 		line := "  --" + f.Name

@@ -385,8 +385,7 @@ func TestUsageListsEveryVariable(t *testing.T) {
 	var b strings.Builder
 	o := testOptions()
 	o.usage(&b)
-	var v flagValues
-	o.newFlagSet(&v).VisitAll(func(f *flag.Flag) {
+	o.newFlagSet(new(Config)).VisitAll(func(f *flag.Flag) {
 		if !strings.Contains(b.String(), "--"+f.Name) || !strings.Contains(b.String(), "$"+conn.EnvName(f.Name)) {
 			t.Errorf("usage does not list --%s [$%s]", f.Name, conn.EnvName(f.Name))
 		}

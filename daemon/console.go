@@ -44,77 +44,75 @@ type ConsoleConfig struct {
 // Enabled reports whether the console runs (--console-addr is set).
 func (c ConsoleConfig) Enabled() bool { return c.Addr != "" }
 
-// consoleFlags holds the --console-* flags as given.
-type consoleFlags struct {
-	addr, tokenFile, tlsCert, tlsKey, traceURL string
+// register binds the --console-* flags to c's fields.
+func (c *ConsoleConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.Addr, "console-addr", "", "`address` of the web console (find a saga, read its timeline, the dead letters; compensate, resume, redrive); empty disables it")
+	fs.StringVar(&c.TokenFile, "console-token-file", "", "`file` of the tokens users log in to the console with, in --api-token-file's format: read:TYPE shows sagas of TYPE, compensate:TYPE compensates and redrives them, resume:TYPE resumes them (default --api-token-file)")
+	fs.StringVar(&c.TLSCert, "console-tls-cert", "", "PEM `file` of the console's TLS certificate, with --console-tls-key (default --api-tls-cert; else plain HTTP)")
+	fs.StringVar(&c.TLSKey, "console-tls-key", "", "PEM `file` of the console's TLS key (default --api-tls-key)")
+	fs.StringVar(&c.TraceURL, "console-trace-url", "", "`URL` of a saga's trace in your tracing UI, {trace_id} standing for its trace id, such as https://tempo.example/trace/{trace_id}; empty shows the id without a link")
 }
 
-func (v *consoleFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&v.addr, "console-addr", "", "`address` of the web console (find a saga, read its timeline, the dead letters; compensate, resume, redrive); empty disables it")
-	fs.StringVar(&v.tokenFile, "console-token-file", "", "`file` of the tokens users log in to the console with, in --api-token-file's format: read:TYPE shows sagas of TYPE, compensate:TYPE compensates and redrives them, resume:TYPE resumes them (default --api-token-file)")
-	fs.StringVar(&v.tlsCert, "console-tls-cert", "", "PEM `file` of the console's TLS certificate, with --console-tls-key (default --api-tls-cert; else plain HTTP)")
-	fs.StringVar(&v.tlsKey, "console-tls-key", "", "PEM `file` of the console's TLS key (default --api-tls-key)")
-	fs.StringVar(&v.traceURL, "console-trace-url", "", "`URL` of a saga's trace in your tracing UI, {trace_id} standing for its trace id, such as https://tempo.example/trace/{trace_id}; empty shows the id without a link")
-}
-
-// config validates the --console-* flags, given the API's configuration
-// (whose token file and certificate the console uses by default).
-func (v *consoleFlags) config(name func(string) string, set map[string]string, api APIConfig, apiTokenFile string) (ConsoleConfig, error) {
-	c := ConsoleConfig{Addr: v.addr, TokenFile: v.tokenFile, TLSCert: v.tlsCert, TLSKey: v.tlsKey, TraceURL: v.traceURL}
+// validate checks the --console-* flags in c, given the API's validated
+// configuration (whose token file and certificate the console uses by
+// default), and fills those defaults in; it makes c the zero
+// ConsoleConfig when the console is off.
+func (c *ConsoleConfig) validate(name func(string) string, set map[string]string, api APIConfig) error {
 	if c.Addr == "" {
 		for _, f := range []string{"console-token-file", "console-tls-cert", "console-tls-key", "console-trace-url"} {
 			if _, ok := set[f]; ok {
-				return c, fmt.Errorf("%s applies only with --console-addr (the console is off without it)", name(f))
+				return fmt.Errorf("%s applies only with --console-addr (the console is off without it)", name(f))
 			}
 		}
-		return ConsoleConfig{}, nil
+		*c = ConsoleConfig{}
+		return nil
 	}
 	if err := checkListenAddr(c.Addr); err != nil {
-		return c, fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable the console)", name("console-addr"), c.Addr, err)
+		return fmt.Errorf("%s %q: %w (use host:port or :port, or \"\" to disable the console)", name("console-addr"), c.Addr, err)
 	}
 	if c.TokenFile == "" {
-		c.TokenFile = apiTokenFile
+		c.TokenFile = api.TokenFile
 	}
 	if c.TLSCert == "" && c.TLSKey == "" {
 		c.TLSCert, c.TLSKey = api.TLSCert, api.TLSKey
 	}
 	switch {
 	case c.TokenFile == "":
-		return c, fmt.Errorf("%s needs --console-token-file or --api-token-file: users log in with a token of the file (the console has no unauthenticated mode)", name("console-addr"))
+		return fmt.Errorf("%s needs --console-token-file or --api-token-file: users log in with a token of the file (the console has no unauthenticated mode)", name("console-addr"))
 	case (c.TLSCert == "") != (c.TLSKey == ""):
-		return c, fmt.Errorf("%s and %s go together: set both or neither", name("console-tls-cert"), name("console-tls-key"))
+		return fmt.Errorf("%s and %s go together: set both or neither", name("console-tls-cert"), name("console-tls-key"))
 	}
 	if c.TraceURL != "" {
 		u, err := url.Parse(c.TraceURL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || !strings.Contains(c.TraceURL, "{trace_id}") {
-			return c, fmt.Errorf("%s %q: want an http(s) URL with {trace_id} in it, such as https://tempo.example/trace/{trace_id}", name("console-trace-url"), c.TraceURL)
+			return fmt.Errorf("%s %q: want an http(s) URL with {trace_id} in it, such as https://tempo.example/trace/{trace_id}", name("console-trace-url"), c.TraceURL)
 		}
 	}
 	fi, err := os.Stat(c.TokenFile)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if _, derr := os.Stat(filepath.Dir(c.TokenFile)); derr != nil {
-			return c, fmt.Errorf("%s %s: %w", name("console-token-file"), c.TokenFile, derr)
+			return fmt.Errorf("%s %s: %w", name("console-token-file"), c.TokenFile, derr)
 		}
 	case err != nil:
-		return c, fmt.Errorf("%s: %w", name("console-token-file"), err)
+		return fmt.Errorf("%s: %w", name("console-token-file"), err)
 	case fi.IsDir():
-		return c, fmt.Errorf("%s %s is a directory: want the file of the tokens", name("console-token-file"), c.TokenFile)
+		return fmt.Errorf("%s %s is a directory: want the file of the tokens", name("console-token-file"), c.TokenFile)
 	default:
 		b, err := os.ReadFile(c.TokenFile)
 		if err != nil {
-			return c, fmt.Errorf("%s: %w", name("console-token-file"), err)
+			return fmt.Errorf("%s: %w", name("console-token-file"), err)
 		}
 		if _, problems := parseTokens(b); len(problems) > 0 {
-			return c, fmt.Errorf("%s %s: %v", name("console-token-file"), c.TokenFile, problems[0])
+			return fmt.Errorf("%s %s: %v", name("console-token-file"), c.TokenFile, problems[0])
 		}
 	}
 	if c.TLSCert != "" {
 		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
-			return c, fmt.Errorf("%s %s, %s %s: %w", name("console-tls-cert"), c.TLSCert, name("console-tls-key"), c.TLSKey, err)
+			return fmt.Errorf("%s %s, %s %s: %w", name("console-tls-cert"), c.TLSCert, name("console-tls-key"), c.TLSKey, err)
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // consoleTokens gives the console the tokens of a token file.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ksaga/ksaga/conn"
 	"github.com/ksaga/ksaga/metrics"
 	"github.com/ksaga/ksaga/outbox"
 	"github.com/ksaga/ksaga/saga"
@@ -36,21 +35,19 @@ type OutboxConfig struct {
 // Relays reports whether the outbox kind ("redis", "postgres") is relayed.
 func (c OutboxConfig) Relays(kind string) bool { return slices.Contains(c.Relay, kind) }
 
-// outboxFlags holds the --outbox-* flags as given.
-type outboxFlags struct {
-	relay, redisAddr, postgresDSN string
+// register binds the --outbox-* flags to c's fields.
+func (c *OutboxConfig) register(fs *flag.FlagSet) {
+	fs.Var((*listFlag)(&c.Relay), "outbox-relay", "outboxes to relay to the inboxes of every saga type: `redis`, postgres or redis,postgres (package outbox); empty relays none")
+	fs.Var((*listFlag)(&c.RedisAddrs), "outbox-redis-addr", "Redis `addresses` of the outbox streams ksaga:outbox:{<type>}, comma-separated (several: Redis Cluster) (default: --redis-addr)")
+	fs.StringVar(&c.PostgresDSN, "outbox-postgres-dsn", "", "PostgreSQL `DSN` of the outbox table ksaga_outbox (postgres://user@host/db; pass the password by PGPASSWORD or a mounted PGPASSFILE, not here)")
 }
 
-func (v *outboxFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&v.relay, "outbox-relay", "", "outboxes to relay to the inboxes of every saga type: `redis`, postgres or redis,postgres (package outbox); empty relays none")
-	fs.StringVar(&v.redisAddr, "outbox-redis-addr", "", "Redis `addresses` of the outbox streams ksaga:outbox:{<type>}, comma-separated (several: Redis Cluster) (default: --redis-addr)")
-	fs.StringVar(&v.postgresDSN, "outbox-postgres-dsn", "", "PostgreSQL `DSN` of the outbox table ksaga_outbox (postgres://user@host/db; pass the password by PGPASSWORD or a mounted PGPASSFILE, not here)")
-}
-
-// config validates the --outbox-* flags; name names a flag as it was given.
-func (v *outboxFlags) config(name func(string) string, set map[string]string, embedded bool) (OutboxConfig, error) {
-	var c OutboxConfig
-	for _, k := range conn.SplitList(v.relay) {
+// validate checks the --outbox-* flags in c and normalizes them: Relay to
+// its lower-case kinds, once each; name names a flag as it was given.
+func (c *OutboxConfig) validate(name func(string) string, set map[string]string, embedded bool) error {
+	relay := c.Relay
+	c.Relay = nil
+	for _, k := range relay {
 		switch k = strings.ToLower(k); k {
 		case "redis", "postgres":
 			if !slices.Contains(c.Relay, k) {
@@ -58,33 +55,32 @@ func (v *outboxFlags) config(name func(string) string, set map[string]string, em
 			}
 		case "none":
 		default:
-			return c, fmt.Errorf("%s: unknown outbox %q (want redis, postgres or redis,postgres)", name("outbox-relay"), k)
+			return fmt.Errorf("%s: unknown outbox %q (want redis, postgres or redis,postgres)", name("outbox-relay"), k)
 		}
 	}
-	c.RedisAddrs = conn.SplitList(v.redisAddr)
-	c.PostgresDSN = strings.TrimSpace(v.postgresDSN)
+	c.PostgresDSN = strings.TrimSpace(c.PostgresDSN)
 	if _, ok := set["outbox-redis-addr"]; ok {
 		switch {
 		case !c.Relays("redis"):
-			return c, fmt.Errorf("%s applies only with --outbox-relay redis", name("outbox-redis-addr"))
+			return fmt.Errorf("%s applies only with --outbox-relay redis", name("outbox-redis-addr"))
 		case len(c.RedisAddrs) == 0:
-			return c, fmt.Errorf("%s is empty: want host:port[,host:port…], or leave it out to use --redis-addr", name("outbox-redis-addr"))
+			return fmt.Errorf("%s is empty: want host:port[,host:port…], or leave it out to use --redis-addr", name("outbox-redis-addr"))
 		case embedded:
-			return c, fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo relays its own Redis)", name("outbox-redis-addr"))
+			return fmt.Errorf("%s applies only with --kafka-brokers and --redis-addr (the embedded demo relays its own Redis)", name("outbox-redis-addr"))
 		}
 	}
 	switch _, given := set["outbox-postgres-dsn"]; {
 	case given && !c.Relays("postgres"):
-		return c, fmt.Errorf("%s applies only with --outbox-relay postgres", name("outbox-postgres-dsn"))
+		return fmt.Errorf("%s applies only with --outbox-relay postgres", name("outbox-postgres-dsn"))
 	case c.Relays("postgres") && c.PostgresDSN == "":
-		return c, fmt.Errorf("%s postgres needs --outbox-postgres-dsn (or KSAGA_OUTBOX_POSTGRES_DSN): the PostgreSQL that holds the outbox table", name("outbox-relay"))
+		return fmt.Errorf("%s postgres needs --outbox-postgres-dsn (or KSAGA_OUTBOX_POSTGRES_DSN): the PostgreSQL that holds the outbox table", name("outbox-relay"))
 	case c.PostgresDSN != "":
 		// The error names the flag, not the DSN, which may hold a password.
 		if _, err := pgxpool.ParseConfig(c.PostgresDSN); err != nil {
-			return c, fmt.Errorf("%s is not a valid PostgreSQL DSN or connection string (want postgres://user@host:5432/db?sslmode=require)", name("outbox-postgres-dsn"))
+			return fmt.Errorf("%s is not a valid PostgreSQL DSN or connection string (want postgres://user@host:5432/db?sslmode=require)", name("outbox-postgres-dsn"))
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // pgTimeout bounds the check of the outbox's PostgreSQL at start.

@@ -82,12 +82,12 @@ func TestPprof(t *testing.T) {
 	}
 
 	t.Run("off by default", func(t *testing.T) {
-		var v flagValues
+		var c Config
 		o := &options{name: "d"}
-		if err := o.newFlagSet(&v).Parse(nil); err != nil {
+		if err := o.newFlagSet(&c).Parse(nil); err != nil {
 			t.Fatal(err)
 		}
-		a := &app{cfg: &Config{Pprof: v.pprof}, log: quiet}
+		a := &app{cfg: &Config{Pprof: c.Pprof}, log: quiet}
 		srv := httptest.NewServer(a.metricsHandler(prometheus.NewRegistry(), ready))
 		defer srv.Close()
 		for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/profile?seconds=1"} {
