@@ -85,8 +85,11 @@ type Engine struct {
 	// none), repaired when the last one began; evicted is the evicted
 	// key count Redis last reported (-1: not read yet), read at
 	// evictionsChecked (see repair.go).
-	repairing        *repair
-	repaired         time.Time
+	repairing *repair
+	repaired  time.Time
+	// repairSoon asks for a pass as soon as none runs: a partition was
+	// restored since the last one began.
+	repairSoon       bool
 	evicted          int64
 	evictionsChecked time.Time
 	// polled is when the last poll returned (see catchUp).

@@ -17,8 +17,10 @@ import (
 // asks Redis which of the sagas' keys it lacks, and writes those back from
 // the state topic. A pass starts when Redis reports evicted keys
 // (INFO stats evicted_keys grew) and at least every repairInterval (for
-// keys deleted by hand, which Redis does not count), and checks a chunk of
-// sagas every repairChunkEvery.
+// keys deleted by hand, which Redis does not count), and once a partition
+// was restored (an engine that starts, or takes a partition over, does not
+// know what Redis lost before), and checks a chunk of sagas every
+// repairChunkEvery.
 
 const (
 	// repairInterval is the longest time between two repair passes.
@@ -52,7 +54,7 @@ type repairID struct {
 func (e *Engine) repairView(ctx context.Context) {
 	now := time.Now()
 	if e.repairing == nil {
-		due := now.Sub(e.repaired) >= repairInterval
+		due := now.Sub(e.repaired) >= repairInterval || e.repairSoon
 		if !due && now.Sub(e.evictionsChecked) >= evictionCheckInterval {
 			e.evictionsChecked = now
 			if n, err := e.store.evictedKeys(ctx); err == nil {
@@ -63,7 +65,7 @@ func (e *Engine) repairView(ctx context.Context) {
 		if !due {
 			return
 		}
-		e.repaired = now
+		e.repaired, e.repairSoon = now, false
 		e.repairing = &repair{}
 		for p, part := range e.parts {
 			if part.index == nil {

@@ -157,6 +157,7 @@ func (e *Engine) restore(ctx context.Context, p int32) error {
 	e.indexFlight(ctx, p, replayed, others, from)
 	e.parts[p] = part
 	e.rebuilds++
+	e.repairSoon = true // what did Redis lose before? (repair.go)
 	delete(e.stale, p)
 	if len(part.pending) > 0 {
 		e.notePending()

@@ -144,3 +144,31 @@ func TestRedisViewIsRepaired(t *testing.T) {
 	}
 	e.waitRedis(sagas, 20*time.Second)
 }
+
+// TestRedisViewIsRepairedAfterARestart: keys the view lost while no engine
+// ran (evicted, deleted by hand, a partial restore) are written back soon
+// after an engine takes the partitions, not at the next periodic pass
+// minutes later: the engine cannot know what Redis lost before it started.
+func TestRedisViewIsRepairedAfterARestart(t *testing.T) {
+	e := newEnv(t)
+	e.seed(map[string]int64{"sku-1": 1000})
+	e.startParticipants()
+	eng := e.startEngine(nil)
+	ctx := context.Background()
+
+	sagas := ids("r", 30)
+	for _, id := range sagas {
+		e.start(newOrder(id))
+	}
+	e.waitTerminal(sagas, 60*time.Second)
+	e.waitRedis(sagas, 10*time.Second)
+	eng.stop(t)
+	for _, id := range sagas[:10] {
+		if err := e.eng.Del(ctx, orchestrator.StateKey(order.Name, message.HomePartition(id, partitions), id)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng = e.startEngine(nil)
+	defer eng.stop(t)
+	e.waitRedis(sagas, 20*time.Second)
+}
