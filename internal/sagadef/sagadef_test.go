@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ksaga/ksaga/retry"
 	saga "github.com/ksaga/ksaga/internal/sagadef"
+	"github.com/ksaga/ksaga/retry"
 )
 
 // TestCallContainsSagaCode: an error, a panic and a call that ignores its

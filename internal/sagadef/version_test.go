@@ -22,8 +22,10 @@ type acctV2 struct {
 	} `json:"amount"`
 }
 
-func do(context.Context, *acct) (saga.Command, error) { return saga.Command{Participant: "p", Type: "T"}, nil }
-func local(context.Context, *acct) error               { return nil }
+func do(context.Context, *acct) (saga.Command, error) {
+	return saga.Command{Participant: "p", Type: "T"}, nil
+}
+func local(context.Context, *acct) error { return nil }
 
 func def(v int, steps ...saga.Step[acct]) *saga.Definition {
 	return saga.New("acct", steps...).WithVersion(v)
