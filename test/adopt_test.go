@@ -48,7 +48,7 @@ func TestAdoptedSagasMoveToTheNewVersion(t *testing.T) {
 		o.Currency = "EUR" // the migration is visible in the terminal data
 		return o, nil
 	}))
-	e.startEngine(v3)
+	defer e.startEngine(v3).stop(t)
 	e.startParticipants()
 	evs := e.waitTerminal(ids, 2*time.Minute)
 	for _, id := range ids {

@@ -352,7 +352,13 @@ type evolvedOrder struct {
 func TestStoredDataNoLongerDecodes(t *testing.T) {
 	e := newEnv(t)
 	e.seed(map[string]int64{"sku-1": 100})
-	old := e.startEngine(nil)
+	// The old definition: the same step as the new one, over order.Order
+	// (the same version, so that only the data type differs).
+	old := e.startEngine(saga.New(order.Name, saga.Step[order.Order]{Name: order.StepReserveInventory,
+		Do: func(_ context.Context, o *order.Order) (saga.Command, error) {
+			return saga.Command{Participant: order.Inventory, Type: order.ReserveInventory,
+				Payload: order.InventoryCommand{OrderID: o.OrderID, Items: o.Items}}, nil
+		}}))
 	e.start(newOrder("evo-1")) // waits: no participant runs
 	waitFor(t, 30*time.Second, func() bool { return len(e.commands(order.Inventory)) == 1 })
 	old.stop(t)

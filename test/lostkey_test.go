@@ -88,8 +88,11 @@ func TestRedisLosesOneKey(t *testing.T) {
 	if dead := e.readAll(message.DLT(order.Name), 300*time.Millisecond); len(dead) != 0 {
 		t.Errorf("%d records dead-lettered, want none (the retries are duplicates)", len(dead))
 	}
-	if hook.n.Load() < 2 {
-		t.Errorf("the engine read back %d states, want at least 2", hook.n.Load())
+	// "done" is read back by the record that needs it; "waiting" too, or
+	// by the repair pass the new engine starts once it restored the
+	// partition, whichever comes first (neither starts it again).
+	if hook.n.Load() < 1 {
+		t.Errorf("the engine read back %d states, want at least 1", hook.n.Load())
 	}
 	e.waitRedis([]string{"done", "waiting"}, 10*time.Second)
 	if got, want := e.stock("sku-1"), int64(100-2*2); got != want {
